@@ -1,0 +1,42 @@
+# Two commands: `make demo` (train on the embedded data, then serve the dashboard) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+PORT ?= 5006
+
+.PHONY: setup chromium demo test test-all bench clean
+
+$(STAMP): pyproject.toml environment.yml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[dev]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Debian's Chromium for the browser tests (Playwright never downloads a browser).
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+demo: setup
+	$(PY) -m atomizer experiment run experiments/embedded_demo.yaml
+	$(PY) -m atomizer serve --port $(PORT) --results runs/embedded_demo
+
+test: setup chromium
+	$(PY) -m pytest -m "not slow and not gpu" -q
+
+test-all: setup chromium
+	$(PY) -m pytest -m "" -q
+
+bench: setup
+	$(PY) -m atomizer bench --quick
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,2 @@
+"""Atomizer toolkit."""
+__version__ = "0.1.0"

@@ -1,0 +1,300 @@
+"""Band and sensor catalogue.
+
+Every band the library handles is a :class:`Band`: a name, a central wavelength and a bandwidth in
+nanometres, a native ground sampling distance in metres and the *domain* of the measurement. A
+:class:`Sensor` is an ordered tuple of bands plus the convention that turns its stored digital numbers
+(DN) into physical values: ``value = (DN + dn_offset) * dn_scale``.
+
+Catalogued sensors live in ``data/sensors/<name>.yaml``. Any other sensor is described by a small
+YAML or JSON *sidecar* with the same schema and is usable everywhere a catalogued one is::
+
+    name: my_camera
+    dn_scale: 0.0001          # optional, default 1e-4 (reflectance x 10000)
+    dn_offset: 0              # optional
+    nodata: 0                 # optional
+    bands:
+      - {name: blue,  wavelength_nm: 490, bandwidth_nm: 60, gsd_m: 3}
+      - {name: nir,   wavelength_nm: 860, bandwidth_nm: 40, gsd_m: 3}
+
+Hyperspectral sensors may list ``generate:`` segments instead of (or as well as) explicit bands, each
+``{prefix, start_nm, stop_nm, count, fwhm_nm, gsd_m}``; bands are spaced evenly from start to stop.
+
+SAR convention. Radar bands have no optical wavelength. They are catalogued with ``domain: sar``,
+``wavelength_nm`` set to the radar's carrier wavelength (Sentinel-1 C-band, 5.405 GHz: 55.46 mm =
+5.546e7 nm), ``bandwidth_nm: 0`` and a ``polarisation`` (VV, VH, HH or HV). The spectral encoding
+does not put them on the optical RBF axis: it gives them a one-hot code in extra polarisation channels
+(see :mod:`atomizer.encodings`), so optical and radar atoms can share one set without colliding.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
+
+from atomizer.paths import data_dir
+
+DOMAINS = ("optical", "thermal", "sar")
+POLARISATIONS = ("VV", "VH", "HH", "HV")
+
+
+class SensorSpecError(ValueError):
+    """A sensor or band description is invalid; the message names the offending band."""
+
+
+@dataclass(frozen=True)
+class Band:
+    """One spectral (or radar) band.
+
+    Attributes:
+        name: Band name as the sensor calls it (``"B8A"``, ``"SR_B5"``, ``"VV"``).
+        wavelength_nm: Central wavelength in nm (radar: carrier wavelength).
+        bandwidth_nm: Full width of the band in nm (FWHM where published; radar: 0).
+        gsd_m: Native ground sampling distance in metres.
+        domain: ``"optical"`` (reflective, 350-2500 nm), ``"thermal"`` or ``"sar"``.
+        polarisation: Radar polarisation (``"VV"``...) for SAR bands, else ``None``.
+        source: Where the values come from.
+    """
+
+    name: str
+    wavelength_nm: float
+    bandwidth_nm: float
+    gsd_m: float
+    domain: str = "optical"
+    polarisation: str | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        who = f"band {self.name!r}"
+        if not isinstance(self.name, str) or not self.name:
+            raise SensorSpecError(f"band name must be a non-empty string, got {self.name!r}")
+        for attr in ("wavelength_nm", "bandwidth_nm", "gsd_m"):
+            value = getattr(self, attr)
+            if value is None:
+                raise SensorSpecError(f"{who}: missing {attr}")
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise SensorSpecError(f"{who}: {attr} must be a number, got {value!r}") from None
+            if not math.isfinite(value):
+                raise SensorSpecError(f"{who}: {attr} is not finite ({value})")
+            object.__setattr__(self, attr, value)
+        if self.domain not in DOMAINS:
+            raise SensorSpecError(f"{who}: domain must be one of {DOMAINS}, got {self.domain!r}")
+        if self.wavelength_nm <= 0:
+            raise SensorSpecError(f"{who}: wavelength_nm must be positive, got {self.wavelength_nm}")
+        if self.gsd_m <= 0:
+            raise SensorSpecError(f"{who}: gsd_m must be positive, got {self.gsd_m}")
+        if self.domain == "sar":
+            if self.polarisation not in POLARISATIONS:
+                raise SensorSpecError(
+                    f"{who}: SAR bands need a polarisation in {POLARISATIONS}, got {self.polarisation!r}"
+                )
+            if self.bandwidth_nm < 0:
+                raise SensorSpecError(f"{who}: bandwidth_nm must not be negative")
+        elif self.bandwidth_nm <= 0:
+            raise SensorSpecError(
+                f"{who}: bandwidth_nm must be positive for a {self.domain} band, got {self.bandwidth_nm}"
+            )
+
+    @property
+    def interval_nm(self) -> tuple[float, float]:
+        """The band's support ``[centre - width/2, centre + width/2]``."""
+        return (self.wavelength_nm - self.bandwidth_nm / 2, self.wavelength_nm + self.bandwidth_nm / 2)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["polarisation"] is None:
+            d.pop("polarisation")
+        return d
+
+
+@dataclass(frozen=True)
+class Sensor:
+    """An ordered set of bands and the DN-to-physical-value convention of a sensor.
+
+    Attributes:
+        name: Sensor identifier (``"sentinel2"``).
+        bands: Bands in the sensor's canonical order.
+        dn_scale: Multiplier from stored DN to physical value (reflectance for optical bands).
+        dn_offset: Added to DN before scaling (Sentinel-2 baseline N0400+: -1000).
+        nodata: DN that marks a missing pixel, or ``None``.
+        description: Free text.
+        source: Where the table comes from.
+    """
+
+    name: str
+    bands: tuple[Band, ...]
+    dn_scale: float = 1e-4
+    dn_offset: float = 0.0
+    nodata: float | None = 0
+    description: str = ""
+    source: str = ""
+    aliases: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.bands:
+            raise SensorSpecError(f"sensor {self.name!r} has no bands")
+        seen: set[str] = set()
+        for b in self.bands:
+            if b.name in seen:
+                raise SensorSpecError(f"sensor {self.name!r}: band {b.name!r} is listed twice")
+            seen.add(b.name)
+
+    @property
+    def band_names(self) -> list[str]:
+        return [b.name for b in self.bands]
+
+    def band(self, name: str) -> Band:
+        """The band called ``name`` (or one of its aliases)."""
+        name = self.aliases.get(name, name)
+        for b in self.bands:
+            if b.name == name:
+                return b
+        raise KeyError(f"sensor {self.name!r} has no band {name!r}; it has {self.band_names}")
+
+    def select(self, names: Iterable[str]) -> "Sensor":
+        """A sensor restricted to ``names``, in that order."""
+        return replace(self, bands=tuple(self.band(n) for n in names))
+
+    def check_channels(self, n_channels: int, what: str = "image") -> None:
+        """Raise if an image with ``n_channels`` channels cannot be described by this sensor's bands."""
+        if n_channels != len(self.bands):
+            raise SensorSpecError(
+                f"{what} has {n_channels} channels but sensor {self.name!r} describes "
+                f"{len(self.bands)} bands ({', '.join(self.band_names)})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dn_scale": self.dn_scale,
+            "dn_offset": self.dn_offset,
+            "nodata": self.nodata,
+            "description": self.description,
+            "source": self.source,
+            "bands": [b.to_dict() for b in self.bands],
+        }
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any], default_name: str = "custom") -> "Sensor":
+        """Build and validate a sensor from a parsed sidecar."""
+        if not isinstance(spec, Mapping):
+            raise SensorSpecError(f"sensor spec must be a mapping, got {type(spec).__name__}")
+        name = str(spec.get("name", default_name))
+        source = str(spec.get("source", ""))
+        bands: list[Band] = []
+        for i, raw in enumerate(spec.get("bands") or []):
+            if not isinstance(raw, Mapping):
+                raise SensorSpecError(f"sensor {name!r}: band #{i} must be a mapping, got {raw!r}")
+            bname = raw.get("name", f"#{i}")
+            missing = [k for k in ("wavelength_nm", "bandwidth_nm", "gsd_m") if raw.get(k) is None]
+            if missing:
+                raise SensorSpecError(f"sensor {name!r}, band {bname!r}: missing {', '.join(missing)}")
+            unknown = set(raw) - {"name", "wavelength_nm", "bandwidth_nm", "gsd_m", "domain",
+                                  "polarisation", "source"}
+            if unknown:
+                raise SensorSpecError(f"sensor {name!r}, band {bname!r}: unknown keys {sorted(unknown)}")
+            kw = dict(raw)
+            kw.setdefault("source", source)
+            try:
+                bands.append(Band(**kw))
+            except SensorSpecError as e:
+                raise SensorSpecError(f"sensor {name!r}: {e}") from None
+        for seg in spec.get("generate") or []:
+            bands.extend(_generate_bands(name, seg, source))
+        if not bands:
+            raise SensorSpecError(f"sensor {name!r}: no bands (give 'bands' or 'generate')")
+        nodata = spec.get("nodata", 0)
+        return cls(
+            name=name,
+            bands=tuple(bands),
+            dn_scale=float(spec.get("dn_scale", 1e-4)),
+            dn_offset=float(spec.get("dn_offset", 0.0)),
+            nodata=None if nodata is None else float(nodata),
+            description=str(spec.get("description", "")),
+            source=source,
+            aliases=dict(spec.get("aliases") or {}),
+        )
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Sensor":
+        """Read a YAML or JSON sidecar."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"sensor sidecar not found: {path}")
+        text = path.read_text()
+        try:
+            spec = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as e:
+            raise SensorSpecError(f"cannot parse sensor sidecar {path}: {e}") from None
+        return cls.from_dict(spec, default_name=path.stem)
+
+
+def _generate_bands(sensor: str, seg: Mapping[str, Any], source: str) -> list[Band]:
+    try:
+        start, stop = float(seg["start_nm"]), float(seg["stop_nm"])
+        count, fwhm, gsd = int(seg["count"]), float(seg["fwhm_nm"]), float(seg["gsd_m"])
+    except KeyError as e:
+        raise SensorSpecError(f"sensor {sensor!r}: generate segment {dict(seg)} lacks {e}") from None
+    if count < 1 or stop < start:
+        raise SensorSpecError(f"sensor {sensor!r}: bad generate segment {dict(seg)}")
+    prefix = str(seg.get("prefix", "b"))
+    first = int(seg.get("first_index", 1))
+    step = (stop - start) / (count - 1) if count > 1 else 0.0
+    return [
+        Band(f"{prefix}{first + i:03d}", round(start + i * step, 3), fwhm, gsd,
+             domain=seg.get("domain", "optical"), source=seg.get("source", source))
+        for i in range(count)
+    ]
+
+
+def sensors_dir() -> Path:
+    return data_dir() / "sensors"
+
+
+def list_sensors() -> list[str]:
+    """Names of the catalogued sensors."""
+    return sorted(p.stem for p in sensors_dir().glob("*.yaml"))
+
+
+@lru_cache(maxsize=None)
+def _load_catalogued(name: str) -> Sensor:
+    return Sensor.from_file(sensors_dir() / f"{name}.yaml")
+
+
+def get_sensor(name_or_path: str | Path | Sensor) -> Sensor:
+    """A catalogued sensor by name, or a sidecar file by path.
+
+    Raises:
+        KeyError: ``name_or_path`` is neither a catalogued sensor nor an existing file.
+    """
+    if isinstance(name_or_path, Sensor):
+        return name_or_path
+    text = str(name_or_path)
+    if text in list_sensors():
+        return _load_catalogued(text)
+    path = Path(text)
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):
+        return Sensor.from_file(path)
+    raise KeyError(f"unknown sensor {text!r}; catalogued sensors: {', '.join(list_sensors())} "
+                   "(or pass a .yaml/.json sidecar)")
+
+
+def catalogue_table(names: Sequence[str] | None = None) -> "Any":
+    """The catalogue as a pandas DataFrame, one row per (sensor, band)."""
+    import pandas as pd
+
+    rows = []
+    for sname in names or list_sensors():
+        s = get_sensor(sname)
+        for b in s.bands:
+            rows.append({"sensor": s.name, "band": b.name, "wavelength_nm": b.wavelength_nm,
+                         "bandwidth_nm": b.bandwidth_nm, "gsd_m": b.gsd_m, "domain": b.domain,
+                         "source": b.source})
+    return pd.DataFrame(rows)

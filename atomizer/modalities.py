@@ -1,0 +1,294 @@
+"""Modalities and their simulation from a finer image.
+
+A *modality* is ``(size in pixels at its GSD, GSD in m/px, band subset)``. Simulating it from a finer
+image crops a ground window of ``size * gsd`` metres and brings each band to
+``max(native GSD, modality GSD)`` by exact area averaging: the result is a genuinely coarser image with
+fewer pixels, never upsampled back. Bands already coarser than the target keep their own grid (their
+pixels whose centres fall in the window are kept untouched).
+
+Modality sets live in ``data/modalities/*.yaml``::
+
+    source: {size_px: 64, gsd_m: 10}        # the input the set is designed for
+    modalities:
+      - {name: tr1, size_px: 32, gsd_m: 20, bands: [B02, B03, B04, B08]}
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import xarray as xr
+import yaml
+
+from atomizer.paths import data_dir
+from atomizer.readers import grid_dims, image_bands
+
+
+class ModalityError(ValueError):
+    """A modality cannot be applied to an image (missing band, crop outside the image...)."""
+
+
+@dataclass(frozen=True)
+class Modality:
+    """Image size in pixels at ``gsd_m``, the GSD, and the bands kept (by name)."""
+
+    name: str
+    size_px: int
+    gsd_m: float
+    bands: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if int(self.size_px) < 1:
+            raise ModalityError(f"modality {self.name!r}: size_px must be >= 1, got {self.size_px}")
+        if not float(self.gsd_m) > 0:
+            raise ModalityError(f"modality {self.name!r}: gsd_m must be positive, got {self.gsd_m}")
+        if not self.bands:
+            raise ModalityError(f"modality {self.name!r}: no bands")
+        object.__setattr__(self, "size_px", int(self.size_px))
+        object.__setattr__(self, "gsd_m", float(self.gsd_m))
+        object.__setattr__(self, "bands", tuple(self.bands))
+
+    @property
+    def extent_m(self) -> float:
+        """Side of the ground window in metres."""
+        return self.size_px * self.gsd_m
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "size_px": self.size_px, "gsd_m": self.gsd_m, "bands": list(self.bands)}
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.size_px}px @ {self.gsd_m:g} m, {len(self.bands)} bands ({' '.join(self.bands)})"
+
+
+@dataclass(frozen=True)
+class ModalitySet:
+    """A named list of modalities with the source format they were designed for."""
+
+    name: str
+    modalities: tuple[Modality, ...]
+    source_size_px: int | None = None
+    source_gsd_m: float | None = None
+    description: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __iter__(self):
+        return iter(self.modalities)
+
+    def __len__(self) -> int:
+        return len(self.modalities)
+
+    def __getitem__(self, key: int | str) -> Modality:
+        if isinstance(key, str):
+            for m in self.modalities:
+                if m.name == key:
+                    return m
+            raise KeyError(f"modality set {self.name!r} has no modality {key!r}")
+        return self.modalities[key]
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.modalities]
+
+
+def load_modalities(path_or_name: str | Path) -> ModalitySet:
+    """Load a modality set from a YAML file, or by name from ``data/modalities/<name>.yaml``."""
+    path = Path(path_or_name)
+    if not path.suffix:
+        path = data_dir() / "modalities" / f"{path_or_name}.yaml"
+    if not path.is_file():
+        avail = sorted(p.stem for p in (data_dir() / "modalities").glob("*.yaml"))
+        raise FileNotFoundError(f"modality file not found: {path_or_name} (shipped: {', '.join(avail)})")
+    spec = yaml.safe_load(path.read_text()) or {}
+    mods = []
+    for i, m in enumerate(spec.get("modalities") or []):
+        try:
+            mods.append(Modality(name=str(m.get("name", f"m{i}")), size_px=m["size_px"], gsd_m=m["gsd_m"],
+                                 bands=tuple(m["bands"])))
+        except KeyError as e:
+            raise ModalityError(f"{path}: modality #{i} lacks {e}") from None
+    if not mods:
+        raise ModalityError(f"{path}: no modalities")
+    src = spec.get("source") or {}
+    return ModalitySet(name=path.stem, modalities=tuple(mods), source_size_px=src.get("size_px"),
+                       source_gsd_m=src.get("gsd_m"), description=str(spec.get("description", "")))
+
+
+def overlap_matrix(src_edges: np.ndarray, dst_edges: np.ndarray) -> np.ndarray:
+    """Area-averaging weights: ``W[j, i]`` = fraction of target cell j covered by source cell i.
+
+    Both inputs are increasing 1-D arrays of cell edges (length cells + 1). Rows sum to 1 where the
+    target cell lies inside the source extent.
+    """
+    lo = np.maximum(dst_edges[:-1, None], src_edges[None, :-1])
+    hi = np.minimum(dst_edges[1:, None], src_edges[None, 1:])
+    return np.clip(hi - lo, 0, None) / np.diff(dst_edges)[:, None]
+
+
+def area_average(values: np.ndarray, wy: np.ndarray, wx: np.ndarray, valid: np.ndarray | None = None,
+                 min_valid: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """``Wy @ values @ Wx.T`` ignoring invalid pixels; returns (averaged, valid) at the target grid.
+
+    A target pixel is valid when at least ``min_valid`` of its area is covered by valid pixels.
+    """
+    v = values.astype(np.float64)
+    if valid is None:
+        valid = np.isfinite(v)
+    m = valid.astype(np.float64)
+    v = np.where(valid, v, 0.0)
+    num = wy @ (v * m) @ wx.T
+    den = wy @ m @ wx.T
+    ok = den >= min_valid
+    out = np.where(ok, num / np.where(ok, den, 1.0), 0.0)
+    return out.astype(np.float32), ok
+
+
+def simulate(
+    image: xr.Dataset,
+    modality: Modality,
+    offset_m: tuple[float, float] | None = None,
+    rng: np.random.Generator | None = None,
+) -> xr.Dataset:
+    """Simulate ``modality`` from a finer ``image`` (the image representation of the readers).
+
+    Args:
+        image: Source image, bands on their native grids.
+        modality: Target size, GSD and band subset.
+        offset_m: ``(dx, dy)`` of the window's top-left corner from the image's top-left corner, in
+            metres. Default: centred, or uniformly random (snapped to the finest grid) if ``rng``.
+        rng: Random generator for a random window position (training-time augmentation).
+
+    Returns:
+        A new image: the modality's bands only; bands finer than the modality GSD area-averaged to it
+        (float32 DN, invalid pixels set to the band's nodata, or NaN without one); coarser bands
+        cropped on their own grid.
+
+    Raises:
+        ModalityError: a band is missing from the image, the window does not fit in the image, or a
+            band has no pixel in the window.
+    """
+    have = set(image_bands(image))
+    missing = [b for b in modality.bands if b not in have]
+    if missing:
+        raise ModalityError(f"modality {modality.name!r} needs band(s) {missing} that the image lacks "
+                            f"(image bands: {sorted(have)})")
+    # Common frame: x east, y south, origin at the image's top-left corner (from the first band).
+    ref = image[modality.bands[0]]
+    bounds = []
+    for b in modality.bands:
+        da = image[b]
+        g = float(da.attrs["gsd_m"])
+        ydim, xdim = da.dims
+        bounds.append((float(da[xdim][0]) - g / 2, float(da[ydim][0]) + g / 2,
+                       da.sizes[xdim] * g, da.sizes[ydim] * g, g))
+    left = max(b[0] for b in bounds)
+    top = min(b[1] for b in bounds)
+    width = min(b[0] + b[2] for b in bounds) - left
+    height = top - max(b[1] - b[3] for b in bounds)
+    finest = min(b[4] for b in bounds)
+    ext = modality.extent_m
+    if ext > width + 1e-6 or ext > height + 1e-6:
+        raise ModalityError(f"modality {modality.name!r} needs a {ext:g} m window but the image covers only "
+                            f"{width:g} x {height:g} m")
+    if offset_m is None:
+        if rng is not None:
+            nx = int(math.floor((width - ext) / finest + 1e-6))
+            ny = int(math.floor((height - ext) / finest + 1e-6))
+            offset_m = (rng.integers(0, nx + 1) * finest, rng.integers(0, ny + 1) * finest)
+        else:
+            offset_m = ((width - ext) / 2, (height - ext) / 2)
+    dx, dy = offset_m
+    if dx < -1e-6 or dy < -1e-6 or dx + ext > width + 1e-6 or dy + ext > height + 1e-6:
+        raise ModalityError(f"window offset {offset_m} puts the {ext:g} m window outside the image")
+    x0, y0 = left + dx, top - dy  # window top-left in image coordinates
+    out = {}
+    for b in modality.bands:
+        da = image[b]
+        g = float(da.attrs["gsd_m"])
+        ydim, xdim = da.dims
+        xs = da[xdim].values
+        ys = da[ydim].values
+        attrs = dict(da.attrs)
+        nodata = attrs.get("nodata")
+        vals = da.values
+        valid = np.isfinite(vals) if vals.dtype.kind == "f" else np.ones(vals.shape, bool)
+        if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+            valid &= vals != nodata
+        target = max(g, modality.gsd_m)
+        if target <= g + 1e-9:  # coarser (or equal) band: keep its grid, crop by pixel centres
+            ix = np.nonzero((xs > x0) & (xs < x0 + ext))[0]
+            iy = np.nonzero((ys < y0) & (ys > y0 - ext))[0]
+            if len(ix) == 0 or len(iy) == 0:
+                raise ModalityError(f"modality {modality.name!r}: band {b} ({g:g} m) has no pixel in the "
+                                    f"{ext:g} m window")
+            sub = da.isel({ydim: iy, xdim: ix})
+            out[b] = xr.DataArray(sub.values, dims=(ydim, xdim),
+                                  coords={ydim: sub[ydim].values, xdim: sub[xdim].values}, attrs=attrs)
+            continue
+        n = int(math.floor(ext / target + 1e-6))
+        if n < 1:
+            raise ModalityError(f"modality {modality.name!r}: window of {ext:g} m holds no {target:g} m pixel")
+        span = n * target
+        ox, oy = x0 + (ext - span) / 2, y0 - (ext - span) / 2
+        src_x = xs[0] - g / 2 + np.arange(len(xs) + 1) * g
+        src_y = -(ys[0] + g / 2) + np.arange(len(ys) + 1) * g  # flip y to increasing
+        dst_x = ox + np.arange(n + 1) * target
+        dst_y = -oy + np.arange(n + 1) * target
+        wx, wy = overlap_matrix(src_x, dst_x), overlap_matrix(src_y, dst_y)
+        avg, ok = area_average(vals, wy, wx, valid)
+        fill = np.nan if nodata is None or (isinstance(nodata, float) and math.isnan(nodata)) else nodata
+        avg[~ok] = fill
+        nydim, nxdim = grid_dims(target)
+        attrs["gsd_m"] = float(target)
+        out[b] = xr.DataArray(avg, dims=(nydim, nxdim),
+                              coords={nydim: oy - (np.arange(n) + 0.5) * target,
+                                      nxdim: ox + (np.arange(n) + 0.5) * target}, attrs=attrs)
+    ds = xr.Dataset(out)
+    ds.attrs.update(image.attrs)
+    ds.attrs.update({"modality": modality.name, "window_m": [x0, y0, ext]})
+    return ds
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Which training modality each training image gets (one per image, as in the paper)."""
+
+    modality_index: np.ndarray
+
+    @classmethod
+    def random(cls, n_images: int, n_modalities: int, seed: int = 0) -> "Assignment":
+        """Balanced random assignment: each modality gets n/M images (+-1), shuffled with ``seed``."""
+        idx = np.arange(n_images) % n_modalities
+        np.random.default_rng(seed).shuffle(idx)
+        return cls(idx)
+
+
+def check_disjoint(train: Sequence[Modality], test: Sequence[Modality]) -> list[str]:
+    """Problems that break the modality-disjoint protocol (empty list when it holds).
+
+    Every test modality must differ from every training modality in size, GSD and band set; across the
+    test set at least one GSD and one size must lie outside the training range, and at least one test
+    modality must contain a band that no training modality contains.
+    """
+    problems = []
+    for te in test:
+        for tr in train:
+            if te.size_px == tr.size_px:
+                problems.append(f"{te.name} shares size {te.size_px} px with {tr.name}")
+            if math.isclose(te.gsd_m, tr.gsd_m):
+                problems.append(f"{te.name} shares GSD {te.gsd_m:g} m with {tr.name}")
+            if set(te.bands) == set(tr.bands):
+                problems.append(f"{te.name} has the same band set as {tr.name}")
+    gsds = [m.gsd_m for m in train]
+    sizes = [m.size_px for m in train]
+    if not any(m.gsd_m < min(gsds) or m.gsd_m > max(gsds) for m in test):
+        problems.append("no test GSD lies outside the training GSD range")
+    if not any(m.size_px < min(sizes) or m.size_px > max(sizes) for m in test):
+        problems.append("no test size lies outside the training size range")
+    seen = {b for m in train for b in m.bands}
+    if not any(set(m.bands) - seen for m in test):
+        problems.append("no test modality contains a band unseen in training")
+    return problems
