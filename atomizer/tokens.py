@@ -1,0 +1,260 @@
+"""Tokenizer: the xarray image of the readers in, an atom set out.
+
+One atom per (pixel, band) on the band's native grid. An atom carries its physical value, the index
+of its band in a band table (wavelength, bandwidth, GSD, polarisation), and indices of its x and y
+coordinates in per-image coordinate tables (metres east/north of the image centre). Storing indices
+rather than per-token features is what lets the model embed tokens from small tables (positions per
+pixel and GSD, spectra per band) without ever materialising a tokens x features tensor.
+
+Shapes (S images in a batch, N tokens after padding, B bands, X/Y coordinate-table rows)::
+
+    value  (S, N) float32   physical value: reflectance, or dB for SAR
+    band   (S, N) int64     row of band_table
+    xi, yi (S, N) int64     rows of coord_x / coord_y
+    mask   (S, N) bool      True for a real, valid atom; False for nodata or padding
+    band_table (B, 4) float32   wavelength_nm, bandwidth_nm, gsd_m, extra channel (-1 optical)
+    coord_x, coord_y (X,), (Y,) float32   metres from the image centre (x east, y north)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+
+from atomizer.bands import POLARISATIONS, Band
+from atomizer.readers import image_bands
+
+BAND_TABLE_COLUMNS = ("wavelength_nm", "bandwidth_nm", "gsd_m", "extra_channel")
+#: Bands off the optical RBF axis get a one-hot code in these extra spectral channels.
+EXTRA_CHANNELS = (*POLARISATIONS, "thermal")
+
+
+class EmptyTokenSetError(ValueError):
+    """An image produced no valid atom (every pixel is nodata, or no band was given)."""
+
+
+def extra_channel(domain: str, polarisation: str | None) -> float:
+    """Band-table code of a band's extra spectral channel: -1 for optical, else its index."""
+    if domain == "sar":
+        return float(EXTRA_CHANNELS.index(polarisation))
+    if domain == "thermal":
+        return float(EXTRA_CHANNELS.index("thermal"))
+    return -1.0
+
+
+@dataclass
+class AtomBatch:
+    """A padded batch of atom sets (a single image is a batch of one). See the module docstring."""
+
+    value: torch.Tensor
+    band: torch.Tensor
+    xi: torch.Tensor
+    yi: torch.Tensor
+    mask: torch.Tensor
+    band_table: torch.Tensor
+    coord_x: torch.Tensor
+    coord_y: torch.Tensor
+    band_names: list[str] = field(default_factory=list)
+    band_domains: list[str] = field(default_factory=list)
+
+    @property
+    def num_sets(self) -> int:
+        return self.value.shape[0]
+
+    @property
+    def num_tokens(self) -> torch.Tensor:
+        """(S,) number of valid atoms per set."""
+        return self.mask.sum(1)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "AtomBatch":
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k, v in kw.items():
+            if isinstance(v, torch.Tensor):
+                kw[k] = v.to(device, non_blocking=non_blocking)
+        return AtomBatch(**kw)
+
+    def pin_memory(self) -> "AtomBatch":
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k, v in kw.items():
+            if isinstance(v, torch.Tensor):
+                kw[k] = v.pin_memory()
+        return AtomBatch(**kw)
+
+    def positions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(S, N) x and y of every atom in metres (gathered, for plotting and tests)."""
+        return self.coord_x[self.xi], self.coord_y[self.yi]
+
+    def select(self, index: torch.Tensor, mask: torch.Tensor | None = None) -> "AtomBatch":
+        """The atoms at ``index`` (S, K) of each set, with ``mask`` (S, K) (default: gathered mask)."""
+        g = lambda t: torch.gather(t, 1, index)  # noqa: E731
+        return AtomBatch(g(self.value), g(self.band), g(self.xi), g(self.yi),
+                         g(self.mask) if mask is None else mask & g(self.mask),
+                         self.band_table, self.coord_x, self.coord_y, self.band_names, self.band_domains)
+
+
+def tokenize(image: xr.Dataset, bands: Sequence[str] | None = None, drop_invalid: bool = False) -> AtomBatch:
+    """Turn one image into an atom set (a batch of one).
+
+    Args:
+        image: The image representation of :mod:`atomizer.readers` (any bands, any grids).
+        bands: Bands to keep (default: all band variables).
+        drop_invalid: Drop nodata/NaN atoms instead of keeping them masked.
+
+    Raises:
+        EmptyTokenSetError: no band, or no valid atom.
+    """
+    names = list(bands) if bands is not None else image_bands(image)
+    if not names:
+        raise EmptyTokenSetError("the image has no band to tokenize")
+    # Image centre from the union of the band extents.
+    lefts, rights, tops, bottoms = [], [], [], []
+    for n in names:
+        da = image[n]
+        g = float(da.attrs["gsd_m"])
+        ydim, xdim = da.dims
+        xs, ys = da[xdim].values, da[ydim].values
+        lefts.append(xs.min() - g / 2), rights.append(xs.max() + g / 2)
+        bottoms.append(ys.min() - g / 2), tops.append(ys.max() + g / 2)
+    cx, cy = (min(lefts) + max(rights)) / 2, (min(bottoms) + max(tops)) / 2
+
+    values, band_idx, xi, yi, valid = [], [], [], [], []
+    table, coord_x, coord_y, domains = [], [], [], []
+    for b, n in enumerate(names):
+        da = image[n]
+        a = da.attrs
+        ydim, xdim = da.dims
+        h, w = da.shape
+        raw = np.asarray(da.values)
+        ok = np.isfinite(raw) if raw.dtype.kind == "f" else np.ones(raw.shape, bool)
+        nodata = a.get("nodata")
+        if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+            ok &= raw != nodata
+        v = (raw.astype(np.float32) + np.float32(a.get("dn_offset", 0.0))) * np.float32(a.get("dn_scale", 1.0))
+        v[~ok] = 0.0
+        values.append(v.ravel())
+        valid.append(ok.ravel())
+        band_idx.append(np.full(h * w, b, np.int64))
+        xi.append(np.tile(np.arange(w) + sum(map(len, coord_x)), h))
+        yi.append(np.repeat(np.arange(h) + sum(map(len, coord_y)), w))
+        coord_x.append((da[xdim].values - cx).astype(np.float32))
+        coord_y.append((da[ydim].values - cy).astype(np.float32))
+        domain = a.get("domain", "optical")
+        table.append([a["wavelength_nm"], a["bandwidth_nm"], a["gsd_m"],
+                      extra_channel(domain, a.get("polarisation") or None)])
+        domains.append(domain)
+    value = np.concatenate(values)
+    mask = np.concatenate(valid)
+    if not mask.any():
+        raise EmptyTokenSetError(f"image {image.attrs.get('source', '')!s} has no valid atom: every pixel of "
+                                 f"bands {names} is nodata or NaN")
+    cols = [value, np.concatenate(band_idx), np.concatenate(xi), np.concatenate(yi), mask]
+    if drop_invalid:
+        cols = [c[mask] for c in cols]
+    t = [torch.from_numpy(np.ascontiguousarray(c))[None] for c in cols]
+    return AtomBatch(
+        value=t[0], band=t[1], xi=t[2], yi=t[3], mask=t[4],
+        band_table=torch.tensor(table, dtype=torch.float32),
+        coord_x=torch.from_numpy(np.concatenate(coord_x)), coord_y=torch.from_numpy(np.concatenate(coord_y)),
+        band_names=list(names), band_domains=domains,
+    )
+
+
+def collate(sets: Sequence[AtomBatch], pad_to: int | None = None) -> AtomBatch:
+    """Batch atom sets of different sizes (and different band tables) with a padding mask.
+
+    Band tables and coordinate tables are concatenated; indices are shifted accordingly. Padding atoms
+    have ``mask == False`` and indices 0, so they can be gathered safely and are ignored by attention.
+    """
+    if not sets:
+        raise EmptyTokenSetError("cannot collate an empty list of atom sets")
+    rows = [(s, i) for s in sets for i in range(s.num_sets)]
+    n = max(s.value.shape[1] for s in sets)
+    if pad_to is not None:
+        if pad_to < n:
+            raise ValueError(f"pad_to={pad_to} is smaller than the largest set ({n} atoms)")
+        n = pad_to
+    S = len(rows)
+    value = torch.zeros(S, n, dtype=torch.float32)
+    band = torch.zeros(S, n, dtype=torch.long)
+    xi = torch.zeros(S, n, dtype=torch.long)
+    yi = torch.zeros(S, n, dtype=torch.long)
+    mask = torch.zeros(S, n, dtype=torch.bool)
+    tables, cxs, cys, names, domains = [], [], [], [], []
+    ob = ox = oy = 0
+    row = 0
+    for s in sets:
+        m = s.value.shape[1]
+        for i in range(s.num_sets):
+            value[row, :m] = s.value[i]
+            band[row, :m] = s.band[i] + ob
+            xi[row, :m] = s.xi[i] + ox
+            yi[row, :m] = s.yi[i] + oy
+            mask[row, :m] = s.mask[i]
+            row += 1
+        tables.append(s.band_table), cxs.append(s.coord_x), cys.append(s.coord_y)
+        names += s.band_names
+        domains += s.band_domains
+        ob += s.band_table.shape[0]
+        ox += s.coord_x.shape[0]
+        oy += s.coord_y.shape[0]
+    return AtomBatch(value, band, xi, yi, mask, torch.cat(tables), torch.cat(cxs), torch.cat(cys), names, domains)
+
+
+def bands_from_table(batch: AtomBatch) -> list[Band]:
+    """The band table of a batch as :class:`Band` objects (names from ``band_names``)."""
+    out = []
+    for name, dom, row in zip(batch.band_names, batch.band_domains, batch.band_table.tolist()):
+        pol = EXTRA_CHANNELS[int(row[3])] if dom == "sar" else None
+        out.append(Band(name, row[0], row[1], row[2], dom, pol))
+    return out
+
+
+class ModalityBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Yields batches of indices that share a modality, so a batch needs no padding.
+
+    Args:
+        groups: Group (modality) id of every dataset item.
+        batch_size: Items per batch (the last batch of a group may be smaller unless ``drop_last``).
+        shuffle: Shuffle items within groups and the order of batches, reseeded by :meth:`set_epoch`.
+        seed: Base seed.
+        drop_last: Drop incomplete batches.
+    """
+
+    def __init__(self, groups: Sequence[int], batch_size: int, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False) -> None:
+        self.groups = np.asarray(groups)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        rng = np.random.default_rng(self.seed + self.epoch)
+        batches = []
+        for g in np.unique(self.groups):
+            idx = np.nonzero(self.groups == g)[0]
+            if self.shuffle:
+                idx = rng.permutation(idx)
+            for i in range(0, len(idx), self.batch_size):
+                chunk = idx[i:i + self.batch_size].tolist()
+                if len(chunk) == self.batch_size or not self.drop_last:
+                    batches.append(chunk)
+        if self.shuffle:
+            order = rng.permutation(len(batches))
+            batches = [batches[i] for i in order]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
