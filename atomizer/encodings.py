@@ -201,17 +201,20 @@ class AtomEncoder(nn.Module):
         self.cfg = cfg
         self.band_stats = dict(band_stats or {})
 
-    def value_features(self, batch) -> Tensor:
-        extra = batch.band_table[:, 3][batch.band]
+    def value_features(self, batch, value: Tensor | None = None, band: Tensor | None = None) -> Tensor:
+        """Fourier features of the normalised values of ``batch`` (or of ``value``/``band``, a slice of it)."""
+        value = batch.value if value is None else value
+        band = batch.band if band is None else band
+        extra = batch.band_table[:, 3][band]
         mean = std = None
         if self.band_stats:
             nan = float("nan")
             m = torch.tensor([self.band_stats.get(n, (nan, nan))[0] for n in batch.band_names],
-                             device=batch.value.device)
+                             device=value.device)
             s = torch.tensor([self.band_stats.get(n, (nan, nan))[1] for n in batch.band_names],
-                             device=batch.value.device)
-            mean, std = m[batch.band], s[batch.band]
-        x = normalize_values(batch.value, extra, mean, std)
+                             device=value.device)
+            mean, std = m[band], s[band]
+        x = normalize_values(value, extra, mean, std)
         return fourier_features(x, self.cfg.value_bands, self.cfg.value_max_freq)
 
     def coord_features(self, coords: Tensor) -> Tensor:

@@ -205,7 +205,11 @@ def simulate(
         raise ModalityError(f"window offset {offset_m} puts the {ext:g} m window outside the image")
     x0, y0 = left + dx, top - dy  # window top-left in image coordinates
     out = {}
-    for b in modality.bands:
+    # Bands at (or coarser than) the modality GSD first: a band averaged to the modality GSD then lands
+    # on the grid of a native band of that GSD instead of a shifted grid sharing its dimension names.
+    on_target_grid = None
+    order = sorted(modality.bands, key=lambda b: float(image[b].attrs["gsd_m"]) < modality.gsd_m - 1e-9)
+    for b in order:
         da = image[b]
         g = float(da.attrs["gsd_m"])
         ydim, xdim = da.dims
@@ -219,12 +223,19 @@ def simulate(
             valid &= vals != nodata
         target = max(g, modality.gsd_m)
         if target <= g + 1e-9:  # coarser (or equal) band: keep its grid, crop by pixel centres
-            ix = np.nonzero((xs > x0) & (xs < x0 + ext))[0]
-            iy = np.nonzero((ys < y0) & (ys > y0 - ext))[0]
-            if len(ix) == 0 or len(iy) == 0:
+            # floor(ext / g) pixels centred on the window, whatever its position: the same shape for every
+            # window (centres on an edge of the window neither drop nor add a pixel).
+            n = int(math.floor(ext / g + 1e-6))
+            if n < 1:
                 raise ModalityError(f"modality {modality.name!r}: band {b} ({g:g} m) has no pixel in the "
                                     f"{ext:g} m window")
+            i0x = int(math.floor((x0 + ext / 2 - xs[0]) / g - (n - 1) / 2 + 0.5 + 1e-6))
+            i0y = int(math.floor((ys[0] - (y0 - ext / 2)) / g - (n - 1) / 2 + 0.5 + 1e-6))
+            ix = np.arange(min(max(i0x, 0), len(xs) - n), min(max(i0x, 0), len(xs) - n) + n)
+            iy = np.arange(min(max(i0y, 0), len(ys) - n), min(max(i0y, 0), len(ys) - n) + n)
             sub = da.isel({ydim: iy, xdim: ix})
+            if math.isclose(g, modality.gsd_m):
+                on_target_grid = (float(sub[xdim][0]) - g / 2, float(sub[ydim][0]) + g / 2)
             out[b] = xr.DataArray(sub.values, dims=(ydim, xdim),
                                   coords={ydim: sub[ydim].values, xdim: sub[xdim].values}, attrs=attrs)
             continue
@@ -233,6 +244,8 @@ def simulate(
             raise ModalityError(f"modality {modality.name!r}: window of {ext:g} m holds no {target:g} m pixel")
         span = n * target
         ox, oy = x0 + (ext - span) / 2, y0 - (ext - span) / 2
+        if on_target_grid is not None:  # share the cells of the native band of this GSD
+            ox, oy = on_target_grid
         src_x = xs[0] - g / 2 + np.arange(len(xs) + 1) * g
         src_y = -(ys[0] + g / 2) + np.arange(len(ys) + 1) * g  # flip y to increasing
         dst_x = ox + np.arange(n + 1) * target
@@ -246,7 +259,7 @@ def simulate(
         out[b] = xr.DataArray(avg, dims=(nydim, nxdim),
                               coords={nydim: oy - (np.arange(n) + 0.5) * target,
                                       nxdim: ox + (np.arange(n) + 0.5) * target}, attrs=attrs)
-    ds = xr.Dataset(out)
+    ds = xr.Dataset({b: out[b] for b in modality.bands})
     ds.attrs.update(image.attrs)
     ds.attrs.update({"modality": modality.name, "window_m": [x0, y0, ext]})
     return ds

@@ -127,11 +127,16 @@ class FactorizedTokenProjection(nn.Module):
         bias = self.proj.weight @ self.norm.bias  # (out,)
         a1 = a.sum(1)  # (out,)
         d = self.token_dim
-        s = v.sum(-1) + fx.sum(-1)[xi] + fy.sum(-1)[yi] + fb.sum(-1)[band]  # (S, K)
-        q = v.square().sum(-1) + fx.square().sum(-1)[xi] + fy.square().sum(-1)[yi] + fb.square().sum(-1)[band]
+        # Per table row: [projection | sum | sum of squares]; one gather per table (embedding backward
+        # is a fast index_add, unlike advanced indexing).
+        def table(f: Tensor, w: Tensor) -> Tensor:
+            return torch.cat([f @ w.T, f.sum(-1, keepdim=True), f.square().sum(-1, keepdim=True)], -1)
+
+        g = (F.embedding(xi, table(fx, ax)) + F.embedding(yi, table(fy, ay))
+             + F.embedding(band, table(fb, ab)) + table(v, av))  # (S, K, out + 2)
+        proj, s, q = g[..., :-2], g[..., -2], g[..., -1]
         mean = s / d
         rstd = torch.rsqrt((q / d - mean.square()).clamp_min(0) + self.norm.eps)
-        proj = v @ av.T + (fx @ ax.T)[xi] + (fy @ ay.T)[yi] + (fb @ ab.T)[band]  # (S, K, out)
         return (proj - mean[..., None] * a1) * rstd[..., None] + bias
 
 
@@ -227,6 +232,33 @@ class CrossBlock(nn.Module):
         z = z + out
         return z + self.ff(z), w
 
+    def forward_streaming(self, z: Tensor, chunks) -> Tensor:
+        """Exact cross-attention over atoms delivered in chunks, with an online softmax.
+
+        ``chunks`` yields ``(kv (S, n, 2*inner), mask (S, n))``; memory is bounded by one chunk. The
+        running maximum ``m``, normaliser ``l`` and accumulator ``acc`` are rescaled as each chunk
+        arrives, so the result equals attention over all atoms at once.
+        """
+        attn = self.attn
+        h, d = attn.heads, attn.dim_head
+        q = rearrange(attn.to_q(self.norm(z)), "s l (h d) -> s h l d", h=h).float() / math.sqrt(d)
+        m = torch.full(q.shape[:-1] + (1,), float("-inf"), device=z.device)  # (S, H, L, 1)
+        l = torch.zeros_like(m)
+        acc = torch.zeros_like(q)  # (S, H, L, d)
+        for kv, mask in chunks:
+            k, v = rearrange(kv.float(), "s n (two h d) -> two s h n d", two=2, h=h)
+            logits = (q @ k.transpose(-1, -2)).masked_fill(~mask[:, None, None, :], float("-inf"))
+            m_new = torch.maximum(m, logits.amax(-1, keepdim=True))
+            safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
+            p = torch.exp(logits - safe)
+            scale = torch.exp(m - safe)
+            l = l * scale + p.sum(-1, keepdim=True)
+            acc = acc * scale + p @ v
+            m = m_new
+        out = attn.to_out(rearrange(acc / l, "s h l d -> s l (h d)").to(z.dtype))
+        z = z + out
+        return z + self.ff(z)
+
 
 class AttentionPool(nn.Module):
     """One learned query cross-attends over the latents; LayerNorm; Linear to the logits."""
@@ -268,6 +300,8 @@ def prune_index(mask: Tensor, p: float, generator: torch.Generator | None = None
 class Atomizer(nn.Module):
     """Atoms in, class logits out. ``forward(batch)`` -> (S, C); see :meth:`forward`."""
 
+    input_kind = "atoms"
+
     def __init__(self, cfg: AtomizerConfig):
         super().__init__()
         self.cfg = cfg
@@ -289,7 +323,7 @@ class Atomizer(nn.Module):
         self.head = AttentionPool(cfg.latent_dim, cfg.latent_heads, cfg.latent_dim_head, cfg.num_classes)
 
     def forward(self, batch: AtomBatch, return_attention: bool = False,
-                generator: torch.Generator | None = None):
+                generator: torch.Generator | None = None, chunk_size: int | None = None):
         """Classify atom sets.
 
         Args:
@@ -297,12 +331,16 @@ class Atomizer(nn.Module):
             return_attention: Also return, per block, the cross-attention weights (S, H, L, N) over all
                 atoms of the batch (pruning is skipped when asked, so weights map onto every atom).
             generator: RNG for token pruning (training).
+            chunk_size: At evaluation, stream atoms through each cross-attention in chunks of this many
+                atoms (exact online softmax; peak memory independent of the number of atoms).
 
         Returns:
             logits (S, C), or ``(logits, [weights per block])``.
         """
         if batch.value.shape[1] == 0 or not bool(batch.mask.any(1).all()):
             raise ValueError("empty token set: every set in the batch needs at least one valid atom")
+        if chunk_size is not None and not self.training and not return_attention:
+            return self._forward_streaming(batch, chunk_size)
         v_all, fx, fy, fb = self.encoder.parts(batch)  # (S,N,Dv), (X,Dp), (Y,Dp), (B,Db)
         z = self.latents.expand(batch.num_sets, -1, -1)  # (S, L, D)
         prune = self.training and self.cfg.prune_p > 0 and not return_attention
@@ -323,6 +361,26 @@ class Atomizer(nn.Module):
                 z = sb(z)
         logits = self.head(z)
         return (logits, weights) if return_attention else logits
+
+    def _forward_streaming(self, batch: AtomBatch, chunk_size: int) -> Tensor:
+        fx = self.encoder.coord_features(batch.coord_x)
+        fy = self.encoder.coord_features(batch.coord_y)
+        fb = self.encoder.band_features(batch.band_table)
+        n = batch.value.shape[1]
+
+        def chunks(to_kv):
+            for a in range(0, n, chunk_size):
+                sl = slice(a, a + chunk_size)
+                band = batch.band[:, sl]
+                v = self.encoder.value_features(batch, batch.value[:, sl], band)
+                yield to_kv(v, fx, fy, fb, batch.xi[:, sl], batch.yi[:, sl], band), batch.mask[:, sl]
+
+        z = self.latents.expand(batch.num_sets, -1, -1)
+        for blk in self.blocks:
+            z = blk["cross"].forward_streaming(z, chunks(blk["cross"].to_kv))
+            for sb in blk["self"]:
+                z = sb(z)
+        return self.head(z)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

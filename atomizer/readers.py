@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -310,10 +312,15 @@ def read_band_folder(
     ds = build_image(arrays, sensor, gsd=gsd, origin_xy=next(iter(corners)),
                      attrs={**attrs, "source": str(folder)}, dn_offset=dn_offset)
     if len(corners) > 1:  # bands with different corners: use each band's own coordinates
+        grid_origin: dict[str, tuple[float, float]] = {}
         for name, (x0, y0) in origins.items():
             ydim, xdim = ds[name].dims
-            if ydim in ds.coords and not np.isclose(ds[ydim].values[0], y0 - gsd[name] / 2):
+            g0 = grid_origin.setdefault(ydim, (x0, y0))
+            if not np.allclose(g0, (x0, y0)):
                 raise ImageReadError(f"{folder}: bands on the {grid_name(gsd[name])} grid are not aligned")
+            h, w = ds[name].shape
+            ds = ds.assign_coords({ydim: y0 - (np.arange(h) + 0.5) * gsd[name],
+                                   xdim: x0 + (np.arange(w) + 0.5) * gsd[name]})
     return ds
 
 
@@ -335,7 +342,7 @@ def read_bigearthnet_npz(path: str | Path, include_s1: bool = False) -> xr.Datas
     try:
         with np.load(path) as z:
             data = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise ImageReadError(f"{path}: not a readable npz patch ({e})") from None
     s2 = get_sensor("sentinel2")
     resampled = bool(data.pop("resampled_120", False))

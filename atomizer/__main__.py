@@ -1,0 +1,5 @@
+import sys
+
+from atomizer.cli import main
+
+sys.exit(main())

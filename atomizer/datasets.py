@@ -1,0 +1,234 @@
+"""PyTorch datasets over the readers: BigEarthNet (npz, official v1 and v2 layouts) and EuroSAT-MS.
+
+Each item is a dict ``{"image": xarray.Dataset, "target": Tensor, "id": str}``: the image on its
+native grids (see :mod:`atomizer.readers`) and a 19-class multi-hot (BigEarthNet) or a class index
+(EuroSAT). Modalities and tokenisation are applied downstream (:mod:`atomizer.training`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from atomizer.paths import data_dir
+from atomizer.readers import read_band_folder, read_bigearthnet_npz, read_eurosat
+
+EMBEDDED = {
+    "bigearthnet": Path("embedded") / "bigearthnet",
+    "eurosat": Path("embedded") / "eurosat",
+}
+
+
+def embedded_path(name: str) -> Path:
+    """Folder of an embedded dataset shipped in ``data/`` ("bigearthnet" or "eurosat")."""
+    if name not in EMBEDDED:
+        raise KeyError(f"unknown embedded dataset {name!r}; choose from {sorted(EMBEDDED)}")
+    return data_dir() / EMBEDDED[name]
+
+
+def ben19_classes(nomenclature: str | Path | None = None) -> list[str]:
+    """The official 19-class BigEarthNet order."""
+    path = Path(nomenclature) if nomenclature else embedded_path("bigearthnet") / "label_nomenclature.json"
+    return list(json.loads(path.read_text())["labels_19_order"])
+
+
+def ben43_to_19(nomenclature: str | Path | None = None) -> dict[str, str | None]:
+    path = Path(nomenclature) if nomenclature else embedded_path("bigearthnet") / "label_nomenclature.json"
+    return dict(json.loads(path.read_text())["old43_to_new19"])
+
+
+def multi_hot(labels: Sequence[str], classes: Sequence[str]) -> torch.Tensor:
+    index = {c: i for i, c in enumerate(classes)}
+    y = torch.zeros(len(classes))
+    for lab in labels:
+        if lab not in index:
+            raise KeyError(f"label {lab!r} is not one of the {len(classes)} classes")
+        y[index[lab]] = 1.0
+    return y
+
+
+def balanced_subset(label_sets: Sequence[Sequence[str]], max_per_class: int, seed: int = 0) -> np.ndarray:
+    """The paper's class-balanced subset: indices such that no class has more than ``max_per_class``.
+
+    Images are visited in a seeded random order and kept when every one of their classes is still below
+    the cap, so the cap holds exactly for all classes (multi-label images count for each of their
+    classes) and rare classes keep all their images.
+    """
+    counts: dict[str, int] = {}
+    keep = []
+    for i in np.random.default_rng(seed).permutation(len(label_sets)):
+        labs = list(label_sets[i])
+        if labs and all(counts.get(c, 0) < max_per_class for c in labs):
+            keep.append(i)
+            for c in labs:
+                counts[c] = counts.get(c, 0) + 1
+    return np.sort(np.asarray(keep, dtype=np.int64))
+
+
+class _ImageDataset(torch.utils.data.Dataset):
+    multilabel: bool = True
+    classes: list[str]
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def ids(self) -> list[str]:
+        return [r["id"] for r in self.records]
+
+    def load(self, r: dict):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def target(self, r: dict) -> torch.Tensor:
+        if self.multilabel:
+            return multi_hot(r["labels"], self.classes)
+        return torch.tensor(r["label_idx"], dtype=torch.long)
+
+    def targets(self) -> torch.Tensor:
+        """All targets stacked: (n, C) multi-hot or (n,) class indices."""
+        return torch.stack([self.target(r) for r in self.records])
+
+    def __getitem__(self, i: int) -> dict:
+        r = self.records[i]
+        return {"image": self.load(r), "target": self.target(r), "id": r["id"]}
+
+
+class BigEarthNetNpz(_ImageDataset):
+    """BigEarthNet patches stored as npz (the embedded slice, ``ben_real_mini``) with metadata.json.
+
+    Args:
+        root: Folder with ``patches/*.npz``, ``metadata.json`` and ``label_nomenclature.json``
+            (default: the embedded slice).
+        split: "train", "validation", "test", or None for all patches with a split.
+        include_s1: Add Sentinel-1 VV/VH where the patch has them.
+    """
+
+    def __init__(self, root: str | Path | None = None, split: str | None = None, include_s1: bool = False):
+        super().__init__()
+        self.root = Path(root) if root else embedded_path("bigearthnet")
+        self.classes = ben19_classes(self.root / "label_nomenclature.json")
+        self.include_s1 = include_s1
+        meta = json.loads((self.root / "metadata.json").read_text())
+        for m in meta:
+            if split is not None and m.get("split") != split:
+                continue
+            if split is None and not m.get("split"):
+                continue
+            self.records.append({"id": m["patch_id"], "labels": m["labels_19"],
+                                 "path": self.root / "patches" / f"{m['patch_id']}.npz"})
+
+    def load(self, r: dict):
+        return read_bigearthnet_npz(r["path"], include_s1=self.include_s1)
+
+
+class BigEarthNetOfficial(_ImageDataset):
+    """The full BigEarthNet in its official layouts.
+
+    * v2 (reBEN): ``root/<tile>/<patch_id>/<patch_id>_B01.tif ...`` with labels and splits from the
+      official ``metadata.parquet`` (columns ``patch_id, labels, split``); ``<tile>`` is the patch id
+      without its last two ``_row_col`` fields.
+    * v1: ``root/<patch>/<patch>_B01.tif ...`` and ``<patch>_labels_metadata.json`` holding the 43-class
+      ``labels``, mapped to the 19-class nomenclature; splits from a CSV of patch names per split
+      (``split_csv`` with columns ``patch_id, split``) if given.
+
+    Args:
+        root: Dataset root.
+        version: "v1" or "v2".
+        metadata: v2: path to ``metadata.parquet``. v1: optional split CSV.
+        split: Keep only this split.
+        max_per_class: Apply the paper's class-balanced subset rule (:func:`balanced_subset`).
+        check_files: Drop records whose folder is missing (useful for partial downloads).
+    """
+
+    def __init__(self, root: str | Path, version: str = "v2", metadata: str | Path | None = None,
+                 split: str | None = None, max_per_class: int | None = None, seed: int = 0,
+                 check_files: bool = True, nomenclature: str | Path | None = None):
+        super().__init__()
+        self.root = Path(root)
+        self.version = version
+        self.classes = ben19_classes(nomenclature)
+        if version == "v2":
+            if metadata is None:
+                raise ValueError("BigEarthNet v2 needs the official metadata.parquet (labels and splits)")
+            df = pd.read_parquet(metadata, columns=["patch_id", "labels", "split"])
+            if split is not None:
+                df = df[df["split"] == split]
+            for pid, labels in zip(df["patch_id"], df["labels"]):
+                tile = "_".join(pid.split("_")[:-2])
+                self.records.append({"id": pid, "labels": list(labels), "path": self.root / tile / pid})
+        elif version == "v1":
+            mapping = ben43_to_19(nomenclature)
+            splits = None
+            if metadata is not None:
+                s = pd.read_csv(metadata)
+                splits = dict(zip(s["patch_id"], s["split"]))
+            for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+                if splits is not None and splits.get(folder.name) != split and split is not None:
+                    continue
+                meta = folder / f"{folder.name}_labels_metadata.json"
+                if not meta.is_file():
+                    continue
+                labels43 = json.loads(meta.read_text())["labels"]
+                labels = sorted({mapping[lab] for lab in labels43 if mapping.get(lab)})
+                self.records.append({"id": folder.name, "labels": labels, "path": folder})
+        else:
+            raise ValueError(f"version must be 'v1' or 'v2', got {version!r}")
+        if check_files:
+            self.records = [r for r in self.records if r["path"].is_dir()]
+        if max_per_class is not None:
+            keep = balanced_subset([r["labels"] for r in self.records], max_per_class, seed)
+            self.records = [self.records[i] for i in keep]
+
+    def load(self, r: dict):
+        return read_band_folder(r["path"], "sentinel2", dn_offset=0.0)
+
+
+class EuroSAT(_ImageDataset):
+    """EuroSAT-MS GeoTIFFs (``<Class>/<Class>_<n>.tif``), single label, 10 classes.
+
+    Args:
+        root: Dataset folder (default: the embedded slice).
+        split: "train", "validation" or "test" from ``split.csv`` (the fixed split shipped in
+            ``data/``); None for every tile listed in ``index.csv``.
+    """
+
+    multilabel = False
+
+    def __init__(self, root: str | Path | None = None, split: str | None = None):
+        super().__init__()
+        self.root = Path(root) if root else embedded_path("eurosat")
+        table = self.root / ("split.csv" if split is not None else "index.csv")
+        if not table.is_file():
+            raise FileNotFoundError(f"{table} not found (EuroSAT root {self.root})")
+        df = pd.read_csv(table)
+        if split is not None:
+            if split not in set(df["split"]):
+                raise ValueError(f"unknown split {split!r}; {table} has {sorted(set(df['split']))}")
+            df = df[df["split"] == split]
+        self.classes = sorted(pd.read_csv(self.root / "index.csv")["label"].unique())
+        for path, label in zip(df["path"], df["label"]):
+            self.records.append({"id": Path(path).stem, "label_idx": self.classes.index(label),
+                                 "labels": [label], "path": self.root / path})
+
+    def load(self, r: dict):
+        return read_eurosat(r["path"])
+
+
+def open_dataset(name: str, split: str | None = None, root: str | Path | None = None) -> _ImageDataset:
+    """A dataset by name: ``"eurosat"``, ``"bigearthnet"`` (npz), with an optional root."""
+    if name == "eurosat":
+        return EuroSAT(root, split)
+    if name in ("bigearthnet", "ben"):
+        return BigEarthNetNpz(root, split)
+    raise KeyError(f"unknown dataset {name!r}; choose 'eurosat' or 'bigearthnet'")
