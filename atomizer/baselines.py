@@ -272,7 +272,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "small": ScaleMAEConfig(),
     },
     "perceiver": {
-        "tiny": PerceiverConfig(num_latents=16, latent_dim=64, depth=2, self_per_cross=1, cross_dim_head=32,
+        "tiny": PerceiverConfig(num_latents=16, latent_dim=64, depth=1, self_per_cross=2, cross_dim_head=32,
                                 latent_heads=2, latent_dim_head=32, pos_bands=8, pos_max_freq=16.0),
         "small": PerceiverConfig(),
     },
@@ -474,11 +474,13 @@ class PixelPerceiverBaseline(_Baseline):
         super().__init__()
         self.cfg = cfg
         self.token_dim = cfg.in_channels + 2 * fourier_dim(cfg.pos_bands)
+        # Pre-norm of the tokens without affine parameters (each cross-attention's key/value projection
+        # absorbs them), so the normalised tokens are computed once per forward, not once per block.
+        self.token_norm = nn.LayerNorm(self.token_dim, elementwise_affine=False)
         self.latents = nn.Parameter(torch.randn(cfg.num_latents, cfg.latent_dim) * 0.02)
 
         def block() -> nn.ModuleDict:
             return nn.ModuleDict({
-                "token_norm": nn.LayerNorm(self.token_dim),
                 "norm": nn.LayerNorm(cfg.latent_dim),
                 "cross": Attention(cfg.latent_dim, cfg.cross_heads, cfg.cross_dim_head, context_dim=self.token_dim,
                                    dropout=cfg.attn_dropout),
@@ -510,10 +512,10 @@ class PixelPerceiverBaseline(_Baseline):
 
     def forward(self, x: Tensor, gsd: Tensor | None = None) -> Tensor:
         """x (S, C, H, W) -> logits (S, K); ``gsd`` is ignored."""
-        t = self.tokens(x)  # (S, N, T)
+        t = self.token_norm(self.tokens(x))  # (S, N, T)
         z = self.latents.expand(x.shape[0], -1, -1)  # (S, L, D)
         for blk in self.blocks:
-            z = z + blk["cross"](blk["norm"](z), context=blk["token_norm"](t))[0]
+            z = z + blk["cross"](blk["norm"](z), context=t)[0]
             z = z + blk["ff"](z)
             for layer in blk["self"]:
                 z = layer(z)

@@ -3,8 +3,9 @@
 A *modality* is ``(size in pixels at its GSD, GSD in m/px, band subset)``. Simulating it from a finer
 image crops a ground window of ``size * gsd`` metres and brings each band to
 ``max(native GSD, modality GSD)`` by exact area averaging: the result is a genuinely coarser image with
-fewer pixels, never upsampled back. Bands already coarser than the target keep their own grid (their
-pixels whose centres fall in the window are kept untouched).
+fewer pixels, never upsampled back. Bands already coarser than the target keep their own grid (the
+``floor(window / GSD)`` pixels centred on the window are kept untouched, so a modality gives the same
+shapes wherever its window falls); finer bands averaged to the GSD of such a band share its cells.
 
 Modality sets live in ``data/modalities/*.yaml``::
 

@@ -316,7 +316,7 @@ def read_band_folder(
         for name, (x0, y0) in origins.items():
             ydim, xdim = ds[name].dims
             g0 = grid_origin.setdefault(ydim, (x0, y0))
-            if not np.allclose(g0, (x0, y0)):
+            if not np.allclose(g0, (x0, y0), rtol=0.0, atol=1e-3):
                 raise ImageReadError(f"{folder}: bands on the {grid_name(gsd[name])} grid are not aligned")
             h, w = ds[name].shape
             ds = ds.assign_coords({ydim: y0 - (np.arange(h) + 0.5) * gsd[name],
