@@ -76,6 +76,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     summary = train(cfg, resume=args.resume)
     if summary["rank"] == 0:
         print(json.dumps(summary, indent=2))
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # every rank reports, so replicas can be compared
+        print(f"rank {summary['rank']} weights_fingerprint {summary['weights_fingerprint']!r}", flush=True)
     return 0
 
 

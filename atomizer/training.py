@@ -55,6 +55,8 @@ class TrainConfig:
     data_root: str | None = None
     train_split: str = "train"
     val_split: str = "validation"
+    train_limit: int | None = None  # use only the first N training images (smoke runs)
+    val_limit: int | None = None
     train_modalities: str = "eurosat_train"  # name in data/modalities or a YAML path
     test_modalities: str = "eurosat_test"
     epochs: int = 2
@@ -152,6 +154,10 @@ def build_datasets(cfg: TrainConfig, kind: str):
     canvas = canvas_for(train_mods)
     base_tr = open_dataset(cfg.dataset, cfg.train_split, cfg.data_root)
     base_va = open_dataset(cfg.dataset, cfg.val_split, cfg.data_root)
+    if cfg.train_limit is not None:
+        base_tr.records = base_tr.records[: cfg.train_limit]
+    if cfg.val_limit is not None:
+        base_va.records = base_va.records[: cfg.val_limit]
     if len(base_tr) == 0:
         raise ValueError(f"dataset {cfg.dataset!r} has no {cfg.train_split!r} images")
     tr = ModalityDataset(base_tr, train_mods.modalities,

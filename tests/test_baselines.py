@@ -84,6 +84,15 @@ def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
     return w
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: these small models gain little from two, and lose a lot on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def root() -> Path:
     return ben_root()
@@ -101,8 +110,12 @@ def test_modalities():
 
 
 @pytest.fixture(scope="module")
-def train_set(root):
-    """Four labelled real patches with label sets as different as possible (greedy on the prior loss)."""
+def train_set(root, test_modalities):
+    """Four labelled real patches with label sets as different as possible (greedy on the prior loss).
+
+    Two stay native (10 m, 12 bands); two are seen through test modalities T2 (40 m, 6 bands) and T6
+    (16 m, 6 bands, a zero frame), so the batch mixes GSDs and ScaleMAE differs from the ViT.
+    """
     recs = labelled_patches(root)
     if len(recs) < 4:
         pytest.fail(f"{root}: need 4 labelled patches for the overfit test, found {len(recs)}")
@@ -113,7 +126,10 @@ def train_set(root):
         rest = [i for i in range(len(recs)) if i not in chosen]
         chosen.append(max(rest, key=lambda i: (prior_loss(ys[chosen + [i]]), -i)))
     images = [open_image(recs[i][0]) for i in chosen]
+    images[2] = simulate(images[2], test_modalities["T2"])
+    images[3] = simulate(images[3], test_modalities["T6"])
     x, gsd = canvas_batch(images)
+    assert gsd.tolist() == [10.0, 10.0, 40.0, 16.0]
     return x, gsd, ys[chosen]
 
 

@@ -1,0 +1,142 @@
+"""Training engine: schedule, reproducibility, resume after SIGKILL, DDP on gloo, CLI train/evaluate."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from atomizer.checkpoint import read_checkpoint
+from atomizer.evaluation import load_results
+from atomizer.training import TrainConfig, lr_at, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def smoke_config(out: Path, **kw) -> dict:
+    cfg = dict(model="atomizer", preset="tiny", dataset="eurosat", epochs=1, batch_size=4, max_steps=6,
+               ckpt_every=2, train_limit=24, val_limit=8, lr=2e-3, seed=7, device="cpu", out_dir=str(out))
+    cfg.update(kw)
+    return cfg
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def state(path: Path) -> dict:
+    return read_checkpoint(path)["state_dict"]
+
+
+def test_lr_schedule_warmup_then_cosine_to_zero():
+    lrs = [lr_at(s, 100, 1.0, 10) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))  # monotone decay after warm-up
+    assert lr_at(55, 100, 1.0, 10) == pytest.approx(0.5)
+    assert lr_at(100, 100, 1.0, 10) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_config_from_yaml_refuses_unknown_keys(tmp_path):
+    p = write_config(tmp_path / "c.yaml", {"model": "atomizer", "epochs": 1, "bogus": 3})
+    with pytest.raises(ValueError, match="bogus"):
+        TrainConfig.from_yaml(p)
+
+
+def test_same_seed_same_weights_and_run_dir_contents(tmp_path):
+    a = train(TrainConfig.from_dict(smoke_config(tmp_path / "a")), progress=False)
+    b = train(TrainConfig.from_dict(smoke_config(tmp_path / "b")), progress=False)
+    sa, sb = state(Path(a["last"])), state(Path(b["last"]))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    saved = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
+    assert saved["seed"] == 7 and saved["max_steps"] == 6
+    lines = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in lines if r["kind"] == "train"]
+    assert steps == list(range(1, 7))
+    assert any(r["kind"] == "val" and math.isfinite(r["macro_map"]) for r in lines)
+    assert all(math.isfinite(r["loss"]) and r["lr"] > 0 for r in lines if r["kind"] == "train")
+    with pytest.raises(FileExistsError):  # nothing is overwritten silently
+        train(TrainConfig.from_dict(smoke_config(tmp_path / "a")), progress=False)
+    c = train(TrainConfig.from_dict(smoke_config(tmp_path / "c", seed=8)), progress=False)
+    sc = state(Path(c["last"]))
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    """A real subprocess is killed mid-run; --resume finishes with the uninterrupted run's weights."""
+    steps = 12
+    full = train(TrainConfig.from_dict(smoke_config(tmp_path / "full", max_steps=steps, epochs=2)), progress=False)
+    cfg = write_config(tmp_path / "k.yaml", smoke_config(tmp_path / "killed", max_steps=steps, epochs=2))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "atomizer", "train", str(cfg)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 240
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists():
+            done = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if x.strip()]
+            if done and max(done) >= 5:  # past the step-4 checkpoint, before the end
+                proc.send_signal(signal.SIGKILL)
+                killed_at = max(done)
+                break
+        time.sleep(0.05)
+    proc.wait(timeout=30)
+    assert killed_at is not None and killed_at < steps, "the run was not killed mid-way"
+    assert proc.returncode == -signal.SIGKILL
+    ck = read_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")
+    assert 2 <= ck["extra"]["step"] < steps
+    out = subprocess.run([sys.executable, "-m", "atomizer", "train", str(cfg), "--resume"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    sa, sb = state(Path(full["last"])), state(tmp_path / "killed" / "checkpoints" / "last.pt")
+    for k in sa:
+        assert torch.allclose(sa[k], sb[k], atol=1e-6), k
+    logged = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if json.loads(x)["kind"] == "train"]
+    assert logged == list(range(1, steps + 1))  # no duplicated or missing steps in the log
+
+
+def test_ddp_two_processes_gloo_identical_weights(tmp_path):
+    cfg = write_config(tmp_path / "d.yaml", smoke_config(tmp_path / "ddp", max_steps=3, train_limit=16))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "atomizer", "train", str(cfg)], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    prints = dict(line.split()[1::2] for line in out.stdout.splitlines() if line.startswith("rank "))
+    assert set(prints) == {"0", "1"}, out.stdout
+    assert prints["0"] == prints["1"]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["step"] == 3 and summary["rank"] == 0
+
+
+def test_cli_train_then_evaluate_writes_tidy_results(tmp_path):
+    cfg = write_config(tmp_path / "r.yaml", smoke_config(tmp_path / "run", model="resnet", max_steps=3))
+    env = dict(os.environ)
+    r = subprocess.run([sys.executable, "-m", "atomizer", "train", str(cfg)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
+    res_path = tmp_path / "run" / "results.nc"
+    r = subprocess.run([sys.executable, "-m", "atomizer", "evaluate", str(ckpt), "--modalities", "eurosat_test",
+                        "--out", str(res_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "T6" in r.stdout and "top1" in r.stdout
+    res = load_results(res_path)
+    assert res["score"].dims == ("model", "modality", "metric")
+    assert list(res.modality.values) == ["T1", "T2", "T3", "T4", "T5", "T6"]
+    assert set(res.metric.values) == {"top1", "macro_map"}
+    assert bool(((res["score"] >= 0) & (res["score"] <= 100)).all())
+    assert json.loads(res_path.with_suffix(".json").read_text())["records"]
+    # refuses to overwrite, one-line error
+    r = subprocess.run([sys.executable, "-m", "atomizer", "evaluate", str(ckpt), "--modalities", "eurosat_test",
+                        "--out", str(res_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.startswith("atomizer: error:") and "exists" in r.stderr
+    assert "Traceback" not in r.stderr
