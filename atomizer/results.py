@@ -1,0 +1,112 @@
+"""The results store: a folder tree of runs that dashboards and notebooks read.
+
+A *run directory* is what :func:`atomizer.training.train` writes, plus the evaluation files::
+
+    <run>/config.yaml            the TrainConfig used
+    <run>/metrics.jsonl          one JSON object per training step / validation (grows while running)
+    <run>/summary.json           written when training ends
+    <run>/checkpoints/{best,last}.pt
+    <run>/results.nc (+ .json)   test-modality scores, dims (model, modality, metric)
+    <run>/sweep_gsd.nc, <run>/sweep_size.nc   the resolution and size sweeps, same dims
+    <run>/failed.txt             written by the experiment runner when the run failed
+
+A *results store* is any folder holding run directories at any depth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import xarray as xr
+import yaml
+
+RESULT_FILES = {"table": "results.nc", "gsd": "sweep_gsd.nc", "size": "sweep_size.nc"}
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "config.yaml").is_file() and ((path / "metrics.jsonl").exists() or (path / "failed.txt").exists())
+
+
+def find_run_dirs(root: str | Path) -> list[Path]:
+    """Every run directory under ``root`` (``root`` itself included), sorted."""
+    root = Path(root)
+    if not root.exists():
+        return []
+    out = [root] if is_run_dir(root) else []
+    out += sorted(p.parent for p in root.rglob("config.yaml") if p.parent != root and is_run_dir(p.parent))
+    return out
+
+
+def read_metrics(run_dir: str | Path) -> pd.DataFrame:
+    """The metrics log of a run as a DataFrame (empty if none yet); tolerates a half-written last line."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return pd.DataFrame(rows)
+
+
+def run_label(run_dir: Path, root: Path) -> str:
+    rel = run_dir.relative_to(root) if run_dir != root else Path(run_dir.name)
+    return str(rel)
+
+
+def find_runs(root: str | Path) -> pd.DataFrame:
+    """One row per run: label, model, preset, dataset, status, step, best validation score, files."""
+    root = Path(root)
+    rows = []
+    for d in find_run_dirs(root):
+        cfg = yaml.safe_load((d / "config.yaml").read_text()) or {}
+        m = read_metrics(d)
+        train = m[m["kind"] == "train"] if len(m) else m
+        val = m[m["kind"] == "val"] if len(m) else m
+        if (d / "failed.txt").exists():
+            status = "failed"
+        elif (d / RESULT_FILES["table"]).exists():
+            status = "done"
+        elif (d / "summary.json").exists():
+            status = "trained"
+        else:
+            status = "running"
+        rows.append({
+            "run": run_label(d, root), "path": str(d), "model": cfg.get("model"), "preset": cfg.get("preset"),
+            "dataset": cfg.get("dataset"), "seed": cfg.get("seed"), "status": status,
+            "step": int(train["step"].max()) if len(train) else 0,
+            "last_loss": float(train["loss"].iloc[-1]) if len(train) else float("nan"),
+            "best_val_macro_map": float(val["macro_map"].max()) if len(val) and "macro_map" in val else float("nan"),
+            "updated": max((os.path.getmtime(p) for p in d.iterdir()), default=0.0),
+            **{f"has_{k}": (d / f).exists() for k, f in RESULT_FILES.items()},
+        })
+    return pd.DataFrame(rows)
+
+
+def collect(root: str | Path, kind: str = "table") -> xr.Dataset | None:
+    """Merge the result files of every run under ``root`` along ``model``.
+
+    Each run's model entry is relabelled ``"<model> (<run>)"`` when several runs hold the same model,
+    so nothing is silently dropped. Returns ``None`` when no run has that kind of result yet.
+    """
+    if kind not in RESULT_FILES:
+        raise KeyError(f"kind must be one of {sorted(RESULT_FILES)}, got {kind!r}")
+    root = Path(root)
+    parts = []
+    for d in find_run_dirs(root):
+        f = d / RESULT_FILES[kind]
+        if f.exists():
+            with xr.open_dataset(f, engine="h5netcdf") as ds:
+                ds = ds.load()
+            ds = ds.assign_coords(run=("model", [run_label(d, root)] * ds.sizes["model"]))
+            parts.append(ds)
+    if not parts:
+        return None
+    names = [str(m) for p in parts for m in p.model.values]
+    if len(set(names)) < len(names):
+        parts = [p.assign_coords(model=[f"{m} ({r})" for m, r in zip(p.model.values, p.run.values)]) for p in parts]
+    return xr.concat(parts, dim="model", coords="minimal", compat="override", combine_attrs="drop_conflicts")
