@@ -19,7 +19,7 @@ from atomizer.checkpoint import load_model, read_checkpoint
 from atomizer.datasets import open_dataset
 from atomizer.metrics import classification_metrics, metric_names
 from atomizer.modalities import Modality, ModalitySet, load_modalities
-from atomizer.pipeline import CanvasSpec, ModalityDataset
+from atomizer.pipeline import CanvasSpec, InMemory, ModalityDataset
 from atomizer.registry import input_kind
 from atomizer.storage import atomic_write_bytes, atomic_write_json
 from atomizer.training import pick_device, predict_dataset
@@ -44,8 +44,9 @@ def evaluate_model(model: torch.nn.Module, dataset, modalities: Sequence[Modalit
     kind = input_kind(model)
     names = metric_names(dataset.multilabel)
     scores = np.full((1, len(modalities), len(names)), np.nan)
+    source = InMemory(dataset)  # read every image once, whatever the number of modalities
     for j, m in enumerate(modalities):
-        ds = ModalityDataset(dataset, [m], None, kind, canvas)
+        ds = ModalityDataset(source, [m], None, kind, canvas, cache=False)
         logits, targets = predict_dataset(model, ds, batch_size, dev, desc=f"{model_name} {m.name}")
         met = classification_metrics(logits, targets)
         scores[0, j] = [met[k] for k in names]

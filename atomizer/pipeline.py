@@ -27,6 +27,21 @@ class CanvasSpec:
     gsd_m: float = 10.0
 
 
+class InMemory(torch.utils.data.Dataset):
+    """Every item of ``base`` loaded once and kept (small datasets evaluated under many modalities)."""
+
+    def __init__(self, base):
+        self.items = [base[i] for i in range(len(base))]
+        self.multilabel = base.multilabel
+        self.classes = base.classes
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
 def model_input(image: xr.Dataset, kind: str, canvas: CanvasSpec | None = None) -> Any:
     """One simulated image as the model's input: an :class:`AtomBatch` of one, or ``(canvas, gsd)``."""
     if kind == "atoms":

@@ -254,7 +254,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                                                       seed=cfg.seed, drop_last=True)
     else:
         sampler = torch.utils.data.RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed))
-    per_epoch = max(1, (len(sampler) // cfg.batch_size) // cfg.grad_accum)
+    batch_size = min(cfg.batch_size, len(sampler))  # a tiny training set still gives one full batch
+    if batch_size < 1:
+        raise ValueError("no training images for this rank")
+    per_epoch = max(1, (len(sampler) // batch_size) // cfg.grad_accum)
     total_steps = cfg.epochs * per_epoch
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
@@ -290,7 +293,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             sampler.set_epoch(epoch)
         else:
             sampler.generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler,
+        loader = torch.utils.data.DataLoader(train_ds, batch_size=batch_size, sampler=sampler,
                                              collate_fn=collate_items, num_workers=cfg.num_workers,
                                              drop_last=True, pin_memory=device.type == "cuda")
         model.train()

@@ -1,0 +1,229 @@
+"""Experiments: train-and-evaluate steps the notebooks call, and the papermill experiment runner.
+
+``atomizer experiment run SPEC.yaml`` executes a grid of parameterised notebook runs::
+
+    name: embedded_demo
+    notebook: notebooks/disjoint_modalities.ipynb
+    output_dir: runs/embedded_demo      # the results store the dashboard reads
+    workers: 2                          # local processes (1 = in turn)
+    scheduler: null                     # or a Dask distributed address, e.g. tcp://host:8786
+    parameters: {dataset: eurosat, preset: small, epochs: 8}   # shared by every run
+    grid: {models: [[atomizer], [resnet]], seed: [0]}          # one run per combination
+
+Each run gets ``<output_dir>/<run_id>/`` with the executed notebook (``notebook.ipynb``), its parameters
+(``params.yaml``) and a status file (``status.json``). Finished runs are skipped; a failing run is
+recorded (``failed.txt``) and reported, and the other runs go on. At the end every run's results are
+collected into ``<output_dir>/results.nc`` (and the sweeps, if any).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from atomizer.cli import register
+from atomizer.evaluation import evaluate_checkpoint, save_results, sweep_modalities
+from atomizer.modalities import load_modalities
+from atomizer.results import RESULT_FILES, collect
+from atomizer.storage import atomic_write_json, atomic_write_text
+from atomizer.training import TrainConfig, train
+
+# --------------------------------------------------------------------------------------------------
+# Steps called by the notebooks
+# --------------------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(model: str, out_dir: str | Path, test_modalities: str, progress: bool = True,
+                       **train_options: Any) -> Path:
+    """Train ``model`` into ``out_dir`` (resuming if a run is there) and evaluate it on every test
+    modality; returns the run directory. Finished steps are not redone."""
+    run = Path(out_dir)
+    cfg = TrainConfig.from_dict({"model": model, "test_modalities": test_modalities, "out_dir": str(run),
+                                 **train_options})
+    if not (run / "summary.json").exists():
+        train(cfg, resume=(run / "config.yaml").exists(), progress=progress)
+    table = run / RESULT_FILES["table"]
+    if not table.exists():
+        res = evaluate_checkpoint(run / "checkpoints" / "best.pt", test_modalities, dataset=cfg.dataset,
+                                  data_root=cfg.data_root, batch_size=cfg.batch_size, device=cfg.device,
+                                  model_name=model)
+        save_results(res, table)
+    return run
+
+
+def run_sweep(run_dir: str | Path, kind: str, values: Sequence[float], bands: Sequence[str] | None = None,
+              batch_size: int = 16, device: str = "auto") -> Path:
+    """Evaluate a run's best checkpoint on a GSD (``kind="gsd"``) or size (``"size"``) sweep."""
+    from atomizer.modalities import ModalitySet
+
+    run = Path(run_dir)
+    cfg = TrainConfig.from_yaml(run / "config.yaml")
+    test = load_modalities(cfg.test_modalities)
+    size, gsd = int(test.source_size_px), float(test.source_gsd_m)
+    if bands is None:  # every band the dataset's test modalities use
+        bands = sorted({b for m in test for b in m.bands})
+    mods = ModalitySet(f"sweep_{kind}", tuple(sweep_modalities(kind, size, gsd, bands, values)), size, gsd)
+    res = evaluate_checkpoint(run / "checkpoints" / "best.pt", mods, dataset=cfg.dataset, data_root=cfg.data_root,
+                              batch_size=batch_size, device=device, model_name=cfg.model)
+    res.attrs["sweep"] = kind
+    out = run / RESULT_FILES[kind]
+    save_results(res, out, overwrite=True)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The runner
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExperimentSpec:
+    name: str
+    notebook: str
+    output_dir: str
+    parameters: dict = field(default_factory=dict)
+    grid: dict = field(default_factory=dict)
+    workers: int = 1
+    scheduler: str | None = None
+    kernel_name: str = "python3"
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "ExperimentSpec":
+        spec = yaml.safe_load(Path(path).read_text()) or {}
+        known = set(cls.__dataclass_fields__)
+        unknown = set(spec) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown experiment key(s) {sorted(unknown)}; known: {sorted(known)}")
+        missing = {"name", "notebook", "output_dir"} - set(spec)
+        if missing:
+            raise ValueError(f"{path}: missing {sorted(missing)}")
+        return cls(**spec)
+
+    def runs(self) -> list[tuple[str, dict]]:
+        """(run id, parameters) for every point of the grid."""
+        keys = list(self.grid)
+        out = []
+        for combo in itertools.product(*(self.grid[k] for k in keys)) if keys else [()]:
+            point = dict(zip(keys, combo))
+            rid = "_".join(f"{k}-{_slug(v)}" for k, v in point.items()) or "run"
+            out.append((rid, {**self.parameters, **point}))
+        return out
+
+
+def _slug(v: Any) -> str:
+    text = "+".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+    return re.sub(r"[^A-Za-z0-9.+-]", "", text)
+
+
+def execute_run(notebook: str, run_dir: str, parameters: Mapping[str, Any], kernel_name: str = "python3") -> dict:
+    """Execute one notebook run with papermill; never raises (the outcome is returned and recorded)."""
+    import papermill as pm
+
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    params = {**parameters, "output_dir": str(run)}
+    atomic_write_text(run / "params.yaml", yaml.safe_dump(params, sort_keys=False))
+    t0 = time.time()
+    status = {"run_dir": str(run), "parameters": params, "started": t0}
+    try:
+        pm.execute_notebook(notebook, str(run / "notebook.ipynb"), parameters=params, kernel_name=kernel_name,
+                            progress_bar=False, cwd=str(Path.cwd()))
+        status.update(state="done", seconds=time.time() - t0)
+        (run / "failed.txt").unlink(missing_ok=True)
+    except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
+        status.update(state="failed", seconds=time.time() - t0, error=f"{type(e).__name__}: {e}"[:4000])
+        atomic_write_text(run / "failed.txt", status["error"] + "\n" + traceback.format_exc()[-4000:])
+    atomic_write_json(run / "status.json", status)
+    return status
+
+
+def run_experiment(spec: ExperimentSpec, only: Sequence[str] | None = None, force: bool = False) -> dict:
+    """Run every pending run of ``spec``; returns ``{"done": [...], "skipped": [...], "failed": [...]}``."""
+    root = Path(spec.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    pending, skipped = [], []
+    for rid, params in spec.runs():
+        if only and rid not in only:
+            continue
+        st = root / rid / "status.json"
+        if not force and st.exists() and json.loads(st.read_text()).get("state") == "done":
+            skipped.append(rid)
+            continue
+        pending.append((rid, params))
+    for rid in skipped:
+        print(f"[skip] {rid}: already finished", flush=True)
+    results: list[dict] = []
+    args = [(spec.notebook, str(root / rid), params, spec.kernel_name) for rid, params in pending]
+    for rid, _ in pending:
+        print(f"[run ] {rid}", flush=True)
+    if spec.scheduler:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise RuntimeError("scheduler is set but dask.distributed is not installed (pip install distributed)") from None
+        with Client(spec.scheduler) as client:
+            futures = [client.submit(execute_run, *a, pure=False) for a in args]
+            results = client.gather(futures)
+    elif spec.workers > 1 and len(args) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=spec.workers) as ex:
+            results = list(ex.map(execute_run, *zip(*args)))
+    else:
+        results = [execute_run(*a) for a in args]
+    done = [Path(r["run_dir"]).name for r in results if r["state"] == "done"]
+    failed = [Path(r["run_dir"]).name for r in results if r["state"] == "failed"]
+    for r in results:
+        tag = "ok  " if r["state"] == "done" else "FAIL"
+        print(f"[{tag}] {Path(r['run_dir']).name} ({r['seconds']:.0f} s){'' if r['state'] == 'done' else ': ' + r['error'][:300]}",
+              flush=True)
+    for kind in RESULT_FILES:
+        merged = collect(root, kind)
+        if merged is not None:
+            save_results(merged, root / f"{Path(RESULT_FILES[kind]).stem}_all.nc", overwrite=True)
+    summary = {"done": done, "skipped": skipped, "failed": failed}
+    atomic_write_json(root / "experiment.json", {"spec": spec.__dict__, **summary})
+    return summary
+
+
+@register
+def _add_commands(sub) -> None:
+    p = sub.add_parser("experiment", help="run a grid of papermill notebook runs (see experiments/)")
+    s = p.add_subparsers(dest="experiment_command", required=True, metavar="ACTION")
+    r = s.add_parser("run", help="execute the runs of an experiment spec, skipping finished ones")
+    r.add_argument("spec", help="experiment YAML")
+    r.add_argument("--only", nargs="*", help="run ids to run (default: all)")
+    r.add_argument("--force", action="store_true", help="re-run finished runs")
+    r.add_argument("--workers", type=int, help="override the spec's local worker count")
+    r.set_defaults(func=_cmd_run)
+    ls = s.add_parser("list", help="list the runs of an experiment spec and their state")
+    ls.add_argument("spec")
+    ls.set_defaults(func=_cmd_list)
+
+
+def _cmd_run(args) -> int:
+    spec = ExperimentSpec.from_yaml(args.spec)
+    if args.workers:
+        spec.workers = args.workers
+    summary = run_experiment(spec, only=args.only, force=args.force)
+    print(f"{len(summary['done'])} done, {len(summary['skipped'])} skipped, {len(summary['failed'])} failed; "
+          f"results store: {spec.output_dir}")
+    return 1 if summary["failed"] else 0
+
+
+def _cmd_list(args) -> int:
+    spec = ExperimentSpec.from_yaml(args.spec)
+    for rid, params in spec.runs():
+        st = Path(spec.output_dir) / rid / "status.json"
+        state = json.loads(st.read_text())["state"] if st.exists() else "pending"
+        print(f"{state:8s} {rid}")
+    return 0
+
