@@ -262,19 +262,26 @@ PRESETS: dict[str, dict[str, Any]] = {
         # CI: 4 x 120 x 120 forward in a few tens of ms on CPU.
         "tiny": ResNetConfig(stem_width=16, widths=(16, 32, 64), blocks=(1, 1, 1)),
         "small": ResNetConfig(),
+        # GPU scale (the paper did not publish baseline sizes): ResNet-18 widths and depths.
+        "paper": ResNetConfig(stem_width=64, widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2)),
     },
     "vit": {
         "tiny": ViTConfig(dim=64, depth=2, heads=2, dim_head=32, ff_mult=2),
         "small": ViTConfig(),
+        "paper": ViTConfig(patch_size=10, dim=384, depth=8, heads=6, dim_head=64, ff_mult=4),
     },
     "scalemae": {
         "tiny": ScaleMAEConfig(dim=64, depth=2, heads=2, dim_head=32, ff_mult=2),
         "small": ScaleMAEConfig(),
+        "paper": ScaleMAEConfig(patch_size=10, dim=384, depth=8, heads=6, dim_head=64, ff_mult=4),
     },
     "perceiver": {
         "tiny": PerceiverConfig(num_latents=16, latent_dim=64, depth=1, self_per_cross=2, cross_dim_head=32,
                                 latent_heads=2, latent_dim_head=32, pos_bands=8, pos_max_freq=16.0),
         "small": PerceiverConfig(),
+        # the Atomizer paper preset's encoder, reading pixels instead of atoms
+        "paper": PerceiverConfig(num_latents=128, latent_dim=512, depth=4, self_per_cross=4, cross_heads=1,
+                                 cross_dim_head=64, latent_heads=8, latent_dim_head=64, ff_mult=4),
     },
 }
 

@@ -120,7 +120,7 @@ class ExperimentSpec:
 
 def _slug(v: Any) -> str:
     text = "+".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
-    return re.sub(r"[^A-Za-z0-9.+-]", "", text)
+    return re.sub(r"[^A-Za-z0-9._+-]", "", text)
 
 
 def execute_run(notebook: str, run_dir: str, parameters: Mapping[str, Any], kernel_name: str = "python3") -> dict:

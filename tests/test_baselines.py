@@ -28,20 +28,9 @@ from atomizer.baselines import (
 from atomizer.datasets import ben19_classes, multi_hot
 from atomizer.encodings import PHYSICAL_SCALING, VALUE_CLAMP
 from atomizer.modalities import load_modalities, simulate
-from atomizer.paths import REPO_ROOT
 from atomizer.readers import open_image
 
-# The repository's embedded slice (present on CI) first, the shared checkout's slice second.
-DATA_ROOTS = (REPO_ROOT / "data" / "embedded" / "bigearthnet", REPO_ROOT.parent / "shared" / "data" / "ben_real_mini")
 CH = {b: i for i, b in enumerate(CANVAS_BANDS)}
-
-
-def ben_root() -> Path:
-    """The first BigEarthNet npz folder that exists; fails (never skips) when there is none."""
-    for root in DATA_ROOTS:
-        if sorted((root / "patches").glob("*.npz")):
-            return root
-    pytest.fail(f"no BigEarthNet npz patches in any of {[str(r / 'patches') for r in DATA_ROOTS]}")
 
 
 def labelled_patches(root: Path) -> list[tuple[Path, list[str]]]:
@@ -94,14 +83,15 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def root() -> Path:
-    return ben_root()
+def root(ben_patch_paths) -> Path:
+    """The BigEarthNet folder (``patches/``, ``metadata.json``) chosen by conftest: embedded slice first."""
+    return ben_patch_paths[0].parent.parent
 
 
 @pytest.fixture(scope="module")
-def image(root):
+def image(ben_patch_paths):
     """One native BigEarthNet patch (bands at 10, 20 and 60 m)."""
-    return open_image(sorted((root / "patches").glob("*.npz"))[0])
+    return open_image(ben_patch_paths[0])
 
 
 @pytest.fixture(scope="module")
