@@ -104,7 +104,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
 
 
 def test_ddp_two_processes_gloo_identical_weights(tmp_path):
-    cfg = write_config(tmp_path / "d.yaml", smoke_config(tmp_path / "ddp", max_steps=3, train_limit=16))
+    cfg = write_config(tmp_path / "d.yaml", smoke_config(tmp_path / "ddp", max_steps=3, train_limit=16, epochs=2))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "atomizer", "train", str(cfg)], cwd=ROOT, env=env, capture_output=True, text=True,
