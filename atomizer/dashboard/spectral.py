@@ -109,7 +109,7 @@ class SpectralCoverage(pn.viewable.Viewer):
         labels = list(self.band_table()["label"])
         self.param.band.objects = labels
         if self.band not in labels:
-            self.band = labels[0] if labels else None
+            self.band = "sentinel2 B08" if "sentinel2 B08" in labels else (labels[0] if labels else None)
         names = list(self._all_sensors())
         self.param.sensor_a.objects = names
         self.param.sensor_b.objects = names
@@ -179,8 +179,9 @@ class SpectralCoverage(pn.viewable.Viewer):
         return pd.DataFrame(na @ nb.T, index=a.index, columns=b.index)
 
     # ------------------------------------------------------------------ plots
-    @param.depends("sensors", "sidecar", "anchors")
+    @param.depends("sensors", "sidecar", "anchors", "band", "center_nm", "width_nm")
     def coverage_plot(self) -> hv.Overlay:
+        """Anchors, bands, the selected band (red span) and the custom band (orange span)."""
         curves = self.anchor_curves()
         layers = [hv.Curve((curves.index.values, curves[c].values), "wavelength_nm", "response",
                            label="RBF anchors" if i == 0 else "")
@@ -203,7 +204,7 @@ class SpectralCoverage(pn.viewable.Viewer):
                            ["x", "y"], "text").opts(text_align="left", text_font_size="9pt",
                                                     text_baseline="middle", xoffset=0)
         bottom = -0.22 * (len(names) + 1)
-        return hv.Overlay([*layers, rects, labels]).opts(
+        return hv.Overlay([*layers, rects, labels, *self.highlight_plot()]).opts(
             width=PLOT_WIDTH + 280, height=PLOT_HEIGHT + 40, xlim=SPECTRAL_RANGE, ylim=(bottom, 1.08),
             xlabel="wavelength (nm)", ylabel="anchor response / bands",
             title="RBF anchors over 350-2500 nm and sensor bands [centre ± width/2]", legend_position="top_right")
@@ -219,11 +220,6 @@ class SpectralCoverage(pn.viewable.Viewer):
         lo, hi = self.center_nm - self.width_nm / 2, self.center_nm + self.width_nm / 2
         spans.append(hv.VSpan(lo, hi).opts(color="orange", alpha=0.35))
         return hv.Overlay(spans)
-
-    @param.depends("sensors", "sidecar", "anchors", "band", "center_nm", "width_nm")
-    def coverage_view(self) -> hv.Overlay:
-        """Anchors, bands, the selected band (red) and the custom band (orange)."""
-        return self.coverage_plot() * self.highlight_plot()
 
     def _bars(self, code: np.ndarray, vdim: str, title: str, color: str) -> hv.Bars:
         df = pd.DataFrame({"anchor": self.anchor_table()["anchor"], vdim: code})
@@ -289,7 +285,7 @@ class SpectralCoverage(pn.viewable.Viewer):
             width=300,
         )
         plots = pn.Column(
-            pn.param.ParamMethod(self.coverage_view, name="coverage"),
+            pn.param.ParamMethod(self.coverage_plot, name="coverage"),
             pn.Row(pn.pane.HoloViews(hv.DynamicMap(self.band_bars), name="band_bars"),
                    pn.pane.HoloViews(hv.DynamicMap(self.custom_bars), name="custom_bars")),
             pn.param.ParamMethod(self.similarity_plot, name="similarity"),

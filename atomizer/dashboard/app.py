@@ -1,0 +1,34 @@
+"""The combined dashboard: the four apps as tabs (what ``atomizer serve`` and ``dashboards/app.py`` serve)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import panel as pn
+
+from atomizer.dashboard.attention import AttentionMaps
+from atomizer.dashboard.positional import PositionalEncodings
+from atomizer.dashboard.results import ResultsView
+from atomizer.dashboard.spectral import SpectralCoverage
+
+TAB_TITLES = ("Spectral coverage", "Positional encodings", "Attention maps", "Results")
+
+
+def build_app(results_root: str | Path = "runs", checkpoint: str | Path | None = None) -> pn.Tabs:
+    """The dashboard as :class:`panel.Tabs`, one tab per app (rendered when first shown).
+
+    Args:
+        results_root: Results store for the Results tab (missing: an empty-state message).
+        checkpoint: Atomizer checkpoint for the Attention maps tab (None: a message and a path box).
+    """
+    pn.extension(notifications=False)
+    spectral = SpectralCoverage()
+    positional = PositionalEncodings()
+    attention = AttentionMaps(checkpoint=str(checkpoint) if checkpoint else "")
+    results = ResultsView(root=str(results_root))
+    tabs = pn.Tabs(
+        *zip(TAB_TITLES, (spectral, positional, attention, results)),
+        dynamic=True, sizing_mode="stretch_width", name="atomizer-dashboard",
+    )
+    tabs.apps = {"spectral": spectral, "positional": positional, "attention": attention, "results": results}
+    return tabs

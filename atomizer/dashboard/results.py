@@ -1,0 +1,281 @@
+"""Results: the runs of a results store, their scores on the test modalities, sweeps and training curves.
+
+Everything is read by :mod:`atomizer.results` (``find_runs``, ``collect``, ``read_metrics``); the
+paper's published numbers (:mod:`atomizer.evaluation`: ``PAPER_TABLE1``, ``PAPER_RESOLUTION_SWEEP``,
+``PAPER_SIZE_SWEEP``, macro mAP % on BigEarthNet) are drawn as reference marks labelled
+"paper (BigEarthNet)". Served, the view re-reads the store periodically and redraws when a file
+changed (a run still training keeps appending to ``metrics.jsonl``); the Refresh button does it now.
+
+Use in a notebook::
+
+    from atomizer.dashboard.results import ResultsView
+    view = ResultsView(root="runs/embedded_demo")
+    view.runs()                    # DataFrame of runs
+    view.table()                   # model x test modality (metric ``view.metric``)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+import xarray as xr
+
+from atomizer.dashboard._common import PLOT_HEIGHT, PLOT_WIDTH, alert
+from atomizer.evaluation import PAPER_RESOLUTION_SWEEP, PAPER_SIZE_SWEEP, PAPER_TABLE1
+from atomizer.results import RESULT_FILES, collect, find_run_dirs, find_runs, read_metrics
+
+PAPER_LABEL = "paper (BigEarthNet)"
+#: The metric the paper reports (macro mAP %); reference marks are drawn only for it.
+PAPER_METRIC = "macro_map"
+
+
+def base_model(name: str) -> str:
+    """``"atomizer (runs/x)"`` -> ``"atomizer"`` (collect() appends the run when models repeat)."""
+    return str(name).split(" (")[0].strip().lower()
+
+
+class ResultsView(pn.viewable.Viewer):
+    """Tables and charts of a results store (a folder of run directories)."""
+
+    root = param.String(default="runs", doc="Results store: a folder holding run directories at any depth.")
+    metric = param.Selector(default=PAPER_METRIC, objects=[PAPER_METRIC],
+                            doc="Metric of the tables and charts.")
+    run = param.Selector(default=None, objects=[], allow_None=True, doc="Run whose training curves are shown.")
+    refresh_s = param.Integer(default=10, bounds=(2, 3600), doc="Seconds between re-reads of the store when served.")
+    refresh = param.Event(doc="Re-read the store now.")
+    version = param.Integer(default=0, precedence=-1, doc="Bumped whenever the store was re-read.")
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._signature: tuple = ()
+        self._data: dict = {}
+        self._periodic = None
+        self.reload()
+
+    # ------------------------------------------------------------------ reading the store
+    def store_signature(self) -> tuple:
+        """(path, mtime, size) of every file the view reads; changes when a run writes anything."""
+        sig = []
+        for d in find_run_dirs(self.root):
+            for name in ("config.yaml", "metrics.jsonl", "summary.json", "failed.txt", *RESULT_FILES.values()):
+                p = d / name
+                try:
+                    st = p.stat()
+                except OSError:
+                    continue
+                sig.append((str(p), st.st_mtime_ns, st.st_size))
+        return tuple(sig)
+
+    @param.depends("root", "refresh", watch=True)
+    def reload(self) -> None:
+        """Re-read the store and redraw."""
+        root = Path(self.root).expanduser()
+        data: dict = {"runs": pd.DataFrame(), "table": None, "gsd": None, "size": None, "error": None}
+        try:
+            data["runs"] = find_runs(root)
+            for kind in RESULT_FILES:
+                data[kind] = collect(root, kind)
+        except Exception as e:  # a half-written or foreign file must not break the page
+            data["error"] = f"{type(e).__name__}: {e}"
+        self._data = data
+        self._signature = self.store_signature()
+        metrics = sorted({str(m) for k in RESULT_FILES if data[k] is not None for m in data[k].metric.values})
+        self.param.metric.objects = metrics or [PAPER_METRIC]
+        if self.metric not in self.param.metric.objects:
+            self.metric = PAPER_METRIC if PAPER_METRIC in metrics else self.param.metric.objects[0]
+        runs = list(data["runs"]["run"]) if len(data["runs"]) else []
+        self.param.run.objects = runs
+        if self.run not in runs:
+            self.run = runs[0] if runs else None
+        self.version += 1
+
+    def poll(self) -> bool:
+        """Reload if any file of the store changed since the last read; True when it did."""
+        if self.store_signature() != self._signature:
+            self.reload()
+            return True
+        return False
+
+    def runs(self) -> pd.DataFrame:
+        """One row per run (:func:`atomizer.results.find_runs`)."""
+        return self._data["runs"]
+
+    def results(self, kind: str = "table") -> xr.Dataset | None:
+        """The merged results of one kind (``"table"``, ``"gsd"``, ``"size"``), or None."""
+        return self._data.get(kind)
+
+    def scores(self, kind: str = "table") -> pd.DataFrame:
+        """Long table of ``metric``: model, modality, size_px, gsd_m, bands, score."""
+        ds = self.results(kind)
+        if ds is None or self.metric not in ds.metric.values:
+            return pd.DataFrame(columns=["model", "modality", "size_px", "gsd_m", "bands", "score"])
+        da = ds["score"].sel(metric=self.metric)
+        df = da.to_dataframe(name="score").reset_index()
+        keep = [c for c in ["model", "modality", "size_px", "gsd_m", "bands", "score"] if c in df]
+        return df[keep]
+
+    def table(self) -> pd.DataFrame | None:
+        """Table-1 style: model x test modality of ``metric`` (None without results)."""
+        df = self.scores("table")
+        if df.empty:
+            return None
+        t = df.pivot(index="model", columns="modality", values="score")
+        order = list(dict.fromkeys(df["modality"]))
+        return t[order]
+
+    def paper_table(self) -> pd.DataFrame:
+        """The paper's Table 1 (macro mAP %, BigEarthNet), rows labelled ``paper (BigEarthNet): <model>``."""
+        cols = [f"T{i}" for i in range(1, 7)]
+        return pd.DataFrame({f"{PAPER_LABEL}: {m}": v for m, v in PAPER_TABLE1.items()}, index=cols).T
+
+    # ------------------------------------------------------------------ plots
+    def _bar_chart(self):
+        df = self.scores("table")
+        df = df.assign(group=[f"{mo} · {m}" for mo, m in zip(df["modality"], df["model"])])
+        bars = hv.Bars(df, "group", ["score", "model", "modality", "bands"], label="this store").opts(
+            color="model", cmap="Category10", tools=["hover"], xrotation=45, show_legend=False,
+            width=PLOT_WIDTH + 200, height=PLOT_HEIGHT + 40, xlabel="test modality · model",
+            ylabel=f"{self.metric} (%)", title=f"{self.metric} per model and test modality")
+        layers = [bars]
+        if self.metric == PAPER_METRIC:
+            ref = []
+            for g, m, mo in zip(df["group"], df["model"], df["modality"]):
+                vals = PAPER_TABLE1.get(base_model(m))
+                if vals is not None and str(mo).startswith("T") and str(mo)[1:].isdigit() and 1 <= int(str(mo)[1:]) <= 6:
+                    ref.append((g, vals[int(str(mo)[1:]) - 1]))
+            if ref:
+                layers.append(hv.Scatter(ref, "group", "score", label=PAPER_LABEL).opts(
+                    marker="dash", size=28, line_width=3, color="black", tools=["hover"]))
+        return hv.Overlay(layers).opts(legend_position="top_left", show_legend=True)
+
+    def _sweep_chart(self, kind: str):
+        axis, paper = ("gsd_m", PAPER_RESOLUTION_SWEEP) if kind == "gsd" else ("size_px", PAPER_SIZE_SWEEP)
+        df = self.scores(kind)
+        layers = []
+        for model, d in df.groupby("model", sort=False):
+            d = d.sort_values(axis)
+            layers.append(hv.Curve(d, axis, "score", label=str(model)).opts(line_width=2))
+            layers.append(hv.Scatter(d, axis, "score", label=str(model)).opts(size=7))
+        if self.metric == PAPER_METRIC:
+            x = np.array(sorted(paper), dtype=float)
+            y = np.array([paper[k] for k in sorted(paper)])
+            layers.append(hv.Curve((x, y), axis, "score", label=PAPER_LABEL).opts(
+                color="black", line_dash="dashed", line_width=1.5))
+            layers.append(hv.Scatter((x, y), axis, "score", label=PAPER_LABEL).opts(
+                color="black", marker="x", size=9))
+        title = "resolution sweep" if kind == "gsd" else "input size sweep"
+        return hv.Overlay(layers).opts(
+            width=PLOT_WIDTH // 2 + 160, height=PLOT_HEIGHT, legend_position="bottom_left",
+            xlabel="GSD (m/px)" if kind == "gsd" else "size (px)", ylabel=f"{self.metric} (%)",
+            title=f"{title} (Atomizer in the paper)")
+
+    def training_curves(self) -> pd.DataFrame:
+        """The metrics log of the selected run (empty without one)."""
+        if self.run is None:
+            return pd.DataFrame()
+        row = self.runs()[self.runs()["run"] == self.run]
+        return read_metrics(row["path"].iloc[0]) if len(row) else pd.DataFrame()
+
+    def _curves_chart(self):
+        m = self.training_curves()
+        train = m[m["kind"] == "train"] if len(m) else m
+        val = m[m["kind"] == "val"] if len(m) else m
+        loss = hv.Curve(train, "step", "loss", label="train loss").opts(color="steelblue", line_width=2)
+        if len(val):
+            loss = loss * hv.Curve(val, "step", "loss", label="val loss").opts(color="orange", line_width=2) \
+                * hv.Scatter(val, "step", "loss").opts(color="orange", size=6)
+        loss = loss.opts(width=PLOT_WIDTH // 2 + 60, height=PLOT_HEIGHT - 40, title=f"loss: {self.run}",
+                         legend_position="top_right", show_legend=True)
+        key = PAPER_METRIC if PAPER_METRIC in val else None
+        if key is None:
+            return loss
+        score = (hv.Curve(val, "step", key, label=f"val {key}") * hv.Scatter(val, "step", key)).opts(
+            hv.opts.Curve(color="seagreen", line_width=2), hv.opts.Scatter(color="seagreen", size=6))
+        score = score.opts(width=PLOT_WIDTH // 2 + 60, height=PLOT_HEIGHT - 40, title=f"validation {key}")
+        return (loss + score).opts(shared_axes=False)
+
+    @param.depends("version", "metric")
+    def table_view(self):
+        if self._data.get("error"):
+            return alert(f"Cannot read the store {self.root!r}: {self._data['error']}", "warning")
+        t = self.table()
+        if t is None:
+            return alert(f"No test-modality results (results.nc) under {self.root!r} yet. Evaluate a "
+                         "checkpoint: `atomizer evaluate <ckpt> --modalities <set> --out <run>/results.nc`.", "info")
+        shown = t.round(2)
+        ref = self.paper_table() if self.metric == PAPER_METRIC else None
+        parts = [pn.pane.Markdown(f"**{self.metric}** (%) per model and test modality", margin=(0, 10)),
+                 pn.pane.DataFrame(shown, name="table", sizing_mode="stretch_width")]
+        if ref is not None:
+            parts += [pn.pane.Markdown("Paper, Table 1 (macro mAP %, BigEarthNet; modality lists differ):",
+                                       margin=(0, 10)),
+                      pn.pane.DataFrame(ref, sizing_mode="stretch_width")]
+        parts.append(pn.pane.HoloViews(self._bar_chart(), name="bars"))
+        return pn.Column(*parts)
+
+    @param.depends("version", "metric")
+    def sweeps_view(self):
+        panes = []
+        for kind, f in (("gsd", "sweep_gsd.nc"), ("size", "sweep_size.nc")):
+            if self.results(kind) is None:
+                panes.append(alert(f"No {'resolution' if kind == 'gsd' else 'size'} sweep ({f}) yet.", "info"))
+            else:
+                panes.append(pn.pane.HoloViews(self._sweep_chart(kind), name=f"sweep_{kind}"))
+        return pn.Row(*panes)
+
+    @param.depends("version", "run")
+    def curves_view(self):
+        if self.run is None:
+            return alert(f"No runs under {self.root!r}.", "info")
+        m = self.training_curves()
+        if m.empty or "kind" not in m or not (m["kind"] == "train").any():
+            return alert(f"Run {self.run!r} has no training steps logged yet.", "info")
+        return pn.pane.HoloViews(self._curves_chart(), name="curves")
+
+    @param.depends("version")
+    def runs_view(self):
+        df = self.runs()
+        if self._data.get("error"):
+            return alert(f"Cannot read the store {self.root!r}: {self._data['error']}", "warning")
+        if df.empty:
+            where = Path(self.root).expanduser()
+            why = "does not exist" if not where.exists() else "holds no run directory (config.yaml + metrics.jsonl)"
+            return alert(f"No runs: {str(where)!r} {why}. Train one with `atomizer train <config> --out "
+                         f"{where}/<run>`.", "info")
+        cols = ["run", "model", "preset", "dataset", "status", "step", "last_loss", "best_val_macro_map"]
+        show = df[[c for c in cols if c in df]].copy()
+        show["updated"] = pd.to_datetime(df["updated"], unit="s").dt.strftime("%Y-%m-%d %H:%M:%S")
+        return pn.pane.DataFrame(show.round(4), index=False, name="runs", sizing_mode="stretch_width")
+
+    # ------------------------------------------------------------------ page
+    def start_polling(self) -> None:
+        """Poll the store every ``refresh_s`` seconds (served sessions only; stops with the session)."""
+        if self._periodic is None:
+            self._periodic = pn.state.add_periodic_callback(self.poll, period=self.refresh_s * 1000)
+
+    def __panel__(self):
+        w = pn.widgets
+        button = w.Button(name="Refresh", button_type="primary", width=100)
+        button.on_click(lambda _e: self.param.trigger("refresh"))
+        controls = pn.Row(
+            w.TextInput.from_param(self.param.root, name="Results store", width=360),
+            w.Select.from_param(self.param.metric, name="Metric", width=160),
+            w.Select.from_param(self.param.run, name="Run (training curves)", width=280),
+            pn.Column(pn.Spacer(height=18), button),
+        )
+        if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+            pn.state.onload(self.start_polling)
+        return pn.Column(
+            controls,
+            "### Runs", pn.param.ParamMethod(self.runs_view, loading_indicator=True),
+            "### Test modalities", pn.param.ParamMethod(self.table_view, loading_indicator=True),
+            "### Sweeps", pn.param.ParamMethod(self.sweeps_view, loading_indicator=True),
+            "### Training curves", pn.param.ParamMethod(self.curves_view, loading_indicator=True),
+            sizing_mode="stretch_width",
+        )
