@@ -168,7 +168,7 @@ class Attention(nn.Module):
         q = rearrange(self.to_q(x), "s l (h d) -> s h l d", h=h)
         if kv is None:
             kv = self.to_kv(x if context is None else context)
-        k, v = rearrange(kv, "s n (two h d) -> two s h n d", two=2, h=h)
+        k, v = rearrange(kv, "s n (two h d) -> two s h n d", two=2, h=h).contiguous()
         attn_mask = None if mask is None else mask[:, None, None, :]
         weights = None
         if return_weights:
@@ -321,6 +321,8 @@ class Atomizer(nn.Module):
         else:
             self.blocks = nn.ModuleList([first] + [block() for _ in range(cfg.depth - 1)])
         self.head = AttentionPool(cfg.latent_dim, cfg.latent_heads, cfg.latent_dim_head, cfg.num_classes)
+        #: Compute keys/values from materialised tokens (benchmark reference; same function, slower).
+        self.reference_embedding = False
 
     def forward(self, batch: AtomBatch, return_attention: bool = False,
                 generator: torch.Generator | None = None, chunk_size: int | None = None):
@@ -353,7 +355,10 @@ class Atomizer(nn.Module):
                 xi, yi, band, mask = g(batch.xi), g(batch.yi), g(batch.band), keep
             else:
                 v, xi, yi, band, mask = v_all, batch.xi, batch.yi, batch.band, batch.mask
-            kv = blk["cross"].to_kv(v, fx, fy, fb, xi, yi, band)  # (S, K, 2 * inner)
+            if self.reference_embedding:  # the authors' way: materialise (S, K, token_dim), LayerNorm, project
+                kv = blk["cross"].to_kv.reference(torch.cat([v, fx[xi], fy[yi], fb[band]], -1))
+            else:
+                kv = blk["cross"].to_kv(v, fx, fy, fb, xi, yi, band)  # (S, K, 2 * inner)
             z, w = blk["cross"](z, kv, mask, return_weights=return_attention)
             if return_attention:
                 weights.append(w)

@@ -411,10 +411,11 @@ class AttentionMaps(pn.viewable.Viewer):
             m = maps[name][self.latent]
             plots.append(hv.Image(m, bounds=grids[name].bounds, kdims=["x_m", "y_m"], vdims=["attention"],
                                   label=name).opts(
-                cmap="inferno", width=190, height=180, xaxis=None, yaxis=None, tools=["hover"],
+                cmap="inferno", width=190, height=180, xaxis=None, yaxis=None, tools=["hover"], toolbar=None,
                 title=f"{name} {t.loc[name, 'wavelength_nm']:.0f} nm, {grids[name].gsd:g} m: {m.sum():.3f}",
                 fontsize={"title": "8pt"}))
-        return hv.Layout(plots).cols(4).opts(shared_axes=False)
+        return pn.GridBox(*[pn.pane.HoloViews(p, name=f"band_map_{n}") for p, n in zip(plots, t.index)], ncols=4,
+                          name="band_maps")
 
     def _mass_bars(self):
         df = self.band_mass()
@@ -461,7 +462,7 @@ class AttentionMaps(pn.viewable.Viewer):
         first_row.append(pn.pane.HoloViews(self._pixel_plot(res), name="pixel_map"))
         n_atoms = int(res.batch.mask.sum())
         info = pn.pane.Markdown(
-            f"**{len(res.bands)} bands, {n_atoms:,} atoms** (input `{Path(self.input_path() or '').name}`, "
+            f"**{len(res.bands)} bands, {n_atoms:,} atoms** (input {Path(self.input_path() or '').name}, "
             f"modality {self.modality.split(':')[0]}). Weights averaged over heads; each latent's weights "
             f"sum to 1 over all atoms.", sizing_mode="stretch_width")
         return pn.Column(
@@ -470,7 +471,7 @@ class AttentionMaps(pn.viewable.Viewer):
             pn.Row(pn.pane.HoloViews(self._mass_bars(), name="band_mass"),
                    pn.pane.HoloViews(self._latent_heatmap(), name="latent_heatmap")),
             "**Per band, on its native grid** (title: band, wavelength, GSD, attention mass)",
-            pn.pane.HoloViews(self._band_grid(res), name="band_maps"),
+            self._band_grid(res),
         )
 
     def __panel__(self):

@@ -199,10 +199,10 @@ class SpectralCoverage(pn.viewable.Viewer):
                               vdims=["sensor", "band", "wavelength_nm", "bandwidth_nm"])
         rects = rects.opts(color="sensor", cmap="Category10", line_color="black", line_width=0.5, alpha=0.7,
                            tools=["hover"], show_legend=False)
-        labels = hv.Labels({"x": [SPECTRAL_RANGE[0] + 5] * len(names),
+        labels = hv.Labels({"x": [SPECTRAL_RANGE[1] - 5] * len(names),
                             "y": [-0.22 * (i + 1) + 0.08 for i in range(len(names))], "text": names},
-                           ["x", "y"], "text").opts(text_align="left", text_font_size="9pt",
-                                                    text_baseline="middle", xoffset=0)
+                           ["x", "y"], "text").opts(text_align="right", text_font_size="9pt",
+                                                    text_baseline="middle")
         bottom = -0.22 * (len(names) + 1)
         return hv.Overlay([*layers, rects, labels, *self.highlight_plot()]).opts(
             width=PLOT_WIDTH + 280, height=PLOT_HEIGHT + 40, xlim=SPECTRAL_RANGE, ylim=(bottom, 1.08),

@@ -1,0 +1,311 @@
+"""Benchmarks: ``atomizer bench [--quick] [--device cpu|cuda] [--json FILE]``.
+
+Cases (each measured in its own subprocess, so one case's memory never pollutes another's):
+
+1. ``encoder_train_step`` -- forward + backward of the ``paper`` preset on real native BigEarthNet
+   patches (80,000 atoms each, pruning on), factorised token projection.
+2. ``reference_train_step`` -- the same computation done the authors' way: every band resampled
+   (nearest) to 120 x 120 (172,800 atoms), the full (atoms x token_dim) features materialised,
+   LayerNorm, projected. Same weights, same function (``tests/test_bench.py`` checks it).
+3. ``scaling`` -- inference time per atom for 10^4 .. 10^6 atoms (crops of the Major-TOM scene).
+4. ``scene_inference`` -- the whole Major-TOM scene (6.3 M atoms) at native resolution, atoms
+   streamed through each cross-attention in chunks (exact online softmax).
+
+Peak memory: on CUDA, ``max_memory_allocated`` after a reset; on CPU, the rise of the process's peak
+RSS (VmHWM, reset through ``/proc/self/clear_refs``) above its RSS once the model and input are built;
+the absolute peak is reported too. Times are medians over repetitions after a warm-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from atomizer.cli import register
+
+CASES = ("encoder_train_step", "reference_train_step", "scaling", "scene_inference")
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory
+# --------------------------------------------------------------------------------------------------
+
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+class PeakMemory:
+    """Peak memory of a block: CUDA allocator peak, or the rise of peak RSS above the current RSS."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        else:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+            except OSError:
+                pass
+            self.base = _status_kb("VmRSS") * 1024
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak_abs = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self.peak_abs = _status_kb("VmHWM") * 1024
+        self.rise = max(0, self.peak_abs - self.base)
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------------
+
+
+def _ben_patches(n: int):
+    from atomizer.datasets import BigEarthNetNpz
+
+    ds = BigEarthNetNpz()
+    out = []
+    for r in ds.records:
+        img = ds.load(r)
+        if not img.attrs.get("resampled_120"):
+            out.append(img)
+        if len(out) == n:
+            break
+    return out
+
+
+def resample_to_120(image):
+    """The authors' input: every band resampled (nearest) to the 120 x 120 grid of the 10 m bands."""
+    from atomizer.readers import build_image, get_sensor, image_bands
+
+    arrays = {}
+    for b in image_bands(image):
+        a = image[b].values
+        rep = 120 // a.shape[0]
+        arrays[b] = np.repeat(np.repeat(a, rep, 0), rep, 1)
+    return build_image(arrays, get_sensor("sentinel2"), gsd={b: 10.0 for b in arrays})
+
+
+def _scene():
+    from atomizer.datasets import embedded_path  # noqa: F401
+    from atomizer.paths import data_dir
+    from atomizer.readers import read_band_folder
+
+    product = next((data_dir() / "embedded" / "majortom").glob("*/*/B02.tif")).parent
+    return read_band_folder(product)
+
+
+def _model(preset: str, device: torch.device, train: bool):
+    from atomizer.model import Atomizer, AtomizerConfig
+
+    torch.manual_seed(0)
+    m = Atomizer(AtomizerConfig.preset(preset)).to(device)
+    return m.train(train)
+
+
+def _time(fn, reps: int, device: torch.device) -> float:
+    fn()  # warm-up
+    ts = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Cases
+# --------------------------------------------------------------------------------------------------
+
+
+def case_train_step(device: torch.device, preset: str, batch: int, reps: int, reference: bool) -> list[dict]:
+    from atomizer.tokens import collate, tokenize
+
+    images = _ben_patches(batch)
+    if reference:
+        images = [resample_to_120(im) for im in images]
+    atoms = collate([tokenize(im) for im in images]).to(device)
+    model = _model(preset, device, train=True)
+    model.reference_embedding = reference
+    target = torch.zeros(len(images), model.cfg.num_classes, device=device)
+    autocast = device.type == "cuda"
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(atoms)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    step()  # build optimiser-free state and allocator pools
+    with PeakMemory(device) as mem:
+        sec = _time(step, reps, device)
+    n = int(atoms.mask.sum()) // len(images)
+    return [{"case": "reference_train_step" if reference else "encoder_train_step", "preset": preset,
+             "batch": len(images), "tokens": n, "seconds_per_image": sec / len(images),
+             "tokens_per_second": n * len(images) / sec, "images_per_second": len(images) / sec,
+             "peak_memory_bytes": mem.rise, "peak_memory_abs_bytes": mem.peak_abs}]
+
+
+def case_scaling(device: torch.device, preset: str, reps: int, sizes: list[int]) -> list[dict]:
+    from atomizer.modalities import Modality, simulate
+    from atomizer.tokens import tokenize
+
+    scene = _scene()
+    model = _model(preset, device, train=False)
+    out = []
+    for target in sizes:
+        # B02, B03, B04, B08 at 10 m: 4 atoms per pixel; a square window of side sqrt(target / 4)
+        side = int(round((target / 4) ** 0.5))
+        side = min(side, 1068)
+        atoms = tokenize(simulate(scene, Modality("crop", side, 10.0, ("B02", "B03", "B04", "B08")))).to(device)
+        n = int(atoms.mask.sum())
+
+        def fwd():
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                model(atoms, chunk_size=262_144)
+
+        with PeakMemory(device) as mem:
+            sec = _time(fwd, reps, device)
+        out.append({"case": "scaling", "preset": preset, "batch": 1, "tokens": n, "seconds_per_image": sec,
+                    "tokens_per_second": n / sec, "seconds_per_million_tokens": sec / n * 1e6,
+                    "peak_memory_bytes": mem.rise, "peak_memory_abs_bytes": mem.peak_abs})
+    return out
+
+
+def case_scene(device: torch.device, preset: str, reps: int, chunk: int) -> list[dict]:
+    from atomizer.tokens import tokenize
+
+    atoms = tokenize(_scene()).to(device)
+    model = _model(preset, device, train=False)
+    n = int(atoms.mask.sum())
+
+    def fwd():
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            model(atoms, chunk_size=chunk)
+
+    with PeakMemory(device) as mem:
+        sec = _time(fwd, reps, device)
+    return [{"case": "scene_inference", "preset": preset, "batch": 1, "tokens": n, "seconds_per_image": sec,
+             "tokens_per_second": n / sec, "chunk_size": chunk, "peak_memory_bytes": mem.rise,
+             "peak_memory_abs_bytes": mem.peak_abs}]
+
+
+def run_case(case: str, device: str, quick: bool, batch: int | None = None) -> list[dict]:
+    dev = torch.device(device)
+    reps = 2 if quick else 5
+    if case in ("encoder_train_step", "reference_train_step"):
+        b = batch or (1 if quick else (64 if dev.type == "cuda" else 4))
+        return case_train_step(dev, "paper", b, reps, reference=case == "reference_train_step")
+    if case == "scaling":
+        sizes = [10_000, 100_000, 1_000_000] if quick else [10_000, 30_000, 100_000, 300_000, 1_000_000]
+        return case_scaling(dev, "tiny" if quick else "paper", 1 if quick else reps, sizes)
+    if case == "scene_inference":
+        return case_scene(dev, "tiny" if quick else "paper", 1, 262_144)
+    raise KeyError(f"unknown case {case!r}; cases: {', '.join(CASES)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------------
+
+
+def run_all(device: str = "cpu", quick: bool = False, cases: list[str] | None = None,
+            batch: int | None = None) -> list[dict]:
+    """Run each case in a fresh subprocess and return all records (with ratios against the reference)."""
+    records: list[dict] = []
+    for case in cases or CASES:
+        cmd = [sys.executable, "-m", "atomizer", "bench", "--case", case, "--device", device, "--emit-json"]
+        if quick:
+            cmd.append("--quick")
+        if batch:
+            cmd += ["--batch", str(batch)]
+        t0 = time.time()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            records.append({"case": case, "device": device, "error": proc.stderr.strip().splitlines()[-1:]})
+            continue
+        for rec in json.loads(proc.stdout.strip().splitlines()[-1]):
+            rec.update(device=device, wall_seconds=time.time() - t0)
+            records.append(rec)
+    ref = next((r for r in records if r.get("case") == "reference_train_step"), None)
+    enc = next((r for r in records if r.get("case") == "encoder_train_step"), None)
+    if ref and enc and "error" not in ref and "error" not in enc:
+        enc["speedup_vs_reference"] = ref["seconds_per_image"] / enc["seconds_per_image"]
+        enc["memory_ratio_vs_reference"] = ref["peak_memory_bytes"] / max(1, enc["peak_memory_bytes"])
+    return records
+
+
+def format_table(records: list[dict]) -> str:
+    import pandas as pd
+
+    cols = ["case", "device", "preset", "batch", "tokens", "seconds_per_image", "tokens_per_second",
+            "peak_memory_bytes", "peak_memory_abs_bytes", "speedup_vs_reference", "memory_ratio_vs_reference", "error"]
+    df = pd.DataFrame(records)
+    df = df[[c for c in cols if c in df.columns]]
+    for c in ("peak_memory_bytes", "peak_memory_abs_bytes"):
+        if c in df:
+            df[c] = (df[c] / 2**20).round(1)
+    df = df.rename(columns={"peak_memory_bytes": "peak_rise_MiB", "peak_memory_abs_bytes": "peak_abs_MiB"})
+    with pd.option_context("display.width", 250, "display.max_columns", None, "display.float_format", "{:.4g}".format):
+        return df.to_string(index=False)
+
+
+@register
+def _add_command(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark the token pipeline and the encoder (see docs/benchmarks.md)")
+    p.add_argument("--quick", action="store_true", help="small batches and repetitions (under a minute on CPU)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--json", help="write one JSON record per case here")
+    p.add_argument("--case", choices=CASES, action="append", help="run only these cases")
+    p.add_argument("--batch", type=int, help="batch of the train-step cases")
+    p.add_argument("--emit-json", action="store_true", help=argparse_hidden())
+    p.set_defaults(func=_cmd_bench)
+
+
+def argparse_hidden() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def _cmd_bench(args) -> int:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda but no CUDA device is available")
+    if args.emit_json:  # inside the per-case subprocess
+        (case,) = args.case
+        print(json.dumps(run_case(case, args.device, args.quick, args.batch)))
+        return 0
+    records = run_all(args.device, args.quick, args.case, args.batch)
+    print(format_table(records))
+    if args.json:
+        from atomizer.storage import atomic_write_json
+
+        meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                "cpu_count": os.cpu_count(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+        atomic_write_json(args.json, {"meta": meta, "records": records})
+    return 1 if any("error" in r for r in records) else 0

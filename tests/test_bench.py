@@ -1,0 +1,70 @@
+"""Benchmark harness: the reference path computes the same function; memory probe; CLI records."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from atomizer.bench import PeakMemory, format_table, resample_to_120
+from atomizer.model import Atomizer, AtomizerConfig
+from atomizer.readers import count_tokens, open_image
+from atomizer.tokens import tokenize
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_reference_and_factorised_paths_compute_the_same_function(ben_patch_paths):
+    img = open_image(ben_patch_paths[0])
+    atoms = tokenize(img)
+    torch.manual_seed(0)
+    model = Atomizer(AtomizerConfig.preset("tiny")).eval()
+    with torch.no_grad():
+        fast = model(atoms)
+        model.reference_embedding = True
+        ref = model(atoms)
+    assert torch.allclose(fast, ref, atol=1e-4)
+    # and in training mode with the same pruning draws, gradients agree too
+    model.train()
+    grads = []
+    for reference in (False, True):
+        model.reference_embedding = reference
+        model.zero_grad()
+        model(atoms, generator=torch.Generator().manual_seed(3)).sum().backward()
+        grads.append(model.blocks[0]["cross"].to_kv.proj.weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-3 * float(grads[1].abs().max()))
+
+
+def test_authors_input_is_172800_atoms_by_nearest_resampling(ben_patch_paths):
+    img = open_image(ben_patch_paths[0])
+    ref = resample_to_120(img)
+    assert count_tokens(img) == 80_000 and count_tokens(ref) == 172_800
+    assert ref["B01"].shape == (120, 120)
+    np.testing.assert_array_equal(ref["B01"].values[::6, ::6], img["B01"].values)
+    np.testing.assert_array_equal(ref["B02"].values, img["B02"].values)
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory(torch.device("cpu")) as mem:
+        x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        del x
+    assert mem.rise >= 48 * 2**20 and mem.peak_abs >= mem.rise
+
+
+def test_bench_cli_writes_records(tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "-m", "atomizer", "bench", "--quick", "--case", "scaling", "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads(out.read_text())
+    recs = data["records"]
+    assert [rec["case"] for rec in recs] == ["scaling"] * 3
+    for rec in recs:
+        for key in ("device", "preset", "tokens", "seconds_per_image", "tokens_per_second", "peak_memory_bytes",
+                    "peak_memory_abs_bytes"):
+            assert key in rec
+        assert rec["tokens"] > 0 and rec["seconds_per_image"] > 0
+    assert recs[0]["tokens"] < recs[1]["tokens"] < recs[2]["tokens"]
+    assert "scaling" in r.stdout and "tokens_per_second" in format_table(recs)

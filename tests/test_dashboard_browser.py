@@ -1,0 +1,200 @@
+"""The served dashboard in headless Chromium: every tab renders, a slider changes a plot's data, the
+attention tab draws maps for a real tiny checkpoint.
+
+The app runs as ``python -m atomizer serve --no-show`` in a subprocess; Playwright drives Debian's
+Chromium (``/usr/bin/chromium``, installed by ``make chromium``; no browser is ever downloaded). Plot
+data are read from the page's Bokeh document. Screenshots of each tab go to ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dashboard_support import evaluate_into, small_eurosat_root, train_tiny
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (install it with `make chromium`)"),
+    pytest.mark.filterwarnings("ignore:No positive samples:UserWarning"),
+]
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    return {**browser_type_launch_args, "executable_path": str(CHROMIUM),
+            "args": ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--no-first-run"]}
+
+
+@pytest.fixture(scope="session")
+def browser_context_args(browser_context_args):
+    return {**browser_context_args, "viewport": {"width": 1400, "height": 1000}}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            pytest.fail(f"atomizer serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with socket.create_connection(("localhost", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.3)
+    pytest.fail(f"atomizer serve did not listen on port {port} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The dashboard served on a free port, with a tiny checkpoint and a results store built from it."""
+    base = tmp_path_factory.mktemp("served")
+    store, port = base / "store", _free_port()
+    run = store / "run"
+    ckpt = run / "checkpoints" / "best.pt"
+    log = base / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "atomizer", "serve", "--port", str(port), "--results", str(store),
+             "--checkpoint", str(ckpt), "--no-show"], cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        # sessions read the store and checkpoint when a page opens: build them while the server starts
+        train_tiny(run)
+        evaluate_into(run, ckpt, small_eurosat_root(base / "eurosat_small"))
+        _wait_for_port(port, proc, log)
+        ARTIFACTS.mkdir(exist_ok=True)
+        yield {"url": f"http://localhost:{port}/", "log": log}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# Read from the page's Bokeh document: the first data-source column called ``key`` (or null).
+JS_COLUMN = """(key) => {
+  for (const doc of Bokeh.documents) for (const m of doc.all_models) {
+    const d = m.data;
+    if (d === undefined || d === null || typeof d !== 'object') continue;
+    const v = d instanceof Map ? d.get(key) : d[key];
+    if (v !== undefined && v !== null) return Array.from(v, (x) => (typeof x === 'number' ? x : String(x)));
+  }
+  return null;
+}"""
+# Every image glyph's array: shape, dtype, sum, max.
+JS_IMAGES = """() => {
+  const out = [];
+  for (const doc of Bokeh.documents) for (const m of doc.all_models) {
+    const d = m.data;
+    if (d === undefined || d === null || typeof d !== 'object') continue;
+    const v = d instanceof Map ? d.get('image') : d['image'];
+    if (!v) continue;
+    for (const a of v) {
+      let s = 0, mx = -Infinity;
+      for (const x of a) { s += x; mx = Math.max(mx, x); }
+      out.push({shape: Array.from(a.shape || [a.length]), dtype: String(a.dtype || a.constructor.name), sum: s, max: mx});
+    }
+  }
+  return out;
+}"""
+
+
+def _open(page, served) -> None:
+    page.goto(served["url"])
+    page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0", timeout=60_000)
+
+
+def _tab(page, name: str) -> None:
+    page.locator(".bk-tab", has_text=name).click()
+
+
+def _shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"dashboard_{name}.png"), full_page=True)
+
+
+def _visible_canvas(page, timeout: float = 30_000) -> None:
+    page.locator("canvas").first.wait_for(state="visible", timeout=timeout)
+
+
+def test_spectral_tab_renders_and_width_slider_changes_the_encoding(page, served):
+    _open(page, served)
+    page.wait_for_function(f"() => ({JS_COLUMN})('custom_response') !== null", timeout=30_000)
+    _visible_canvas(page)
+    before = page.evaluate(JS_COLUMN, "custom_response")
+    assert len(before) == 16
+    assert page.evaluate(JS_COLUMN, "band_response") is not None
+    assert page.evaluate(JS_COLUMN, "cosine") is not None  # the similarity heat map
+    # drag the handle of the custom band's width slider to the right
+    slider = page.locator(".bk-input-group", has=page.locator(".bk-slider-title", has_text="Width (nm)"))
+    handle = slider.locator(".noUi-handle")
+    box = handle.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 90, y, steps=6)
+    page.mouse.up()
+    page.wait_for_function(
+        f"(b) => JSON.stringify(({JS_COLUMN})('custom_response')) !== JSON.stringify(b)", arg=before,
+        timeout=20_000)
+    after = page.evaluate(JS_COLUMN, "custom_response")
+    assert sum(v > 0.1 for v in after) > sum(v > 0.1 for v in before)  # a wider band lights more anchors
+    title = slider.locator(".bk-slider-title").inner_text()
+    assert "Width (nm): 20" not in title
+    _shot(page, "spectral_coverage")
+
+
+def test_positional_tab_renders_the_code_image(page, served):
+    _open(page, served)
+    _tab(page, "Positional encodings")
+    page.wait_for_function(f"() => ({JS_COLUMN})('offset_m') !== null", timeout=30_000)
+    _visible_canvas(page)
+    images = page.evaluate(JS_IMAGES)
+    assert any(im["shape"] == [64, 64] for im in images), images  # size_px x size_px
+    _shot(page, "positional_encodings")
+
+
+def test_attention_tab_renders_maps_for_the_tiny_checkpoint(page, served):
+    _open(page, served)
+    _tab(page, "Attention maps")
+    page.get_by_text("Top classes").wait_for(timeout=60_000)
+    page.wait_for_function(f"() => ({JS_IMAGES})().filter((im) => im.dtype.startsWith('float')).length >= 14",
+                           timeout=30_000)
+    _visible_canvas(page)
+    assert page.get_by_text("13 bands").count() >= 1
+    floats = [im for im in page.evaluate(JS_IMAGES) if im["dtype"].startswith("float")]
+    # the all-band map (one latent's weights, summed over bands) and one map per band, 64 x 64 each
+    assert all(im["shape"] == [64, 64] for im in floats), floats
+    assert any(abs(im["sum"] - 1.0) < 1e-3 for im in floats), floats
+    assert all(im["max"] > 0 for im in floats)
+    mass = page.evaluate(JS_COLUMN, "mass")  # attention mass per band (bar chart) or latent x band
+    assert mass is not None and all(v >= 0 for v in mass)
+    _shot(page, "attention_maps")
+
+
+def test_results_tab_shows_the_store(page, served):
+    _open(page, served)
+    _tab(page, "Results")
+    page.get_by_text("paper (BigEarthNet): atomizer").wait_for(timeout=30_000)
+    page.wait_for_function(f"() => ({JS_COLUMN})('score') !== null", timeout=30_000)
+    _visible_canvas(page)
+    groups = page.evaluate(JS_COLUMN, "group")
+    assert groups is not None and {g.split(" · ")[0] for g in groups} == {"T1", "T2", "T3", "T4", "T5", "T6"}
+    assert page.get_by_role("button", name="Refresh").count() == 1
+    _shot(page, "results")
