@@ -96,7 +96,8 @@ def _ben_patches(n: int):
 
 def resample_to_120(image):
     """The authors' input: every band resampled (nearest) to the 120 x 120 grid of the 10 m bands."""
-    from atomizer.readers import build_image, get_sensor, image_bands
+    from atomizer.bands import get_sensor
+    from atomizer.readers import build_image, image_bands
 
     arrays = {}
     for b in image_bands(image):
@@ -107,7 +108,6 @@ def resample_to_120(image):
 
 
 def _scene():
-    from atomizer.datasets import embedded_path  # noqa: F401
     from atomizer.paths import data_dir
     from atomizer.readers import read_band_folder
 

@@ -177,7 +177,6 @@ def simulate(
         raise ModalityError(f"modality {modality.name!r} needs band(s) {missing} that the image lacks "
                             f"(image bands: {sorted(have)})")
     # Common frame: x east, y south, origin at the image's top-left corner (from the first band).
-    ref = image[modality.bands[0]]
     bounds = []
     for b in modality.bands:
         da = image[b]

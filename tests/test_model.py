@@ -1,6 +1,5 @@
 """The Atomizer encoder: shapes, masks, invariances, any sensor, overfitting, streaming, checkpoints."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -9,7 +8,7 @@ from atomizer.checkpoint import CheckpointError, load_into, save_checkpoint
 from atomizer.model import PRESETS, Atomizer, AtomizerConfig, prune_index
 from atomizer.modalities import Modality, simulate
 from atomizer.readers import build_image, open_image
-from atomizer.tokens import AtomBatch, collate, tokenize
+from atomizer.tokens import collate, tokenize
 
 
 @pytest.fixture(scope="module")

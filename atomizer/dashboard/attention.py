@@ -38,7 +38,7 @@ from atomizer.dashboard._common import PLOT_HEIGHT, PLOT_WIDTH, alert, error_tex
 from atomizer.datasets import embedded_path
 from atomizer.modalities import Modality, load_modalities, overlap_matrix, simulate
 from atomizer.model import Atomizer
-from atomizer.readers import image_bands, open_image
+from atomizer.readers import open_image
 from atomizer.tokens import AtomBatch, tokenize
 
 RGB_BANDS = ("B04", "B03", "B02")

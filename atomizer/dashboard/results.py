@@ -16,7 +16,6 @@ Use in a notebook::
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import holoviews as hv
