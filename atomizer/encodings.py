@@ -182,7 +182,7 @@ class EncodingConfig:
 
     @property
     def band_dim(self) -> int:
-        return len(self.anchors) + len(EXTRA_CHANNELS) + fourier_dim(self.gsd_bands)
+        return len(self.anchors) + len(EXTRA_CHANNELS) + fourier_dim(self.gsd_bands) + 3 * int(self.use_time)
 
     @property
     def token_dim(self) -> int:
@@ -223,7 +223,10 @@ class AtomEncoder(nn.Module):
     def band_features(self, band_table: Tensor) -> Tensor:
         spec = rbf_spectral_encoding(band_table[:, 0].cpu(), band_table[:, 1].cpu(), self.cfg.anchors,
                                      band_table[:, 3].cpu(), self.cfg.spectral_samples).to(band_table.device)
-        return torch.cat([spec, gsd_encoding(band_table[:, 2], self.cfg.gsd_bands)], -1)
+        parts = [spec, gsd_encoding(band_table[:, 2], self.cfg.gsd_bands)]
+        if self.cfg.use_time:  # the acquisition date rides on the band rows (band tables are per image)
+            parts.append(time_encoding(band_table[:, 4], band_table[:, 5]).nan_to_num(0.0))
+        return torch.cat(parts, -1)
 
     def parts(self, batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return (self.value_features(batch), self.coord_features(batch.coord_x),

@@ -129,6 +129,8 @@ def build_image(
         )
     ds = xr.Dataset(variables)
     ds.attrs.update({"sensor": sensor.name, **(attrs or {})})
+    if "acquisition_date" not in ds.attrs and (date := date_from_name(str(ds.attrs.get("source", "")))):
+        ds.attrs["acquisition_date"] = date
     if len(extents) > 1:
         ds.attrs["extent_warning"] = f"bands cover different ground extents (m): {sorted(extents)}"
     return ds
@@ -170,6 +172,12 @@ def describe(ds: xr.Dataset) -> "object":
 # --------------------------------------------------------------------------------------------------
 # Sentinel-2 conventions
 # --------------------------------------------------------------------------------------------------
+
+
+def date_from_name(name: str) -> str | None:
+    """Acquisition date (ISO) from a Sentinel-style product or patch name (``..._20170613T101031_...``)."""
+    m = re.search(r"(?:^|[_/])(\d{4})(\d{2})(\d{2})T\d{6}", name)
+    return f"{m.group(1)}-{m.group(2)}-{m.group(3)}" if m else None
 
 
 def s2_baseline(name: str) -> int | None:

@@ -12,7 +12,8 @@ Shapes (S images in a batch, N tokens after padding, B bands, X/Y coordinate-tab
     band   (S, N) int64     row of band_table
     xi, yi (S, N) int64     rows of coord_x / coord_y
     mask   (S, N) bool      True for a real, valid atom; False for nodata or padding
-    band_table (B, 4) float32   wavelength_nm, bandwidth_nm, gsd_m, extra channel (-1 optical)
+    band_table (B, 6) float32   wavelength_nm, bandwidth_nm, gsd_m, extra channel (-1 optical),
+                                day of year and year of acquisition (NaN when unknown)
     coord_x, coord_y (X,), (Y,) float32   metres from the image centre (x east, y north)
 """
 
@@ -29,7 +30,7 @@ import xarray as xr
 from atomizer.bands import POLARISATIONS, Band
 from atomizer.readers import image_bands
 
-BAND_TABLE_COLUMNS = ("wavelength_nm", "bandwidth_nm", "gsd_m", "extra_channel")
+BAND_TABLE_COLUMNS = ("wavelength_nm", "bandwidth_nm", "gsd_m", "extra_channel", "day_of_year", "year")
 #: Bands off the optical RBF axis get a one-hot code in these extra spectral channels.
 EXTRA_CHANNELS = (*POLARISATIONS, "thermal")
 
@@ -45,6 +46,19 @@ def extra_channel(domain: str, polarisation: str | None) -> float:
     if domain == "thermal":
         return float(EXTRA_CHANNELS.index("thermal"))
     return -1.0
+
+
+def acquisition_date(image: xr.Dataset) -> tuple[float, float]:
+    """(day of year, year) from ``image.attrs["acquisition_date"]`` (ISO date), or NaNs."""
+    text = str(image.attrs.get("acquisition_date", ""))
+    try:
+        d = np.datetime64(text[:10], "D")
+    except ValueError:
+        return (math.nan, math.nan)
+    if np.isnat(d):
+        return (math.nan, math.nan)
+    year = d.astype("datetime64[Y]")
+    return (float((d - year.astype("datetime64[D]")).astype(int) + 1), float(year.astype(int) + 1970))
 
 
 @dataclass
@@ -122,6 +136,7 @@ def tokenize(image: xr.Dataset, bands: Sequence[str] | None = None, drop_invalid
         bottoms.append(ys.min() - g / 2), tops.append(ys.max() + g / 2)
     cx, cy = (min(lefts) + max(rights)) / 2, (min(bottoms) + max(tops)) / 2
 
+    doy, year = acquisition_date(image)
     values, band_idx, xi, yi, valid = [], [], [], [], []
     table, coord_x, coord_y, domains = [], [], [], []
     for b, n in enumerate(names):
@@ -145,7 +160,7 @@ def tokenize(image: xr.Dataset, bands: Sequence[str] | None = None, drop_invalid
         coord_y.append((da[ydim].values - cy).astype(np.float32))
         domain = a.get("domain", "optical")
         table.append([a["wavelength_nm"], a["bandwidth_nm"], a["gsd_m"],
-                      extra_channel(domain, a.get("polarisation") or None)])
+                      extra_channel(domain, a.get("polarisation") or None), doy, year])
         domains.append(domain)
     value = np.concatenate(values)
     mask = np.concatenate(valid)

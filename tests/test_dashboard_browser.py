@@ -78,7 +78,7 @@ def served(tmp_path_factory):
         evaluate_into(run, ckpt, small_eurosat_root(base / "eurosat_small"))
         _wait_for_port(port, proc, log)
         ARTIFACTS.mkdir(exist_ok=True)
-        yield {"url": f"http://localhost:{port}/", "log": log}
+        yield {"url": f"http://localhost:{port}/", "log": log, "run": run}
     finally:
         proc.terminate()
         try:
@@ -196,5 +196,10 @@ def test_results_tab_shows_the_store(page, served):
     _visible_canvas(page)
     groups = page.evaluate(JS_COLUMN, "group")
     assert groups is not None and {g.split(" · ")[0] for g in groups} == {"T1", "T2", "T3", "T4", "T5", "T6"}
-    assert page.get_by_role("button", name="Refresh").count() == 1
     _shot(page, "results")
+    # a run that keeps logging: the Refresh button re-reads the store
+    assert page.get_by_role("cell", name="4242", exact=True).count() == 0
+    with open(served["run"] / "metrics.jsonl", "a") as fh:
+        fh.write('{"kind": "train", "step": 4242, "loss": 0.5}\n')
+    page.get_by_role("button", name="Refresh").click()
+    page.get_by_role("cell", name="4242", exact=True).wait_for(timeout=15_000)

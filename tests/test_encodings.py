@@ -130,3 +130,28 @@ def test_encoder_token_dim(ben_patch_paths):
 def test_bad_anchors_refused(bad):
     with pytest.raises(ValueError):
         rbf_spectral_encoding(torch.tensor([500.0]), torch.tensor([10.0]), anchors=bad)
+
+
+def test_acquisition_time_encoding_is_optional_and_per_image(ben_patch_paths):
+    from atomizer.model import Atomizer, AtomizerConfig
+
+    img = open_image(ben_patch_paths[0])
+    assert img.attrs["acquisition_date"][:4] == "2017"
+    t = tokenize(img)
+    doy, year = t.band_table[0, 4:].tolist()
+    assert 1 <= doy <= 366 and year == 2017
+    off = EncodingConfig()
+    on = EncodingConfig(use_time=True)
+    assert on.band_dim == off.band_dim + 3
+    feats = AtomEncoder(on).band_features(t.band_table)
+    assert torch.allclose(feats[:, -3:], time_encoding(t.band_table[:, 4], t.band_table[:, 5]))
+    later = img.copy()
+    later.attrs["acquisition_date"] = "2017-12-24"
+    torch.manual_seed(0)
+    model = Atomizer(AtomizerConfig.preset("tiny", encoding=on)).eval()
+    with torch.no_grad():
+        assert not torch.allclose(model(t), model(tokenize(later)))
+    undated = img.copy()
+    undated.attrs.pop("acquisition_date")
+    assert torch.isnan(tokenize(undated).band_table[:, 4:]).all()
+    assert torch.isfinite(AtomEncoder(on).band_features(tokenize(undated).band_table)).all()

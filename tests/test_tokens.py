@@ -13,7 +13,7 @@ def test_native_bigearthnet_patch_gives_80000_atoms(ben_patch_paths):
     img = open_image(ben_patch_paths[0])
     t = tokenize(img)
     assert t.value.shape == (1, 80_000) and int(t.mask.sum()) == 80_000
-    assert t.band_table.shape == (12, 4)
+    assert t.band_table.shape == (12, 6)
     # the band table carries each band's own grid GSD
     gsd = {b.name: b.gsd_m for b in bands_from_table(t)}
     assert gsd["B02"] == 10 and gsd["B05"] == 20 and gsd["B01"] == 60
