@@ -168,7 +168,7 @@ class Attention(nn.Module):
         q = rearrange(self.to_q(x), "s l (h d) -> s h l d", h=h)
         if kv is None:
             kv = self.to_kv(x if context is None else context)
-        k, v = rearrange(kv, "s n (two h d) -> two s h n d", two=2, h=h).contiguous()
+        k, v = rearrange(kv, "s n (two h d) -> two s h n d", two=2, h=h)
         attn_mask = None if mask is None else mask[:, None, None, :]
         weights = None
         if return_weights:

@@ -15,7 +15,6 @@ import numpy as np
 import panel as pn
 import pytest
 import torch
-
 from dashboard_support import evaluate_into, small_eurosat_root, train_tiny
 
 from atomizer.bands import get_sensor
@@ -233,7 +232,7 @@ def test_results_view_sweeps_refresh_and_empty_store(tiny_run, tmp_path):
     assert view.poll() is False
     steps = int(view.runs()["step"].iloc[0])
     with open(run / "metrics.jsonl", "a") as fh:
-        fh.write('{"kind": "train", "step": %d, "loss": 0.5}\n' % (steps + 1))
+        fh.write(f'{{"kind": "train", "step": {steps + 1}, "loss": 0.5}}\n')
     assert view.poll() is True
     assert int(view.runs()["step"].iloc[0]) == steps + 1
     # a resolution sweep file appears: its chart carries the paper's reference curve

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from dashboard_support import evaluate_into, small_eurosat_root, train_tiny
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

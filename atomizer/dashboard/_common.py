@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import holoviews as hv
-import holoviews.plotting.bokeh  # noqa: F401  (registers the bokeh backend and makes it current)
+import holoviews.plotting.bokeh  # registers the bokeh backend and makes it current
 import panel as pn
 
 hv.Store.set_current_backend("bokeh")

@@ -287,7 +287,7 @@ class AttentionMaps(pn.viewable.Viewer):
             return
         try:
             model, extra = self._model_entry()
-        except Exception as e:  # shown in the page
+        except Exception as e:  # noqa: BLE001  (shown in the page)
             self.model_error = error_text(e)
             self.param.modality.objects = [NATIVE]
             self.modality = NATIVE
@@ -376,7 +376,7 @@ class AttentionMaps(pn.viewable.Viewer):
         """Why nothing can be shown (None when the maps can be computed)."""
         try:
             self.result()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001
             return error_text(e)
         return None
 
@@ -445,14 +445,14 @@ class AttentionMaps(pn.viewable.Viewer):
                 rgb = self._rgb_plot(self.image())
                 if rgb is not None:
                     parts.append(pn.pane.HoloViews(rgb))
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001
                 parts.append(alert(f"Cannot read the input: {error_text(e)}"))
             return pn.Column(*parts)
         if self.model_error:
             return alert(f"Cannot use checkpoint {self.checkpoint!r}: {self.model_error}")
         try:
             res = self.result()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001
             return alert(f"Cannot compute attention maps: {error_text(e)}")
         top = res.probabilities().head(5)
         pred = pd.DataFrame({"class": top.index, "probability": top.values.round(3)})

@@ -60,8 +60,7 @@ class PositionalEncodings(pn.viewable.Viewer):
     def _update_channel_bounds(self) -> None:
         top = self.code_dim - 1
         self.param.channel.bounds = (0, top)
-        if self.channel > top:
-            self.channel = top
+        self.channel = min(self.channel, top)
 
     @property
     def code_dim(self) -> int:
@@ -94,7 +93,7 @@ class PositionalEncodings(pn.viewable.Viewer):
         rows = []
         names = self.channel_names()
         for g in self.gsd_list:
-            n = max(1, int(round(extent / g)))
+            n = max(1, round(extent / g))
             centres = (np.arange(n) + 0.5 - n / 2) * g
             off = float(centres[np.abs(centres - self.point_m).argmin()])
             code = positional_encoding(torch.tensor([off]), self.num_bands, self.max_freq, self.ref_m)[0].numpy()

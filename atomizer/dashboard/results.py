@@ -80,7 +80,7 @@ class ResultsView(pn.viewable.Viewer):
             data["runs"] = find_runs(root)
             for kind in RESULT_FILES:
                 data[kind] = collect(root, kind)
-        except Exception as e:  # a half-written or foreign file must not break the page
+        except Exception as e:  # noqa: BLE001  (a half-written or foreign file must not break the page)
             data["error"] = f"{type(e).__name__}: {e}"
         self._data = data
         self._signature = self.store_signature()
@@ -257,6 +257,11 @@ class ResultsView(pn.viewable.Viewer):
         """Poll the store every ``refresh_s`` seconds (served sessions only; stops with the session)."""
         if self._periodic is None:
             self._periodic = pn.state.add_periodic_callback(self.poll, period=self.refresh_s * 1000)
+
+    @param.depends("refresh_s", watch=True)
+    def _set_period(self) -> None:
+        if self._periodic is not None:
+            self._periodic.period = self.refresh_s * 1000
 
     def __panel__(self):
         w = pn.widgets

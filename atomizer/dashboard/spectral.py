@@ -16,7 +16,7 @@ Use in a notebook::
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import holoviews as hv
@@ -36,7 +36,7 @@ SPECTRAL_RANGE = (350.0, 2500.0)
 LIT_THRESHOLD = 0.1
 
 
-@lru_cache(maxsize=None)
+@cache
 def optical_sensors() -> tuple[str, ...]:
     """Catalogued sensors with at least one optical band (radar-only sensors are left out)."""
     return tuple(s for s in list_sensors() if any(b.domain == "optical" for b in get_sensor(s).bands))
@@ -100,7 +100,7 @@ class SpectralCoverage(pn.viewable.Viewer):
         if path:
             try:
                 self._sidecar_sensor = optical_part(get_sensor(Path(path).expanduser()))
-            except Exception as e:  # any bad sidecar becomes a message in the page, never an exception
+            except Exception as e:  # noqa: BLE001  (a bad sidecar becomes a message in the page)
                 self.sidecar_error = f"Cannot use sidecar {path!r}: {error_text(e)}"
         self._update_choices()
 
