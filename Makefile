@@ -25,12 +25,15 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+DEMO := runs/embedded_demo
+
 demo: setup
 	$(PY) -m atomizer experiment run experiments/embedded_demo.yaml
-	$(PY) -m atomizer serve --port $(PORT) --results runs/embedded_demo
+	$(PY) -m atomizer serve --port $(PORT) --results $(DEMO) --no-show \
+	  --checkpoint $(DEMO)/models-atomizer/atomizer/checkpoints/best.pt
 
 test: setup chromium
-	$(PY) -m pytest -m "not slow and not gpu" -q
+	$(PY) -m pytest -m "not slow and not gpu" -q -p no:cacheprovider
 
 test-all: setup chromium
 	$(PY) -m pytest -m "" -q

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from atomizer.encodings import AtomEncoder, EncodingConfig
 from atomizer.tokens import AtomBatch
@@ -44,6 +45,7 @@ class AtomizerConfig:
     prune_p: float = 0.5  # fraction of valid atoms dropped before each cross-attention (training only)
     attn_dropout: float = 0.0
     ff_dropout: float = 0.0
+    checkpoint_tokens: bool = False  # recompute atom keys/values in backward (memory ~ one block's atoms)
     encoding: EncodingConfig = field(default_factory=EncodingConfig)
     band_stats: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # z-score option
 
@@ -89,7 +91,7 @@ PRESETS: dict[str, AtomizerConfig] = {
                             encoding=EncodingConfig(value_bands=16, value_max_freq=16, pos_bands=16,
                                                     pos_max_freq=16)),
     # The paper: 4 x (cross + 4 self), latent dim 512, 8 x 64 latent heads, 1 x 64 cross head, 128 latents.
-    "paper": AtomizerConfig(),
+    "paper": AtomizerConfig(checkpoint_tokens=True),
 }
 
 
@@ -355,17 +357,27 @@ class Atomizer(nn.Module):
                 xi, yi, band, mask = g(batch.xi), g(batch.yi), g(batch.band), keep
             else:
                 v, xi, yi, band, mask = v_all, batch.xi, batch.yi, batch.band, batch.mask
-            if self.reference_embedding:  # the authors' way: materialise (S, K, token_dim), LayerNorm, project
-                kv = blk["cross"].to_kv.reference(torch.cat([v, fx[xi], fy[yi], fb[band]], -1))
+            args = (z, v, fx, fy, fb, xi, yi, band, mask)
+            if self.cfg.checkpoint_tokens and self.training and torch.is_grad_enabled() and not return_attention:
+                # keep only the block's inputs; recompute the atoms' keys/values during backward
+                z, w = checkpoint(self._cross, blk["cross"], *args, use_reentrant=False)
             else:
-                kv = blk["cross"].to_kv(v, fx, fy, fb, xi, yi, band)  # (S, K, 2 * inner)
-            z, w = blk["cross"](z, kv, mask, return_weights=return_attention)
+                z, w = self._cross(blk["cross"], *args, return_weights=return_attention)
             if return_attention:
                 weights.append(w)
             for sb in blk["self"]:
                 z = sb(z)
         logits = self.head(z)
         return (logits, weights) if return_attention else logits
+
+    def _cross(self, cross: "CrossBlock", z: Tensor, v: Tensor, fx: Tensor, fy: Tensor, fb: Tensor, xi: Tensor,
+               yi: Tensor, band: Tensor, mask: Tensor, return_weights: bool = False):
+        """One cross-attention block over the atoms (keys/values projected from the feature tables)."""
+        if self.reference_embedding:  # the authors' way: materialise (S, K, token_dim), LayerNorm, project
+            kv = cross.to_kv.reference(torch.cat([v, fx[xi], fy[yi], fb[band]], -1))
+        else:
+            kv = cross.to_kv(v, fx, fy, fb, xi, yi, band)  # (S, K, 2 * inner)
+        return cross(z, kv, mask, return_weights=return_weights)
 
     def _forward_streaming(self, batch: AtomBatch, chunk_size: int) -> Tensor:
         fx = self.encoder.coord_features(batch.coord_x)

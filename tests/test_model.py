@@ -199,3 +199,15 @@ def test_checkpoint_roundtrip_and_mismatch(tmp_path, small_set):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         Atomizer.from_checkpoint(tmp_path / "bad.pt")
+
+
+def test_checkpointed_token_blocks_give_identical_gradients(small_set):
+    grads = []
+    for flag in (False, True):
+        torch.manual_seed(0)
+        model = Atomizer(AtomizerConfig.preset("tiny", checkpoint_tokens=flag)).train()
+        model(small_set, generator=torch.Generator().manual_seed(5)).sum().backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for k in grads[0]:
+        assert torch.allclose(grads[0][k], grads[1][k], atol=1e-5), k
