@@ -38,6 +38,7 @@ from atomizer.modalities import Assignment, load_modalities
 from atomizer.pipeline import CanvasSpec, ModalityDataset, collate_items, forward, move_input
 from atomizer.registry import build_model, input_kind
 from atomizer.storage import atomic_write_json, atomic_write_text
+from atomizer.tokens import ModalityBatchSampler
 
 # --------------------------------------------------------------------------------------------------
 # Config
@@ -69,6 +70,7 @@ class TrainConfig:
     warmup_frac: float = 0.1  # fraction of the steps spent warming up
     grad_clip: float = 1.0
     random_window: bool = True
+    group_by_modality: bool = False  # batches of one training modality (no padding; single process only)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     num_workers: int = 0
@@ -257,7 +259,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     batch_size = min(cfg.batch_size, len(sampler))  # a tiny training set still gives one full batch
     if batch_size < 1:
         raise ValueError("no training images for this rank")
-    per_epoch = max(1, (len(sampler) // batch_size) // cfg.grad_accum)
+    batch_sampler = None
+    if cfg.group_by_modality and not distributed:  # same-modality batches: no padding between sets
+        batch_sampler = ModalityBatchSampler(train_ds.assignment, batch_size, shuffle=True, seed=cfg.seed,
+                                             drop_last=True)
+    n_batches = len(batch_sampler) if batch_sampler is not None else len(sampler) // batch_size
+    per_epoch = max(1, n_batches // cfg.grad_accum)
     total_steps = cfg.epochs * per_epoch
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
@@ -293,9 +300,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             sampler.set_epoch(epoch)
         else:
             sampler.generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        loader = torch.utils.data.DataLoader(train_ds, batch_size=batch_size, sampler=sampler,
-                                             collate_fn=collate_items, num_workers=cfg.num_workers,
-                                             drop_last=True, pin_memory=device.type == "cuda")
+        if batch_sampler is not None:
+            batch_sampler.set_epoch(epoch)
+            loader = torch.utils.data.DataLoader(train_ds, batch_sampler=batch_sampler, collate_fn=collate_items,
+                                                 num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+        else:
+            loader = torch.utils.data.DataLoader(train_ds, batch_size=batch_size, sampler=sampler,
+                                                 collate_fn=collate_items, num_workers=cfg.num_workers,
+                                                 drop_last=True, pin_memory=device.type == "cuda")
         model.train()
         it = iter(loader)
         for _ in range(skip * cfg.grad_accum):  # fast-forward to where the interrupted run stopped

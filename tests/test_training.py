@@ -141,3 +141,26 @@ def test_cli_train_then_evaluate_writes_tidy_results(tmp_path):
                         "--out", str(res_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.startswith("atomizer: error:") and "exists" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_group_by_modality_batches_share_a_modality_and_resume_exactly(tmp_path, monkeypatch):
+    import atomizer.training as tr
+
+    seen = []
+    real = tr.forward
+
+    def spy(model, inputs, **kw):
+        if model.training:
+            seen.append(inputs)
+        return real(model, inputs, **kw)
+
+    monkeypatch.setattr(tr, "forward", spy)
+    cfg = smoke_config(tmp_path / "g", group_by_modality=True, max_steps=4, epochs=2)
+    a = train(TrainConfig.from_dict(cfg), progress=False)
+    # a batch of one modality has one band count per set and no padding
+    for b in seen:
+        assert bool(b.mask.all())
+        assert len({int(n) for n in b.mask.sum(1)}) == 1
+    b = train(TrainConfig.from_dict({**cfg, "out_dir": str(tmp_path / "g2")}), progress=False)
+    sa, sb = state(Path(a["last"])), state(Path(b["last"]))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
