@@ -36,7 +36,6 @@ D model width, L latents, K classes.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -49,7 +48,7 @@ from torch import Tensor, nn
 
 from atomizer.encodings import fourier_dim, fourier_features, normalize_values
 from atomizer.model import Attention, AttentionPool, FeedForward
-from atomizer.readers import image_bands
+from atomizer.readers import image_bands, physical_values
 from atomizer.tokens import extra_channel
 
 #: The 12 Sentinel-2 L2A bands of the canvas, in channel order (B10 is not in L2A products).
@@ -64,13 +63,7 @@ CANVAS_BANDS: tuple[str, ...] = ("B01", "B02", "B03", "B04", "B05", "B06", "B07"
 def _normalised_band(da: xr.DataArray) -> Tensor:
     """One band of the image representation -> (h, w) float32 normalised values; invalid pixels 0."""
     a = da.attrs
-    raw = np.asarray(da.values)
-    ok = np.isfinite(raw) if raw.dtype.kind == "f" else np.ones(raw.shape, bool)
-    nodata = a.get("nodata")
-    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
-        ok &= raw != nodata
-    phys = (raw.astype(np.float32) + np.float32(a.get("dn_offset", 0.0))) * np.float32(a.get("dn_scale", 1.0))
-    phys = np.where(ok, phys, np.float32(0.0))
+    phys, ok = physical_values(da)
     ec = extra_channel(a.get("domain", "optical"), a.get("polarisation") or None)
     v = torch.from_numpy(np.ascontiguousarray(phys, dtype=np.float32))
     out = normalize_values(v, torch.full_like(v, ec))

@@ -217,9 +217,9 @@ def case_scene(device: torch.device, preset: str, reps: int, chunk: int) -> list
              "peak_memory_abs_bytes": mem.peak_abs}]
 
 
-def run_case(case: str, device: str, quick: bool, batch: int | None = None) -> list[dict]:
+def run_case(case: str, device: str, quick: bool, batch: int | None = None, reps: int | None = None) -> list[dict]:
     dev = torch.device(device)
-    reps = 2 if quick else 5
+    reps = reps or (2 if quick else 5)
     if case in ("encoder_train_step", "reference_train_step"):
         b = batch or (1 if quick else (64 if dev.type == "cuda" else 4))
         return case_train_step(dev, "paper", b, reps, reference=case == "reference_train_step")
@@ -235,26 +235,45 @@ def run_case(case: str, device: str, quick: bool, batch: int | None = None) -> l
 # Driver
 # --------------------------------------------------------------------------------------------------
 
+MEMORY_FIELDS = ("peak_memory_bytes", "peak_memory_abs_bytes")
+
+
+def _subprocess_case(case: str, device: str, quick: bool, batch: int | None, memory: bool) -> list[dict]:
+    cmd = [sys.executable, "-m", "atomizer", "bench", "--case", case, "--device", device, "--emit-json"]
+    if quick:
+        cmd.append("--quick")
+    if batch:
+        cmd += ["--batch", str(batch)]
+    env = dict(os.environ)
+    if memory:
+        # One step after the warm-up, with glibc returning every large freed block to the OS at once,
+        # so RSS is live memory and the peak rise is the case's own working set. (Timing runs without
+        # this setting: it turns every large allocation into an mmap and costs system time.)
+        cmd += ["--reps", "1"]
+        env["MALLOC_MMAP_THRESHOLD_"] = "131072"
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError((proc.stderr.strip().splitlines() or ["failed"])[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
 
 def run_all(device: str = "cpu", quick: bool = False, cases: list[str] | None = None,
             batch: int | None = None) -> list[dict]:
-    """Run each case in a fresh subprocess and return all records (with ratios against the reference)."""
+    """Run each case in fresh subprocesses (one timed, one for memory) and return all records, with
+    ratios against the reference where there is one."""
     records: list[dict] = []
     for case in cases or CASES:
-        cmd = [sys.executable, "-m", "atomizer", "bench", "--case", case, "--device", device, "--emit-json"]
-        if quick:
-            cmd.append("--quick")
-        if batch:
-            cmd += ["--batch", str(batch)]
         t0 = time.time()
-        # a fixed mmap threshold makes glibc return every large freed block to the OS at once, so the
-        # RSS after the warm-up reflects live memory and the peak rise is the case's own working set
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            records.append({"case": case, "device": device, "error": proc.stderr.strip().splitlines()[-1:]})
+        try:
+            timed = _subprocess_case(case, device, quick, batch, memory=False)
+            if device == "cpu":
+                mem = _subprocess_case(case, device, quick, batch, memory=True)
+                for rec, m in zip(timed, mem):
+                    rec.update({k: m[k] for k in MEMORY_FIELDS})
+        except RuntimeError as e:
+            records.append({"case": case, "device": device, "error": str(e)})
             continue
-        for rec in json.loads(proc.stdout.strip().splitlines()[-1]):
+        for rec in timed:
             rec.update(device=device, wall_seconds=time.time() - t0)
             records.append(rec)
     ref = next((r for r in records if r.get("case") == "reference_train_step"), None)
@@ -288,6 +307,7 @@ def _add_command(sub) -> None:
     p.add_argument("--json", help="write one JSON record per case here")
     p.add_argument("--case", choices=CASES, action="append", help="run only these cases")
     p.add_argument("--batch", type=int, help="batch of the train-step cases")
+    p.add_argument("--reps", type=int, help=argparse_hidden())
     p.add_argument("--emit-json", action="store_true", help=argparse_hidden())
     p.set_defaults(func=_cmd_bench)
 
@@ -303,7 +323,7 @@ def _cmd_bench(args) -> int:
         raise RuntimeError("--device cuda but no CUDA device is available")
     if args.emit_json:  # inside the per-case subprocess
         (case,) = args.case
-        print(json.dumps(run_case(case, args.device, args.quick, args.batch)))
+        print(json.dumps(run_case(case, args.device, args.quick, args.batch, args.reps)))
         return 0
     records = run_all(args.device, args.quick, args.case, args.batch)
     print(format_table(records))

@@ -26,7 +26,7 @@ import xarray as xr
 import yaml
 
 from atomizer.paths import data_dir
-from atomizer.readers import grid_dims, image_bands
+from atomizer.readers import grid_dims, image_bands, valid_mask
 
 
 class ModalityError(ValueError):
@@ -218,9 +218,7 @@ def simulate(
         attrs = dict(da.attrs)
         nodata = attrs.get("nodata")
         vals = da.values
-        valid = np.isfinite(vals) if vals.dtype.kind == "f" else np.ones(vals.shape, bool)
-        if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
-            valid &= vals != nodata
+        valid = valid_mask(da)
         target = max(g, modality.gsd_m)
         if target <= g + 1e-9:  # coarser (or equal) band: keep its grid, crop by pixel centres
             # floor(ext / g) pixels centred on the window, whatever its position: the same shape for every

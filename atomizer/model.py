@@ -129,17 +129,21 @@ class FactorizedTokenProjection(nn.Module):
         bias = self.proj.weight @ self.norm.bias  # (out,)
         a1 = a.sum(1)  # (out,)
         d = self.token_dim
-        # Per table row: [projection | sum | sum of squares]; one gather per table (embedding backward
-        # is a fast index_add, unlike advanced indexing).
-        def table(f: Tensor, w: Tensor) -> Tensor:
-            return torch.cat([f @ w.T, f.sum(-1, keepdim=True), f.square().sum(-1, keepdim=True)], -1)
-
-        g = (F.embedding(xi, table(fx, ax)) + F.embedding(yi, table(fy, ay))
-             + F.embedding(band, table(fb, ab)) + table(v, av))  # (S, K, out + 2)
-        proj, s, q = g[..., :-2], g[..., -2], g[..., -1]
+        # LayerNorm statistics from per-row sums and sums of squares of each part (S, K, 1)
+        s = (v.sum(-1) + fx.sum(-1)[xi] + fy.sum(-1)[yi] + fb.sum(-1)[band])[..., None]
+        q = (v.square().sum(-1) + fx.square().sum(-1)[xi] + fy.square().sum(-1)[yi]
+             + fb.square().sum(-1)[band])[..., None]
         mean = s / d
         rstd = torch.rsqrt((q / d - mean.square()).clamp_min(0) + self.norm.eps)
-        return (proj - mean[..., None] * a1) * rstd[..., None] + bias
+        # projections: the per-atom part, then the table parts gathered and added in place, so one
+        # atoms-sized buffer lives at a time (embedding's backward is a fast index_add)
+        proj = v @ av.T  # (S, K, out)
+        proj += F.embedding(xi, fx @ ax.T)
+        proj += F.embedding(yi, fy @ ay.T)
+        proj += F.embedding(band, fb @ ab.T)
+        if rstd.requires_grad:  # learnable feature tables (e.g. a spectral adapter): keep autograd's inputs
+            return torch.addcmul(bias, torch.addcmul(proj, mean, a1, value=-1.0), rstd)
+        return proj.addcmul_(mean, a1, value=-1.0).mul_(rstd).add_(bias)  # fixed features: in place
 
 
 # --------------------------------------------------------------------------------------------------
@@ -328,7 +332,7 @@ class Atomizer(nn.Module):
 
     def forward(self, batch: AtomBatch, return_attention: bool = False,
                 generator: torch.Generator | None = None, chunk_size: int | None = None):
-        """Classify atom sets.
+        """Classify atom sets: :meth:`encode`, then the attention-pooling head.
 
         Args:
             batch: Padded atom sets (``mask`` False for padding and nodata).
@@ -341,13 +345,27 @@ class Atomizer(nn.Module):
         Returns:
             logits (S, C), or ``(logits, [weights per block])``.
         """
+        out = self.encode(batch, return_attention=return_attention, generator=generator, chunk_size=chunk_size)
+        if return_attention:
+            return self.head(out[0]), out[1]
+        return self.head(out)
+
+    def encode(self, batch: AtomBatch, return_attention: bool = False, generator: torch.Generator | None = None,
+               chunk_size: int | None = None, prune: bool | None = None):
+        """The final latents ``(S, L, D)`` of atom sets (what the head reads); arguments as :meth:`forward`.
+
+        ``prune`` overrides token pruning (default: in training mode when ``cfg.prune_p > 0``).
+        Returns ``z`` or, with ``return_attention``, ``(z, [weights per block])``.
+        """
         if batch.value.shape[1] == 0 or not bool(batch.mask.any(1).all()):
             raise ValueError("empty token set: every set in the batch needs at least one valid atom")
         if chunk_size is not None and not self.training and not return_attention:
-            return self._forward_streaming(batch, chunk_size)
+            return self._encode_streaming(batch, chunk_size)
         v_all, fx, fy, fb = self.encoder.parts(batch)  # (S,N,Dv), (X,Dp), (Y,Dp), (B,Db)
         z = self.latents.expand(batch.num_sets, -1, -1)  # (S, L, D)
-        prune = self.training and self.cfg.prune_p > 0 and not return_attention
+        if prune is None:
+            prune = self.training and self.cfg.prune_p > 0
+        prune = prune and not return_attention
         weights = []
         for blk in self.blocks:
             if prune:
@@ -367,8 +385,7 @@ class Atomizer(nn.Module):
                 weights.append(w)
             for sb in blk["self"]:
                 z = sb(z)
-        logits = self.head(z)
-        return (logits, weights) if return_attention else logits
+        return (z, weights) if return_attention else z
 
     def _cross(self, cross: "CrossBlock", z: Tensor, v: Tensor, fx: Tensor, fy: Tensor, fb: Tensor, xi: Tensor,
                yi: Tensor, band: Tensor, mask: Tensor, return_weights: bool = False):
@@ -379,7 +396,7 @@ class Atomizer(nn.Module):
             kv = cross.to_kv(v, fx, fy, fb, xi, yi, band)  # (S, K, 2 * inner)
         return cross(z, kv, mask, return_weights=return_weights)
 
-    def _forward_streaming(self, batch: AtomBatch, chunk_size: int) -> Tensor:
+    def _encode_streaming(self, batch: AtomBatch, chunk_size: int) -> Tensor:
         fx = self.encoder.coord_features(batch.coord_x)
         fy = self.encoder.coord_features(batch.coord_y)
         fb = self.encoder.band_features(batch.band_table)
@@ -397,7 +414,7 @@ class Atomizer(nn.Module):
             z = blk["cross"].forward_streaming(z, chunks(blk["cross"].to_kv))
             for sb in blk["self"]:
                 z = sb(z)
-        return self.head(z)
+        return z
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

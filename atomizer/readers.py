@@ -18,6 +18,7 @@ Use :func:`open_image` for anything readable; the specific readers document thei
 from __future__ import annotations
 
 import json
+import math
 import re
 import zipfile
 import zlib
@@ -134,6 +135,25 @@ def build_image(
     if len(extents) > 1:
         ds.attrs["extent_warning"] = f"bands cover different ground extents (m): {sorted(extents)}"
     return ds
+
+
+def valid_mask(da: xr.DataArray) -> np.ndarray:
+    """True where a band's pixel holds data: finite, and not the band's ``nodata`` value."""
+    raw = np.asarray(da.values)
+    ok = np.isfinite(raw) if raw.dtype.kind == "f" else np.ones(raw.shape, bool)
+    nodata = da.attrs.get("nodata")
+    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+        ok &= raw != nodata
+    return ok
+
+
+def physical_values(da: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
+    """``((DN + dn_offset) * dn_scale, valid)`` of a band as float32; invalid pixels set to 0."""
+    ok = valid_mask(da)
+    a = da.attrs
+    v = (np.asarray(da.values).astype(np.float32) + np.float32(a.get("dn_offset", 0.0))) * np.float32(a.get("dn_scale", 1.0))
+    v[~ok] = 0.0
+    return v, ok
 
 
 def image_bands(ds: xr.Dataset) -> list[str]:

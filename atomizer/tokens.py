@@ -28,7 +28,7 @@ import torch
 import xarray as xr
 
 from atomizer.bands import POLARISATIONS, Band
-from atomizer.readers import image_bands
+from atomizer.readers import image_bands, physical_values
 
 BAND_TABLE_COLUMNS = ("wavelength_nm", "bandwidth_nm", "gsd_m", "extra_channel", "day_of_year", "year")
 #: Bands off the optical RBF axis get a one-hot code in these extra spectral channels.
@@ -144,13 +144,7 @@ def tokenize(image: xr.Dataset, bands: Sequence[str] | None = None, drop_invalid
         a = da.attrs
         ydim, xdim = da.dims
         h, w = da.shape
-        raw = np.asarray(da.values)
-        ok = np.isfinite(raw) if raw.dtype.kind == "f" else np.ones(raw.shape, bool)
-        nodata = a.get("nodata")
-        if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
-            ok &= raw != nodata
-        v = (raw.astype(np.float32) + np.float32(a.get("dn_offset", 0.0))) * np.float32(a.get("dn_scale", 1.0))
-        v[~ok] = 0.0
+        v, ok = physical_values(da)
         values.append(v.ravel())
         valid.append(ok.ravel())
         band_idx.append(np.full(h * w, b, np.int64))
