@@ -53,6 +53,10 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn
     """Rebuild the model stored in a checkpoint, weights loaded, in eval mode."""
     payload = read_checkpoint(path, map_location)
     model = build_from_config(payload["arch"], payload["config"])
+    if payload["extra"].get("adapters"):  # a run that trained adapters on a frozen base
+        from atomizer.adapters import apply_adapters
+
+        apply_adapters(model, payload["extra"]["adapters"])
     model.load_state_dict(payload["state_dict"])
     return model.eval()
 

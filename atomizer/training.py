@@ -77,6 +77,7 @@ class TrainConfig:
     ckpt_every: int = 50  # steps
     val_every_epoch: bool = True
     init: str | None = None  # checkpoint whose encoder weights initialise the model
+    adapters: dict | None = None  # freeze the model, train only these adapters (atomizer.adapters.AdapterConfig)
     out_dir: str = "runs/default"
 
     @classmethod
@@ -245,10 +246,16 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     num_classes = probe.num_classes
     model = build_model(cfg.model, cfg.preset, num_classes=num_classes, **cfg.model_overrides).to(device)
     kind = input_kind(model)
+    head_loaded = "none"
     if cfg.init:
         from atomizer.pretrain import load_encoder_weights
 
-        load_encoder_weights(model, cfg.init)
+        head_loaded = load_encoder_weights(model, cfg.init, classes=probe.classes)["head"]
+    adapters = None
+    if cfg.adapters is not None:  # frozen base, only the adapters train (saved apart: adapters.pt)
+        from atomizer.adapters import apply_adapters
+
+        adapters = apply_adapters(model, cfg.adapters, head_loaded=head_loaded).to_dict()
     # ---- data
     train_ds, val_ds, _ = build_datasets(cfg, kind)
     if distributed:
@@ -287,7 +294,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             save_checkpoint(path, core, {"step": step, "best": best, "optimizer": opt.state_dict(),
                                          "train_config": cfg.to_dict(), "classes": probe.classes,
                                          "multilabel": probe.multilabel,
-                                         "train_modalities": cfg.train_modalities, **extra})
+                                         "train_modalities": cfg.train_modalities, "adapters": adapters, **extra})
 
     autocast = device.type == "cuda"
     bar = tqdm(total=total_steps, initial=step, disable=not (progress and is_main), desc=f"train {cfg.model}")
@@ -360,6 +367,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         checkpoint(out / "checkpoints" / "best.pt")
     summary = {"out_dir": str(out), "step": step, "best_val_macro_map": best, "weights_fingerprint": state_hash(core),
                "last": str(last_ckpt), "best": str(out / "checkpoints" / "best.pt"), "rank": rank}
+    if adapters is not None and is_main:  # the best adapters alone, apart from the base checkpoint
+        from atomizer.adapters import adapter_report, save_adapters
+        from atomizer.checkpoint import load_model
+
+        summary["adapters"] = str(save_adapters(load_model(out / "checkpoints" / "best.pt"), out / "adapters.pt",
+                                                base_checkpoint=cfg.init))
+        summary["trainable_parameters"] = adapter_report(core)
     if is_main:
         atomic_write_json(out / "summary.json", summary)
     if distributed:
