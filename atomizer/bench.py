@@ -124,8 +124,9 @@ def _model(preset: str, device: torch.device, train: bool, **overrides: Any):
     return m.train(train)
 
 
-def _time(fn, reps: int, device: torch.device) -> float:
-    fn()  # warm-up
+def _time(fn, reps: int, device: torch.device, warmup: bool = True) -> float:
+    if warmup:
+        fn()
     ts = []
     for _ in range(reps):
         if device.type == "cuda":
@@ -143,22 +144,28 @@ def _time(fn, reps: int, device: torch.device) -> float:
 # --------------------------------------------------------------------------------------------------
 
 
-def case_train_step(device: torch.device, preset: str, batch: int, reps: int, reference: bool) -> list[dict]:
+def case_train_step(device: torch.device, preset: str, batch: int, reps: int, reference: bool,
+                    precision: str = "fp32") -> list[dict]:
+    from atomizer.modalities import Modality, simulate
+    from atomizer.runtime import autocast
     from atomizer.tokens import collate, tokenize
 
     images = _ben_patches(batch)
     if reference:
         images = [resample_to_120(im) for im in images]
     atoms = collate([tokenize(im) for im in images]).to(device)
+    # The latent floor: the same step on 2 x 2 pixels of 4 bands (16 atoms per image), i.e. what the
+    # latent self-attention, feed-forwards and head cost whatever the atoms; no token path beats it.
+    tiny = Modality("floor", 2, 10.0, ("B02", "B03", "B04", "B08"))
+    floor_atoms = collate([tokenize(simulate(im, tiny)) for im in images]).to(device)
     # the reference is the authors' implementation: materialised tokens, all activations kept
     model = _model(preset, device, train=True, **({"checkpoint_tokens": False} if reference else {}))
     model.reference_embedding = reference
     target = torch.zeros(len(images), model.cfg.num_classes, device=device)
-    autocast = device.type == "cuda"
 
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = model(atoms)
+    def step(x=atoms):
+        with autocast(precision, device):
+            logits = model(x)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
         loss.backward()
         model.zero_grad(set_to_none=False)  # gradient buffers belong to the built model, like the weights
@@ -166,10 +173,12 @@ def case_train_step(device: torch.device, preset: str, batch: int, reps: int, re
     step()  # warm-up: allocates the gradient buffers (large freed blocks go back to the OS, see run_all)
     with PeakMemory(device) as mem:
         sec = _time(step, reps, device)
+    floor = _time(lambda: step(floor_atoms), reps, device)
     n = int(atoms.mask.sum()) // len(images)
     return [{"case": "reference_train_step" if reference else "encoder_train_step", "preset": preset,
-             "batch": len(images), "tokens": n, "seconds_per_image": sec / len(images),
+             "batch": len(images), "tokens": n, "precision": precision, "seconds_per_image": sec / len(images),
              "tokens_per_second": n * len(images) / sec, "images_per_second": len(images) / sec,
+             "latent_floor_seconds_per_image": floor / len(images),
              "peak_memory_bytes": mem.rise, "peak_memory_abs_bytes": mem.peak_abs}]
 
 
@@ -199,7 +208,7 @@ def case_scaling(device: torch.device, preset: str, reps: int, sizes: list[int])
     return out
 
 
-def case_scene(device: torch.device, preset: str, reps: int, chunk: int) -> list[dict]:
+def case_scene(device: torch.device, preset: str, reps: int, chunk: int, warmup: bool = True) -> list[dict]:
     from atomizer.tokens import tokenize
 
     atoms = tokenize(_scene()).to(device)
@@ -211,23 +220,29 @@ def case_scene(device: torch.device, preset: str, reps: int, chunk: int) -> list
             model(atoms, chunk_size=chunk)
 
     with PeakMemory(device) as mem:
-        sec = _time(fwd, reps, device)
+        sec = _time(fwd, reps, device, warmup)
     return [{"case": "scene_inference", "preset": preset, "batch": 1, "tokens": n, "seconds_per_image": sec,
              "tokens_per_second": n / sec, "chunk_size": chunk, "peak_memory_bytes": mem.rise,
              "peak_memory_abs_bytes": mem.peak_abs}]
 
 
-def run_case(case: str, device: str, quick: bool, batch: int | None = None, reps: int | None = None) -> list[dict]:
+def run_case(case: str, device: str, quick: bool, batch: int | None = None, reps: int | None = None,
+             precision: str = "auto", memory: bool = False) -> list[dict]:
+    from atomizer.runtime import autocast_dtype, tune_cpu_allocator
+
     dev = torch.device(device)
-    reps = reps or (2 if quick else 5)
+    if dev.type == "cpu" and not memory:
+        tune_cpu_allocator()  # what ``atomizer train`` does; the memory runs keep glibc's defaults (see above)
+    reps = reps or (1 if quick else 5)
     if case in ("encoder_train_step", "reference_train_step"):
         b = batch or (1 if quick else (64 if dev.type == "cuda" else 4))
-        return case_train_step(dev, "paper", b, reps, reference=case == "reference_train_step")
+        prec = "bf16" if autocast_dtype(precision, dev) is not None else "fp32"
+        return case_train_step(dev, "paper", b, reps, reference=case == "reference_train_step", precision=prec)
     if case == "scaling":
         sizes = [10_000, 100_000, 1_000_000] if quick else [10_000, 30_000, 100_000, 300_000, 1_000_000]
         return case_scaling(dev, "tiny" if quick else "paper", 1 if quick else reps, sizes)
     if case == "scene_inference":
-        return case_scene(dev, "tiny" if quick else "paper", 1, 262_144)
+        return case_scene(dev, "tiny" if quick else "paper", 1, 262_144, warmup=not quick)
     raise KeyError(f"unknown case {case!r}; cases: {', '.join(CASES)}")
 
 
@@ -238,18 +253,25 @@ def run_case(case: str, device: str, quick: bool, batch: int | None = None, reps
 MEMORY_FIELDS = ("peak_memory_bytes", "peak_memory_abs_bytes")
 
 
-def _subprocess_case(case: str, device: str, quick: bool, batch: int | None, memory: bool) -> list[dict]:
-    cmd = [sys.executable, "-m", "atomizer", "bench", "--case", case, "--device", device, "--emit-json"]
+def _subprocess_case(case: str, device: str, quick: bool, batch: int | None, mode: str,
+                     precision: str = "auto") -> list[dict]:
+    """Run one case in a fresh process. ``mode``: ``time`` (tuned allocator), ``memory`` (one step,
+    every large block returned to the OS at once) or ``single`` (--quick on CPU: one run with glibc's
+    default allocator gives both, indicative only)."""
+    cmd = [sys.executable, "-m", "atomizer", "bench", "--case", case, "--device", device, "--emit-json",
+           "--precision", precision]
     if quick:
         cmd.append("--quick")
     if batch:
         cmd += ["--batch", str(batch)]
     env = dict(os.environ)
-    if memory:
+    if mode == "single":
+        cmd += ["--memory-run"]
+    if mode == "memory":
         # One step after the warm-up, with glibc returning every large freed block to the OS at once,
         # so RSS is live memory and the peak rise is the case's own working set. (Timing runs without
         # this setting: it turns every large allocation into an mmap and costs system time.)
-        cmd += ["--reps", "1"]
+        cmd += ["--reps", "1", "--memory-run"]
         env["MALLOC_MMAP_THRESHOLD_"] = "131072"
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -258,16 +280,18 @@ def _subprocess_case(case: str, device: str, quick: bool, batch: int | None, mem
 
 
 def run_all(device: str = "cpu", quick: bool = False, cases: list[str] | None = None,
-            batch: int | None = None) -> list[dict]:
+            batch: int | None = None, precision: str = "auto") -> list[dict]:
     """Run each case in fresh subprocesses (one timed, one for memory) and return all records, with
     ratios against the reference where there is one."""
     records: list[dict] = []
     for case in cases or CASES:
         t0 = time.time()
         try:
-            timed = _subprocess_case(case, device, quick, batch, memory=False)
-            if device == "cpu":
-                mem = _subprocess_case(case, device, quick, batch, memory=True)
+            # --quick on CPU: one run per case gives time and memory (glibc defaults; indicative only)
+            single = quick and device == "cpu"
+            timed = _subprocess_case(case, device, quick, batch, "single" if single else "time", precision)
+            if device == "cpu" and not quick:
+                mem = _subprocess_case(case, device, quick, batch, "memory", precision)
                 for rec, m in zip(timed, mem):
                     rec.update({k: m[k] for k in MEMORY_FIELDS})
         except RuntimeError as e:
@@ -281,20 +305,29 @@ def run_all(device: str = "cpu", quick: bool = False, cases: list[str] | None = 
     if ref and enc and "error" not in ref and "error" not in enc:
         enc["speedup_vs_reference"] = ref["seconds_per_image"] / enc["seconds_per_image"]
         enc["memory_ratio_vs_reference"] = ref["peak_memory_bytes"] / max(1, enc["peak_memory_bytes"])
+        # Amdahl: both paths share the latent network; what the token path can change is the rest.
+        enc["token_side_speedup_vs_reference"] = ((ref["seconds_per_image"] - ref["latent_floor_seconds_per_image"])
+                                                  / max(1e-9, enc["seconds_per_image"]
+                                                        - enc["latent_floor_seconds_per_image"]))
+        enc["speedup_bound_vs_reference"] = ref["seconds_per_image"] / enc["latent_floor_seconds_per_image"]
     return records
 
 
 def format_table(records: list[dict]) -> str:
     import pandas as pd
 
-    cols = ["case", "device", "preset", "batch", "tokens", "seconds_per_image", "tokens_per_second",
-            "peak_memory_bytes", "peak_memory_abs_bytes", "speedup_vs_reference", "memory_ratio_vs_reference", "error"]
+    cols = ["case", "device", "preset", "precision", "batch", "tokens", "seconds_per_image", "tokens_per_second",
+            "latent_floor_seconds_per_image", "peak_memory_bytes", "peak_memory_abs_bytes", "speedup_vs_reference",
+            "token_side_speedup_vs_reference", "speedup_bound_vs_reference", "memory_ratio_vs_reference", "error"]
     df = pd.DataFrame(records)
     df = df[[c for c in cols if c in df.columns]]
     for c in ("peak_memory_bytes", "peak_memory_abs_bytes"):
         if c in df:
             df[c] = (df[c] / 2**20).round(1)
-    df = df.rename(columns={"peak_memory_bytes": "peak_rise_MiB", "peak_memory_abs_bytes": "peak_abs_MiB"})
+    df = df.rename(columns={"peak_memory_bytes": "peak_rise_MiB", "peak_memory_abs_bytes": "peak_abs_MiB",
+                            "latent_floor_seconds_per_image": "floor_s_per_image",
+                            "speedup_vs_reference": "speedup", "token_side_speedup_vs_reference": "token_side_speedup",
+                            "speedup_bound_vs_reference": "speedup_bound", "memory_ratio_vs_reference": "memory_ratio"})
     with pd.option_context("display.width", 250, "display.max_columns", None, "display.float_format", "{:.4g}".format):
         return df.to_string(index=False)
 
@@ -307,6 +340,9 @@ def _add_command(sub) -> None:
     p.add_argument("--json", help="write one JSON record per case here")
     p.add_argument("--case", choices=CASES, action="append", help="run only these cases")
     p.add_argument("--batch", type=int, help="batch of the train-step cases")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="autocast of the train-step cases, the same for the reference (auto: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--memory-run", action="store_true", help=argparse_hidden())
     p.add_argument("--reps", type=int, help=argparse_hidden())
     p.add_argument("--emit-json", action="store_true", help=argparse_hidden())
     p.set_defaults(func=_cmd_bench)
@@ -323,9 +359,10 @@ def _cmd_bench(args) -> int:
         raise RuntimeError("--device cuda but no CUDA device is available")
     if args.emit_json:  # inside the per-case subprocess
         (case,) = args.case
-        print(json.dumps(run_case(case, args.device, args.quick, args.batch, args.reps)))
+        print(json.dumps(run_case(case, args.device, args.quick, args.batch, args.reps, args.precision,
+                                  memory=args.memory_run)))
         return 0
-    records = run_all(args.device, args.quick, args.case, args.batch)
+    records = run_all(args.device, args.quick, args.case, args.batch, args.precision)
     print(format_table(records))
     if args.json:
         from atomizer.storage import atomic_write_json

@@ -233,7 +233,7 @@ class CrossBlock(nn.Module):
                               external_kv=True)
         self.ff = FeedForward(cfg.latent_dim, cfg.ff_mult, cfg.ff_dropout)
 
-    def forward(self, z: Tensor, kv: Tensor, mask: Tensor, return_weights: bool = False):
+    def forward(self, z: Tensor, kv: Tensor, mask: Tensor | None, return_weights: bool = False):
         out, w = self.attn(self.norm(z), kv=kv, mask=mask, return_weights=return_weights)
         z = z + out
         return z + self.ff(z), w
@@ -366,15 +366,18 @@ class Atomizer(nn.Module):
         if prune is None:
             prune = self.training and self.cfg.prune_p > 0
         prune = prune and not return_attention
+        # Sets with no padding or nodata (a batch of one modality) keep equally many atoms after pruning:
+        # no mask at all then, so attention takes its dense kernel (one host sync per forward).
+        dense = bool(batch.mask.all())
         weights = []
         for blk in self.blocks:
             if prune:
                 idx, keep = prune_index(batch.mask, self.cfg.prune_p, generator)  # (S, K)
                 g = lambda t: torch.gather(t, 1, idx)  # noqa: E731
                 v = torch.gather(v_all, 1, idx[..., None].expand(-1, -1, v_all.shape[-1]))
-                xi, yi, band, mask = g(batch.xi), g(batch.yi), g(batch.band), keep
+                xi, yi, band, mask = g(batch.xi), g(batch.yi), g(batch.band), None if dense else keep
             else:
-                v, xi, yi, band, mask = v_all, batch.xi, batch.yi, batch.band, batch.mask
+                v, xi, yi, band, mask = v_all, batch.xi, batch.yi, batch.band, None if dense else batch.mask
             args = (z, v, fx, fy, fb, xi, yi, band, mask)
             if self.cfg.checkpoint_tokens and self.training and torch.is_grad_enabled() and not return_attention:
                 # keep only the block's inputs; recompute the atoms' keys/values during backward
@@ -388,7 +391,7 @@ class Atomizer(nn.Module):
         return (z, weights) if return_attention else z
 
     def _cross(self, cross: "CrossBlock", z: Tensor, v: Tensor, fx: Tensor, fy: Tensor, fb: Tensor, xi: Tensor,
-               yi: Tensor, band: Tensor, mask: Tensor, return_weights: bool = False):
+               yi: Tensor, band: Tensor, mask: Tensor | None, return_weights: bool = False):
         """One cross-attention block over the atoms (keys/values projected from the feature tables)."""
         if self.reference_embedding:  # the authors' way: materialise (S, K, token_dim), LayerNorm, project
             kv = cross.to_kv.reference(torch.cat([v, fx[xi], fy[yi], fb[band]], -1))

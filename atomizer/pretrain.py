@@ -53,6 +53,7 @@ from atomizer.model import (
     FeedForward,
 )
 from atomizer.pipeline import ModalityDataset
+from atomizer.runtime import autocast, autocast_dtype, tune_cpu_allocator
 from atomizer.storage import atomic_write_json, atomic_write_text
 from atomizer.tokens import AtomBatch, collate, tokenize
 from atomizer.training import MetricsLog, lr_at, make_optimizer, pick_device, state_hash
@@ -102,6 +103,7 @@ class PretrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     ckpt_every: int = 50
     eval_every: int = 50  # steps between reconstruction losses on a fixed held-in batch (0 = only at the end)
     eval_images: int = 8
@@ -452,6 +454,9 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
         FileExistsError: ``out_dir`` already holds a run and ``resume`` is False.
     """
     device = pick_device(cfg.device)
+    autocast_dtype(cfg.precision, device)  # rejects an unknown precision before any work
+    if device.type == "cpu":
+        tune_cpu_allocator()
     out = Path(cfg.out_dir)
     last = out / "checkpoints" / "last.pt"
     if (out / "config.yaml").exists() and not resume:
@@ -481,12 +486,11 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     eval_items = [fixed[i] for i in range(min(cfg.eval_images, n))]
     eval_vis, eval_tgt, _ = _masked_batch(eval_items, cfg, (cfg.seed, 7, 7))
     eval_vis, eval_tgt = eval_vis.to(device), eval_tgt.to(device)
-    autocast = device.type == "cuda"
 
     @torch.no_grad()
     def evaluate() -> float:
         model.eval()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        with autocast(cfg.precision, device):
             loss, _ = model(eval_vis, eval_tgt)
         model.train()
         return float(loss)
@@ -511,7 +515,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
             g["lr"] = lr
         torch.manual_seed(cfg.seed * 1_000_003 + step)
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        with autocast(cfg.precision, device):
             loss, _ = model(vis.to(device), tgt.to(device))
         loss.backward()
         loss = float(loss.detach())

@@ -3,7 +3,7 @@
 Read top to bottom: the typed config, the learning-rate schedule, the run directory, the data, the loop.
 
 * Optimiser: AdamW (or plain Adam, as in the authors' run); linear warm-up then cosine decay to zero;
-  gradient accumulation; gradient clipping; bf16 autocast on CUDA, fp32 on CPU.
+  gradient accumulation; gradient clipping; bf16 autocast on CUDA, fp32 on CPU (``precision`` overrides).
 * Protocol: every training image gets one training modality; validation images are seen under the
   training modalities only (model selection never sees a test modality).
 * Reproducible and resumable: all randomness derives from ``(seed, step)`` or ``(seed, epoch, index)``;
@@ -37,6 +37,7 @@ from atomizer.metrics import classification_metrics
 from atomizer.modalities import Assignment, load_modalities
 from atomizer.pipeline import CanvasSpec, ModalityDataset, collate_items, forward, move_input
 from atomizer.registry import build_model, input_kind
+from atomizer.runtime import PRECISIONS, autocast, tune_cpu_allocator
 from atomizer.storage import atomic_write_json, atomic_write_text
 from atomizer.tokens import ModalityBatchSampler
 
@@ -73,12 +74,17 @@ class TrainConfig:
     group_by_modality: bool = False  # batches of one training modality (no padding; single process only)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     num_workers: int = 0
     ckpt_every: int = 50  # steps
     val_every_epoch: bool = True
     init: str | None = None  # checkpoint whose encoder weights initialise the model
     adapters: dict | None = None  # freeze the model, train only these adapters (atomizer.adapters.AdapterConfig)
     out_dir: str = "runs/default"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
@@ -174,14 +180,13 @@ def build_datasets(cfg: TrainConfig, kind: str):
 
 @torch.no_grad()
 def predict_dataset(model: nn.Module, ds: ModalityDataset, batch_size: int, device: torch.device,
-                    desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
+                    desc: str = "eval", precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, targets) of every item, in order, with the model in eval mode."""
     model.eval()
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate_items)
     logits, targets = [], []
-    autocast = device.type == "cuda"
     for b in tqdm(loader, desc=desc, leave=False, disable=None):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        with autocast(precision, device):
             logits.append(forward(model, move_input(b["input"], device)).float().cpu())
         targets.append(b["target"])
     return torch.cat(logits), torch.cat(targets)
@@ -230,6 +235,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     if distributed and device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
+    if device.type == "cpu":
+        tune_cpu_allocator()  # atoms-sized buffers stay in the process instead of being page-faulted each step
     is_main = rank == 0
     out = Path(cfg.out_dir)
     last_ckpt = out / "checkpoints" / "last.pt"
@@ -296,7 +303,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                                          "multilabel": probe.multilabel,
                                          "train_modalities": cfg.train_modalities, "adapters": adapters, **extra})
 
-    autocast = device.type == "cuda"
     bar = tqdm(total=total_steps, initial=step, disable=not (progress and is_main), desc=f"train {cfg.model}")
     t_last, seen = time.perf_counter(), 0
     while step < total_steps:
@@ -330,7 +336,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             loss_sum = 0.0
             for _micro in range(cfg.grad_accum):
                 b = next(it)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                with autocast(cfg.precision, device):
                     logits = forward(model, move_input(b["input"], device))
                 loss = loss_fn(logits, b["target"].to(device)) / cfg.grad_accum
                 loss.backward()
@@ -350,7 +356,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                 checkpoint(last_ckpt)
         end_of_epoch = step % per_epoch == 0 or step >= total_steps
         if end_of_epoch and cfg.val_every_epoch and is_main and len(val_ds):
-            logits, targets = predict_dataset(core, val_ds, cfg.batch_size, device, desc="validate")
+            logits, targets = predict_dataset(core, val_ds, cfg.batch_size, device, desc="validate",
+                                              precision=cfg.precision)
             val = classification_metrics(logits, targets)
             val["loss"] = float(loss_fn(logits, targets))
             key = "macro_map"

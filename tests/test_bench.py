@@ -68,3 +68,20 @@ def test_bench_cli_writes_records(tmp_path):
         assert rec["tokens"] > 0 and rec["seconds_per_image"] > 0
     assert recs[0]["tokens"] < recs[1]["tokens"] < recs[2]["tokens"]
     assert "scaling" in r.stdout and "tokens_per_second" in format_table(recs)
+
+
+def test_train_step_records_carry_the_latent_floor_and_the_amdahl_bound(tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "-m", "atomizer", "bench", "--quick", "--case", "encoder_train_step",
+                        "--case", "reference_train_step", "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    enc, ref = json.loads(out.read_text())["records"]
+    assert (enc["case"], ref["case"]) == ("encoder_train_step", "reference_train_step")
+    assert (enc["tokens"], ref["tokens"]) == (80_000, 172_800) and enc["precision"] == "fp32"
+    for rec in (enc, ref):
+        assert 0 < rec["latent_floor_seconds_per_image"] < rec["seconds_per_image"]
+    assert enc["speedup_vs_reference"] == ref["seconds_per_image"] / enc["seconds_per_image"]
+    # no token path can beat the shared latent network: the bound is above the measured speed-up
+    assert enc["speedup_bound_vs_reference"] > enc["speedup_vs_reference"]
+    assert "token_side_speedup" in r.stdout and "speedup_bound" in r.stdout
