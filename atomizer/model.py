@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from atomizer.encodings import AtomEncoder, EncodingConfig
 from atomizer.tokens import AtomBatch
@@ -283,6 +283,29 @@ class AttentionPool(nn.Module):
         return self.fc(self.out_norm(pooled))
 
 
+# Fused attention kernels whose outputs (latent-sized: the attended values and the log-sum-exp) are kept
+# when a cross block is checkpointed, so backward recomputes only the atoms' keys/values, not attention.
+_ATTENTION_OPS = tuple(getattr(torch.ops.aten, name).default for name in (
+    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+) if hasattr(torch.ops.aten, name))
+
+
+def _atoms_policy(num_atoms: int):
+    """Selective-checkpoint policy of :meth:`Atomizer.encode`: save the attention outputs and every op on
+    latent-sized tensors (no dimension as long as the ``num_atoms`` atoms); recompute the atom-sized rest."""
+
+    def policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+        if op in _ATTENTION_OPS:
+            return CheckpointPolicy.MUST_SAVE
+        tensors = [a for a in args if isinstance(a, Tensor)]
+        if tensors and all(max(t.shape, default=1) < num_atoms for t in tensors):
+            return CheckpointPolicy.MUST_SAVE
+        return CheckpointPolicy.PREFER_RECOMPUTE
+
+    return policy
+
+
 def prune_index(mask: Tensor, p: float, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Keep a random ``1 - p`` of each set's VALID atoms.
 
@@ -380,8 +403,11 @@ class Atomizer(nn.Module):
                 v, xi, yi, band, mask = v_all, batch.xi, batch.yi, batch.band, None if dense else batch.mask
             args = (z, v, fx, fy, fb, xi, yi, band, mask)
             if self.cfg.checkpoint_tokens and self.training and torch.is_grad_enabled() and not return_attention:
-                # keep only the block's inputs; recompute the atoms' keys/values during backward
-                z, w = checkpoint(self._cross, blk["cross"], *args, use_reentrant=False)
+                # keep the block's inputs and the attention's (latent-sized) outputs; backward recomputes
+                # the atoms' keys/values from the feature tables, not the attention
+                policy = _atoms_policy(xi.shape[1])
+                z, w = checkpoint(self._cross, blk["cross"], *args, use_reentrant=False,
+                                  context_fn=lambda: create_selective_checkpoint_contexts(policy))
             else:
                 z, w = self._cross(blk["cross"], *args, return_weights=return_attention)
             if return_attention:
