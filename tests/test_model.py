@@ -228,3 +228,28 @@ def test_factorised_projection_gradients_with_learnable_feature_tables(small_set
         out.square().mean().backward()
         grads.append(fb_.grad)
     assert torch.allclose(grads[0], grads[1], atol=1e-4 * float(grads[1].abs().max()))
+
+
+def test_checkpointed_blocks_recompute_keys_and_values_but_not_attention(ben_patch_paths, monkeypatch):
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    import atomizer.model as model_module
+
+    atoms = tokenize(open_image(ben_patch_paths[0]))  # a dense set: the fused kernel, no mask
+
+    def op_counts() -> dict:
+        model = Atomizer(AtomizerConfig.preset("tiny", checkpoint_tokens=True)).train()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            model(atoms, generator=torch.Generator().manual_seed(1)).sum().backward()
+        return {e.key: e.count for e in prof.key_averages()}
+
+    ours = op_counts()
+    recompute_all = lambda ctx, op, *a, **k: CheckpointPolicy.PREFER_RECOMPUTE  # noqa: E731
+    monkeypatch.setattr(model_module, "_checkpoint_context",
+                        lambda: create_selective_checkpoint_contexts(recompute_all))
+    plain = op_counts()
+    flash = "aten::_scaled_dot_product_flash_attention_for_cpu"
+    depth = AtomizerConfig.preset("tiny").depth
+    assert ours[flash] == plain[flash] - depth  # each cross-attention ran once less: its outputs were kept
+    assert ours["aten::embedding"] == plain["aten::embedding"] > 0  # keys/values were still recomputed
