@@ -77,6 +77,49 @@ class PeakMemory:
 
 
 # --------------------------------------------------------------------------------------------------
+# FLOPs and the GPU's peak
+# --------------------------------------------------------------------------------------------------
+
+#: Dense bf16 tensor-core peaks in TFLOP/s (vendor data sheets), matched in order against the CUDA device
+#: name; ``--peak-tflops`` overrides.
+BF16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4),
+                    ("B200", 2250.0), ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0), ("A10", 125.0))
+
+
+def bf16_peak_tflops(device_name: str) -> float | None:
+    """The dense bf16 peak of a CUDA device from its name (None if unknown)."""
+    return next((tf for key, tf in BF16_PEAK_TFLOPS if key in device_name), None)
+
+
+def _register_cpu_attention_flops() -> None:
+    """Teach ``FlopCounterMode`` the CPU flash-attention kernels (it knows only the CUDA ones)."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    if not hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu") or \
+            aten._scaled_dot_product_flash_attention_for_cpu in fc.flop_registry:
+        return
+
+    @fc.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu, get_raw=True)
+    def _fwd(query, key, value, *args, out_val=None, **kwargs) -> int:
+        return fc.sdpa_flop_count(query.shape, key.shape, value.shape)
+
+    @fc.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward, get_raw=True)
+    def _bwd(grad_out, query, key, value, *args, out_val=None, **kwargs) -> int:
+        return fc.sdpa_backward_flop_count(grad_out.shape, query.shape, key.shape, value.shape)
+
+
+def count_flops(fn) -> int:
+    """Floating-point operations of one call of ``fn`` (matmuls and attention, recomputation included)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _register_cpu_attention_flops()
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+# --------------------------------------------------------------------------------------------------
 # Inputs
 # --------------------------------------------------------------------------------------------------
 
@@ -174,8 +217,14 @@ def case_train_step(device: torch.device, preset: str, batch: int, reps: int, re
     with PeakMemory(device) as mem:
         sec = _time(step, reps, device)
     floor = _time(lambda: step(floor_atoms), reps, device)
+    flops = count_flops(step) / len(images)
     n = int(atoms.mask.sum()) // len(images)
-    return [{"case": "reference_train_step" if reference else "encoder_train_step", "preset": preset,
+    rec = {"flops_per_image": flops, "achieved_tflops": flops * len(images) / sec / 1e12}
+    if device.type == "cuda":
+        peak = float(os.environ.get("ATOMIZER_PEAK_TFLOPS", 0)) or bf16_peak_tflops(torch.cuda.get_device_name(device))
+        if peak and precision == "bf16":
+            rec.update(bf16_peak_tflops=peak, fraction_of_bf16_peak=rec["achieved_tflops"] / peak)
+    return [{**rec, "case": "reference_train_step" if reference else "encoder_train_step", "preset": preset,
              "batch": len(images), "tokens": n, "precision": precision, "seconds_per_image": sec / len(images),
              "tokens_per_second": n * len(images) / sec, "images_per_second": len(images) / sec,
              "latent_floor_seconds_per_image": floor / len(images),
@@ -317,7 +366,7 @@ def format_table(records: list[dict]) -> str:
     import pandas as pd
 
     cols = ["case", "device", "preset", "precision", "batch", "tokens", "seconds_per_image", "tokens_per_second",
-            "latent_floor_seconds_per_image", "peak_memory_bytes", "peak_memory_abs_bytes", "speedup_vs_reference",
+            "latent_floor_seconds_per_image", "achieved_tflops", "fraction_of_bf16_peak", "peak_memory_bytes", "peak_memory_abs_bytes", "speedup_vs_reference",
             "token_side_speedup_vs_reference", "speedup_bound_vs_reference", "memory_ratio_vs_reference", "error"]
     df = pd.DataFrame(records)
     df = df[[c for c in cols if c in df.columns]]
@@ -342,6 +391,8 @@ def _add_command(sub) -> None:
     p.add_argument("--batch", type=int, help="batch of the train-step cases")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="autocast of the train-step cases, the same for the reference (auto: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--peak-tflops", type=float,
+                   help="the GPU's dense bf16 peak in TFLOP/s (default: looked up from the device name)")
     p.add_argument("--memory-run", action="store_true", help=argparse_hidden())
     p.add_argument("--reps", type=int, help=argparse_hidden())
     p.add_argument("--emit-json", action="store_true", help=argparse_hidden())
@@ -357,6 +408,8 @@ def argparse_hidden() -> str:
 def _cmd_bench(args) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda but no CUDA device is available")
+    if args.peak_tflops:
+        os.environ["ATOMIZER_PEAK_TFLOPS"] = str(args.peak_tflops)  # read by the per-case subprocesses
     if args.emit_json:  # inside the per-case subprocess
         (case,) = args.case
         print(json.dumps(run_case(case, args.device, args.quick, args.batch, args.reps, args.precision,

@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
-from atomizer.bench import format_table, resample_to_120
+from atomizer.bench import bf16_peak_tflops, count_flops, format_table, resample_to_120
 from atomizer.model import Atomizer, AtomizerConfig
 from atomizer.readers import count_tokens, open_image
 from atomizer.tokens import tokenize
@@ -92,3 +93,22 @@ def test_train_step_records_carry_the_latent_floor_and_the_amdahl_bound(tmp_path
     # no token path can beat the shared latent network: the bound is above the measured speed-up
     assert enc["speedup_bound_vs_reference"] > enc["speedup_vs_reference"]
     assert "token_side_speedup" in r.stdout and "speedup_bound" in r.stdout
+    # FLOPs counted (CPU attention kernels included): the reference does more work for the same function
+    assert 0 < enc["flops_per_image"] < ref["flops_per_image"]
+    assert enc["achieved_tflops"] * 1e12 == pytest.approx(enc["flops_per_image"] / enc["seconds_per_image"])
+    assert "fraction_of_bf16_peak" not in enc  # a CPU has no bf16 tensor-core peak to compare against
+
+
+def test_gpu_peaks_are_looked_up_by_device_name():
+    assert bf16_peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
+    assert bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert bf16_peak_tflops("NVIDIA H200") == 989.4
+    assert bf16_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert bf16_peak_tflops("Some Future GPU") is None
+
+
+def test_flop_count_includes_cpu_attention():
+    q = torch.randn(2, 1, 8, 16)
+    k = torch.randn(2, 1, 100, 16)
+    flops = count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, k))
+    assert flops == 2 * (2 * 1 * 8 * 100 * 16) * 2  # QK^T and PV, 2 FLOPs per multiply-add
