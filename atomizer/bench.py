@@ -14,7 +14,19 @@ Cases (each measured in its own subprocess, so one case's memory never pollutes 
 Peak memory: on CUDA, ``max_memory_allocated`` after a reset; on CPU, the rise of the process's peak
 RSS (VmHWM, reset through ``/proc/self/clear_refs``) above its RSS once the model, its gradient buffers
 and the input are built (glibc is told to return large freed blocks to the OS, so RSS is live memory);
-the absolute peak is reported too. Times are medians over repetitions after a warm-up.
+the absolute peak is reported too. Times are medians over repetitions after a warm-up, in processes
+whose allocator is tuned as ``atomizer train`` tunes it (:func:`atomizer.runtime.tune_cpu_allocator`).
+
+The train-step records also carry:
+
+* ``latent_floor_seconds_per_image``: the same step on 16 atoms per image, i.e. the latent network's
+  cost, shared by both paths; ``speedup_bound_vs_reference`` = reference time / that floor is the most
+  any token path could gain, and ``token_side_speedup_vs_reference`` compares the time above the floor.
+* ``flops_per_image`` (``torch.utils.flop_counter``, recomputation included) and ``achieved_tflops``;
+  on CUDA in bf16, ``fraction_of_bf16_peak`` against the device's dense bf16 peak (:data:`BF16_PEAK_TFLOPS`).
+
+``--quick`` (CPU): batch 1, one repetition, one process per case that reports both time and memory with
+glibc's default allocator (indicative numbers, under a minute on 2 cores).
 """
 
 from __future__ import annotations
