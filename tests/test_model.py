@@ -253,3 +253,16 @@ def test_checkpointed_blocks_recompute_keys_and_values_but_not_attention(ben_pat
     depth = AtomizerConfig.preset("tiny").depth
     assert ours[flash] == plain[flash] - depth  # each cross-attention ran once less: its outputs were kept
     assert ours["aten::embedding"] == plain["aten::embedding"] > 0  # keys/values were still recomputed
+
+
+def test_checkpointed_tied_blocks_train_under_bf16_autocast(small_set):
+    """Tied blocks reuse autocast's cached weight casts; checkpointing must still replay (paper preset on GPU)."""
+    grads = []
+    for flag in (False, True):
+        torch.manual_seed(0)
+        model = Atomizer(AtomizerConfig.preset("tiny", depth=3, checkpoint_tokens=flag)).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(small_set, generator=torch.Generator().manual_seed(5))
+        out.float().sum().backward()
+        grads.append(model.blocks[1]["cross"].to_kv.proj.weight.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0])
