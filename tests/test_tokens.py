@@ -101,3 +101,15 @@ def test_modality_batch_sampler_drop_last_counts():
     groups = [0] * 4 + [1] * 3 + [2] * 3
     assert len(ModalityBatchSampler(groups, 3, drop_last=True)) == 3
     assert len(ModalityBatchSampler(groups, 3, drop_last=False)) == 4
+
+
+def test_atoms_travel_as_17_bytes_with_int32_indices(ben_patch_paths):
+    sets = [tokenize(open_image(p)) for p in ben_patch_paths[:2]]
+    batch = collate(sets)
+    for a in (*sets, batch):
+        assert a.band.dtype == a.xi.dtype == a.yi.dtype == torch.int32
+    per_atom = sum(getattr(batch, k).element_size() for k in ("value", "band", "xi", "yi", "mask"))
+    assert per_atom == 17
+    # int32 indices address the tables exactly as int64 ones would
+    x64 = batch.coord_x[batch.xi.long()]
+    assert torch.equal(batch.coord_x[batch.xi], x64)
