@@ -9,7 +9,6 @@ width, H heads, C classes.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Mapping
@@ -18,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+from torch.utils.checkpoint import (CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts,
+                                    noop_context_fn)
 
 from atomizer.encodings import AtomEncoder, EncodingConfig
 from atomizer.tokens import AtomBatch
@@ -304,12 +304,6 @@ def _checkpoint_context():
     return create_selective_checkpoint_contexts(_keep_attention)
 
 
-def _full_recompute_context():
-    """Plain checkpointing, under autocast: there the cached weight casts of tied blocks make the
-    recomputation's op sequence differ from the forward's, which selective checkpointing refuses."""
-    return contextlib.nullcontext(), contextlib.nullcontext()
-
-
 def prune_index(mask: Tensor, p: float, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Keep a random ``1 - p`` of each set's VALID atoms.
 
@@ -409,9 +403,11 @@ class Atomizer(nn.Module):
             if self.cfg.checkpoint_tokens and self.training and torch.is_grad_enabled() and not return_attention:
                 # keep the block's inputs and the attention's (latent-sized) outputs; backward recomputes
                 # the atoms' keys/values from the feature tables, not the attention
+                # under autocast, plain checkpointing: tied blocks reuse cached weight casts, so the
+                # recomputation's op sequence differs from the forward's, which selective checkpointing refuses
                 autocast = torch.is_autocast_enabled(z.device.type)
                 z, w = checkpoint(self._cross, blk["cross"], *args, use_reentrant=False,
-                                  context_fn=_full_recompute_context if autocast else _checkpoint_context)
+                                  context_fn=noop_context_fn if autocast else _checkpoint_context)
             else:
                 z, w = self._cross(blk["cross"], *args, return_weights=return_attention)
             if return_attention:

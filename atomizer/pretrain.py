@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -53,10 +53,10 @@ from atomizer.model import (
     FeedForward,
 )
 from atomizer.pipeline import ModalityDataset
-from atomizer.runtime import autocast, autocast_dtype, tune_cpu_allocator
+from atomizer.runtime import autocast, check_precision, tune_cpu_allocator
 from atomizer.storage import atomic_write_json, atomic_write_text
 from atomizer.tokens import AtomBatch, collate, tokenize
-from atomizer.training import MetricsLog, lr_at, make_optimizer, pick_device, state_hash
+from atomizer.training import MetricsLog, RunConfig, lr_at, make_optimizer, pick_device, state_hash
 
 MASKINGS = ("random", "band", "pixel", "block")
 _BAND_FILE = re.compile(r"(?:^|_)(?:B\d{1,2}A?|VV|VH|HH|HV)$")
@@ -67,7 +67,7 @@ _BAND_FILE = re.compile(r"(?:^|_)(?:B\d{1,2}A?|VV|VH|HH|HV)$")
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(RunConfig):
     """Everything a pretraining run needs; saved as ``config.yaml`` in the run directory.
 
     ``sources`` is a list of unlabelled image sources, each a dict with one of:
@@ -80,6 +80,8 @@ class PretrainConfig:
     plus optional ``tile_px`` (cut each image into non-overlapping tiles of that many pixels of its
     finest grid, with :func:`atomizer.modalities.simulate` windows) and ``limit`` (first N images/tiles).
     """
+
+    kind = "pretraining"
 
     preset: str = "tiny"
     model_overrides: dict = field(default_factory=dict)
@@ -116,22 +118,7 @@ class PretrainConfig:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if not self.sources:
             raise ValueError("sources: give at least one image source")
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> "PretrainConfig":
-        spec = yaml.safe_load(Path(path).read_text()) or {}
-        return cls.from_dict({**spec, **overrides})
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "PretrainConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown pretraining option(s): {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+        check_precision(self.precision)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -454,7 +441,6 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
         FileExistsError: ``out_dir`` already holds a run and ``resume`` is False.
     """
     device = pick_device(cfg.device)
-    autocast_dtype(cfg.precision, device)  # rejects an unknown precision before any work
     if device.type == "cpu":
         tune_cpu_allocator()
     out = Path(cfg.out_dir)

@@ -49,14 +49,19 @@ def tune_cpu_allocator() -> bool:
     return _tuned
 
 
+def check_precision(precision: str) -> None:
+    """Raise ValueError naming the choices unless ``precision`` is one of :data:`PRECISIONS`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device`` (None: full fp32).
 
     ``auto`` is bf16 on CUDA and fp32 on CPU; ``bf16`` asks for bf16 autocast on either (on a CPU with
     AVX512-BF16 or AMX it is faster; elsewhere it is emulated and slower).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None

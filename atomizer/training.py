@@ -37,7 +37,7 @@ from atomizer.metrics import classification_metrics
 from atomizer.modalities import Assignment, load_modalities
 from atomizer.pipeline import CanvasSpec, ModalityDataset, collate_items, forward, move_input
 from atomizer.registry import build_model, input_kind
-from atomizer.runtime import PRECISIONS, autocast, tune_cpu_allocator
+from atomizer.runtime import autocast, check_precision, tune_cpu_allocator
 from atomizer.storage import atomic_write_json, atomic_write_text
 from atomizer.tokens import ModalityBatchSampler
 
@@ -46,9 +46,33 @@ from atomizer.tokens import ModalityBatchSampler
 # --------------------------------------------------------------------------------------------------
 
 
+class RunConfig:
+    """YAML round trip of a run's config dataclass; unknown options are refused by name."""
+
+    kind = "run"  # named in the error for an unknown option
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any):
+        spec = yaml.safe_load(Path(path).read_text()) or {}
+        return cls.from_dict({**spec, **overrides})
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]):
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown {cls.kind} option(s): {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(RunConfig):
     """Everything a run needs; saved as ``config.yaml`` in the run directory."""
+
+    kind = "training"
 
     model: str = "atomizer"  # atomizer | resnet | vit | scalemae | perceiver
     preset: str = "tiny"
@@ -83,24 +107,7 @@ class TrainConfig:
     out_dir: str = "runs/default"
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
-        spec = yaml.safe_load(Path(path).read_text()) or {}
-        return cls.from_dict({**spec, **overrides})
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown training option(s): {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+        check_precision(self.precision)
 
 
 # --------------------------------------------------------------------------------------------------

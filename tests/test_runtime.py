@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from atomizer.model import Atomizer, AtomizerConfig
+from atomizer.pretrain import PretrainConfig
 from atomizer.readers import open_image
 from atomizer.runtime import autocast, autocast_dtype
 from atomizer.tokens import tokenize
@@ -61,6 +62,12 @@ def test_precision_choices():
         autocast_dtype("fp16", cpu)
     with pytest.raises(ValueError, match="precision must be one of"):
         TrainConfig(precision="half")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        PretrainConfig(sources=[{"dataset": "eurosat"}], precision="half")
+    with pytest.raises(ValueError, match=r"unknown pretraining option\(s\): \['precison'\]"):
+        PretrainConfig.from_dict({"sources": [{"dataset": "eurosat"}], "precison": "bf16"})
+    with pytest.raises(ValueError, match=r"unknown training option\(s\): \['precison'\]"):
+        TrainConfig.from_dict({"precison": "bf16"})
 
 
 def test_bf16_autocast_on_cpu_runs_the_model_in_bf16_close_to_fp32(ben_patch_paths):
