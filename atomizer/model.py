@@ -402,9 +402,9 @@ class Atomizer(nn.Module):
             args = (z, v, fx, fy, fb, xi, yi, band, mask)
             if self.cfg.checkpoint_tokens and self.training and torch.is_grad_enabled() and not return_attention:
                 # keep the block's inputs and the attention's (latent-sized) outputs; backward recomputes
-                # the atoms' keys/values from the feature tables, not the attention
-                # under autocast, plain checkpointing: tied blocks reuse cached weight casts, so the
-                # recomputation's op sequence differs from the forward's, which selective checkpointing refuses
+                # the atoms' keys/values, not the attention. Under autocast, plain checkpointing: tied
+                # blocks reuse cached weight casts, so the recomputation's op sequence differs from the
+                # forward's, which selective checkpointing refuses.
                 autocast = torch.is_autocast_enabled(z.device.type)
                 z, w = checkpoint(self._cross, blk["cross"], *args, use_reentrant=False,
                                   context_fn=noop_context_fn if autocast else _checkpoint_context)

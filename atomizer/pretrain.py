@@ -31,7 +31,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-import yaml
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -54,9 +53,9 @@ from atomizer.model import (
 )
 from atomizer.pipeline import ModalityDataset
 from atomizer.runtime import autocast, check_precision, tune_cpu_allocator
-from atomizer.storage import atomic_write_json, atomic_write_text
+from atomizer.storage import atomic_write_json
 from atomizer.tokens import AtomBatch, collate, tokenize
-from atomizer.training import MetricsLog, RunConfig, lr_at, make_optimizer, pick_device, state_hash
+from atomizer.training import MetricsLog, RunConfig, lr_at, make_optimizer, pick_device, start_run, state_hash
 
 MASKINGS = ("random", "band", "pixel", "block")
 _BAND_FILE = re.compile(r"(?:^|_)(?:B\d{1,2}A?|VV|VH|HH|HV)$")
@@ -443,12 +442,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     device = pick_device(cfg.device)
     if device.type == "cpu":
         tune_cpu_allocator()
-    out = Path(cfg.out_dir)
+    out = start_run(cfg.out_dir, cfg, resume)
     last = out / "checkpoints" / "last.pt"
-    if (out / "config.yaml").exists() and not resume:
-        raise FileExistsError(f"{out} already holds a run; pass resume=True (--resume) or another out_dir")
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)

@@ -136,6 +136,21 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def start_run(out_dir: str | Path, config: RunConfig, resume: bool, write: bool = True) -> Path:
+    """The run directory ``out_dir`` with ``checkpoints/`` and the run's ``config.yaml`` (written atomically).
+
+    Raises:
+        FileExistsError: ``out_dir`` already holds a run and ``resume`` is False.
+    """
+    out = Path(out_dir)
+    if write:
+        if (out / "config.yaml").exists() and not resume:
+            raise FileExistsError(f"{out} already holds a run; pass resume=True (--resume) or another out_dir")
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return out
+
+
 def dist_info() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's environment."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
@@ -245,13 +260,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     if device.type == "cpu":
         tune_cpu_allocator()  # atoms-sized buffers stay in the process instead of being page-faulted each step
     is_main = rank == 0
-    out = Path(cfg.out_dir)
+    out = start_run(cfg.out_dir, cfg, resume, write=is_main)
     last_ckpt = out / "checkpoints" / "last.pt"
-    if is_main:
-        if (out / "config.yaml").exists() and not resume:
-            raise FileExistsError(f"{out} already holds a run; pass resume=True (--resume) or another out_dir")
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
