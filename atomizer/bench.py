@@ -15,7 +15,7 @@ Peak memory: on CUDA, ``max_memory_allocated`` after a reset; on CPU, the rise o
 RSS (VmHWM, reset through ``/proc/self/clear_refs``) above its RSS once the model, its gradient buffers
 and the input are built (glibc is told to return large freed blocks to the OS, so RSS is live memory);
 the absolute peak is reported too. Times are medians over repetitions after a warm-up, in processes
-whose allocator is tuned as ``atomizer train`` tunes it (:func:`atomizer.runtime.tune_cpu_allocator`).
+whose allocator is tuned as ``atomizer train`` tunes it (:func:`atomizer.core.runtime.tune_cpu_allocator`).
 
 The train-step records also carry:
 
@@ -42,8 +42,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from atomizer.cli import register
 
 CASES = ("encoder_train_step", "reference_train_step", "scaling", "scene_inference")
 
@@ -94,8 +92,18 @@ class PeakMemory:
 
 #: Dense bf16 tensor-core peaks in TFLOP/s (vendor data sheets), matched in order against the CUDA device
 #: name; ``--peak-tflops`` overrides.
-BF16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4),
-                    ("B200", 2250.0), ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0), ("A10", 125.0))
+BF16_PEAK_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),
+    ("H200", 989.4),
+    ("GH200", 989.4),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+    ("A10", 125.0),
+)
 
 
 def bf16_peak_tflops(device_name: str) -> float | None:
@@ -108,8 +116,10 @@ def _register_cpu_attention_flops() -> None:
     from torch.utils import flop_counter as fc
 
     aten = torch.ops.aten
-    if not hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu") or \
-            aten._scaled_dot_product_flash_attention_for_cpu in fc.flop_registry:
+    if (
+        not hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu")
+        or aten._scaled_dot_product_flash_attention_for_cpu in fc.flop_registry
+    ):
         return
 
     @fc.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu, get_raw=True)
@@ -137,7 +147,7 @@ def count_flops(fn) -> int:
 
 
 def _ben_patches(n: int):
-    from atomizer.datasets import BigEarthNetNpz
+    from atomizer.data.datasets import BigEarthNetNpz
 
     ds = BigEarthNetNpz()
     out = []
@@ -152,8 +162,8 @@ def _ben_patches(n: int):
 
 def resample_to_120(image):
     """The authors' input: every band resampled (nearest) to the 120 x 120 grid of the 10 m bands."""
-    from atomizer.bands import get_sensor
-    from atomizer.readers import build_image, image_bands
+    from atomizer.data.bands import get_sensor
+    from atomizer.data.readers import build_image, image_bands
 
     arrays = {}
     for b in image_bands(image):
@@ -164,15 +174,15 @@ def resample_to_120(image):
 
 
 def _scene():
-    from atomizer.paths import data_dir
-    from atomizer.readers import read_band_folder
+    from atomizer.core.paths import embedded_dir
+    from atomizer.data.readers import read_band_folder
 
-    product = next((data_dir() / "embedded" / "majortom").glob("*/*/B02.tif")).parent
+    product = next((embedded_dir() / "majortom").glob("*/*/B02.tif")).parent
     return read_band_folder(product)
 
 
 def _model(preset: str, device: torch.device, train: bool, **overrides: Any):
-    from atomizer.model import Atomizer, AtomizerConfig
+    from atomizer.models.atomizer import Atomizer, AtomizerConfig
 
     torch.manual_seed(0)
     m = Atomizer(AtomizerConfig.preset(preset, **overrides)).to(device)
@@ -199,11 +209,12 @@ def _time(fn, reps: int, device: torch.device, warmup: bool = True) -> float:
 # --------------------------------------------------------------------------------------------------
 
 
-def case_train_step(device: torch.device, preset: str, batch: int, reps: int, reference: bool,
-                    precision: str = "fp32") -> list[dict]:
-    from atomizer.modalities import Modality, simulate
-    from atomizer.runtime import autocast
-    from atomizer.tokens import collate, tokenize
+def case_train_step(
+    device: torch.device, preset: str, batch: int, reps: int, reference: bool, precision: str = "fp32"
+) -> list[dict]:
+    from atomizer.atoms.tokens import collate, tokenize
+    from atomizer.core.runtime import autocast
+    from atomizer.data.modalities import Modality, simulate
 
     images = _ben_patches(batch)
     if reference:
@@ -236,16 +247,27 @@ def case_train_step(device: torch.device, preset: str, batch: int, reps: int, re
         peak = float(os.environ.get("ATOMIZER_PEAK_TFLOPS", 0)) or bf16_peak_tflops(torch.cuda.get_device_name(device))
         if peak and precision == "bf16":
             rec.update(bf16_peak_tflops=peak, fraction_of_bf16_peak=rec["achieved_tflops"] / peak)
-    return [{**rec, "case": "reference_train_step" if reference else "encoder_train_step", "preset": preset,
-             "batch": len(images), "tokens": n, "precision": precision, "seconds_per_image": sec / len(images),
-             "tokens_per_second": n * len(images) / sec, "images_per_second": len(images) / sec,
-             "latent_floor_seconds_per_image": floor / len(images),
-             "peak_memory_bytes": mem.rise, "peak_memory_abs_bytes": mem.peak_abs}]
+    return [
+        {
+            **rec,
+            "case": "reference_train_step" if reference else "encoder_train_step",
+            "preset": preset,
+            "batch": len(images),
+            "tokens": n,
+            "precision": precision,
+            "seconds_per_image": sec / len(images),
+            "tokens_per_second": n * len(images) / sec,
+            "images_per_second": len(images) / sec,
+            "latent_floor_seconds_per_image": floor / len(images),
+            "peak_memory_bytes": mem.rise,
+            "peak_memory_abs_bytes": mem.peak_abs,
+        }
+    ]
 
 
 def case_scaling(device: torch.device, preset: str, reps: int, sizes: list[int]) -> list[dict]:
-    from atomizer.modalities import Modality, simulate
-    from atomizer.tokens import tokenize
+    from atomizer.atoms.tokens import tokenize
+    from atomizer.data.modalities import Modality, simulate
 
     scene = _scene()
     model = _model(preset, device, train=False)
@@ -257,20 +279,30 @@ def case_scaling(device: torch.device, preset: str, reps: int, sizes: list[int])
         atoms = tokenize(simulate(scene, Modality("crop", side, 10.0, ("B02", "B03", "B04", "B08")))).to(device)
         n = int(atoms.mask.sum())
 
-        def fwd():
+        def fwd(atoms=atoms):
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 model(atoms, chunk_size=262_144)
 
         with PeakMemory(device) as mem:
             sec = _time(fwd, reps, device)
-        out.append({"case": "scaling", "preset": preset, "batch": 1, "tokens": n, "seconds_per_image": sec,
-                    "tokens_per_second": n / sec, "seconds_per_million_tokens": sec / n * 1e6,
-                    "peak_memory_bytes": mem.rise, "peak_memory_abs_bytes": mem.peak_abs})
+        out.append(
+            {
+                "case": "scaling",
+                "preset": preset,
+                "batch": 1,
+                "tokens": n,
+                "seconds_per_image": sec,
+                "tokens_per_second": n / sec,
+                "seconds_per_million_tokens": sec / n * 1e6,
+                "peak_memory_bytes": mem.rise,
+                "peak_memory_abs_bytes": mem.peak_abs,
+            }
+        )
     return out
 
 
 def case_scene(device: torch.device, preset: str, reps: int, chunk: int, warmup: bool = True) -> list[dict]:
-    from atomizer.tokens import tokenize
+    from atomizer.atoms.tokens import tokenize
 
     atoms = tokenize(_scene()).to(device)
     model = _model(preset, device, train=False)
@@ -282,14 +314,31 @@ def case_scene(device: torch.device, preset: str, reps: int, chunk: int, warmup:
 
     with PeakMemory(device) as mem:
         sec = _time(fwd, reps, device, warmup)
-    return [{"case": "scene_inference", "preset": preset, "batch": 1, "tokens": n, "seconds_per_image": sec,
-             "tokens_per_second": n / sec, "chunk_size": chunk, "peak_memory_bytes": mem.rise,
-             "peak_memory_abs_bytes": mem.peak_abs}]
+    return [
+        {
+            "case": "scene_inference",
+            "preset": preset,
+            "batch": 1,
+            "tokens": n,
+            "seconds_per_image": sec,
+            "tokens_per_second": n / sec,
+            "chunk_size": chunk,
+            "peak_memory_bytes": mem.rise,
+            "peak_memory_abs_bytes": mem.peak_abs,
+        }
+    ]
 
 
-def run_case(case: str, device: str, quick: bool, batch: int | None = None, reps: int | None = None,
-             precision: str = "auto", memory: bool = False) -> list[dict]:
-    from atomizer.runtime import autocast_dtype, tune_cpu_allocator
+def run_case(
+    case: str,
+    device: str,
+    quick: bool,
+    batch: int | None = None,
+    reps: int | None = None,
+    precision: str = "auto",
+    memory: bool = False,
+) -> list[dict]:
+    from atomizer.core.runtime import autocast_dtype, tune_cpu_allocator
 
     dev = torch.device(device)
     if dev.type == "cpu" and not memory:
@@ -314,13 +363,25 @@ def run_case(case: str, device: str, quick: bool, batch: int | None = None, reps
 MEMORY_FIELDS = ("peak_memory_bytes", "peak_memory_abs_bytes")
 
 
-def _subprocess_case(case: str, device: str, quick: bool, batch: int | None, mode: str,
-                     precision: str = "auto") -> list[dict]:
+def _subprocess_case(
+    case: str, device: str, quick: bool, batch: int | None, mode: str, precision: str = "auto"
+) -> list[dict]:
     """Run one case in a fresh process. ``mode``: ``time`` (tuned allocator), ``memory`` (one step,
     every large block returned to the OS at once) or ``single`` (--quick on CPU: one run with glibc's
     default allocator gives both, indicative only)."""
-    cmd = [sys.executable, "-m", "atomizer", "bench", "--case", case, "--device", device, "--emit-json",
-           "--precision", precision]
+    cmd = [
+        sys.executable,
+        "-m",
+        "atomizer",
+        "bench",
+        "--case",
+        case,
+        "--device",
+        device,
+        "--emit-json",
+        "--precision",
+        precision,
+    ]
     if quick:
         cmd.append("--quick")
     if batch:
@@ -340,8 +401,13 @@ def _subprocess_case(case: str, device: str, quick: bool, batch: int | None, mod
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_all(device: str = "cpu", quick: bool = False, cases: list[str] | None = None,
-            batch: int | None = None, precision: str = "auto") -> list[dict]:
+def run_all(
+    device: str = "cpu",
+    quick: bool = False,
+    cases: list[str] | None = None,
+    batch: int | None = None,
+    precision: str = "auto",
+) -> list[dict]:
     """Run each case in fresh subprocesses (one timed, one for memory) and return all records, with
     ratios against the reference where there is one."""
     records: list[dict] = []
@@ -367,9 +433,9 @@ def run_all(device: str = "cpu", quick: bool = False, cases: list[str] | None = 
         enc["speedup_vs_reference"] = ref["seconds_per_image"] / enc["seconds_per_image"]
         enc["memory_ratio_vs_reference"] = ref["peak_memory_bytes"] / max(1, enc["peak_memory_bytes"])
         # Amdahl: both paths share the latent network; what the token path can change is the rest.
-        enc["token_side_speedup_vs_reference"] = ((ref["seconds_per_image"] - ref["latent_floor_seconds_per_image"])
-                                                  / max(1e-9, enc["seconds_per_image"]
-                                                        - enc["latent_floor_seconds_per_image"]))
+        enc["token_side_speedup_vs_reference"] = (
+            ref["seconds_per_image"] - ref["latent_floor_seconds_per_image"]
+        ) / max(1e-9, enc["seconds_per_image"] - enc["latent_floor_seconds_per_image"])
         enc["speedup_bound_vs_reference"] = ref["seconds_per_image"] / enc["latent_floor_seconds_per_image"]
     return records
 
@@ -377,62 +443,41 @@ def run_all(device: str = "cpu", quick: bool = False, cases: list[str] | None = 
 def format_table(records: list[dict]) -> str:
     import pandas as pd
 
-    cols = ["case", "device", "preset", "precision", "batch", "tokens", "seconds_per_image", "tokens_per_second",
-            "latent_floor_seconds_per_image", "achieved_tflops", "fraction_of_bf16_peak", "peak_memory_bytes", "peak_memory_abs_bytes", "speedup_vs_reference",
-            "token_side_speedup_vs_reference", "speedup_bound_vs_reference", "memory_ratio_vs_reference", "error"]
+    cols = [
+        "case",
+        "device",
+        "preset",
+        "precision",
+        "batch",
+        "tokens",
+        "seconds_per_image",
+        "tokens_per_second",
+        "latent_floor_seconds_per_image",
+        "achieved_tflops",
+        "fraction_of_bf16_peak",
+        "peak_memory_bytes",
+        "peak_memory_abs_bytes",
+        "speedup_vs_reference",
+        "token_side_speedup_vs_reference",
+        "speedup_bound_vs_reference",
+        "memory_ratio_vs_reference",
+        "error",
+    ]
     df = pd.DataFrame(records)
     df = df[[c for c in cols if c in df.columns]]
     for c in ("peak_memory_bytes", "peak_memory_abs_bytes"):
         if c in df:
             df[c] = (df[c] / 2**20).round(1)
-    df = df.rename(columns={"peak_memory_bytes": "peak_rise_MiB", "peak_memory_abs_bytes": "peak_abs_MiB",
-                            "latent_floor_seconds_per_image": "floor_s_per_image",
-                            "speedup_vs_reference": "speedup", "token_side_speedup_vs_reference": "token_side_speedup",
-                            "speedup_bound_vs_reference": "speedup_bound", "memory_ratio_vs_reference": "memory_ratio"})
+    df = df.rename(
+        columns={
+            "peak_memory_bytes": "peak_rise_MiB",
+            "peak_memory_abs_bytes": "peak_abs_MiB",
+            "latent_floor_seconds_per_image": "floor_s_per_image",
+            "speedup_vs_reference": "speedup",
+            "token_side_speedup_vs_reference": "token_side_speedup",
+            "speedup_bound_vs_reference": "speedup_bound",
+            "memory_ratio_vs_reference": "memory_ratio",
+        }
+    )
     with pd.option_context("display.width", 250, "display.max_columns", None, "display.float_format", "{:.4g}".format):
         return df.to_string(index=False)
-
-
-@register
-def _add_command(sub) -> None:
-    p = sub.add_parser("bench", help="benchmark the token pipeline and the encoder (see docs/benchmarks.md)")
-    p.add_argument("--quick", action="store_true", help="small batches and repetitions (under a minute on CPU)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--json", help="write one JSON record per case here")
-    p.add_argument("--case", choices=CASES, action="append", help="run only these cases")
-    p.add_argument("--batch", type=int, help="batch of the train-step cases")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="autocast of the train-step cases, the same for the reference (auto: bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--peak-tflops", type=float,
-                   help="the GPU's dense bf16 peak in TFLOP/s (default: looked up from the device name)")
-    p.add_argument("--memory-run", action="store_true", help=argparse_hidden())
-    p.add_argument("--reps", type=int, help=argparse_hidden())
-    p.add_argument("--emit-json", action="store_true", help=argparse_hidden())
-    p.set_defaults(func=_cmd_bench)
-
-
-def argparse_hidden() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
-
-
-def _cmd_bench(args) -> int:
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda but no CUDA device is available")
-    if args.peak_tflops:
-        os.environ["ATOMIZER_PEAK_TFLOPS"] = str(args.peak_tflops)  # read by the per-case subprocesses
-    if args.emit_json:  # inside the per-case subprocess
-        (case,) = args.case
-        print(json.dumps(run_case(case, args.device, args.quick, args.batch, args.reps, args.precision,
-                                  memory=args.memory_run)))
-        return 0
-    records = run_all(args.device, args.quick, args.case, args.batch, args.precision)
-    print(format_table(records))
-    if args.json:
-        from atomizer.storage import atomic_write_json
-
-        meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                "cpu_count": os.cpu_count(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-        atomic_write_json(args.json, {"meta": meta, "records": records})
-    return 1 if any("error" in r for r in records) else 0

@@ -1,6 +1,7 @@
 """Command-line interface: ``atomizer <command> ...`` (also ``python -m atomizer``).
 
-Errors in the user's input (a missing file, an unknown sensor, a mismatched checkpoint) are printed
+Every subcommand is defined here; the library never imports this module. Errors in the user's input (a
+missing file, an unknown sensor, a config value of the wrong type, a mismatched checkpoint) are printed
 as one line, ``atomizer: error: ...``, with exit status 2; ``ATOMIZER_DEBUG=1`` shows the traceback.
 """
 
@@ -10,18 +11,20 @@ import argparse
 import json
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def _cmd_sensors(args: argparse.Namespace) -> int:
-    from atomizer.bands import catalogue_table, get_sensor
+    from atomizer.data.bands import catalogue_table, get_sensor
 
     if args.sidecar:
         import pandas as pd
 
         s = get_sensor(args.sidecar)
 
-        df = pd.DataFrame([{"sensor": s.name, **b.to_dict()} for b in s.bands]).drop(columns=["source"], errors="ignore")
+        df = pd.DataFrame([{"sensor": s.name, **b.to_dict()} for b in s.bands]).drop(
+            columns=["source"], errors="ignore"
+        )
     else:
         df = catalogue_table(args.names or None).drop(columns=["source"])
     with _pd_wide():
@@ -41,7 +44,7 @@ class _pd_wide:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from atomizer.readers import count_tokens, describe, open_image
+    from atomizer.data.readers import count_tokens, describe, open_image
 
     ds = open_image(args.path, sensor=args.sidecar or args.sensor)
     print(f"{args.path}  sensor={ds.attrs.get('sensor')}")
@@ -64,7 +67,7 @@ def _parse_sets(pairs: Sequence[str]) -> dict:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from atomizer.training import TrainConfig, train
+    from atomizer.engine.training import TrainConfig, train
 
     over = _parse_sets(args.set)
     if args.out:
@@ -81,10 +84,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from atomizer.evaluation import evaluate_checkpoint, save_results
+    from atomizer.engine.evaluation import evaluate_checkpoint, save_results
 
-    res = evaluate_checkpoint(args.checkpoint, args.modalities, dataset=args.dataset, split=args.split,
-                              data_root=args.data_root, batch_size=args.batch_size, device=args.device)
+    res = evaluate_checkpoint(
+        args.checkpoint,
+        args.modalities,
+        dataset=args.dataset,
+        split=args.split,
+        data_root=args.data_root,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
     table = res["score"].sel(model=res.model.values[0]).to_pandas()
     with _pd_wide():
         print(table.round(2).to_string())
@@ -95,12 +105,87 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from atomizer.inference import predict_image
+    from atomizer.engine.inference import predict_image
 
-    probs = predict_image(args.checkpoint, args.input, sensor=args.sidecar or args.sensor,
-                          chunk_size=args.chunk_size)
+    probs = predict_image(args.checkpoint, args.input, sensor=args.sidecar or args.sensor, chunk_size=args.chunk_size)
     for name, p in sorted(probs.items(), key=lambda kv: -kv[1])[: args.top]:
         print(f"{p:7.4f}  {name}")
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from atomizer.engine.pretraining import PretrainConfig, pretrain
+
+    over = _parse_sets(args.set)
+    if args.out:
+        over["out_dir"] = args.out
+    summary = pretrain(PretrainConfig.from_yaml(args.config, **over), resume=args.resume)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_experiment_run(args: argparse.Namespace) -> int:
+    from atomizer.experiments import ExperimentSpec, run_experiment
+
+    spec = ExperimentSpec.from_yaml(args.spec)
+    if args.workers:
+        spec.workers = args.workers
+    summary = run_experiment(spec, only=args.only, force=args.force)
+    print(
+        f"{len(summary['done'])} done, {len(summary['skipped'])} skipped, {len(summary['failed'])} failed; "
+        f"results store: {spec.output_dir}"
+    )
+    return 1 if summary["failed"] else 0
+
+
+def _cmd_experiment_list(args: argparse.Namespace) -> int:
+    from atomizer.experiments import ExperimentSpec, run_states
+
+    for rid, state in run_states(ExperimentSpec.from_yaml(args.spec)):
+        print(f"{state:8s} {rid}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from atomizer import bench
+    from atomizer.core.storage import atomic_write_json
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda but no CUDA device is available")
+    if args.peak_tflops:
+        os.environ["ATOMIZER_PEAK_TFLOPS"] = str(args.peak_tflops)  # read by the per-case subprocesses
+    if args.emit_json:  # inside the per-case subprocess
+        (case,) = args.case
+        print(
+            json.dumps(
+                bench.run_case(
+                    case, args.device, args.quick, args.batch, args.reps, args.precision, memory=args.memory_run
+                )
+            )
+        )
+        return 0
+    records = bench.run_all(args.device, args.quick, args.case, args.batch, args.precision)
+    print(bench.format_table(records))
+    if args.json:
+        meta = {
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        }
+        atomic_write_json(args.json, {"meta": meta, "records": records})
+    return 1 if any("error" in r for r in records) else 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from atomizer.dashboard.app import serve
+
+    serve(port=args.port, results_root=args.results, checkpoint=args.checkpoint, show=args.show)
     return 0
 
 
@@ -120,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_inspect)
 
     s = sub.add_parser("train", help="train a model from a YAML config (see configs/)")
-    s.add_argument("config", help="training config YAML (fields of atomizer.training.TrainConfig)")
+    s.add_argument("config", help="training config YAML (fields of atomizer.engine.training.TrainConfig)")
     s.add_argument("--resume", action="store_true", help="continue the run in the config's out_dir")
     s.add_argument("--out", help="run directory (overrides out_dir)")
     s.add_argument("--init", help="initialise the encoder from this checkpoint (e.g. a pretrained one)")
@@ -129,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("evaluate", help="evaluate a checkpoint on each modality of a modality file")
     s.add_argument("checkpoint")
-    s.add_argument("--modalities", required=True, help="modality YAML, or a name in data/modalities")
+    s.add_argument("--modalities", required=True, help="modality YAML, or a name of a shipped modality set")
     s.add_argument("--dataset", help="dataset (default: the one the checkpoint was trained on)")
     s.add_argument("--data-root", help="dataset folder (default: embedded data)")
     s.add_argument("--split", default="test")
@@ -149,33 +234,67 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chunk-size", type=int, default=262144, help="atoms per cross-attention chunk")
     s.set_defaults(func=_cmd_predict)
 
-    for extra in _EXTRA_COMMANDS:
-        extra(sub)
+    s = sub.add_parser(
+        "pretrain",
+        help="masked-atom pretraining of the encoder on unlabelled images",
+        description="Hide most atoms of unlabelled images and reconstruct them from the visible ones. "
+        "CONFIG is a YAML of atomizer.engine.pretraining.PretrainConfig fields; the "
+        "result (<out_dir>/checkpoints/last.pt) initialises `atomizer train --init`.",
+    )
+    s.add_argument("config", help="pretraining config YAML (fields of atomizer.engine.pretraining.PretrainConfig)")
+    s.add_argument("--resume", action="store_true", help="continue the run in the config's out_dir")
+    s.add_argument("--out", help="run directory (overrides out_dir)")
+    s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields")
+    s.set_defaults(func=_cmd_pretrain)
+
+    s = sub.add_parser("experiment", help="run a grid of papermill notebook runs (see experiments/)")
+    e = s.add_subparsers(dest="experiment_command", required=True, metavar="ACTION")
+    r = e.add_parser("run", help="execute the runs of an experiment spec, skipping finished ones")
+    r.add_argument("spec", help="experiment YAML")
+    r.add_argument("--only", nargs="*", help="run ids to run (default: all)")
+    r.add_argument("--force", action="store_true", help="re-run finished runs")
+    r.add_argument("--workers", type=int, help="override the spec's local worker count")
+    r.set_defaults(func=_cmd_experiment_run)
+    ls = e.add_parser("list", help="list the runs of an experiment spec and their state")
+    ls.add_argument("spec")
+    ls.set_defaults(func=_cmd_experiment_list)
+
+    from atomizer.bench import CASES
+
+    s = sub.add_parser("bench", help="benchmark the token pipeline and the encoder (see docs/benchmarks.md)")
+    s.add_argument("--quick", action="store_true", help="small batches and repetitions (under a minute on CPU)")
+    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    s.add_argument("--json", help="write one JSON record per case here")
+    s.add_argument("--case", choices=CASES, action="append", help="run only these cases")
+    s.add_argument("--batch", type=int, help="batch of the train-step cases")
+    s.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="autocast of the train-step cases, the same for the reference (auto: bf16 on CUDA, fp32 on CPU)",
+    )
+    s.add_argument(
+        "--peak-tflops",
+        type=float,
+        help="the GPU's dense bf16 peak in TFLOP/s (default: looked up from the device name)",
+    )
+    s.add_argument("--memory-run", action="store_true", help=argparse.SUPPRESS)
+    s.add_argument("--reps", type=int, help=argparse.SUPPRESS)
+    s.add_argument("--emit-json", action="store_true", help=argparse.SUPPRESS)
+    s.set_defaults(func=_cmd_bench)
+
+    s = sub.add_parser("serve", help="serve the dashboard (spectral, positional, attention, results)")
+    s.add_argument("--port", type=int, default=5006, help="local port (default 5006)")
+    s.add_argument("--results", default="runs", help="results store to show (default: runs)")
+    s.add_argument("--checkpoint", help="Atomizer checkpoint for the attention maps")
+    s.add_argument(
+        "--show", action=argparse.BooleanOptionalAction, default=True, help="open a browser tab (default: --show)"
+    )
+    s.set_defaults(func=_cmd_serve)
     return p
 
 
-_EXTRA_COMMANDS: list = []
-
-
-def register(fn):
-    """Let other modules add subcommands (``fn(subparsers)``)."""
-    _EXTRA_COMMANDS.append(fn)
-    return fn
-
-
-def _load_extras() -> None:
-    import importlib
-
-    for mod in ("atomizer.experiments", "atomizer.bench", "atomizer.pretrain", "atomizer.serve"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    _load_extras()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

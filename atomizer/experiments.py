@@ -23,46 +23,61 @@ import json
 import re
 import time
 import traceback
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar
 
 import yaml
 
-from atomizer.cli import register
-from atomizer.evaluation import evaluate_checkpoint, save_results, sweep_modalities
-from atomizer.modalities import load_modalities
-from atomizer.results import RESULT_FILES, collect
-from atomizer.storage import atomic_write_json, atomic_write_text
-from atomizer.training import TrainConfig, train
+from atomizer.core.config import Config
+from atomizer.core.storage import atomic_write_json, atomic_write_text
+from atomizer.data.modalities import load_modalities
+from atomizer.engine.evaluation import evaluate_checkpoint, save_results, sweep_modalities
+from atomizer.engine.training import TrainConfig, train
+from atomizer.results.store import RESULT_FILES, collect
 
 # --------------------------------------------------------------------------------------------------
 # Steps called by the notebooks
 # --------------------------------------------------------------------------------------------------
 
 
-def train_and_evaluate(model: str, out_dir: str | Path, test_modalities: str, progress: bool = True,
-                       **train_options: Any) -> Path:
+def train_and_evaluate(
+    model: str, out_dir: str | Path, test_modalities: str, progress: bool = True, **train_options: Any
+) -> Path:
     """Train ``model`` into ``out_dir`` (resuming if a run is there) and evaluate it on every test
     modality; returns the run directory. Finished steps are not redone."""
     run = Path(out_dir)
-    cfg = TrainConfig.from_dict({"model": model, "test_modalities": test_modalities, "out_dir": str(run),
-                                 **train_options})
+    cfg = TrainConfig.from_dict(
+        {"model": model, "test_modalities": test_modalities, "out_dir": str(run), **train_options}
+    )
     if not (run / "summary.json").exists():
         train(cfg, resume=(run / "config.yaml").exists(), progress=progress)
     table = run / RESULT_FILES["table"]
     if not table.exists():
-        res = evaluate_checkpoint(run / "checkpoints" / "best.pt", test_modalities, dataset=cfg.dataset,
-                                  data_root=cfg.data_root, batch_size=cfg.batch_size, device=cfg.device,
-                                  model_name=model)
+        res = evaluate_checkpoint(
+            run / "checkpoints" / "best.pt",
+            test_modalities,
+            dataset=cfg.dataset,
+            data_root=cfg.data_root,
+            batch_size=cfg.batch_size,
+            device=cfg.device,
+            model_name=model,
+        )
         save_results(res, table)
     return run
 
 
-def run_sweep(run_dir: str | Path, kind: str, values: Sequence[float], bands: Sequence[str] | None = None,
-              batch_size: int = 16, device: str = "auto") -> Path:
+def run_sweep(
+    run_dir: str | Path,
+    kind: str,
+    values: Sequence[float],
+    bands: Sequence[str] | None = None,
+    batch_size: int = 16,
+    device: str = "auto",
+) -> Path:
     """Evaluate a run's best checkpoint on a GSD (``kind="gsd"``) or size (``"size"``) sweep."""
-    from atomizer.modalities import ModalitySet
+    from atomizer.data.modalities import ModalitySet
 
     run = Path(run_dir)
     cfg = TrainConfig.from_yaml(run / "config.yaml")
@@ -71,8 +86,15 @@ def run_sweep(run_dir: str | Path, kind: str, values: Sequence[float], bands: Se
     if bands is None:  # every band the dataset's test modalities use
         bands = sorted({b for m in test for b in m.bands})
     mods = ModalitySet(f"sweep_{kind}", tuple(sweep_modalities(kind, size, gsd, bands, values)), size, gsd)
-    res = evaluate_checkpoint(run / "checkpoints" / "best.pt", mods, dataset=cfg.dataset, data_root=cfg.data_root,
-                              batch_size=batch_size, device=device, model_name=cfg.model)
+    res = evaluate_checkpoint(
+        run / "checkpoints" / "best.pt",
+        mods,
+        dataset=cfg.dataset,
+        data_root=cfg.data_root,
+        batch_size=batch_size,
+        device=device,
+        model_name=cfg.model,
+    )
     res.attrs["sweep"] = kind
     out = run / RESULT_FILES[kind]
     save_results(res, out, overwrite=True)
@@ -85,7 +107,11 @@ def run_sweep(run_dir: str | Path, kind: str, values: Sequence[float], bands: Se
 
 
 @dataclass
-class ExperimentSpec:
+class ExperimentSpec(Config):
+    """An experiment: a notebook, shared parameters and a grid of runs (module docstring)."""
+
+    kind: ClassVar[str] = "experiment"
+
     name: str
     notebook: str
     output_dir: str
@@ -94,18 +120,6 @@ class ExperimentSpec:
     workers: int = 1
     scheduler: str | None = None
     kernel_name: str = "python3"
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "ExperimentSpec":
-        spec = yaml.safe_load(Path(path).read_text()) or {}
-        known = set(cls.__dataclass_fields__)
-        unknown = set(spec) - known
-        if unknown:
-            raise ValueError(f"{path}: unknown experiment key(s) {sorted(unknown)}; known: {sorted(known)}")
-        missing = {"name", "notebook", "output_dir"} - set(spec)
-        if missing:
-            raise ValueError(f"{path}: missing {sorted(missing)}")
-        return cls(**spec)
 
     def runs(self) -> list[tuple[str, dict]]:
         """(run id, parameters) for every point of the grid."""
@@ -134,8 +148,14 @@ def execute_run(notebook: str, run_dir: str, parameters: Mapping[str, Any], kern
     t0 = time.time()
     status = {"run_dir": str(run), "parameters": params, "started": t0}
     try:
-        pm.execute_notebook(notebook, str(run / "notebook.ipynb"), parameters=params, kernel_name=kernel_name,
-                            progress_bar=False, cwd=str(Path.cwd()))
+        pm.execute_notebook(
+            notebook,
+            str(run / "notebook.ipynb"),
+            parameters=params,
+            kernel_name=kernel_name,
+            progress_bar=False,
+            cwd=str(Path.cwd()),
+        )
         status.update(state="done", seconds=time.time() - t0)
         (run / "failed.txt").unlink(missing_ok=True)
     except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
@@ -168,7 +188,9 @@ def run_experiment(spec: ExperimentSpec, only: Sequence[str] | None = None, forc
         try:
             from distributed import Client
         except ImportError:
-            raise RuntimeError("scheduler is set but dask.distributed is not installed (pip install distributed)") from None
+            raise RuntimeError(
+                "scheduler is set but dask.distributed is not installed (pip install distributed)"
+            ) from None
         with Client(spec.scheduler) as client:
             futures = [client.submit(execute_run, *a, pure=False) for a in args]
             results = client.gather(futures)
@@ -183,47 +205,23 @@ def run_experiment(spec: ExperimentSpec, only: Sequence[str] | None = None, forc
     failed = [Path(r["run_dir"]).name for r in results if r["state"] == "failed"]
     for r in results:
         tag = "ok  " if r["state"] == "done" else "FAIL"
-        print(f"[{tag}] {Path(r['run_dir']).name} ({r['seconds']:.0f} s){'' if r['state'] == 'done' else ': ' + r['error'][:300]}",
-              flush=True)
+        print(
+            f"[{tag}] {Path(r['run_dir']).name} ({r['seconds']:.0f} s){'' if r['state'] == 'done' else ': ' + r['error'][:300]}",
+            flush=True,
+        )
     for kind in RESULT_FILES:
         merged = collect(root, kind)
         if merged is not None:
             save_results(merged, root / f"{Path(RESULT_FILES[kind]).stem}_all.nc", overwrite=True)
     summary = {"done": done, "skipped": skipped, "failed": failed}
-    atomic_write_json(root / "experiment.json", {"spec": spec.__dict__, **summary})
+    atomic_write_json(root / "experiment.json", {"spec": spec.to_dict(), **summary})
     return summary
 
 
-@register
-def _add_commands(sub) -> None:
-    p = sub.add_parser("experiment", help="run a grid of papermill notebook runs (see experiments/)")
-    s = p.add_subparsers(dest="experiment_command", required=True, metavar="ACTION")
-    r = s.add_parser("run", help="execute the runs of an experiment spec, skipping finished ones")
-    r.add_argument("spec", help="experiment YAML")
-    r.add_argument("--only", nargs="*", help="run ids to run (default: all)")
-    r.add_argument("--force", action="store_true", help="re-run finished runs")
-    r.add_argument("--workers", type=int, help="override the spec's local worker count")
-    r.set_defaults(func=_cmd_run)
-    ls = s.add_parser("list", help="list the runs of an experiment spec and their state")
-    ls.add_argument("spec")
-    ls.set_defaults(func=_cmd_list)
-
-
-def _cmd_run(args) -> int:
-    spec = ExperimentSpec.from_yaml(args.spec)
-    if args.workers:
-        spec.workers = args.workers
-    summary = run_experiment(spec, only=args.only, force=args.force)
-    print(f"{len(summary['done'])} done, {len(summary['skipped'])} skipped, {len(summary['failed'])} failed; "
-          f"results store: {spec.output_dir}")
-    return 1 if summary["failed"] else 0
-
-
-def _cmd_list(args) -> int:
-    spec = ExperimentSpec.from_yaml(args.spec)
-    for rid, params in spec.runs():
+def run_states(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    """(run id, state) of every run of ``spec``: ``done``, ``failed`` or ``pending``."""
+    out = []
+    for rid, _ in spec.runs():
         st = Path(spec.output_dir) / rid / "status.json"
-        state = json.loads(st.read_text())["state"] if st.exists() else "pending"
-        print(f"{state:8s} {rid}")
-    return 0
-
+        out.append((rid, json.loads(st.read_text())["state"] if st.exists() else "pending"))
+    return out

@@ -44,10 +44,10 @@ DEFAULT_SRC = (REPO_ROOT / ".." / "shared" / "data").resolve()
 DEFAULT_OUT = REPO_ROOT / "data" / "embedded"
 
 SEED = 0
-BEN_SAMPLE_ROWS = 2000           # random rows of benv2_metadata.parquet (besides the shipped patches)
-BEN_SAMPLE_SNOW_ROWS = 300       # random rows of benv2_metadata_snow_cloud_shadow.parquet
-BEN_MIN_PER_CLASS_SPLIT = 20     # top-up: at least this many rows per (class, split) in the sample
-EUROSAT_SPLIT = {"test": 4, "validation": 4}   # per class; every remaining tile goes to train (>= 12)
+BEN_SAMPLE_ROWS = 2000  # random rows of benv2_metadata.parquet (besides the shipped patches)
+BEN_SAMPLE_SNOW_ROWS = 300  # random rows of benv2_metadata_snow_cloud_shadow.parquet
+BEN_MIN_PER_CLASS_SPLIT = 20  # top-up: at least this many rows per (class, split) in the sample
+EUROSAT_SPLIT = {"test": 4, "validation": 4}  # per class; every remaining tile goes to train (>= 12)
 MAJORTOM_CELL = "0U_199R"
 MAJORTOM_PRODUCT = "S2A_MSIL2A_20220706T085611_N0400_R007_T33NZA_20220706T153419"
 
@@ -90,14 +90,16 @@ class Manifest:
         self.rows: list[dict] = []
 
     def add(self, path: Path, source: str, encoding: str, pixels: str = "") -> None:
-        self.rows.append({
-            "path": path.relative_to(self.out).as_posix(),
-            "bytes": path.stat().st_size,
-            "sha256": sha256_file(path),
-            "sha256_pixels": pixels,
-            "source": source,
-            "encoding": encoding,
-        })
+        self.rows.append(
+            {
+                "path": path.relative_to(self.out).as_posix(),
+                "bytes": path.stat().st_size,
+                "sha256": sha256_file(path),
+                "sha256_pixels": pixels,
+                "source": source,
+                "encoding": encoding,
+            }
+        )
 
     def write(self) -> None:
         rows = sorted(self.rows, key=lambda r: natural_key(r["path"]))
@@ -142,8 +144,7 @@ def compare_tif(src: Path, dst: Path) -> list[str]:
         errs.append(f"shape {a['array'].shape} != {b['array'].shape}")
     elif not np.array_equal(a["array"], b["array"]):
         errs.append("pixel values differ")
-    for k in ("crs", "transform", "count", "dtypes", "nodata", "descriptions", "scales", "offsets",
-              "band_tags"):
+    for k in ("crs", "transform", "count", "dtypes", "nodata", "descriptions", "scales", "offsets", "band_tags"):
         if a[k] != b[k]:
             errs.append(f"{k}: {a[k]!r} != {b[k]!r}")
     if a["tags"].get("AREA_OR_POINT") != b["tags"].get("AREA_OR_POINT"):
@@ -163,8 +164,16 @@ def reencode_tif(src: Path, dst: Path, creation: list[dict]) -> str:
     try:
         for i, opts in enumerate(creation):
             prof = dict(info["profile"])
-            for k in ("blockxsize", "blockysize", "tiled", "compress", "interleave", "predictor",
-                      "zlevel", "zstd_level"):
+            for k in (
+                "blockxsize",
+                "blockysize",
+                "tiled",
+                "compress",
+                "interleave",
+                "predictor",
+                "zlevel",
+                "zstd_level",
+            ):
                 prof.pop(k, None)
             prof.update(opts)
             tmp = tmpdir / f"{i}.tif"
@@ -212,13 +221,14 @@ def compare_npz(src: Path, dst: Path) -> list[str]:
             continue
         if a[k].dtype != b[k].dtype or a[k].shape != b[k].shape:
             errs.append(f"{k}: {a[k].dtype}{a[k].shape} != {b[k].dtype}{b[k].shape}")
-        elif a[k].tobytes() != b[k].tobytes():   # bitwise (also right for NaN in float32 VV/VH)
+        elif a[k].tobytes() != b[k].tobytes():  # bitwise (also right for NaN in float32 VV/VH)
             errs.append(f"{k}: values differ")
     return errs
 
 
-def sample_parquet(src: Path, dst: Path, keep_ids: set[str], n_random: int, min_per_class_split: int,
-                   rng: np.random.Generator) -> dict:
+def sample_parquet(
+    src: Path, dst: Path, keep_ids: set[str], n_random: int, min_per_class_split: int, rng: np.random.Generator
+) -> dict:
     """Write a row sample of an official BigEarthNet v2.0 metadata parquet, same schema, original order."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -250,8 +260,13 @@ def sample_parquet(src: Path, dst: Path, keep_ids: set[str], n_random: int, min_
     idx = pa.array(sorted(chosen), type=pa.int64())
     sub = table.take(idx)
     pq.write_table(sub, dst, compression="zstd")
-    return {"rows": sub.num_rows, "of": n, "shipped_patches": n_shipped, "random": n_random,
-            "class_split_topup": n_topup}
+    return {
+        "rows": sub.num_rows,
+        "of": n,
+        "shipped_patches": n_shipped,
+        "random": n_random,
+        "class_split_topup": n_topup,
+    }
 
 
 def build_bigearthnet(src: Path, out: Path, man: Manifest) -> None:
@@ -285,8 +300,12 @@ def build_bigearthnet(src: Path, out: Path, man: Manifest) -> None:
     rng = np.random.default_rng(SEED)
     for src_name, dst_name, n_random, topup in (
         ("benv2_metadata.parquet", "benv2_metadata_sample.parquet", BEN_SAMPLE_ROWS, BEN_MIN_PER_CLASS_SPLIT),
-        ("benv2_metadata_snow_cloud_shadow.parquet", "benv2_metadata_snow_cloud_shadow_sample.parquet",
-         BEN_SAMPLE_SNOW_ROWS, 0),
+        (
+            "benv2_metadata_snow_cloud_shadow.parquet",
+            "benv2_metadata_snow_cloud_shadow_sample.parquet",
+            BEN_SAMPLE_SNOW_ROWS,
+            0,
+        ),
     ):
         dst = o / "reference" / dst_name
         stats = sample_parquet(s / "reference" / src_name, dst, keep, n_random, topup, rng)
@@ -308,10 +327,24 @@ def build_eurosat(src: Path, out: Path, man: Manifest, codec: str) -> None:
         rows = list(reader)
     creation = [
         # one 64x64 tile per band (band interleave) compresses best for these 13-band tiles
-        {"driver": "GTiff", **GTIFF_CODECS[codec], "predictor": 2, "interleave": "band",
-         "tiled": True, "blockxsize": 64, "blockysize": 64},
-        {"driver": "GTiff", **GTIFF_CODECS[codec], "predictor": 2, "interleave": "pixel",
-         "tiled": True, "blockxsize": 64, "blockysize": 64},
+        {
+            "driver": "GTiff",
+            **GTIFF_CODECS[codec],
+            "predictor": 2,
+            "interleave": "band",
+            "tiled": True,
+            "blockxsize": 64,
+            "blockysize": 64,
+        },
+        {
+            "driver": "GTiff",
+            **GTIFF_CODECS[codec],
+            "predictor": 2,
+            "interleave": "pixel",
+            "tiled": True,
+            "blockxsize": 64,
+            "blockysize": 64,
+        },
     ]
     counts: dict[str, int] = {}
     for r in rows:
@@ -342,7 +375,7 @@ def build_eurosat(src: Path, out: Path, man: Manifest, codec: str) -> None:
         perm = rng.permutation(len(members))
         k = 0
         for name, m in EUROSAT_SPLIT.items():
-            for j in perm[k:k + m]:
+            for j in perm[k : k + m]:
                 split[members[j]["path"]] = name
             k += m
         for j in perm[k:]:
@@ -352,8 +385,12 @@ def build_eurosat(src: Path, out: Path, man: Manifest, codec: str) -> None:
         w.writerow(["path", "label", "label_idx", "split"])
         for r in sorted(rows, key=lambda r: (int(r["label_idx"]), natural_key(r["path"]))):
             w.writerow([r["path"], r["label"], r["label_idx"], split[r["path"]]])
-    man.add(o / "split.csv", "", f"generated: stratified, seed {SEED}, per class "
-            f"{EUROSAT_SPLIT['test']} test / {EUROSAT_SPLIT['validation']} validation / rest train")
+    man.add(
+        o / "split.csv",
+        "",
+        f"generated: stratified, seed {SEED}, per class "
+        f"{EUROSAT_SPLIT['test']} test / {EUROSAT_SPLIT['validation']} validation / rest train",
+    )
     tally: dict[str, int] = {}
     for v in split.values():
         tally[v] = tally.get(v, 0) + 1
@@ -370,8 +407,7 @@ def build_majortom(src: Path, out: Path, man: Manifest, codec: str) -> None:
     o = out / "majortom" / MAJORTOM_CELL / MAJORTOM_PRODUCT
     o.mkdir(parents=True, exist_ok=True)
     creation = [
-        {"driver": "GTiff", **GTIFF_CODECS[codec], "predictor": p, "tiled": True,
-         "blockxsize": 256, "blockysize": 256}
+        {"driver": "GTiff", **GTIFF_CODECS[codec], "predictor": p, "tiled": True, "blockxsize": 256, "blockysize": 256}
         for p in (2, 1)
     ]
     tot_src = tot_dst = 0
@@ -380,8 +416,12 @@ def build_majortom(src: Path, out: Path, man: Manifest, codec: str) -> None:
         enc = reencode_tif(f, dst, creation)
         tot_src += f.stat().st_size
         tot_dst += dst.stat().st_size
-        man.add(dst, f"majortom_s2l2a/{MAJORTOM_CELL}/{MAJORTOM_PRODUCT}/{f.name}", enc,
-                sha256_pixels(read_tif(dst)["array"]))
+        man.add(
+            dst,
+            f"majortom_s2l2a/{MAJORTOM_CELL}/{MAJORTOM_PRODUCT}/{f.name}",
+            enc,
+            sha256_pixels(read_tif(dst)["array"]),
+        )
     print(f"majortom: {MAJORTOM_CELL}/{MAJORTOM_PRODUCT}: full scene, {tot_src} -> {tot_dst} bytes")
 
 
@@ -418,9 +458,10 @@ def verify(src: Path, out: Path, sample: int | None) -> int:
     for name in ("metadata.json", "metadata.csv", "label_nomenclature.json", "reference/sentinel2_bands.json"):
         if sha256_file(s / name) != sha256_file(o / name):
             errors.append(f"bigearthnet/{name}: differs from the source")
-    for src_name, dst_name in (("benv2_metadata.parquet", "benv2_metadata_sample.parquet"),
-                               ("benv2_metadata_snow_cloud_shadow.parquet",
-                                "benv2_metadata_snow_cloud_shadow_sample.parquet")):
+    for src_name, dst_name in (
+        ("benv2_metadata.parquet", "benv2_metadata_sample.parquet"),
+        ("benv2_metadata_snow_cloud_shadow.parquet", "benv2_metadata_snow_cloud_shadow_sample.parquet"),
+    ):
         full = pq.read_table(s / "reference" / src_name)
         part = pq.read_table(o / "reference" / dst_name)
         if full.schema != part.schema:
@@ -454,7 +495,7 @@ def verify(src: Path, out: Path, sample: int | None) -> int:
     tifs = sorted(s.glob("*.tif"))
     if sorted(p.name for p in o.glob("*.tif")) != [p.name for p in tifs]:
         errors.append("majortom: band files differ from the source")
-    for f in tifs:   # always all 13 files: the scene is one unit
+    for f in tifs:  # always all 13 files: the scene is one unit
         d = o / f.name
         errs = compare_tif(f, d) if d.is_file() else ["missing"]
         errors += [f"{d}: {e}" for e in errs]
@@ -467,8 +508,10 @@ def verify(src: Path, out: Path, sample: int | None) -> int:
         listed = {r["path"] for r in rows}
         present = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"manifest.csv"}
         if listed != present:
-            errors.append(f"manifest.csv: lists {len(listed)} files, {len(present)} present "
-                          f"(extra: {sorted(present - listed)[:5]}, missing: {sorted(listed - present)[:5]})")
+            errors.append(
+                f"manifest.csv: lists {len(listed)} files, {len(present)} present "
+                f"(extra: {sorted(present - listed)[:5]}, missing: {sorted(listed - present)[:5]})"
+            )
         for r in rows:
             p = out / r["path"]
             if p.is_file() and sha256_file(p) != r["sha256"]:
@@ -478,8 +521,10 @@ def verify(src: Path, out: Path, sample: int | None) -> int:
 
     for e in errors:
         print("VERIFY FAIL:", e)
-    print(f"verify: compared with {src}: {checked} files pixel-checked; "
-          f"{'OK' if not errors else f'{len(errors)} error(s)'}")
+    print(
+        f"verify: compared with {src}: {checked} files pixel-checked; "
+        f"{'OK' if not errors else f'{len(errors)} error(s)'}"
+    )
     return len(errors)
 
 
@@ -492,15 +537,24 @@ def du(path: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("src", nargs="?", type=Path, default=DEFAULT_SRC,
-                    help=f"shared real-data folder (default: {DEFAULT_SRC})")
+    ap.add_argument(
+        "src", nargs="?", type=Path, default=DEFAULT_SRC, help=f"shared real-data folder (default: {DEFAULT_SRC})"
+    )
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
-    ap.add_argument("--verify", action="store_true",
-                    help="only verify an existing build against SRC (no rebuild); exit 1 on any mismatch")
-    ap.add_argument("--sample", type=int, default=None,
-                    help="verify only this many random files per dataset (default: all)")
-    ap.add_argument("--codec", choices=sorted(GTIFF_CODECS), default="deflate",
-                    help="GeoTIFF compression (default deflate: readable by every GDAL/libtiff build)")
+    ap.add_argument(
+        "--verify",
+        action="store_true",
+        help="only verify an existing build against SRC (no rebuild); exit 1 on any mismatch",
+    )
+    ap.add_argument(
+        "--sample", type=int, default=None, help="verify only this many random files per dataset (default: all)"
+    )
+    ap.add_argument(
+        "--codec",
+        choices=sorted(GTIFF_CODECS),
+        default="deflate",
+        help="GeoTIFF compression (default deflate: readable by every GDAL/libtiff build)",
+    )
     args = ap.parse_args(argv)
     src, out = args.src.resolve(), args.out.resolve()
     if not (src / "ben_real_mini").is_dir():

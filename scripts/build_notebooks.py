@@ -27,7 +27,7 @@ def params(text):
     return code(text, tags=["parameters"])
 
 
-SETUP = '''
+SETUP = """
 import os
 from pathlib import Path
 
@@ -36,7 +36,7 @@ matplotlib.use("Agg")
 import pandas as pd
 from IPython.display import Image, display
 
-from atomizer.training import pick_device
+from atomizer.engine.training import pick_device
 
 if repo_root:
     os.chdir(Path(repo_root).resolve())
@@ -47,10 +47,10 @@ common = dict(dataset=dataset, data_root=data_root or None, train_modalities=tra
               epochs=epochs, max_steps=max_steps or None, batch_size=batch_size, lr=lr, seed=seed, device=device,
               train_limit=train_limit or None, val_limit=val_limit or None)
 print("device:", device, "| output:", out.resolve())
-'''
+"""
 
 DISJOINT = [
-    md('''
+    md("""
 # Modality-disjoint experiment (the paper's Table 1)
 
 Trains each model on images that each get one **training** modality (size, GSD, band subset), selects
@@ -64,12 +64,12 @@ and ResNet, `small` preset, 12 epochs on the embedded EuroSAT (`experiments/embe
 11 s for both runs. Training alone, 30 epochs: Atomizer `small` 161 s, ResNet `small` 57 s. The smoke
 parameters of the tests (`tiny`, `max_steps=2`, `train_limit=8`, two models) take under a minute. For the paper's
 scale, point `dataset="bigearthnet"`/`data_root` at BigEarthNet and use `experiments/paper_table1.yaml`.
-'''),
-    params('''
+"""),
+    params("""
 dataset: str = "eurosat"  # embedded dataset name: "eurosat" or "bigearthnet"
 data_root: str = ""  # folder of the dataset, empty for the embedded slice in data/
 models: list = ["atomizer", "resnet", "vit", "scalemae", "perceiver"]  # models to train and compare
-train_modalities: str = "eurosat_train"  # training modality file (name in data/modalities or a path)
+train_modalities: str = "eurosat_train"  # training modality file (name of a shipped modality set or a path)
 test_modalities: str = "eurosat_test"  # test modality file
 preset: str = "small"  # model size preset: tiny, small (paper: Atomizer only)
 epochs: int = 30  # training epochs
@@ -82,9 +82,9 @@ device: str = "auto"  # auto (CUDA when present), cpu or cuda
 seed: int = 0  # random seed
 output_dir: str = "runs/disjoint"  # results store for this experiment
 repo_root: str = ""  # run from this folder (relative paths), empty for the current folder
-'''),
+"""),
     code(SETUP),
-    code('''
+    code("""
 from atomizer.experiments import train_and_evaluate
 
 if isinstance(models, str):  # papermill -p passes strings: accept "atomizer,resnet"
@@ -93,10 +93,10 @@ run_dirs = {}
 for model in models:
     print(f"=== {model}")
     run_dirs[model] = train_and_evaluate(model, out / model, test_modalities, **common)
-'''),
-    code('''
-from atomizer.evaluation import PAPER_TABLE1
-from atomizer.results import collect
+"""),
+    code("""
+from atomizer.results.paper import PAPER_TABLE1
+from atomizer.results.store import collect
 
 results = collect(out, "table")
 metric = "macro_map"
@@ -106,20 +106,20 @@ for m in results.modality.values:
     print(f"  {m}: {int(results.size_px.sel(modality=m))} px @ {float(results.gsd_m.sel(modality=m)):g} m, "
           f"{results.bands.sel(modality=m).item()}")
 table
-'''),
-    code('''
-from atomizer import plots
+"""),
+    code("""
+from atomizer.results import plots
 
 fig = plots.table1_bars(results, metric, paper=PAPER_TABLE1 if dataset == "bigearthnet" else None,
                         title=f"{dataset}: {metric} on the six test modalities")
 figure_path = plots.save(fig, out / "table1.png")
 display(Image(filename=str(figure_path)))
-'''),
+"""),
 ]
 
 
 EXPLORE = [
-    md('''
+    md("""
 # Explore the atom encodings
 
 Interactive in JupyterLab: the three encodings of the method (non-uniform RBF spectral code,
@@ -128,14 +128,14 @@ dashboard uses (`atomizer.dashboard`), then a real image broken into atoms. Move
 plots and the arrays printed below come from the library's pure encoding functions.
 
 **Time.** No training: 8 s on 2 CPU cores in the test suite (papermill, default parameters).
-'''),
-    params('''
+"""),
+    params("""
 image: str = ""  # image to tokenize (npz, GeoTIFF or band folder), empty for an embedded BigEarthNet patch
 sensors: list = ["sentinel2", "landsat8", "enmap"]  # sensors drawn on the spectral axis
 gsd_m: float = 20.0  # GSD of the positional-encoding view (m/px)
 size_px: int = 60  # image size of the positional-encoding view (px)
-'''),
-    code('''
+"""),
+    code("""
 import numpy as np
 import panel as pn
 import torch
@@ -146,25 +146,25 @@ from atomizer.dashboard.spectral import SpectralCoverage
 pn.extension()
 spectral = SpectralCoverage(sensors=list(sensors))
 spectral
-'''),
-    code('''
+"""),
+    code("""
 # The same component as data: a custom band's code, and how wider bands light more anchors
 for width in (10.0, 60.0, 200.0):
     spectral.width_nm = width
     print(f"width {width:5.0f} nm -> anchors lit: {spectral.lit_anchors(spectral.custom_encoding())}")
 spectral.similarity().round(2)
-'''),
-    code('''
+"""),
+    code("""
 positional = PositionalEncodings(gsd_m=gsd_m, size_px=size_px)
 positional
-'''),
-    code('''
+"""),
+    code("""
 positional.ground_point_codes().head(10)
-'''),
-    code('''
-from atomizer.datasets import embedded_path
-from atomizer.readers import describe, open_image
-from atomizer.tokens import tokenize
+"""),
+    code("""
+from atomizer.data.datasets import embedded_path
+from atomizer.data.readers import describe, open_image
+from atomizer.atoms.tokens import tokenize
 
 path = image or sorted((embedded_path("bigearthnet") / "patches").glob("*.npz"))[1]
 img = open_image(path)
@@ -172,8 +172,8 @@ atoms = tokenize(img)
 x, y = atoms.positions()
 print(f"{path}: {int(atoms.mask.sum()):,} atoms over {len(atoms.band_names)} bands, each on its native grid")
 describe(img)
-'''),
-    code('''
+"""),
+    code("""
 import pandas as pd
 
 table = atoms.band_table.numpy()
@@ -186,7 +186,7 @@ pd.DataFrame({
     "gsd_m": table[atoms.band[0, sample], 2],
     "x_m": x[0, sample].numpy(), "y_m": y[0, sample].numpy(),
 })
-'''),
+"""),
 ]
 
 
@@ -195,10 +195,13 @@ def sweep_notebook(kind):
     values = "[10, 20, 30, 40, 60]" if kind == "gsd" else "[16, 32, 48, 64]"
     paper = "PAPER_RESOLUTION_SWEEP" if kind == "gsd" else "PAPER_SIZE_SWEEP"
     table = "Table 2" if kind == "gsd" else "Table 3"
-    what = ("the same ground extent at coarser and coarser GSDs (each band area-averaged, never upsampled)"
-            if kind == "gsd" else "centred crops of decreasing size at the source GSD")
+    what = (
+        "the same ground extent at coarser and coarser GSDs (each band area-averaged, never upsampled)"
+        if kind == "gsd"
+        else "centred crops of decreasing size at the source GSD"
+    )
     return [
-        md(f'''
+        md(f"""
 # {coord.capitalize()} sweep (the paper's {table})
 
 Evaluates one trained model on {what}, with all the dataset's bands, and plots the metric against the
@@ -209,11 +212,11 @@ Table 1 notebook).
 embedded EuroSAT for 30 epochs took 161 s, and evaluating it on the six test modalities 20 s (a sweep
 evaluates once per value). The tests' smoke parameters (`tiny`, `max_steps=2`, from an existing run)
 took 13-49 s per sweep notebook.
-'''),
-        params(f'''
+"""),
+        params(f"""
 run_dir: str = ""  # an existing run directory to sweep, empty to train one into output_dir
 model: str = "atomizer"  # model to train when run_dir is empty
-values: list = {values}  # {coord} values to evaluate ({'m/px' if kind == 'gsd' else 'pixels'})
+values: list = {values}  # {coord} values to evaluate ({"m/px" if kind == "gsd" else "pixels"})
 dataset: str = "eurosat"  # embedded dataset name: "eurosat" or "bigearthnet"
 data_root: str = ""  # folder of the dataset, empty for the embedded slice in data/
 train_modalities: str = "eurosat_train"  # training modality file
@@ -229,7 +232,7 @@ device: str = "auto"  # auto, cpu or cuda
 seed: int = 0  # random seed
 output_dir: str = "runs/sweep_{kind}"  # where a trained run goes
 repo_root: str = ""  # run from this folder, empty for the current folder
-'''),
+"""),
         code(SETUP),
         code(f'''
 from atomizer.experiments import run_sweep, train_and_evaluate
@@ -239,8 +242,8 @@ sweep_path = run_sweep(run, "{kind}", values, batch_size=batch_size, device=devi
 print("sweep results:", sweep_path)
 '''),
         code(f'''
-from atomizer import plots
-from atomizer.evaluation import {paper}, load_results
+from atomizer.results import plots
+from atomizer.engine.evaluation import {paper}, load_results
 
 sweep = load_results(sweep_path)
 metric = "macro_map"
@@ -253,7 +256,7 @@ display(Image(filename=str(figure_path)))
 
 
 BEYOND = [
-    md('''
+    md("""
 # Beyond the paper: masked-atom pretraining and adapters for a new sensor
 
 Two capabilities from the related work (method note, section 7), on the embedded data.
@@ -279,10 +282,10 @@ shared with another job, `threads=1`: 32 minutes (pretraining 7, fine-tuning and
 adaptation 5). Smoke parameters used by the tests (`tiny`, `pretrain_steps=2`, `max_steps=2`,
 `train_limit=8`, one seed): 30 seconds on 2 idle CPU cores, about 4 minutes when they are busy.
 A GPU was not measured.
-'''),
-    params('''
+"""),
+    params("""
 preset: str = "small"  # model size preset (tiny, small); pretraining and fine-tuning use the same
-pretrain_sources: list = [{"dataset": "eurosat", "split": "train"}, {"dataset": "bigearthnet"}, {"path": "data/embedded/majortom", "tile_px": 64}]  # unlabelled images (atomizer.pretrain.PretrainConfig.sources)
+pretrain_sources: list = [{"dataset": "eurosat", "split": "train"}, {"dataset": "bigearthnet"}, {"path": "data/embedded/majortom", "tile_px": 64}]  # unlabelled images (atomizer.engine.pretraining.PretrainConfig.sources)
 pretrain_modalities: str = "eurosat_train"  # modalities the unlabelled images are seen through; "" for the images as read (all bands)
 pretrain_limit: int = 0  # at most N images (or tiles) per pretraining source; 0 for all
 maskings: list = ["random", "block"]  # masking kinds to compare: random, band, pixel, block
@@ -302,12 +305,12 @@ adapt_size_px: int = 32  # the new modality's image size (px)
 adapt_gsd_m: float = 20.0  # the new modality's GSD (m/px)
 adapt_epochs: int = 15  # epochs of adapter training and of full fine-tuning
 adapter_lr: float = 0.003  # peak learning rate of adapter training
-adapter_variants: dict = {"lora+spectral": {"rank": 4}, "spectral": {"targets": []}}  # name -> atomizer.adapters.AdapterConfig fields
+adapter_variants: dict = {"lora+spectral": {"rank": 4}, "spectral": {"targets": []}}  # name -> atomizer.models.adapters.AdapterConfig fields
 device: str = "auto"  # auto (CUDA when present), cpu or cuda
 threads: int = 0  # CPU threads for torch (1 on a shared machine); 0 for torch's default
 output_dir: str = "runs/beyond"  # where runs, tables and figures go
 repo_root: str = ""  # run from this folder (relative paths); "" for the current folder
-'''),
+"""),
     code('''
 import json
 import os
@@ -323,10 +326,10 @@ import torch
 import yaml
 from IPython.display import Image, display
 
-from atomizer import plots
-from atomizer.evaluation import evaluate_checkpoint, load_results, save_results
+from atomizer.results import plots
+from atomizer.engine.evaluation import evaluate_checkpoint, load_results, save_results
 from atomizer.experiments import train_and_evaluate
-from atomizer.training import pick_device
+from atomizer.engine.training import pick_device
 
 if repo_root:
     os.chdir(Path(repo_root).resolve())
@@ -351,9 +354,9 @@ def scores(run):
 print("device:", device, "| output:", out.resolve())
 '''),
     md("## (a) Masked-atom pretraining, then fine-tuning vs training from scratch"),
-    code('''
-from atomizer.pretrain import PretrainConfig, build_pretrain_dataset, mask_atoms, pretrain
-from atomizer.tokens import collate
+    code("""
+from atomizer.engine.pretraining import PretrainConfig, build_pretrain_dataset, mask_atoms, pretrain
+from atomizer.atoms.tokens import collate
 
 sources = [{**s, "limit": pretrain_limit} if pretrain_limit else dict(s) for s in pretrain_sources]
 pretrained = {}
@@ -368,8 +371,8 @@ for kind in maskings:
     pretrained[kind] = run / "checkpoints" / "last.pt"
     print(f"{kind:7s} {summary['images']} unlabelled images, {summary['step']} steps: reconstruction MSE "
           f"{summary['eval_loss_start']:.4f} -> {summary['eval_loss_end']:.4f}")
-'''),
-    code('''
+"""),
+    code("""
 # What each masking hides (one image, one training modality), and the reconstruction loss while pretraining
 data = build_pretrain_dataset(cfg, random_window=False)
 atoms = collate([data[0]["input"]])
@@ -392,8 +395,8 @@ axes[-1].legend(fontsize=8)
 fig.suptitle("fraction of the bands hidden per pixel (black = all), and the pretraining loss", fontsize=9)
 fig.tight_layout()
 display(Image(filename=str(plots.save(fig, out / "pretraining.png"))))
-'''),
-    code('''
+"""),
+    code("""
 variants = {"scratch": None, **{f"pretrained ({k})": pretrained[k] for k in maskings}}
 finetune_runs = {}
 for name, init in variants.items():
@@ -410,8 +413,8 @@ for (name, seed), run in finetune_runs.items():
 finetune_scores = pd.DataFrame(rows)
 finetune_scores.to_csv(out / "finetune_scores.csv", index=False)
 finetune_scores.groupby(["variant", "modality"])[metric_names].mean().unstack("variant").round(1)
-'''),
-    code('''
+"""),
+    code("""
 # Paired differences (same seed, same labelled data and budget): pretrained minus scratch, in points
 wide = finetune_scores.pivot_table(index=["modality", "seed"], columns="variant", values=metric_names)
 diff_rows = []
@@ -431,8 +434,8 @@ overall = diffs.groupby(["metric", "variant"])["mean"].mean().round(2)
 print("mean over the six test modalities (points):")
 print(overall.to_string())
 table
-'''),
-    code('''
+"""),
+    code("""
 fig, axes = plt.subplots(1, len(metric_names), figsize=(6.5 * len(metric_names), 3.4))
 mods = sorted(diffs.modality.unique())
 others = [v for v in variants if v != "scratch"]
@@ -449,12 +452,12 @@ for ax, m in zip(axes, metric_names):
     ax.legend(fontsize=8)
 fig.tight_layout()
 display(Image(filename=str(plots.save(fig, out / "finetune_minus_scratch.png"))))
-'''),
+"""),
     md("## (b) A new sensor: no adaptation vs adapters only vs full fine-tuning"),
-    code('''
-from atomizer.adapters import adapter_report
-from atomizer.checkpoint import load_model
-from atomizer.modalities import load_modalities
+    code("""
+from atomizer.models.adapters import adapter_report
+from atomizer.models.checkpoint import load_model
+from atomizer.data.modalities import load_modalities
 
 seen = {b for m in load_modalities("eurosat_train") for b in m.bands}
 print("bands of the new modality already seen in training:", sorted(set(adapt_bands) & seen) or "none")
@@ -481,8 +484,8 @@ for seed in seeds:
                                                     **{**labelled, **opts, "train_modalities": str(new_modality)})
         trainable[name] = (json.loads((run / "summary.json").read_text())["trainable_parameters"]["trainable"]
                            if spec is not None else base_params)
-'''),
-    code('''
+"""),
+    code("""
 rows = []
 for (name, seed), run in adapt_runs.items():
     t = scores(run).iloc[0]
@@ -497,8 +500,8 @@ adapt_table.insert(1, "% of encoder", [100 * trainable[m] / adapter_report(load_
 adapt_table.to_csv(out / "adapt_table.csv")
 print(f"new modality: {adapt_size_px} px @ {adapt_gsd_m:g} m, bands {list(adapt_bands)}; EuroSAT test images")
 adapt_table.round(2)
-'''),
-    code('''
+"""),
+    code("""
 fig, ax = plt.subplots(figsize=(1.8 * len(adapt_table) + 2, 3.4))
 xs = np.arange(len(adapt_table))
 ax.bar(xs, adapt_table["top1 mean"], yerr=adapt_table["top1 sd"].fillna(0), capsize=3, color="tab:blue")
@@ -513,7 +516,7 @@ elapsed = time.time() - t_start
     "seconds": elapsed, "finetune_minus_scratch": diffs.to_dict(orient="records"),
     "adapters": adapt_table.reset_index().to_dict(orient="records")}, indent=2, default=float))
 print(f"total time: {elapsed / 60:.1f} min")
-'''),
+"""),
 ]
 
 

@@ -1,7 +1,7 @@
 """Helpers shared by the dashboard tests: a tiny trained run and a small results store built from it.
 
-Not a test module. The run is real (``atomizer.training.train`` on the embedded EuroSAT slice, two
-steps) and so are its results (``atomizer.evaluation.evaluate_checkpoint`` on a few embedded test
+Not a test module. The run is real (``atomizer.engine.training.train`` on the embedded EuroSAT slice, two
+steps) and so are its results (``atomizer.engine.evaluation.evaluate_checkpoint`` on a few embedded test
 tiles, saved with ``save_results``); only the number of images is cut to keep the tests fast.
 """
 
@@ -12,15 +12,28 @@ from pathlib import Path
 
 import pandas as pd
 
-from atomizer.datasets import embedded_path
+from atomizer.data.datasets import embedded_path
 
 
 def train_tiny(out_dir: Path) -> Path:
     """Train the tiny Atomizer for two steps into ``out_dir``; returns ``best.pt``."""
-    from atomizer.training import TrainConfig, train
+    from atomizer.engine.training import TrainConfig, train
 
-    train(TrainConfig(model="atomizer", preset="tiny", dataset="eurosat", epochs=1, max_steps=2, batch_size=4,
-                      train_limit=8, val_limit=4, device="cpu", out_dir=str(out_dir)), progress=False)
+    train(
+        TrainConfig(
+            model="atomizer",
+            preset="tiny",
+            dataset="eurosat",
+            epochs=1,
+            max_steps=2,
+            batch_size=4,
+            train_limit=8,
+            val_limit=4,
+            device="cpu",
+            out_dir=str(out_dir),
+        ),
+        progress=False,
+    )
     best = out_dir / "checkpoints" / "best.pt"
     assert best.is_file(), f"training wrote no {best}"
     return best
@@ -41,7 +54,7 @@ def small_eurosat_root(dst: Path, n_images: int = 5) -> Path:
 
 def evaluate_into(run_dir: Path, checkpoint: Path, data_root: Path) -> Path:
     """Evaluate ``checkpoint`` on every eurosat_test modality; write ``run_dir/results.nc``."""
-    from atomizer.evaluation import evaluate_checkpoint, save_results
+    from atomizer.engine.evaluation import evaluate_checkpoint, save_results
 
     res = evaluate_checkpoint(checkpoint, "eurosat_test", data_root=str(data_root), batch_size=8, device="cpu")
     return save_results(res, run_dir / "results.nc")

@@ -8,7 +8,11 @@ import torch
 import yaml
 from torch import nn
 
-from atomizer.adapters import (
+from atomizer.atoms.tokens import collate, tokenize
+from atomizer.data.datasets import open_dataset
+from atomizer.data.modalities import Modality, simulate
+from atomizer.engine.training import TrainConfig, train
+from atomizer.models.adapters import (
     AdapterConfig,
     AdapterError,
     LoRALinear,
@@ -18,12 +22,8 @@ from atomizer.adapters import (
     read_adapters,
     save_adapters,
 )
-from atomizer.checkpoint import load_model, read_checkpoint
-from atomizer.datasets import open_dataset
-from atomizer.modalities import Modality, simulate
-from atomizer.model import Atomizer, AtomizerConfig
-from atomizer.tokens import collate, tokenize
-from atomizer.training import TrainConfig, train
+from atomizer.models.atomizer import Atomizer, AtomizerConfig
+from atomizer.models.checkpoint import load_model, read_checkpoint
 
 NEW = Modality("new_sensor", 32, 20, ("B8A", "B10"))  # bands no eurosat_train modality contains
 
@@ -65,7 +65,9 @@ def test_adapted_model_starts_with_the_base_outputs(new_batch):
     with torch.no_grad():
         assert torch.equal(model(new_batch), base(new_batch))
         assert torch.equal(model(new_batch, chunk_size=700), base(new_batch, chunk_size=700))
-        assert torch.equal(model.encoder.band_features(new_batch.band_table), base.encoder.band_features(new_batch.band_table))
+        assert torch.equal(
+            model.encoder.band_features(new_batch.band_table), base.encoder.band_features(new_batch.band_table)
+        )
     # and the adapters do act once they are non-zero (the test can fail)
     with torch.no_grad():
         model.encoder.mlp[2].weight.normal_()
@@ -110,12 +112,31 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("adapt")
     new = root / "new.yaml"
     new.write_text(yaml.safe_dump({"source": {"size_px": 64, "gsd_m": 10}, "modalities": [NEW.to_dict()]}))
-    common = dict(model="atomizer", preset="tiny", dataset="eurosat", epochs=1, batch_size=4, train_limit=12,
-                  val_limit=4, device="cpu", seed=1)
+    common = dict(
+        model="atomizer",
+        preset="tiny",
+        dataset="eurosat",
+        epochs=1,
+        batch_size=4,
+        train_limit=12,
+        val_limit=4,
+        device="cpu",
+        seed=1,
+    )
     base = train(TrainConfig(**common, max_steps=2, out_dir=str(root / "base")), progress=False)
-    adapted = train(TrainConfig(**common, max_steps=3, lr=1e-2, init=base["best"], adapters={"rank": 4},
-                                train_modalities=str(new), test_modalities=str(new), out_dir=str(root / "ad")),
-                    progress=False)
+    adapted = train(
+        TrainConfig(
+            **common,
+            max_steps=3,
+            lr=1e-2,
+            init=base["best"],
+            adapters={"rank": 4},
+            train_modalities=str(new),
+            test_modalities=str(new),
+            out_dir=str(root / "ad"),
+        ),
+        progress=False,
+    )
     return base, adapted
 
 
@@ -138,7 +159,9 @@ def test_adapter_training_leaves_the_base_weights_unchanged(runs):
 def test_saved_adapters_reload_to_identical_outputs(runs, new_batch, tmp_path):
     base, adapted = runs
     payload = read_adapters(adapted["adapters"])
-    assert set(payload["state_dict"]) == {k for k in payload["state_dict"] if ".lora_" in k or k.startswith("encoder.mlp.")}
+    assert set(payload["state_dict"]) == {
+        k for k in payload["state_dict"] if ".lora_" in k or k.startswith("encoder.mlp.")
+    }
     assert payload["base_checkpoint"] == base["best"] and len(payload["base_fingerprint"]) == 64
     full = load_model(adapted["best"])  # the run's own checkpoint (base + adapters)
     again = load_adapters(load_model(base["best"]), adapted["adapters"]).eval()

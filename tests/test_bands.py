@@ -1,4 +1,4 @@
-"""Tests for the band/sensor catalogue (:mod:`atomizer.bands`) and the shipped ``data/sensors`` tables."""
+"""Tests for the band/sensor catalogue (:mod:`atomizer.data.bands`) and the shipped ``atomizer/data/sensors`` tables."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections import defaultdict
 import pytest
 import yaml
 
-from atomizer.bands import (
+from atomizer.data.bands import (
     DOMAINS,
     Sensor,
     SensorSpecError,
@@ -108,7 +108,7 @@ def test_enmap_is_a_generated_hyperspectral_band_list():
     for prefix, bands in segments.items():
         wl = [b.wavelength_nm for b in bands]
         assert all(a < b for a, b in zip(wl, wl[1:])), f"{prefix} wavelengths not strictly increasing"
-        assert [int(b.name[len(prefix):]) for b in bands] == list(range(1, len(bands) + 1))
+        assert [int(b.name[len(prefix) :]) for b in bands] == list(range(1, len(bands) + 1))
     v = [b.wavelength_nm for b in segments["V"]]
     s = [b.wavelength_nm for b in segments["S"]]
     assert 400 <= v[0] < 430 and 980 < v[-1] <= 1000
@@ -137,19 +137,48 @@ def test_sentinel1_bands_are_sar_with_vv_vh():
 # describes for the platform must be listed; ``None`` marks a band deliberately not catalogued.
 SPYNDEX_MATCH: dict[tuple[str, str], dict[str, str | None]] = {
     ("sentinel2", "sentinel2a"): {
-        "A": "B01", "B": "B02", "G": "B03", "R": "B04", "RE1": "B05", "RE2": "B06", "RE3": "B07",
-        "N": "B08", "N2": "B8A", "WV": "B09", "S1": "B11", "S2": "B12",
+        "A": "B01",
+        "B": "B02",
+        "G": "B03",
+        "R": "B04",
+        "RE1": "B05",
+        "RE2": "B06",
+        "RE3": "B07",
+        "N": "B08",
+        "N2": "B8A",
+        "WV": "B09",
+        "S1": "B11",
+        "S2": "B12",
     },
     ("landsat8", "landsat8"): {
-        "A": "B1", "B": "B2", "G": "B3", "R": "B4", "N2": "B5", "S1": "B6", "S2": "B7",
-        "T1": "B10", "T2": "B11",
+        "A": "B1",
+        "B": "B2",
+        "G": "B3",
+        "R": "B4",
+        "N2": "B5",
+        "S1": "B6",
+        "S2": "B7",
+        "T1": "B10",
+        "T2": "B11",
     },
     ("landsat9", "landsat9"): {
-        "A": "B1", "B": "B2", "G": "B3", "R": "B4", "N2": "B5", "S1": "B6", "S2": "B7",
-        "T1": "B10", "T2": "B11",
+        "A": "B1",
+        "B": "B2",
+        "G": "B3",
+        "R": "B4",
+        "N2": "B5",
+        "S1": "B6",
+        "S2": "B7",
+        "T1": "B10",
+        "T2": "B11",
     },
     ("modis", "modis"): {
-        "R": "B1", "N2": "B2", "B": "B3", "G": "B4", "S1": "B6", "S2": "B7",
+        "R": "B1",
+        "N2": "B2",
+        "B": "B3",
+        "G": "B4",
+        "S1": "B6",
+        "S2": "B7",
         "G1": None,  # MODIS band 11 (531 nm, 1 km ocean band): not one of the land bands 1-7
     },
 }
@@ -264,22 +293,30 @@ def _bad_spec(bands):
 
 INVALID_SPECS = {
     "missing_wavelength": (
-        [{"name": "blue", "wavelength_nm": 490, "bandwidth_nm": 60, "gsd_m": 3},
-         {"name": "nir", "bandwidth_nm": 40, "gsd_m": 3}],
-        "nir", "wavelength_nm",
+        [
+            {"name": "blue", "wavelength_nm": 490, "bandwidth_nm": 60, "gsd_m": 3},
+            {"name": "nir", "bandwidth_nm": 40, "gsd_m": 3},
+        ],
+        "nir",
+        "wavelength_nm",
     ),
     "negative_width": (
         [{"name": "red", "wavelength_nm": 665, "bandwidth_nm": -30, "gsd_m": 3}],
-        "red", "bandwidth_nm",
+        "red",
+        "bandwidth_nm",
     ),
     "duplicated_name": (
-        [{"name": "green", "wavelength_nm": 560, "bandwidth_nm": 30, "gsd_m": 3},
-         {"name": "green", "wavelength_nm": 565, "bandwidth_nm": 30, "gsd_m": 3}],
-        "green", "twice",
+        [
+            {"name": "green", "wavelength_nm": 560, "bandwidth_nm": 30, "gsd_m": 3},
+            {"name": "green", "wavelength_nm": 565, "bandwidth_nm": 30, "gsd_m": 3},
+        ],
+        "green",
+        "twice",
     ),
     "sar_without_polarisation": (
         [{"name": "hh_band", "wavelength_nm": 55465764.66, "bandwidth_nm": 0, "gsd_m": 10, "domain": "sar"}],
-        "hh_band", "polarisation",
+        "hh_band",
+        "polarisation",
     ),
 }
 

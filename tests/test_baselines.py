@@ -1,4 +1,4 @@
-"""Tests for the canvas baselines (:mod:`atomizer.baselines`) on real BigEarthNet patches."""
+"""Tests for the canvas baselines (:mod:`atomizer.models.baselines`) on real BigEarthNet patches."""
 
 from __future__ import annotations
 
@@ -11,24 +11,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from atomizer.baselines import (
+from atomizer.atoms.canvas import CANVAS_BANDS, CanvasBatch, canvas_batch, image_gsd, to_canvas
+from atomizer.atoms.encodings import PHYSICAL_SCALING, VALUE_CLAMP
+from atomizer.data.datasets import ben19_classes, multi_hot
+from atomizer.data.modalities import load_modalities, simulate
+from atomizer.data.readers import open_image
+from atomizer.models.baselines import (
     BASELINES,
-    CANVAS_BANDS,
     CONFIGS,
     PRESETS,
     ScaleMAEBaseline,
     ViTBaseline,
     baseline_from_config,
     build_baseline,
-    canvas_batch,
-    image_gsd,
     sincos_pos_embed_2d,
-    to_canvas,
 )
-from atomizer.datasets import ben19_classes, multi_hot
-from atomizer.encodings import PHYSICAL_SCALING, VALUE_CLAMP
-from atomizer.modalities import load_modalities, simulate
-from atomizer.readers import open_image
 
 CH = {b: i for i, b in enumerate(CANVAS_BANDS)}
 
@@ -118,9 +115,9 @@ def train_set(root, test_modalities):
     images = [open_image(recs[i][0]) for i in chosen]
     images[2] = simulate(images[2], test_modalities["T2"])
     images[3] = simulate(images[3], test_modalities["T6"])
-    x, gsd = canvas_batch(images)
-    assert gsd.tolist() == [10.0, 10.0, 40.0, 16.0]
-    return x, gsd, ys[chosen]
+    batch = canvas_batch(images)
+    assert batch.gsd.tolist() == [10.0, 10.0, 40.0, 16.0]
+    return batch, ys[chosen]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -159,8 +156,7 @@ def test_nodata_pixels_read_zero(image):
     canvas, present = to_canvas(img)
     assert bool(present[CH["B03"]])
     assert torch.equal(canvas[CH["B03"], 10:20, 30:50], torch.zeros(10, 20))
-    np.testing.assert_allclose(canvas[CH["B03"], 30:, :].numpy(), reference_normalise(image["B03"])[30:, :],
-                               atol=1e-6)
+    np.testing.assert_allclose(canvas[CH["B03"], 30:, :].numpy(), reference_normalise(image["B03"])[30:, :], atol=1e-6)
 
 
 def test_20m_and_60m_bands_are_upsampled_bilinearly(image):
@@ -222,11 +218,17 @@ def test_canvas_band_subset_and_no_band(image):
 
 def test_canvas_batch_reports_modality_gsd(image, test_modalities):
     images = [image] + [simulate(image, test_modalities[n]) for n in ("T3", "T5", "T2")]
-    x, gsd = canvas_batch(images)
+    batch = canvas_batch(images)
+    x, gsd = batch.pixels, batch.gsd
     assert x.shape == (4, 12, 120, 120)
     assert gsd.tolist() == [10.0, 12.0, 60.0, 40.0]
     assert image_gsd(image) == 10.0  # not 60 m, although the patch holds B01 and B09
     assert torch.equal(x[1], to_canvas(images[1])[0])
+    assert batch.present.shape == (4, 12) and bool(batch.present[0].all())
+    # one batch protocol: a batch of one per image, collated, equals the batch of all
+    singles = CanvasBatch.collate([CanvasBatch.from_image(im, None) for im in images])
+    assert torch.equal(singles.gsd, gsd) and singles.pixels.shape[0] == 4
+    assert batch.to("cpu").num_sets == 4
 
 
 # --------------------------------------------------------------------------------------------------
@@ -261,37 +263,43 @@ def test_sincos_pos_embed_2d():
 def test_output_shape_on_two_modalities(name, image, test_modalities):
     torch.manual_seed(0)
     model = build_baseline(name, "tiny").eval()
-    assert model.input_kind == "canvas"
+    assert model.input_type is CanvasBatch
     assert model.cfg == CONFIGS[name].preset("tiny")
     native = canvas_batch([image, image])
     coarse = canvas_batch([simulate(image, test_modalities["T5"]), simulate(image, test_modalities["T3"])])
     with torch.no_grad():
-        out_native = model(*native)
-        out_coarse = model(*coarse)
+        out_native = model(native)
+        out_coarse = model(coarse)
     assert out_native.shape == (2, 19) and out_coarse.shape == (2, 19)
     assert bool(torch.isfinite(out_native).all()) and bool(torch.isfinite(out_coarse).all())
     assert not torch.allclose(out_native[0], out_coarse[0], atol=1e-4)
     with pytest.raises(ValueError):
-        model(native[0][:, :11], native[1])
+        model(CanvasBatch(native.pixels[:, :11], native.gsd, native.present[:, :11]))
+    with pytest.raises(TypeError, match="CanvasBatch"):
+        model(native.pixels)
 
 
 def test_scalemae_uses_gsd_and_vit_does_not(image):
-    x, _ = canvas_batch([image, image])
+    base = canvas_batch([image, image])
     gsd_a, gsd_b = torch.tensor([10.0, 10.0]), torch.tensor([10.0, 40.0])
+
+    def at(gsd):
+        return CanvasBatch(base.pixels, gsd, base.present)
+
     torch.manual_seed(0)
     vit = build_baseline("vit", "tiny").eval()
     torch.manual_seed(0)
     smae = build_baseline("scalemae", "tiny").eval()
     assert type(vit) is ViTBaseline and isinstance(smae, ScaleMAEBaseline)
     with torch.no_grad():
-        torch.testing.assert_close(vit(x, gsd_a), vit(x, gsd_b), rtol=0, atol=0)
-        a, b = smae(x, gsd_a), smae(x, gsd_b)
+        torch.testing.assert_close(vit(at(gsd_a)), vit(at(gsd_b)), rtol=0, atol=0)
+        a, b = smae(at(gsd_a)), smae(at(gsd_b))
         # Same weights (same seed, same architecture) and gsd at the reference: ScaleMAE == ViT.
-        torch.testing.assert_close(a, vit(x, gsd_a), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a, vit(at(gsd_a)), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-5)  # sample 0 kept its gsd
     assert float((a[1] - b[1]).abs().max()) > 1e-3
-    with pytest.raises(ValueError):
-        smae(x, None)
+    with pytest.raises(TypeError):
+        smae(base.pixels)
 
 
 @pytest.mark.parametrize("name", sorted(BASELINES))
@@ -324,7 +332,7 @@ OVERFIT = {"resnet": (60, 3e-3), "vit": (60, 3e-3), "scalemae": (60, 3e-3), "per
 
 @pytest.mark.parametrize("name", sorted(BASELINES))
 def test_tiny_model_overfits_four_real_patches(name, train_set):
-    x, gsd, y = train_set
+    batch, y = train_set
     prior = prior_loss(y)
     steps, lr = OVERFIT[name]
     torch.manual_seed(0)
@@ -332,7 +340,7 @@ def test_tiny_model_overfits_four_real_patches(name, train_set):
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
     for _ in range(steps):
-        loss = F.binary_cross_entropy_with_logits(model(x, gsd), y)
+        loss = F.binary_cross_entropy_with_logits(model(batch), y)
         opt.zero_grad()
         loss.backward()
         opt.step()

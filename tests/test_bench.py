@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from atomizer.atoms.tokens import tokenize
 from atomizer.bench import bf16_peak_tflops, count_flops, format_table, resample_to_120
-from atomizer.model import Atomizer, AtomizerConfig
-from atomizer.readers import count_tokens, open_image
-from atomizer.tokens import tokenize
+from atomizer.data.readers import count_tokens, open_image
+from atomizer.models.atomizer import Atomizer, AtomizerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,12 +49,14 @@ def test_authors_input_is_172800_atoms_by_nearest_resampling(ben_patch_paths):
 
 def test_peak_memory_sees_an_allocation():
     # in a fresh process with glibc's defaults, as the bench's memory runs (this one may have tuned its allocator)
-    code = ("import json, torch\n"
-            "from atomizer.bench import PeakMemory\n"
-            "with PeakMemory(torch.device('cpu')) as mem:\n"
-            "    x = torch.ones(64 * 2**20 // 4)\n"  # 64 MiB, touched
-            "    del x\n"
-            "print(json.dumps([mem.rise, mem.peak_abs]))\n")
+    code = (
+        "import json, torch\n"
+        "from atomizer.bench import PeakMemory\n"
+        "with PeakMemory(torch.device('cpu')) as mem:\n"
+        "    x = torch.ones(64 * 2**20 // 4)\n"  # 64 MiB, touched
+        "    del x\n"
+        "print(json.dumps([mem.rise, mem.peak_abs]))\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     rise, peak_abs = json.loads(r.stdout.strip().splitlines()[-1])
@@ -63,15 +65,27 @@ def test_peak_memory_sees_an_allocation():
 
 def test_bench_cli_writes_records(tmp_path):
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, "-m", "atomizer", "bench", "--quick", "--case", "scaling", "--json", str(out)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "atomizer", "bench", "--quick", "--case", "scaling", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     data = json.loads(out.read_text())
     recs = data["records"]
     assert [rec["case"] for rec in recs] == ["scaling"] * 3
     for rec in recs:
-        for key in ("device", "preset", "tokens", "seconds_per_image", "tokens_per_second", "peak_memory_bytes",
-                    "peak_memory_abs_bytes"):
+        for key in (
+            "device",
+            "preset",
+            "tokens",
+            "seconds_per_image",
+            "tokens_per_second",
+            "peak_memory_bytes",
+            "peak_memory_abs_bytes",
+        ):
             assert key in rec
         assert rec["tokens"] > 0 and rec["seconds_per_image"] > 0
     assert recs[0]["tokens"] < recs[1]["tokens"] < recs[2]["tokens"]
@@ -80,9 +94,25 @@ def test_bench_cli_writes_records(tmp_path):
 
 def test_train_step_records_carry_the_latent_floor_and_the_amdahl_bound(tmp_path):
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, "-m", "atomizer", "bench", "--quick", "--case", "encoder_train_step",
-                        "--case", "reference_train_step", "--json", str(out)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "atomizer",
+            "bench",
+            "--quick",
+            "--case",
+            "encoder_train_step",
+            "--case",
+            "reference_train_step",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     enc, ref = json.loads(out.read_text())["records"]
     assert (enc["case"], ref["case"]) == ("encoder_train_step", "reference_train_step")

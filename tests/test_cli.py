@@ -7,23 +7,34 @@ from pathlib import Path
 import pytest
 import yaml
 
-from atomizer.bands import list_sensors
 from atomizer.cli import main
-from atomizer.training import TrainConfig, train
+from atomizer.data.bands import list_sensors
+from atomizer.engine.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "atomizer", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "atomizer", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
-    cfg = TrainConfig(model="atomizer", preset="tiny", dataset="eurosat", epochs=1, max_steps=1, batch_size=4,
-                      train_limit=4, val_limit=4, device="cpu", out_dir=str(out))
+    cfg = TrainConfig(
+        model="atomizer",
+        preset="tiny",
+        dataset="eurosat",
+        epochs=1,
+        max_steps=1,
+        batch_size=4,
+        train_limit=4,
+        val_limit=4,
+        device="cpu",
+        out_dir=str(out),
+    )
     train(cfg, progress=False)
     return out / "checkpoints" / "best.pt"
 
@@ -38,8 +49,11 @@ def test_sensors_table(capsys):
 
 def test_sensors_sidecar(tmp_path, capsys):
     side = tmp_path / "cam.yaml"
-    side.write_text(yaml.safe_dump({"name": "cam", "bands": [
-        {"name": "blue", "wavelength_nm": 490, "bandwidth_nm": 60, "gsd_m": 3}]}))
+    side.write_text(
+        yaml.safe_dump(
+            {"name": "cam", "bands": [{"name": "blue", "wavelength_nm": 490, "bandwidth_nm": 60, "gsd_m": 3}]}
+        )
+    )
     assert main(["sensors", "--sidecar", str(side)]) == 0
     assert "blue" in capsys.readouterr().out
 
@@ -80,17 +94,26 @@ def test_predict_any_sensor(tiny_checkpoint, eurosat_paths, ben_patch_paths, tmp
     with rasterio.open(tif, "w", **profile) as dst:
         dst.write(arr)
     side = tmp_path / "four.yaml"
-    side.write_text(yaml.safe_dump({"name": "four", "bands": [
-        {"name": n, "wavelength_nm": w, "bandwidth_nm": bw, "gsd_m": 10}
-        for n, w, bw in [("b", 492, 66), ("g", 560, 36), ("r", 665, 31), ("n", 833, 106)]]}))
+    side.write_text(
+        yaml.safe_dump(
+            {
+                "name": "four",
+                "bands": [
+                    {"name": n, "wavelength_nm": w, "bandwidth_nm": bw, "gsd_m": 10}
+                    for n, w, bw in [("b", 492, 66), ("g", 560, 36), ("r", 665, 31), ("n", 833, 106)]
+                ],
+            }
+        )
+    )
     r = run("predict", tiny_checkpoint, tif, "--sidecar", side)
     assert r.returncode == 0, r.stderr
     r = run("predict", tiny_checkpoint, tif)  # no sensor for a 4-band file: clear one-line error
     assert r.returncode == 2 and "sidecar" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("cmd", ["sensors", "inspect", "train", "evaluate", "predict", "experiment", "serve",
-                                 "bench", "pretrain"])
+@pytest.mark.parametrize(
+    "cmd", ["sensors", "inspect", "train", "evaluate", "predict", "experiment", "serve", "bench", "pretrain"]
+)
 def test_help_of_every_command(cmd):
     r = run(cmd, "--help", timeout=120)
     assert r.returncode == 0 and "usage: atomizer" in r.stdout

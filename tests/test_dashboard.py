@@ -17,14 +17,15 @@ import pytest
 import torch
 from dashboard_support import evaluate_into, small_eurosat_root, train_tiny
 
-from atomizer.bands import get_sensor
+from atomizer.atoms.encodings import DEFAULT_ANCHORS, positional_grid, rbf_spectral_encoding
 from atomizer.dashboard.app import TAB_TITLES, build_app
 from atomizer.dashboard.attention import AttentionMaps, embedded_items
 from atomizer.dashboard.positional import PositionalEncodings
 from atomizer.dashboard.results import PAPER_LABEL, ResultsView
 from atomizer.dashboard.spectral import SpectralCoverage
-from atomizer.encodings import DEFAULT_ANCHORS, positional_grid, rbf_spectral_encoding
-from atomizer.evaluation import PAPER_TABLE1, results_dataset, save_results, sweep_modalities
+from atomizer.data.bands import get_sensor
+from atomizer.engine.evaluation import results_dataset, save_results, sweep_modalities
+from atomizer.results.paper import PAPER_TABLE1
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # evaluating on five tiles leaves classes without positives; torchmetrics says so for each of them
@@ -237,8 +238,9 @@ def test_results_view_sweeps_refresh_and_empty_store(tiny_run, tmp_path):
     assert int(view.runs()["step"].iloc[0]) == steps + 1
     # a resolution sweep file appears: its chart carries the paper's reference curve
     mods = sweep_modalities("gsd", 64, 10.0, ["B02", "B03", "B04"], [10, 20, 40])
-    save_results(results_dataset(np.array([[[30.0], [25.0], [20.0]]]), ["atomizer"], mods, ["macro_map"]),
-                 run / "sweep_gsd.nc")
+    save_results(
+        results_dataset(np.array([[[30.0], [25.0], [20.0]]]), ["atomizer"], mods, ["macro_map"]), run / "sweep_gsd.nc"
+    )
     view.param.trigger("refresh")
     chart = view._sweep_chart("gsd")
     labels = {e.label for e in chart}
@@ -257,15 +259,21 @@ def test_results_view_sweeps_refresh_and_empty_store(tiny_run, tmp_path):
 def test_build_app_has_the_four_tabs(tiny_run):
     tabs = build_app(results_root=tiny_run["store"], checkpoint=tiny_run["checkpoint"])
     assert isinstance(tabs, pn.Tabs)
-    assert list(tabs._names) == list(TAB_TITLES) == ["Spectral coverage", "Positional encodings",
-                                                     "Attention maps", "Results"]
+    assert (
+        list(tabs._names)
+        == list(TAB_TITLES)
+        == ["Spectral coverage", "Positional encodings", "Attention maps", "Results"]
+    )
     assert tabs.apps["attention"].checkpoint == str(tiny_run["checkpoint"])
     assert tabs.apps["results"].table() is not None
 
 
 def test_servable_entry_reads_its_arguments(tiny_run, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["dashboards/app.py", "--results", str(tiny_run["store"]),
-                                      "--checkpoint", str(tiny_run["checkpoint"])])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["dashboards/app.py", "--results", str(tiny_run["store"]), "--checkpoint", str(tiny_run["checkpoint"])],
+    )
     ns = runpy.run_path(str(REPO_ROOT / "dashboards" / "app.py"))
     assert ns["_args"].results == str(tiny_run["store"])
     assert ns["_args"].checkpoint == str(tiny_run["checkpoint"])
@@ -274,7 +282,6 @@ def test_servable_entry_reads_its_arguments(tiny_run, monkeypatch):
 def test_serve_subcommand_is_registered():
     from atomizer import cli
 
-    cli._load_extras()
     args = cli.build_parser().parse_args(["serve", "--port", "5999", "--results", "x", "--no-show"])
     assert args.command == "serve" and args.port == 5999 and args.results == "x" and args.show is False
     assert args.checkpoint is None

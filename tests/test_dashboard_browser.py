@@ -30,9 +30,18 @@ pytestmark = [
 
 @pytest.fixture(scope="session")
 def browser_type_launch_args(browser_type_launch_args):
-    return {**browser_type_launch_args, "executable_path": str(CHROMIUM),
-            "args": ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync", "--no-first-run"]}
+    return {
+        **browser_type_launch_args,
+        "executable_path": str(CHROMIUM),
+        "args": [
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ],
+    }
 
 
 @pytest.fixture(scope="session")
@@ -69,8 +78,23 @@ def served(tmp_path_factory):
     log = base / "serve.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "atomizer", "serve", "--port", str(port), "--results", str(store),
-             "--checkpoint", str(ckpt), "--no-show"], cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "atomizer",
+                "serve",
+                "--port",
+                str(port),
+                "--results",
+                str(store),
+                "--checkpoint",
+                str(ckpt),
+                "--no-show",
+            ],
+            cwd=REPO_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         # sessions read the store and checkpoint when a page opens: build them while the server starts
         train_tiny(run)
@@ -150,8 +174,8 @@ def test_spectral_tab_renders_and_width_slider_changes_the_encoding(page, served
     page.mouse.move(x + 90, y, steps=6)
     page.mouse.up()
     page.wait_for_function(
-        f"(b) => JSON.stringify(({JS_COLUMN})('custom_response')) !== JSON.stringify(b)", arg=before,
-        timeout=20_000)
+        f"(b) => JSON.stringify(({JS_COLUMN})('custom_response')) !== JSON.stringify(b)", arg=before, timeout=20_000
+    )
     after = page.evaluate(JS_COLUMN, "custom_response")
     assert sum(v > 0.1 for v in after) > sum(v > 0.1 for v in before)  # a wider band lights more anchors
     title = slider.locator(".bk-slider-title").inner_text()
@@ -173,8 +197,9 @@ def test_attention_tab_renders_maps_for_the_tiny_checkpoint(page, served):
     _open(page, served)
     _tab(page, "Attention maps")
     page.get_by_text("Top classes").wait_for(timeout=60_000)
-    page.wait_for_function(f"() => ({JS_IMAGES})().filter((im) => im.dtype.startsWith('float')).length >= 14",
-                           timeout=30_000)
+    page.wait_for_function(
+        f"() => ({JS_IMAGES})().filter((im) => im.dtype.startsWith('float')).length >= 14", timeout=30_000
+    )
     _visible_canvas(page)
     assert page.get_by_text("13 bands").count() >= 1
     floats = [im for im in page.evaluate(JS_IMAGES) if im["dtype"].startswith("float")]

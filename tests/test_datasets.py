@@ -9,8 +9,8 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from atomizer.bands import get_sensor
-from atomizer.datasets import (
+from atomizer.data.bands import get_sensor
+from atomizer.data.datasets import (
     BigEarthNetNpz,
     BigEarthNetOfficial,
     EuroSAT,
@@ -39,7 +39,8 @@ def test_bigearthnet_npz_labels_and_splits():
         item = ds[0]
         assert item["target"].shape == (19,)
         assert [classes[j] for j in np.flatnonzero(item["target"].numpy())] == sorted(
-            meta[item["id"]]["labels_19"], key=classes.index)
+            meta[item["id"]]["labels_19"], key=classes.index
+        )
     assert total == sum(1 for m in meta.values() if m.get("split"))
     assert len(BigEarthNetNpz()) == total
 
@@ -82,9 +83,17 @@ def _write_band_tifs(folder, patch_id, arrays):
     folder.mkdir(parents=True)
     for b, arr in arrays.items():
         g = S2.band(b).gsd_m
-        with rasterio.open(folder / f"{patch_id}_{b}.tif", "w", driver="GTiff", height=arr.shape[0],
-                           width=arr.shape[1], count=1, dtype=arr.dtype, crs="EPSG:32633",
-                           transform=from_origin(500_000, 5_000_000, g, g)) as dst:
+        with rasterio.open(
+            folder / f"{patch_id}_{b}.tif",
+            "w",
+            driver="GTiff",
+            height=arr.shape[0],
+            width=arr.shape[1],
+            count=1,
+            dtype=arr.dtype,
+            crs="EPSG:32633",
+            transform=from_origin(500_000, 5_000_000, g, g),
+        ) as dst:
             dst.write(arr[None])
 
 
@@ -107,8 +116,9 @@ def test_official_v2_layout_with_parquet(tmp_path):
         pid = f"S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_{10 + i}_{20 + i}"
         _write_band_tifs(root / pid.rsplit("_", 2)[0] / pid, pid, arrays)
         rows.append({"patch_id": pid, "labels": m["labels_19"], "split": "train" if i == 0 else "test"})
-    rows.append({"patch_id": "S2B_MSIL2A_20180101T000000_N9999_R001_T32ABC_1_1", "labels": ["Urban fabric"],
-                 "split": "train"})  # listed but not downloaded
+    rows.append(
+        {"patch_id": "S2B_MSIL2A_20180101T000000_N9999_R001_T32ABC_1_1", "labels": ["Urban fabric"], "split": "train"}
+    )  # listed but not downloaded
     meta = tmp_path / "metadata.parquet"
     pd.DataFrame(rows).to_parquet(meta)
     ds = BigEarthNetOfficial(root, "v2", meta, split="train")
@@ -124,7 +134,7 @@ def test_official_v2_layout_with_parquet(tmp_path):
 
 
 def test_official_v1_layout_maps_43_to_19(tmp_path):
-    (m, arrays), = _native_npz_patches(1)
+    ((m, arrays),) = _native_npz_patches(1)
     root = tmp_path / "BigEarthNet-v1.0"
     pid = "S2A_MSIL2A_20170613T101031_0_0"
     _write_band_tifs(root / pid, pid, arrays)

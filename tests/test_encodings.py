@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from atomizer.encodings import (
+from atomizer.atoms.encodings import (
     DEFAULT_ANCHORS,
     AtomEncoder,
     EncodingConfig,
@@ -17,9 +17,9 @@ from atomizer.encodings import (
     rbf_spectral_encoding,
     time_encoding,
 )
-from atomizer.modalities import Modality, simulate
-from atomizer.readers import open_image
-from atomizer.tokens import EXTRA_CHANNELS, tokenize
+from atomizer.atoms.tokens import EXTRA_CHANNELS, tokenize
+from atomizer.data.modalities import Modality, simulate
+from atomizer.data.readers import open_image
 
 
 def test_fourier_frequencies_linear():
@@ -106,8 +106,9 @@ def test_rbf_finite_over_optical_range_and_special_bands():
     out = rbf_spectral_encoding(c, torch.full_like(c, 10.0))
     assert torch.isfinite(out).all()
     assert torch.allclose(out[:, : len(DEFAULT_ANCHORS)].norm(dim=1), torch.ones(500), atol=1e-5)
-    sar = rbf_spectral_encoding(torch.tensor([5.5e7]), torch.tensor([0.0]),
-                                extra_channel=torch.tensor([EXTRA_CHANNELS.index("VH")]))
+    sar = rbf_spectral_encoding(
+        torch.tensor([5.5e7]), torch.tensor([0.0]), extra_channel=torch.tensor([EXTRA_CHANNELS.index("VH")])
+    )
     assert sar[0, : len(DEFAULT_ANCHORS)].abs().sum() == 0
     assert sar[0, len(DEFAULT_ANCHORS) + EXTRA_CHANNELS.index("VH")] == 1
 
@@ -133,7 +134,7 @@ def test_bad_anchors_refused(bad):
 
 
 def test_acquisition_time_encoding_is_optional_and_per_image(ben_patch_paths):
-    from atomizer.model import Atomizer, AtomizerConfig
+    from atomizer.models.atomizer import Atomizer, AtomizerConfig
 
     img = open_image(ben_patch_paths[0])
     assert img.attrs["acquisition_date"][:4] == "2017"

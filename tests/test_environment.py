@@ -1,9 +1,9 @@
 """The environment files agree: environment.yml installs the package defined by pyproject.toml."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,17 @@ def test_required_packages_declared():
     py = tomllib.loads((ROOT / "pyproject.toml").read_text())
     declared = {_name(r) for r in py["project"]["dependencies"]}
     declared |= {_name(r) for r in py["project"]["optional-dependencies"]["dev"]}
-    for pkg in ("torch", "jupyterlab", "panel", "holoviews", "xarray", "rioxarray", "matplotlib", "papermill", "pytest"):
+    for pkg in (
+        "torch",
+        "jupyterlab",
+        "panel",
+        "holoviews",
+        "xarray",
+        "rioxarray",
+        "matplotlib",
+        "papermill",
+        "pytest",
+    ):
         assert pkg in declared, pkg
     assert py["project"]["scripts"]["atomizer"] == "atomizer.cli:main"
 

@@ -1,5 +1,5 @@
-"""Tests for :mod:`atomizer.modalities`: simulation of coarser modalities from real images (BigEarthNet,
-EuroSAT-MS, Major-TOM) and the shipped modality sets in ``data/modalities``."""
+"""Tests for :mod:`atomizer.data.modalities`: simulation of coarser modalities from real images (BigEarthNet,
+EuroSAT-MS, Major-TOM) and the shipped modality sets in ``atomizer/data/modality_sets``."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 import xarray as xr
 import yaml
 
-from atomizer.bands import get_sensor
-from atomizer.modalities import (
+from atomizer.core.paths import modality_sets_dir
+from atomizer.data.bands import get_sensor
+from atomizer.data.modalities import (
     Assignment,
     Modality,
     ModalityError,
@@ -22,8 +23,7 @@ from atomizer.modalities import (
     overlap_matrix,
     simulate,
 )
-from atomizer.paths import data_dir
-from atomizer.readers import count_tokens, image_bands, read_band_folder, read_bigearthnet_npz, read_eurosat
+from atomizer.data.readers import count_tokens, image_bands, read_band_folder, read_bigearthnet_npz, read_eurosat
 
 S2 = get_sensor("sentinel2")
 
@@ -170,8 +170,7 @@ def test_non_integer_factor_preserves_the_total(ben):
         assert float(out[b][0, 0]) == pytest.approx((w[:, None] * w[None, :] * src[:3, :3]).sum() / 6.25, rel=1e-6)
         # second cell in x: cols 2 (half), 3, 4
         wx = np.array([0.5, 1.0, 1.0])
-        assert float(out[b][0, 1]) == pytest.approx((w[:, None] * wx[None, :] * src[:3, 2:5]).sum() / 6.25,
-                                                    rel=1e-6)
+        assert float(out[b][0, 1]) == pytest.approx((w[:, None] * wx[None, :] * src[:3, 2:5]).sum() / 6.25, rel=1e-6)
 
 
 def test_coarser_bands_keep_their_native_values(ben, ben_path):
@@ -410,7 +409,7 @@ DATASETS = ("eurosat", "bigearthnet")
 def test_shipped_sets_sizes_and_disjointness(dataset):
     train = load_modalities(f"{dataset}_train")
     test = load_modalities(f"{dataset}_test")
-    assert (data_dir() / "modalities" / f"{dataset}_train.yaml").is_file()
+    assert (modality_sets_dir() / f"{dataset}_train.yaml").is_file()
     assert len(train) >= 4
     assert len(test) == 6
     assert check_disjoint(train, test) == []

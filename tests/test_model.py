@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from atomizer.bands import get_sensor
-from atomizer.checkpoint import CheckpointError, load_into, save_checkpoint
-from atomizer.model import PRESETS, Atomizer, AtomizerConfig, prune_index
-from atomizer.modalities import Modality, simulate
-from atomizer.readers import build_image, open_image
-from atomizer.tokens import collate, tokenize
+from atomizer.atoms.tokens import collate, tokenize
+from atomizer.data.bands import get_sensor
+from atomizer.data.modalities import Modality, simulate
+from atomizer.data.readers import build_image, open_image
+from atomizer.models.atomizer import PRESETS, Atomizer, AtomizerConfig, prune_index
+from atomizer.models.checkpoint import CheckpointError, load_into, load_model, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +154,18 @@ def test_weight_tying_and_paper_preset():
     assert tied.blocks[1] is tied.blocks[3] and tied.blocks[0] is not tied.blocks[1]
     assert untied.num_parameters() > tied.num_parameters()
     p = PRESETS["paper"]
-    assert (p.depth, p.self_per_cross, p.latent_dim, p.latent_heads, p.latent_dim_head, p.cross_heads,
-            p.cross_dim_head, p.num_latents, p.tie_weights, p.prune_p) == (4, 4, 512, 8, 64, 1, 64, 128, True, 0.5)
+    assert (
+        p.depth,
+        p.self_per_cross,
+        p.latent_dim,
+        p.latent_heads,
+        p.latent_dim_head,
+        p.cross_heads,
+        p.cross_dim_head,
+        p.num_latents,
+        p.tie_weights,
+        p.prune_p,
+    ) == (4, 4, 512, 8, 64, 1, 64, 128, True, 0.5)
 
 
 def test_empty_set_refused(small_set):
@@ -167,7 +177,7 @@ def test_empty_set_refused(small_set):
 
 
 def test_tiny_model_overfits_real_patches(ben_patch_paths):
-    from atomizer.datasets import BigEarthNetNpz
+    from atomizer.data.datasets import BigEarthNetNpz
 
     ds = BigEarthNetNpz(split="train")
     items = [ds[i] for i in range(4)]
@@ -190,7 +200,8 @@ def test_tiny_model_overfits_real_patches(ben_patch_paths):
 def test_checkpoint_roundtrip_and_mismatch(tmp_path, small_set):
     model = tiny(num_classes=10)
     path = save_checkpoint(tmp_path / "m.pt", model, {"classes": list("abcdefghij")})
-    back = Atomizer.from_checkpoint(path)
+    back = load_model(path)
+    assert isinstance(back, Atomizer)
     with torch.no_grad():
         assert torch.equal(model(small_set), back(small_set))
     other = Atomizer(AtomizerConfig.preset("tiny", num_classes=10, latent_dim=32))
@@ -198,7 +209,7 @@ def test_checkpoint_roundtrip_and_mismatch(tmp_path, small_set):
         load_into(other, path)
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
-        Atomizer.from_checkpoint(tmp_path / "bad.pt")
+        load_model(tmp_path / "bad.pt")
 
 
 def test_checkpointed_token_blocks_give_identical_gradients(small_set):
@@ -234,7 +245,7 @@ def test_checkpointed_blocks_recompute_keys_and_values_but_not_attention(ben_pat
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
-    import atomizer.model as model_module
+    import atomizer.models.atomizer as model_module
 
     atoms = tokenize(open_image(ben_patch_paths[0]))  # a dense set: the fused kernel, no mask
 
@@ -246,8 +257,9 @@ def test_checkpointed_blocks_recompute_keys_and_values_but_not_attention(ben_pat
 
     ours = op_counts()
     recompute_all = lambda ctx, op, *a, **k: CheckpointPolicy.PREFER_RECOMPUTE  # noqa: E731
-    monkeypatch.setattr(model_module, "_checkpoint_context",
-                        lambda: create_selective_checkpoint_contexts(recompute_all))
+    monkeypatch.setattr(
+        model_module, "_checkpoint_context", lambda: create_selective_checkpoint_contexts(recompute_all)
+    )
     plain = op_counts()
     flash = "aten::_scaled_dot_product_flash_attention_for_cpu"
     depth = AtomizerConfig.preset("tiny").depth

@@ -10,7 +10,7 @@ import papermill as pm
 import pytest
 import yaml
 
-from atomizer.evaluation import load_results
+from atomizer.engine.evaluation import load_results
 from atomizer.experiments import ExperimentSpec, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,8 +20,12 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def test_notebooks_are_clean_and_parameterised():
-    assert {p.name for p in NOTEBOOKS} >= {"disjoint_modalities.ipynb", "resolution_sweep.ipynb", "size_sweep.ipynb",
-                                           "explore_encodings.ipynb"}
+    assert {p.name for p in NOTEBOOKS} >= {
+        "disjoint_modalities.ipynb",
+        "resolution_sweep.ipynb",
+        "size_sweep.ipynb",
+        "explore_encodings.ipynb",
+    }
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
@@ -32,8 +36,9 @@ def test_notebooks_are_clean_and_parameterised():
                 assert ":" in line.split("=")[0] and "#" in line, f"{path.name}: {line!r}"
                 literal = line.split("=", 1)[1].split("#")[0].strip()
                 assert yaml.safe_load(literal) is not None or literal in ('""', "''"), line
-        assert all(c.get("outputs", []) == [] and c.get("execution_count") is None
-                   for c in nb.cells if c.cell_type == "code"), f"{path.name} committed with outputs"
+        assert all(
+            c.get("outputs", []) == [] and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code"
+        ), f"{path.name} committed with outputs"
         assert nb.cells[0].cell_type == "markdown" and "Time" in nb.cells[0].source
         assert pm.inspect_notebook(str(path))  # papermill sees the parameters
 
@@ -42,9 +47,14 @@ def test_notebooks_are_clean_and_parameterised():
 def disjoint_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("nb") / "store"
     nb_out = out.parent / "disjoint.ipynb"
-    pm.execute_notebook(str(ROOT / "notebooks" / "disjoint_modalities.ipynb"), str(nb_out), kernel_name="python3",
-                        parameters={**SMOKE, "models": ["atomizer", "resnet"], "output_dir": str(out)},
-                        cwd=str(ROOT), progress_bar=False)
+    pm.execute_notebook(
+        str(ROOT / "notebooks" / "disjoint_modalities.ipynb"),
+        str(nb_out),
+        kernel_name="python3",
+        parameters={**SMOKE, "models": ["atomizer", "resnet"], "output_dir": str(out)},
+        cwd=str(ROOT),
+        progress_bar=False,
+    )
     return out, nb_out
 
 
@@ -57,18 +67,28 @@ def test_disjoint_notebook_writes_results_and_figure(disjoint_run):
         assert np.isfinite(res["score"].values).all()
     assert (out / "table1.png").read_bytes()[:8] == PNG
     nb = nbformat.read(nb_out, as_version=4)
-    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
-               for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert any(
+        o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    )
 
 
-@pytest.mark.parametrize("name,kind,values", [("resolution_sweep.ipynb", "gsd", [10, 20, 40]),
-                                              ("size_sweep.ipynb", "size", [16, 32, 64])])
+@pytest.mark.parametrize(
+    "name,kind,values", [("resolution_sweep.ipynb", "gsd", [10, 20, 40]), ("size_sweep.ipynb", "size", [16, 32, 64])]
+)
 def test_sweep_notebooks(disjoint_run, tmp_path, name, kind, values):
     out, _ = disjoint_run
     run = out / "atomizer"
-    pm.execute_notebook(str(ROOT / "notebooks" / name), str(tmp_path / name), kernel_name="python3",
-                        parameters={**SMOKE, "run_dir": str(run), "values": values, "output_dir": str(tmp_path)},
-                        cwd=str(ROOT), progress_bar=False)
+    pm.execute_notebook(
+        str(ROOT / "notebooks" / name),
+        str(tmp_path / name),
+        kernel_name="python3",
+        parameters={**SMOKE, "run_dir": str(run), "values": values, "output_dir": str(tmp_path)},
+        cwd=str(ROOT),
+        progress_bar=False,
+    )
     res = load_results(run / f"sweep_{kind}.nc")
     coord = "gsd_m" if kind == "gsd" else "size_px"
     assert sorted(res[coord].values.tolist()) == sorted(float(v) for v in values)
@@ -78,8 +98,13 @@ def test_sweep_notebooks(disjoint_run, tmp_path, name, kind, values):
 
 def test_explore_encodings_notebook_runs(tmp_path):
     out = tmp_path / "explore.ipynb"
-    pm.execute_notebook(str(ROOT / "notebooks" / "explore_encodings.ipynb"), str(out), kernel_name="python3",
-                        cwd=str(ROOT), progress_bar=False)
+    pm.execute_notebook(
+        str(ROOT / "notebooks" / "explore_encodings.ipynb"),
+        str(out),
+        kernel_name="python3",
+        cwd=str(ROOT),
+        progress_bar=False,
+    )
     nb = nbformat.read(out, as_version=4)
     kinds = {o.get("output_type") for c in nb.cells if c.cell_type == "code" for o in c.outputs}
     assert "error" not in kinds and ({"display_data", "execute_result"} & kinds)
@@ -87,12 +112,17 @@ def test_explore_encodings_notebook_runs(tmp_path):
 
 def test_runner_skips_finished_runs_and_continues_past_failures(tmp_path, capsys):
     spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump({
-        "name": "t", "notebook": str(ROOT / "notebooks" / "disjoint_modalities.ipynb"),
-        "output_dir": str(tmp_path / "store"),
-        "parameters": {**SMOKE, "max_steps": 1},
-        "grid": {"models": [["atomizer"], ["no_such_model"]]},
-    }))
+    spec_path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "t",
+                "notebook": str(ROOT / "notebooks" / "disjoint_modalities.ipynb"),
+                "output_dir": str(tmp_path / "store"),
+                "parameters": {**SMOKE, "max_steps": 1},
+                "grid": {"models": [["atomizer"], ["no_such_model"]]},
+            }
+        )
+    )
     spec = ExperimentSpec.from_yaml(spec_path)
     assert [rid for rid, _ in spec.runs()] == ["models-atomizer", "models-no_such_model"]
     first = run_experiment(spec)

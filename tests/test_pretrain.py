@@ -10,22 +10,22 @@ import pytest
 import torch
 import yaml
 
-import atomizer.pretrain as P
-from atomizer.checkpoint import CheckpointError, read_checkpoint
+import atomizer.engine.loop as L
+from atomizer.atoms.tokens import collate, tokenize
 from atomizer.cli import main
-from atomizer.datasets import open_dataset
-from atomizer.modalities import Modality, simulate
-from atomizer.model import Atomizer, AtomizerConfig
-from atomizer.pretrain import (
+from atomizer.data.datasets import open_dataset
+from atomizer.data.modalities import Modality, simulate
+from atomizer.engine.pretraining import (
     MASKINGS,
     PretrainConfig,
     UnlabelledImages,
-    load_encoder_weights,
     mask_atoms,
     pretrain,
+    reconstruction_target,
     split_atoms,
 )
-from atomizer.tokens import collate, tokenize
+from atomizer.models.atomizer import Atomizer, AtomizerConfig
+from atomizer.models.checkpoint import CheckpointError, load_encoder_weights, read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,6 +132,7 @@ def test_block_masking_hides_contiguous_square_blocks(same_grid):
     blocks = pix.reshape(8, block, 8, block).permute(0, 2, 1, 3).reshape(64, block * block)
     assert ((blocks.sum(1) == 0) | (blocks.sum(1) == block * block)).all()  # every block all-or-nothing
     assert int((blocks.sum(1) > 0).sum()) == 32  # round(0.5 * 64) blocks hidden
+
     # contiguous areas: unlike pixel masking at the same ratio, almost every hidden pixel has hidden neighbours
     def hidden_neighbours(p):
         pad = torch.nn.functional.pad(p[None, None], (1, 1, 1, 1))[0, 0]
@@ -152,15 +153,28 @@ def test_split_atoms_partitions_the_valid_atoms(same_grid):
     for s in range(same_grid.num_sets):
         assert not key(vis, s) & key(tgt, s)
     # the targets are the hidden atoms' values on the fixed normalised scale
-    t = P.reconstruction_target(tgt)
+    t = reconstruction_target(tgt)
     assert t.abs().max() <= 4.0 and t[tgt.mask].std() > 0
 
 
 def smoke_cfg(out, majortom, **kw):
-    cfg = dict(preset="tiny", sources=[{"dataset": "eurosat", "split": "train", "limit": 6},
-                                       {"path": str(majortom), "tile_px": 64, "limit": 2}],
-               steps=12, batch_size=4, lr=3e-3, eval_every=6, ckpt_every=4, eval_images=4, max_targets=256,
-               device="cpu", seed=3, out_dir=str(out))
+    cfg = dict(
+        preset="tiny",
+        sources=[
+            {"dataset": "eurosat", "split": "train", "limit": 6},
+            {"path": str(majortom), "tile_px": 64, "limit": 2},
+        ],
+        steps=12,
+        batch_size=4,
+        lr=3e-3,
+        eval_every=6,
+        ckpt_every=4,
+        eval_images=4,
+        max_targets=256,
+        device="cpu",
+        seed=3,
+        out_dir=str(out),
+    )
     cfg.update(kw)
     return PretrainConfig.from_dict(cfg)
 
@@ -188,9 +202,10 @@ def test_pretraining_loss_decreases_on_real_images(pretrained):
 
 
 def test_resume_after_a_crash_matches_the_uninterrupted_run(tmp_path, majortom_product_dir, monkeypatch):
-    full = pretrain(smoke_cfg(tmp_path / "full", majortom_product_dir, steps=6, ckpt_every=3, eval_every=0),
-                    progress=False)
-    real_lr_at = P.lr_at
+    full = pretrain(
+        smoke_cfg(tmp_path / "full", majortom_product_dir, steps=6, ckpt_every=3, eval_every=0), progress=False
+    )
+    real_lr_at = L.lr_at
 
     def crash_at_step_4(step, *a):
         if step == 4:
@@ -198,18 +213,21 @@ def test_resume_after_a_crash_matches_the_uninterrupted_run(tmp_path, majortom_p
         return real_lr_at(step, *a)
 
     cfg = smoke_cfg(tmp_path / "crash", majortom_product_dir, steps=6, ckpt_every=3, eval_every=0)
-    monkeypatch.setattr(P, "lr_at", crash_at_step_4)
+    monkeypatch.setattr(L, "lr_at", crash_at_step_4)
     with pytest.raises(KeyboardInterrupt):
         pretrain(cfg, progress=False)
     assert read_checkpoint(tmp_path / "crash" / "checkpoints" / "last.pt")["extra"]["step"] == 3
-    monkeypatch.setattr(P, "lr_at", real_lr_at)
+    monkeypatch.setattr(L, "lr_at", real_lr_at)
     resumed = pretrain(cfg, resume=True, progress=False)
     a = read_checkpoint(full["checkpoint"])
     b = read_checkpoint(resumed["checkpoint"])
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     assert all(torch.equal(a["extra"]["decoder"][k], b["extra"]["decoder"][k]) for k in a["extra"]["decoder"])
-    steps = [json.loads(x)["step"] for x in (tmp_path / "crash" / "metrics.jsonl").read_text().splitlines()
-             if json.loads(x)["kind"] == "train"]
+    steps = [
+        json.loads(x)["step"]
+        for x in (tmp_path / "crash" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(x)["kind"] == "train"
+    ]
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
@@ -217,9 +235,21 @@ def test_pretrained_encoder_initialises_classification_training(pretrained, tmp_
     out, _ = pretrained
     ckpt = out / "checkpoints" / "last.pt"
     cfg = tmp_path / "train.yaml"
-    cfg.write_text(yaml.safe_dump({"model": "atomizer", "preset": "tiny", "dataset": "eurosat", "train_limit": 8,
-                                   "val_limit": 4, "batch_size": 4, "max_steps": 0, "device": "cpu",
-                                   "out_dir": str(tmp_path / "ft")}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": "atomizer",
+                "preset": "tiny",
+                "dataset": "eurosat",
+                "train_limit": 8,
+                "val_limit": 4,
+                "batch_size": 4,
+                "max_steps": 0,
+                "device": "cpu",
+                "out_dir": str(tmp_path / "ft"),
+            }
+        )
+    )
     assert main(["train", str(cfg), "--init", str(ckpt)]) == 0  # the CLI path: --init -> TrainConfig.init
     pre = read_checkpoint(ckpt)["state_dict"]
     ft = read_checkpoint(tmp_path / "ft" / "checkpoints" / "last.pt")
@@ -258,8 +288,9 @@ def test_config_and_sources_refuse_unknown_keys(tmp_path):
 
 def test_unlabelled_sources_geotiff_folder_and_scene_tiles(eurosat_paths, majortom_product_dir):
     folder = eurosat_paths[0].parent
-    imgs = UnlabelledImages([{"path": str(folder), "limit": 2},
-                             {"path": str(majortom_product_dir.parent), "tile_px": 32, "limit": 3}])
+    imgs = UnlabelledImages(
+        [{"path": str(folder), "limit": 2}, {"path": str(majortom_product_dir.parent), "tile_px": 32, "limit": 3}]
+    )
     assert len(imgs) == 5
     assert imgs[0]["image"]["B02"].shape == (64, 64)
     tile = imgs[2]["image"]
@@ -268,8 +299,9 @@ def test_unlabelled_sources_geotiff_folder_and_scene_tiles(eurosat_paths, majort
 
 
 def test_pretrain_cli_help():
-    r = subprocess.run([sys.executable, "-m", "atomizer", "pretrain", "--help"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "atomizer", "pretrain", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     assert "CONFIG" in r.stdout.upper() and "--resume" in r.stdout
 

@@ -1,4 +1,4 @@
-"""Tests for :mod:`atomizer.readers` on real data (BigEarthNet npz, EuroSAT-MS GeoTIFF, Major-TOM scene)
+"""Tests for :mod:`atomizer.data.readers` on real data (BigEarthNet npz, EuroSAT-MS GeoTIFF, Major-TOM scene)
 and on broken inputs written into ``tmp_path``."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import xarray as xr
 import yaml
 from rasterio.transform import from_origin
 
-from atomizer.bands import SensorSpecError, get_sensor
-from atomizer.readers import (
+from atomizer.data.bands import SensorSpecError, get_sensor
+from atomizer.data.readers import (
     EUROSAT_BAND_ORDER,
     ImageReadError,
     build_image,
@@ -85,9 +85,18 @@ def _write_tif(path, arrays, transform, crs="EPSG:32633", dtype=None, **profile)
     arrays = np.asarray(arrays)
     if arrays.ndim == 2:
         arrays = arrays[None]
-    with rasterio.open(path, "w", driver="GTiff", height=arrays.shape[1], width=arrays.shape[2],
-                       count=arrays.shape[0], dtype=dtype or arrays.dtype, crs=crs, transform=transform,
-                       **profile) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=arrays.shape[1],
+        width=arrays.shape[2],
+        count=arrays.shape[0],
+        dtype=dtype or arrays.dtype,
+        crs=crs,
+        transform=transform,
+        **profile,
+    ) as dst:
         dst.write(arrays)
     return path
 
@@ -129,8 +138,14 @@ def test_ben_native_patch_has_12_bands_on_three_grids(ben_native_path):
         g = int(S2.band(b).gsd_m)
         assert ds[b].dims == (f"y_{g}m", f"x_{g}m"), b
         assert ds[b].shape == (NATIVE_PX[g], NATIVE_PX[g]), b
-    assert {d: n for d, n in ds.sizes.items()} == {"y_10m": 120, "x_10m": 120, "y_20m": 60, "x_20m": 60,
-                                                   "y_60m": 20, "x_60m": 20}
+    assert {d: n for d, n in ds.sizes.items()} == {
+        "y_10m": 120,
+        "x_10m": 120,
+        "y_20m": 60,
+        "x_20m": 60,
+        "y_60m": 20,
+        "x_60m": 20,
+    }
     assert count_tokens(ds) == 4 * 120**2 + 6 * 60**2 + 2 * 20**2 == 80_000
     assert ds.attrs["sensor"] == "sentinel2"
     assert ds.attrs["patch_id"] == ben_native_path.stem
@@ -441,8 +456,15 @@ def test_open_image_dispatches_folder(tmp_path, majortom_product_dir, majortom):
 
 def test_open_image_with_a_sidecar_sensor(tmp_path, eurosat_paths):
     """A custom sensor described by a sidecar reads the same pixels under its own band names."""
-    bands = [{"name": f"c{i:02d}", "wavelength_nm": S2.band(b).wavelength_nm,
-              "bandwidth_nm": S2.band(b).bandwidth_nm, "gsd_m": 10} for i, b in enumerate(EUROSAT_BAND_ORDER)]
+    bands = [
+        {
+            "name": f"c{i:02d}",
+            "wavelength_nm": S2.band(b).wavelength_nm,
+            "bandwidth_nm": S2.band(b).bandwidth_nm,
+            "gsd_m": 10,
+        }
+        for i, b in enumerate(EUROSAT_BAND_ORDER)
+    ]
     sidecar = tmp_path / "my_cam.yaml"
     sidecar.write_text(yaml.safe_dump({"name": "my_cam", "nodata": None, "bands": bands}))
     ds = open_image(eurosat_paths[0], sensor=sidecar)
@@ -600,7 +622,7 @@ def test_corrupt_and_malformed_npz(tmp_path, ben_native_path):
         member = next(i for i in zf.infolist() if i.filename == "B02.npy")
     damaged = bytearray(data)
     start = member.header_offset + 200
-    damaged[start:start + 64] = bytes(b ^ 0xFF for b in damaged[start:start + 64])
+    damaged[start : start + 64] = bytes(b ^ 0xFF for b in damaged[start : start + 64])
     flipped = tmp_path / "flipped.npz"
     flipped.write_bytes(bytes(damaged))
     with pytest.raises(ImageReadError, match="flipped.npz"):

@@ -8,19 +8,19 @@ import textwrap
 import pytest
 import torch
 
-from atomizer.model import Atomizer, AtomizerConfig
-from atomizer.pretrain import PretrainConfig
-from atomizer.readers import open_image
-from atomizer.runtime import autocast, autocast_dtype
-from atomizer.tokens import tokenize
-from atomizer.training import TrainConfig
+from atomizer.atoms.tokens import tokenize
+from atomizer.core.runtime import autocast, autocast_dtype
+from atomizer.data.readers import open_image
+from atomizer.engine.pretraining import PretrainConfig
+from atomizer.engine.training import TrainConfig
+from atomizer.models.atomizer import Atomizer, AtomizerConfig
 
 # Allocate and free 256 MiB (touched), then report how much of it is still resident.
 PROBE = textwrap.dedent("""
     import json
     from pathlib import Path
     import torch
-    from atomizer.runtime import tune_cpu_allocator
+    from atomizer.core.runtime import tune_cpu_allocator
 
     def rss():
         line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS:"))

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from atomizer.modalities import load_modalities, simulate
-from atomizer.readers import open_image
-from atomizer.tokens import EmptyTokenSetError, ModalityBatchSampler, bands_from_table, collate, tokenize
+from atomizer.atoms.tokens import EmptyTokenSetError, ModalityBatchSampler, bands_from_table, collate, tokenize
+from atomizer.data.modalities import load_modalities, simulate
+from atomizer.data.readers import open_image
 
 
 def test_native_bigearthnet_patch_gives_80000_atoms(ben_patch_paths):

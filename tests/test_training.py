@@ -14,16 +14,29 @@ import pytest
 import torch
 import yaml
 
-from atomizer.checkpoint import read_checkpoint
-from atomizer.evaluation import load_results
-from atomizer.training import TrainConfig, lr_at, train
+from atomizer.engine.evaluation import load_results
+from atomizer.engine.training import TrainConfig, lr_at, train
+from atomizer.models.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def smoke_config(out: Path, **kw) -> dict:
-    cfg = dict(model="atomizer", preset="tiny", dataset="eurosat", epochs=1, batch_size=4, max_steps=6,
-               ckpt_every=2, train_limit=24, val_limit=8, lr=2e-3, seed=7, device="cpu", out_dir=str(out))
+    cfg = dict(
+        model="atomizer",
+        preset="tiny",
+        dataset="eurosat",
+        epochs=1,
+        batch_size=4,
+        max_steps=6,
+        ckpt_every=2,
+        train_limit=24,
+        val_limit=8,
+        lr=2e-3,
+        seed=7,
+        device="cpu",
+        out_dir=str(out),
+    )
     cfg.update(kw)
     return cfg
 
@@ -76,8 +89,13 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     full = train(TrainConfig.from_dict(smoke_config(tmp_path / "full", max_steps=steps, epochs=2)), progress=False)
     cfg = write_config(tmp_path / "k.yaml", smoke_config(tmp_path / "killed", max_steps=steps, epochs=2))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "atomizer", "train", str(cfg)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "atomizer", "train", str(cfg)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     metrics = tmp_path / "killed" / "metrics.jsonl"
     deadline = time.time() + 240
     killed_at = None
@@ -94,8 +112,14 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     ck = read_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")
     assert 2 <= ck["extra"]["step"] < steps
-    out = subprocess.run([sys.executable, "-m", "atomizer", "train", str(cfg), "--resume"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "atomizer", "train", str(cfg), "--resume"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     sa, sb = state(Path(full["last"])), state(tmp_path / "killed" / "checkpoints" / "last.pt")
     for k in sa:
@@ -107,9 +131,25 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
 def test_ddp_two_processes_gloo_identical_weights(tmp_path):
     cfg = write_config(tmp_path / "d.yaml", smoke_config(tmp_path / "ddp", max_steps=3, train_limit=16, epochs=2))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "atomizer", "train", str(cfg)], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "atomizer",
+            "train",
+            str(cfg),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     # ranks print concurrently, so their lines may interleave with other output: match the numbers only
     prints = dict(re.findall(r"rank (\d+) weights_fingerprint ([-+0-9.eE]+\d)", out.stdout))
@@ -122,13 +162,35 @@ def test_ddp_two_processes_gloo_identical_weights(tmp_path):
 def test_cli_train_then_evaluate_writes_tidy_results(tmp_path):
     cfg = write_config(tmp_path / "r.yaml", smoke_config(tmp_path / "run", model="resnet", max_steps=3))
     env = dict(os.environ)
-    r = subprocess.run([sys.executable, "-m", "atomizer", "train", str(cfg)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "atomizer", "train", str(cfg)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
     res_path = tmp_path / "run" / "results.nc"
-    r = subprocess.run([sys.executable, "-m", "atomizer", "evaluate", str(ckpt), "--modalities", "eurosat_test",
-                        "--out", str(res_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "atomizer",
+            "evaluate",
+            str(ckpt),
+            "--modalities",
+            "eurosat_test",
+            "--out",
+            str(res_path),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "T6" in r.stdout and "top1" in r.stdout
     res = load_results(res_path)
@@ -138,14 +200,30 @@ def test_cli_train_then_evaluate_writes_tidy_results(tmp_path):
     assert bool(((res["score"] >= 0) & (res["score"] <= 100)).all())
     assert json.loads(res_path.with_suffix(".json").read_text())["records"]
     # refuses to overwrite, one-line error
-    r = subprocess.run([sys.executable, "-m", "atomizer", "evaluate", str(ckpt), "--modalities", "eurosat_test",
-                        "--out", str(res_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "atomizer",
+            "evaluate",
+            str(ckpt),
+            "--modalities",
+            "eurosat_test",
+            "--out",
+            str(res_path),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2 and r.stderr.startswith("atomizer: error:") and "exists" in r.stderr
     assert "Traceback" not in r.stderr
 
 
 def test_group_by_modality_batches_share_a_modality_and_resume_exactly(tmp_path, monkeypatch):
-    import atomizer.training as tr
+    import atomizer.engine.training as tr
 
     seen = []
     real = tr.forward

@@ -9,7 +9,7 @@ drive through its parameters:
 * :class:`~atomizer.dashboard.results.ResultsView` -- the results store (tables, sweeps, curves).
 
 :func:`atomizer.dashboard.app.build_app` combines them as tabs (``atomizer serve``). Everything is
-computed by the library (:mod:`atomizer.encodings`, :mod:`atomizer.model`, :mod:`atomizer.results`...);
+computed by the library (:mod:`atomizer.atoms.encodings`, :mod:`atomizer.models.atomizer`, :mod:`atomizer.results.store`...);
 these modules only arrange and plot. Importing a submodule loads Panel and HoloViews; this package
 itself imports nothing heavy.
 """

@@ -1,4 +1,8 @@
-"""The combined dashboard: the four apps as tabs (what ``atomizer serve`` and ``dashboards/app.py`` serve)."""
+"""The combined dashboard: the four apps as tabs (what ``atomizer serve`` and ``dashboards/app.py`` serve).
+
+:func:`serve` runs it on a local port; every browser session gets its own app. A missing results store
+or checkpoint is not an error: the tabs say what is missing.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +32,34 @@ def build_app(results_root: str | Path = "runs", checkpoint: str | Path | None =
     results = ResultsView(root=str(results_root))
     tabs = pn.Tabs(
         *zip(TAB_TITLES, (spectral, positional, attention, results)),
-        dynamic=True, sizing_mode="stretch_width", name="atomizer-dashboard",
+        dynamic=True,
+        sizing_mode="stretch_width",
+        name="atomizer-dashboard",
     )
     tabs.apps = {"spectral": spectral, "positional": positional, "attention": attention, "results": results}
     return tabs
+
+
+def serve(
+    port: int = 5006, results_root: str | Path = "runs", checkpoint: str | Path | None = None, show: bool = True
+) -> None:
+    """Serve :func:`build_app` on ``localhost:port`` until interrupted."""
+
+    def app() -> pn.Tabs:
+        return build_app(results_root=results_root, checkpoint=checkpoint)
+
+    url = f"http://localhost:{port}/"
+    print(
+        f"atomizer: serving the dashboard at {url} (results: {results_root}, checkpoint: "
+        f"{checkpoint or 'none'}); Ctrl-C stops",
+        flush=True,
+    )
+    pn.serve(
+        app,
+        port=port,
+        address="localhost",
+        websocket_origin=[f"localhost:{port}", f"127.0.0.1:{port}"],
+        show=show,
+        title="Atomizer",
+        verbose=False,
+    )

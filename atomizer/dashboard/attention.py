@@ -1,15 +1,16 @@
 """Attention maps: where the latents of a trained Atomizer look, mapped back onto each band's grid.
 
-The model (:func:`atomizer.checkpoint.load_model`) reads the image's atoms (:func:`atomizer.tokens.tokenize`,
-after :func:`atomizer.modalities.simulate` for a chosen modality) and returns, per cross-attention
+The model (:func:`atomizer.models.checkpoint.load_model`) reads the image's atoms (:func:`atomizer.atoms.tokens.tokenize`,
+after :func:`atomizer.data.modalities.simulate` for a chosen modality) and returns, per cross-attention
 block, the weights ``(S, heads, L, N)`` over every atom (``forward(batch, return_attention=True)``).
 Here they are averaged over heads and scattered back through the atoms' indices (``band``, ``xi``,
 ``yi``) onto each band's native pixel grid, then aggregated per band (attention mass per band and
 wavelength, and a latent x band heat map) and per pixel (every band's mass spread onto the finest grid
-by exact area overlap, :func:`atomizer.modalities.overlap_matrix`). For each latent, the mass over all
+by exact area overlap, :func:`atomizer.data.modalities.overlap_matrix`). For each latent, the mass over all
 atoms sums to 1.
 
-Use in a notebook::
+The computation is :mod:`atomizer.engine.attention`; this view only arranges and plots it. Use in a
+notebook::
 
     from atomizer.dashboard.attention import AttentionMaps
     app = AttentionMaps(checkpoint="runs/x/checkpoints/best.pt")
@@ -21,8 +22,6 @@ Use in a notebook::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import holoviews as hv
@@ -30,210 +29,14 @@ import numpy as np
 import pandas as pd
 import panel as pn
 import param
-import torch
 import xarray as xr
 
-from atomizer.checkpoint import load_model, read_checkpoint
 from atomizer.dashboard._common import PLOT_HEIGHT, PLOT_WIDTH, alert, error_text
-from atomizer.datasets import embedded_path
-from atomizer.modalities import Modality, load_modalities, overlap_matrix, simulate
-from atomizer.model import Atomizer
-from atomizer.readers import open_image
-from atomizer.tokens import AtomBatch, tokenize
-
-RGB_BANDS = ("B04", "B03", "B02")
-NATIVE = "native"
-
-
-# --------------------------------------------------------------------------------------------------
-# Inputs
-# --------------------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def embedded_items() -> dict[str, str]:
-    """Label -> path of the embedded inputs: EuroSAT-MS tiles and BigEarthNet patches (test split first)."""
-    import json
-
-    items: dict[str, str] = {}
-    order = {"test": 0, "validation": 1, "train": 2}
-    try:
-        root = embedded_path("eurosat")
-        df = pd.read_csv(root / "split.csv")
-        df = df.assign(o=df["split"].map(order).fillna(3)).sort_values(["o", "path"], kind="stable")
-        for p, s in zip(df["path"], df["split"]):
-            items[f"EuroSAT ({s}) {Path(p).stem}"] = str(root / p)
-    except (OSError, KeyError, ValueError):
-        pass
-    try:
-        root = embedded_path("bigearthnet")
-        meta = json.loads((root / "metadata.json").read_text())
-        meta = sorted(meta, key=lambda m: (order.get(m.get("split"), 3), m["patch_id"]))
-        for m in meta:
-            p = root / "patches" / f"{m['patch_id']}.npz"
-            if p.is_file():
-                items[f"BigEarthNet ({m.get('split') or '-'}) {m['patch_id']}"] = str(p)
-    except (OSError, KeyError, ValueError):
-        pass
-    return items
-
-
-# --------------------------------------------------------------------------------------------------
-# Attention back onto the grids
-# --------------------------------------------------------------------------------------------------
-
-
-def atom_maps(batch: AtomBatch, values: np.ndarray, shapes: dict[str, tuple[int, int]]) -> dict[str, np.ndarray]:
-    """Scatter per-atom ``values`` (L, N) of set 0 of ``batch`` onto each band's grid: band -> (L, h, w).
-
-    The atom's band is ``batch.band``; its column and row are ``xi``/``yi`` relative to the first row of
-    that band's coordinate table (tokenize keeps every pixel of a band, nodata included, masked).
-    """
-    band = batch.band[0].numpy()
-    xi, yi = batch.xi[0].numpy(), batch.yi[0].numpy()
-    L = values.shape[0]
-    out = {}
-    for k, name in enumerate(batch.band_names):
-        sel = np.nonzero(band == k)[0]
-        h, w = shapes[name]
-        m = np.zeros((L, h, w), dtype=values.dtype)
-        if sel.size:
-            cx, cy = xi[sel] - xi[sel].min(), yi[sel] - yi[sel].min()
-            if cx.max() >= w or cy.max() >= h:
-                raise ValueError(f"band {name}: atom indices exceed its {h}x{w} grid")
-            m[:, cy, cx] = values[:, sel]
-        out[name] = m
-    return out
-
-
-def _edges(centres: np.ndarray, g: float) -> np.ndarray:
-    """Increasing cell edges of a grid with pixel ``g`` and increasing ``centres``."""
-    return np.r_[centres - g / 2, centres[-1] + g / 2]
-
-
-@dataclass
-class Grid:
-    """A band's grid in metres from the image centre: column centres ``x`` (east), row centres ``y``
-    (north, decreasing: row 0 is the top), pixel size ``gsd``."""
-
-    x: np.ndarray
-    y: np.ndarray
-    gsd: float
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        g = self.gsd
-        return (self.x.min() - g / 2, self.y.min() - g / 2, self.x.max() + g / 2, self.y.max() + g / 2)
-
-
-def spread_to_grid(mass: np.ndarray, src: Grid, dst: Grid) -> np.ndarray:
-    """Redistribute per-pixel ``mass`` (..., h, w) on ``src`` onto ``dst`` by exact area overlap.
-
-    Mass is conserved where ``dst`` covers ``src`` (a coarse pixel's mass is shared among the fine
-    pixels it covers, in proportion to the area they share).
-    """
-    wx = overlap_matrix(_edges(src.x, src.gsd), _edges(dst.x, dst.gsd)) * (dst.gsd / src.gsd)
-    wy = overlap_matrix(_edges(-src.y, src.gsd), _edges(-dst.y, dst.gsd)) * (dst.gsd / src.gsd)
-    return wy @ mass @ wx.T
-
-
-@dataclass
-class AttentionResult:
-    """One image through one model: the image, its atoms, the logits and per-block weights (L, N)."""
-
-    image: xr.Dataset
-    batch: AtomBatch
-    logits: np.ndarray
-    weights: list[np.ndarray]
-    classes: list[str]
-    multilabel: bool
-
-    @property
-    def bands(self) -> list[str]:
-        return list(self.batch.band_names)
-
-    def grids(self) -> dict[str, Grid]:
-        """Each band's grid in the atoms' frame (metres from the image centre)."""
-        b = self.batch
-        band, xi, yi = b.band[0].numpy(), b.xi[0].numpy(), b.yi[0].numpy()
-        cx, cy = b.coord_x.numpy(), b.coord_y.numpy()
-        out = {}
-        for k, name in enumerate(b.band_names):
-            sel = band == k
-            h, w = self.image[name].shape
-            x0, y0 = xi[sel].min(), yi[sel].min()
-            out[name] = Grid(cx[x0:x0 + w].astype(float), cy[y0:y0 + h].astype(float),
-                             float(b.band_table[k, 2]))
-        return out
-
-    def band_maps(self, block: int) -> dict[str, np.ndarray]:
-        """Band -> (L, h, w) attention weights of ``block`` on the band's native grid."""
-        shapes = {n: tuple(self.image[n].shape) for n in self.bands}
-        return atom_maps(self.batch, self.weights[block], shapes)
-
-    def band_table(self) -> pd.DataFrame:
-        rows = [{"band": n, "wavelength_nm": float(t[0]), "bandwidth_nm": float(t[1]), "gsd_m": float(t[2]),
-                 "atoms": int((self.batch.band[0] == k).sum())}
-                for k, (n, t) in enumerate(zip(self.bands, self.batch.band_table.tolist()))]
-        return pd.DataFrame(rows)
-
-    def latent_band_mass(self, block: int) -> pd.DataFrame:
-        """Attention mass of every latent on every band: index latent, columns bands (by wavelength)."""
-        w = self.weights[block]
-        band = self.batch.band[0].numpy()
-        mass = np.stack([w[:, band == k].sum(1) for k in range(len(self.bands))], 1)
-        df = pd.DataFrame(mass, index=pd.Index(range(w.shape[0]), name="latent"), columns=self.bands)
-        order = self.band_table().sort_values("wavelength_nm")["band"]
-        return df[list(order)]
-
-    def pixel_map(self, block: int, latent: int) -> tuple[np.ndarray, Grid]:
-        """The latent's attention summed over bands on the finest grid: ((h, w) mass, that grid)."""
-        grids = self.grids()
-        finest = min(self.bands, key=lambda n: (grids[n].gsd, -self.image[n].size))
-        maps = self.band_maps(block)
-        total = np.zeros(self.image[finest].shape)
-        for n in self.bands:
-            total += spread_to_grid(maps[n][latent].astype(np.float64), grids[n], grids[finest])
-        return total, grids[finest]
-
-    def probabilities(self) -> pd.Series:
-        x = torch.from_numpy(self.logits)
-        p = x.sigmoid() if self.multilabel else x.softmax(-1)
-        return pd.Series(p.numpy(), index=self.classes).sort_values(ascending=False)
-
-
-@torch.no_grad()
-def compute_attention(model: Atomizer, image: xr.Dataset, classes: list[str] | None = None,
-                      multilabel: bool = True) -> AttentionResult:
-    """Tokenize ``image``, run ``model`` with ``return_attention=True``; weights averaged over heads."""
-    batch = tokenize(image)
-    logits, weights = model(batch, return_attention=True)
-    w = [blk[0].float().mean(0).numpy() for blk in weights]  # (L, N) per block
-    lg = logits[0].float().numpy()
-    classes = list(classes or [f"class_{i}" for i in range(lg.shape[0])])
-    return AttentionResult(image, batch, lg, w, classes, multilabel)
-
-
-def rgb_composite(image: xr.Dataset, bands=RGB_BANDS, percentiles=(2, 98)) -> np.ndarray | None:
-    """(h, w, 3) in [0, 1] from physical reflectance of ``bands``, each stretched between percentiles.
-
-    None when a band is missing or the three are on different grids.
-    """
-    if not all(b in image for b in bands) or len({image[b].shape for b in bands}) > 1:
-        return None
-    chans = []
-    for b in bands:
-        a = image[b].attrs
-        v = (image[b].values.astype(np.float64) + a.get("dn_offset", 0.0)) * a.get("dn_scale", 1.0)
-        nod = a.get("nodata")
-        bad = ~np.isfinite(v)
-        if nod is not None and not (isinstance(nod, float) and np.isnan(nod)):
-            bad |= image[b].values == nod
-        ok = v[~bad]
-        lo, hi = np.percentile(ok, percentiles) if ok.size else (0.0, 1.0)
-        chans.append(np.where(bad, 0.0, np.clip((v - lo) / max(hi - lo, 1e-9), 0, 1)))
-    return np.dstack(chans)
-
+from atomizer.data.datasets import embedded_items
+from atomizer.data.modalities import Modality, load_modalities, simulate
+from atomizer.data.readers import open_image
+from atomizer.engine.attention import NATIVE, RGB_BANDS, AttentionResult, Grid, compute_attention, rgb_composite
+from atomizer.models.checkpoint import load_model, read_checkpoint
 
 # --------------------------------------------------------------------------------------------------
 # The app
@@ -244,13 +47,17 @@ class AttentionMaps(pn.viewable.Viewer):
     """Cross-attention of a trained Atomizer on one image, per band and per pixel."""
 
     checkpoint = param.String(default="", doc="Path of an Atomizer checkpoint (.pt).")
-    source = param.Selector(default=None, objects={}, allow_None=True,
-                            doc="Embedded input (EuroSAT tile or BigEarthNet patch).")
-    path = param.String(default="", doc="Another input: GeoTIFF, .npz patch or folder of per-band GeoTIFFs "
-                                        "(overrides the embedded input).")
+    source = param.Selector(
+        default=None, objects={}, allow_None=True, doc="Embedded input (EuroSAT tile or BigEarthNet patch)."
+    )
+    path = param.String(
+        default="",
+        doc="Another input: GeoTIFF, .npz patch or folder of per-band GeoTIFFs (overrides the embedded input).",
+    )
     sensor = param.String(default="", doc="Sensor name or sidecar of a multi-band GeoTIFF (optional).")
-    modality = param.Selector(default=NATIVE, objects=[NATIVE],
-                              doc="Modality simulated from the input, from the checkpoint's modality files.")
+    modality = param.Selector(
+        default=NATIVE, objects=[NATIVE], doc="Modality simulated from the input, from the checkpoint's modality files."
+    )
     block = param.Integer(default=0, bounds=(0, 0), doc="Cross-attention block.")
     latent = param.Integer(default=0, bounds=(0, 0), doc="Latent whose attention is mapped.")
 
@@ -271,8 +78,9 @@ class AttentionMaps(pn.viewable.Viewer):
         if key not in self._models:
             payload = read_checkpoint(path)  # CheckpointError (a ValueError) names the problem
             if payload.get("arch") != "atomizer":
-                raise TypeError(f"{path} holds a {payload.get('arch')!r} model: attention maps need an "
-                                "Atomizer checkpoint")
+                raise TypeError(
+                    f"{path} holds a {payload.get('arch')!r} model: attention maps need an Atomizer checkpoint"
+                )
             model = load_model(path)
             self._models = {key: (model, payload.get("extra", {}))}
         return self._models[key]
@@ -364,9 +172,15 @@ class AttentionMaps(pn.viewable.Viewer):
         mass = self.latent_band_mass().loc[self.latent]
         t = t.loc[mass.index]
         share = t["atoms"] / t["atoms"].sum()
-        return pd.DataFrame({"band": mass.index, "wavelength_nm": t["wavelength_nm"].values,
-                             "gsd_m": t["gsd_m"].values, "mass": mass.values,
-                             "relative": (mass / share).values}).reset_index(drop=True)
+        return pd.DataFrame(
+            {
+                "band": mass.index,
+                "wavelength_nm": t["wavelength_nm"].values,
+                "gsd_m": t["gsd_m"].values,
+                "mass": mass.values,
+                "relative": (mass / share).values,
+            }
+        ).reset_index(drop=True)
 
     def pixel_map(self) -> np.ndarray:
         """The chosen latent's attention summed over bands, on the finest grid."""
@@ -392,15 +206,25 @@ class AttentionMaps(pn.viewable.Viewer):
             g = float(res_image[RGB_BANDS[0]].attrs["gsd_m"])
             bounds = (-w * g / 2, -h * g / 2, w * g / 2, h * g / 2)
         return hv.RGB(rgb, bounds=bounds, kdims=["x_m", "y_m"]).opts(
-            width=PLOT_WIDTH // 2 + 40, height=PLOT_WIDTH // 2 + 10, title="RGB (B04, B03, B02)",
-            xlabel="x (m from centre)", ylabel="y (m from centre)")
+            width=PLOT_WIDTH // 2 + 40,
+            height=PLOT_WIDTH // 2 + 10,
+            title="RGB (B04, B03, B02)",
+            xlabel="x (m from centre)",
+            ylabel="y (m from centre)",
+        )
 
     def _pixel_plot(self, res: AttentionResult):
         total, grid = res.pixel_map(self.block, self.latent)
         return hv.Image(total, bounds=grid.bounds, kdims=["x_m", "y_m"], vdims=["attention"]).opts(
-            cmap="inferno", colorbar=True, tools=["hover"], width=PLOT_WIDTH // 2 + 90,
-            height=PLOT_WIDTH // 2 + 10, xlabel="x (m from centre)", ylabel="",
-            title=f"block {self.block}, latent {self.latent}: all bands ({grid.gsd:g} m grid)")
+            cmap="inferno",
+            colorbar=True,
+            tools=["hover"],
+            width=PLOT_WIDTH // 2 + 90,
+            height=PLOT_WIDTH // 2 + 10,
+            xlabel="x (m from centre)",
+            ylabel="",
+            title=f"block {self.block}, latent {self.latent}: all bands ({grid.gsd:g} m grid)",
+        )
 
     def _band_grid(self, res: AttentionResult):
         maps = res.band_maps(self.block)
@@ -409,38 +233,65 @@ class AttentionMaps(pn.viewable.Viewer):
         plots = []
         for name in t.index:
             m = maps[name][self.latent]
-            plots.append(hv.Image(m, bounds=grids[name].bounds, kdims=["x_m", "y_m"], vdims=["attention"],
-                                  label=name).opts(
-                cmap="inferno", width=190, height=180, xaxis=None, yaxis=None, tools=["hover"], toolbar=None,
-                title=f"{name} {t.loc[name, 'wavelength_nm']:.0f} nm, {grids[name].gsd:g} m: {m.sum():.3f}",
-                fontsize={"title": "8pt"}))
-        return pn.GridBox(*[pn.pane.HoloViews(p, name=f"band_map_{n}") for p, n in zip(plots, t.index)], ncols=4,
-                          name="band_maps")
+            plots.append(
+                hv.Image(m, bounds=grids[name].bounds, kdims=["x_m", "y_m"], vdims=["attention"], label=name).opts(
+                    cmap="inferno",
+                    width=190,
+                    height=180,
+                    xaxis=None,
+                    yaxis=None,
+                    tools=["hover"],
+                    toolbar=None,
+                    title=f"{name} {t.loc[name, 'wavelength_nm']:.0f} nm, {grids[name].gsd:g} m: {m.sum():.3f}",
+                    fontsize={"title": "8pt"},
+                )
+            )
+        return pn.GridBox(
+            *[pn.pane.HoloViews(p, name=f"band_map_{n}") for p, n in zip(plots, t.index)], ncols=4, name="band_maps"
+        )
 
     def _mass_bars(self):
         df = self.band_mass()
         df["label"] = [f"{b} ({w:.0f} nm)" for b, w in zip(df["band"], df["wavelength_nm"])]
         return hv.Bars(df, "label", ["mass", "relative", "gsd_m"]).opts(
-            width=PLOT_WIDTH - 60, height=PLOT_HEIGHT - 20, xrotation=45, tools=["hover"], color="teal",
-            xlabel="band (centre wavelength)", ylabel="attention mass",
-            title=f"latent {self.latent}: attention mass per band (block {self.block})")
+            width=PLOT_WIDTH - 60,
+            height=PLOT_HEIGHT - 20,
+            xrotation=45,
+            tools=["hover"],
+            color="teal",
+            xlabel="band (centre wavelength)",
+            ylabel="attention mass",
+            title=f"latent {self.latent}: attention mass per band (block {self.block})",
+        )
 
     def _latent_heatmap(self):
         m = self.latent_band_mass()
         df = m.reset_index().melt(id_vars="latent", var_name="band", value_name="mass")
         df["latent"] = df["latent"].astype(str)
         return hv.HeatMap(df, ["band", "latent"], "mass").opts(
-            cmap="viridis", colorbar=True, tools=["hover"], width=PLOT_WIDTH - 60,
-            height=max(PLOT_HEIGHT, 14 * len(m) + 80), xrotation=45, invert_yaxis=True,
+            cmap="viridis",
+            colorbar=True,
+            tools=["hover"],
+            width=PLOT_WIDTH - 60,
+            height=max(PLOT_HEIGHT, 14 * len(m) + 80),
+            xrotation=45,
+            invert_yaxis=True,
             title=f"which wavelengths each latent attends to (block {self.block})",
-            xlabel="band (by wavelength)", ylabel="latent")
+            xlabel="band (by wavelength)",
+            ylabel="latent",
+        )
 
     @param.depends("checkpoint", "source", "path", "sensor", "modality", "block", "latent")
     def main_view(self):
         """The maps, or an Alert saying why they cannot be shown."""
         if not self.checkpoint.strip():
-            parts = [alert("No checkpoint: give the path of an Atomizer checkpoint "
-                           "(`atomizer serve --checkpoint runs/<run>/checkpoints/best.pt`).", "info")]
+            parts = [
+                alert(
+                    "No checkpoint: give the path of an Atomizer checkpoint "
+                    "(`atomizer serve --checkpoint runs/<run>/checkpoints/best.pt`).",
+                    "info",
+                )
+            ]
             try:
                 rgb = self._rgb_plot(self.image())
                 if rgb is not None:
@@ -457,19 +308,26 @@ class AttentionMaps(pn.viewable.Viewer):
         top = res.probabilities().head(5)
         pred = pd.DataFrame({"class": top.index, "probability": top.values.round(3)})
         rgb = self._rgb_plot(res.image, res.grids())
-        first_row = [pn.pane.HoloViews(rgb, name="rgb")] if rgb is not None else [
-            alert(f"No {'/'.join(RGB_BANDS)} in this input: no RGB composite.", "warning")]
+        first_row = (
+            [pn.pane.HoloViews(rgb, name="rgb")]
+            if rgb is not None
+            else [alert(f"No {'/'.join(RGB_BANDS)} in this input: no RGB composite.", "warning")]
+        )
         first_row.append(pn.pane.HoloViews(self._pixel_plot(res), name="pixel_map"))
         n_atoms = int(res.batch.mask.sum())
         info = pn.pane.Markdown(
             f"**{len(res.bands)} bands, {n_atoms:,} atoms** (input {Path(self.input_path() or '').name}, "
             f"modality {self.modality.split(':')[0]}). Weights averaged over heads; each latent's weights "
-            f"sum to 1 over all atoms.", sizing_mode="stretch_width")
+            f"sum to 1 over all atoms.",
+            sizing_mode="stretch_width",
+        )
         return pn.Column(
             info,
             pn.Row(*first_row, pn.Column("**Top classes**", pn.pane.DataFrame(pred, index=False, width=260))),
-            pn.Row(pn.pane.HoloViews(self._mass_bars(), name="band_mass"),
-                   pn.pane.HoloViews(self._latent_heatmap(), name="latent_heatmap")),
+            pn.Row(
+                pn.pane.HoloViews(self._mass_bars(), name="band_mass"),
+                pn.pane.HoloViews(self._latent_heatmap(), name="latent_heatmap"),
+            ),
             "**Per band, on its native grid** (title: band, wavelength, GSD, attention mass)",
             self._band_grid(res),
         )

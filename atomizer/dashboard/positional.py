@@ -1,6 +1,6 @@
 """Positional encodings: the resolution-modulated Fourier code of pixel positions.
 
-Every code comes from :func:`atomizer.encodings.positional_grid` / :func:`positional_encoding`: the
+Every code comes from :func:`atomizer.atoms.encodings.positional_grid` / :func:`positional_encoding`: the
 physical offset of a pixel centre from the image centre (metres) over a reference ``ref_m``, through
 Fourier features. A ground point keeps its code whatever the GSD (up to the pixel it falls in); a
 coarse GSD moves further per pixel, so its code varies faster from pixel to pixel.
@@ -22,8 +22,14 @@ import panel as pn
 import param
 import torch
 
+from atomizer.atoms.encodings import (
+    EncodingConfig,
+    fourier_dim,
+    fourier_frequencies,
+    positional_encoding,
+    positional_grid,
+)
 from atomizer.dashboard._common import PLOT_HEIGHT, PLOT_WIDTH
-from atomizer.encodings import EncodingConfig, fourier_dim, fourier_frequencies, positional_encoding, positional_grid
 
 _DEFAULT = EncodingConfig()
 
@@ -38,23 +44,39 @@ def channel_names(num_bands: int, max_freq: float, include_raw: bool = True) -> 
 class PositionalEncodings(pn.viewable.Viewer):
     """Explore the positional code of an image of ``size_px`` pixels at ``gsd_m`` metres per pixel."""
 
-    gsd_m = param.Number(default=10.0, bounds=(1.0, 500.0), softbounds=(1.0, 120.0), step=1.0,
-                         doc="Ground sampling distance of the image (m/px).")
-    size_px = param.Integer(default=64, bounds=(2, 512), softbounds=(2, 256),
-                            doc="Image side in pixels.")
-    num_bands = param.Integer(default=_DEFAULT.pos_bands, bounds=(1, 128),
-                              doc="Number of Fourier frequencies L of the positional code.")
-    max_freq = param.Number(default=_DEFAULT.pos_max_freq, bounds=(1.0, 512.0),
-                            doc="Highest frequency f_max of the positional code.")
-    ref_m = param.Number(default=_DEFAULT.pos_ref_m, bounds=(1.0, 1e5),
-                         doc="Reference distance (m): the code encodes offset_m / ref_m.")
-    channel = param.Integer(default=1, bounds=(0, fourier_dim(_DEFAULT.pos_bands) - 1),
-                            doc="Channel of the code shown over the pixel grid (sin..., cos..., raw).")
+    gsd_m = param.Number(
+        default=10.0,
+        bounds=(1.0, 500.0),
+        softbounds=(1.0, 120.0),
+        step=1.0,
+        doc="Ground sampling distance of the image (m/px).",
+    )
+    size_px = param.Integer(default=64, bounds=(2, 512), softbounds=(2, 256), doc="Image side in pixels.")
+    num_bands = param.Integer(
+        default=_DEFAULT.pos_bands, bounds=(1, 128), doc="Number of Fourier frequencies L of the positional code."
+    )
+    max_freq = param.Number(
+        default=_DEFAULT.pos_max_freq, bounds=(1.0, 512.0), doc="Highest frequency f_max of the positional code."
+    )
+    ref_m = param.Number(
+        default=_DEFAULT.pos_ref_m, bounds=(1.0, 1e5), doc="Reference distance (m): the code encodes offset_m / ref_m."
+    )
+    channel = param.Integer(
+        default=1,
+        bounds=(0, fourier_dim(_DEFAULT.pos_bands) - 1),
+        doc="Channel of the code shown over the pixel grid (sin..., cos..., raw).",
+    )
     axis = param.Selector(default="x", objects=["x", "y"], doc="Axis whose code is shown (x east, y north).")
-    point_m = param.Number(default=137.0, bounds=(-5000.0, 5000.0),
-                           doc="Offset (m) of the ground point from the image centre along the axis.")
-    gsd_list = param.List(default=[10.0, 20.0, 40.0, 60.0, 120.0], item_type=(int, float),
-                          doc="GSDs (m/px) at which the ground point's code is compared.")
+    point_m = param.Number(
+        default=137.0,
+        bounds=(-5000.0, 5000.0),
+        doc="Offset (m) of the ground point from the image centre along the axis.",
+    )
+    gsd_list = param.List(
+        default=[10.0, 20.0, 40.0, 60.0, 120.0],
+        item_type=(int, float),
+        doc="GSDs (m/px) at which the ground point's code is compared.",
+    )
 
     @param.depends("num_bands", watch=True, on_init=True)
     def _update_channel_bounds(self) -> None:
@@ -97,8 +119,10 @@ class PositionalEncodings(pn.viewable.Viewer):
             centres = (np.arange(n) + 0.5 - n / 2) * g
             off = float(centres[np.abs(centres - self.point_m).argmin()])
             code = positional_encoding(torch.tensor([off]), self.num_bands, self.max_freq, self.ref_m)[0].numpy()
-            rows += [{"gsd_m": float(g), "pixel_offset_m": off, "channel": c, "name": names[c],
-                      "value": float(v)} for c, v in enumerate(code)]
+            rows += [
+                {"gsd_m": float(g), "pixel_offset_m": off, "channel": c, "name": names[c], "value": float(v)}
+                for c, v in enumerate(code)
+            ]
         return pd.DataFrame(rows)
 
     def fourier_channels(self, channels: list[int] | None = None, num: int = 400) -> pd.DataFrame:
@@ -114,8 +138,10 @@ class PositionalEncodings(pn.viewable.Viewer):
         off = torch.linspace(-half, half, num)
         code = positional_encoding(off, self.num_bands, self.max_freq, self.ref_m).numpy()
         names = self.channel_names()
-        frames = [pd.DataFrame({"offset_m": off.numpy(), "channel": c, "name": names[c], "value": code[:, c]})
-                  for c in channels]
+        frames = [
+            pd.DataFrame({"offset_m": off.numpy(), "channel": c, "name": names[c], "value": code[:, c]})
+            for c in channels
+        ]
         return pd.concat(frames, ignore_index=True)
 
     def pixel_samples(self) -> pd.DataFrame:
@@ -128,34 +154,62 @@ class PositionalEncodings(pn.viewable.Viewer):
     @param.depends("gsd_m", "size_px", "num_bands", "max_freq", "ref_m", "channel", "axis")
     def image_plot(self) -> hv.Image:
         half = self.extent_m() / 2
-        img = hv.Image(self.code_image(), bounds=(-half, -half, half, half), kdims=["x_m", "y_m"],
-                       vdims=[hv.Dimension("code", range=(-1, 1))])
+        img = hv.Image(
+            self.code_image(),
+            bounds=(-half, -half, half, half),
+            kdims=["x_m", "y_m"],
+            vdims=[hv.Dimension("code", range=(-1, 1))],
+        )
         name = self.channel_names()[self.channel]
-        return img.opts(cmap="RdBu_r", clim=(-1, 1) if self.channel < 2 * self.num_bands else (None, None),
-                        colorbar=True, width=PLOT_WIDTH - 120, height=PLOT_HEIGHT + 120, tools=["hover"],
-                        xlabel="x (m from centre)", ylabel="y (m from centre)",
-                        title=f"{self.axis} code, channel {self.channel} ({name}): "
-                              f"{self.size_px}x{self.size_px} px @ {self.gsd_m:g} m")
+        return img.opts(
+            cmap="RdBu_r",
+            clim=(-1, 1) if self.channel < 2 * self.num_bands else (None, None),
+            colorbar=True,
+            width=PLOT_WIDTH - 120,
+            height=PLOT_HEIGHT + 120,
+            tools=["hover"],
+            xlabel="x (m from centre)",
+            ylabel="y (m from centre)",
+            title=f"{self.axis} code, channel {self.channel} ({name}): "
+            f"{self.size_px}x{self.size_px} px @ {self.gsd_m:g} m",
+        )
 
     @param.depends("gsd_m", "size_px", "num_bands", "max_freq", "ref_m", "point_m", "gsd_list")
     def ground_point_plot(self) -> hv.Overlay:
         df = self.ground_point_codes()
-        curves = [hv.Curve(d, "channel", "value", label=f"{g:g} m (pixel at {d['pixel_offset_m'].iloc[0]:g} m)")
-                  .opts(line_width=1.5) for g, d in df.groupby("gsd_m", sort=True)]
+        curves = [
+            hv.Curve(d, "channel", "value", label=f"{g:g} m (pixel at {d['pixel_offset_m'].iloc[0]:g} m)").opts(
+                line_width=1.5
+            )
+            for g, d in df.groupby("gsd_m", sort=True)
+        ]
         return hv.Overlay(curves).opts(
-            width=PLOT_WIDTH, height=PLOT_HEIGHT, legend_position="right", xlabel="code channel",
-            ylabel="code value", title=f"code of the ground point at {self.point_m:g} m, across GSDs")
+            width=PLOT_WIDTH,
+            height=PLOT_HEIGHT,
+            legend_position="right",
+            xlabel="code channel",
+            ylabel="code value",
+            title=f"code of the ground point at {self.point_m:g} m, across GSDs",
+        )
 
     @param.depends("gsd_m", "size_px", "num_bands", "max_freq", "ref_m", "channel", "axis")
     def channels_plot(self) -> hv.Overlay:
         df = self.fourier_channels()
-        curves = [hv.Curve(d, "offset_m", "value", label=name).opts(line_width=1.5)
-                  for name, d in df.groupby("name", sort=False)]
-        pts = hv.Scatter(self.pixel_samples(), "offset_m", "value",
-                         label=f"pixel centres @ {self.gsd_m:g} m").opts(color="black", size=4)
+        curves = [
+            hv.Curve(d, "offset_m", "value", label=name).opts(line_width=1.5)
+            for name, d in df.groupby("name", sort=False)
+        ]
+        pts = hv.Scatter(self.pixel_samples(), "offset_m", "value", label=f"pixel centres @ {self.gsd_m:g} m").opts(
+            color="black", size=4
+        )
         return hv.Overlay([*curves, pts]).opts(
-            width=PLOT_WIDTH, height=PLOT_HEIGHT, legend_position="right", xlabel=f"{self.axis} offset (m)",
-            ylabel="code value", title="Fourier channels vs position")
+            width=PLOT_WIDTH,
+            height=PLOT_HEIGHT,
+            legend_position="right",
+            xlabel=f"{self.axis} offset (m)",
+            ylabel="code value",
+            title="Fourier channels vs position",
+        )
 
     def __panel__(self):
         w = pn.widgets

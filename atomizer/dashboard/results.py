@@ -1,7 +1,7 @@
 """Results: the runs of a results store, their scores on the test modalities, sweeps and training curves.
 
-Everything is read by :mod:`atomizer.results` (``find_runs``, ``collect``, ``read_metrics``); the
-paper's published numbers (:mod:`atomizer.evaluation`: ``PAPER_TABLE1``, ``PAPER_RESOLUTION_SWEEP``,
+Everything is read by :mod:`atomizer.results.store` (``find_runs``, ``collect``, ``read_metrics``); the
+paper's published numbers (:mod:`atomizer.results.paper`: ``PAPER_TABLE1``, ``PAPER_RESOLUTION_SWEEP``,
 ``PAPER_SIZE_SWEEP``, macro mAP % on BigEarthNet) are drawn as reference marks labelled
 "paper (BigEarthNet)". Served, the view re-reads the store periodically and redraws when a file
 changed (a run still training keeps appending to ``metrics.jsonl``); the Refresh button does it now.
@@ -26,12 +26,8 @@ import param
 import xarray as xr
 
 from atomizer.dashboard._common import PLOT_HEIGHT, PLOT_WIDTH, alert
-from atomizer.evaluation import PAPER_RESOLUTION_SWEEP, PAPER_SIZE_SWEEP, PAPER_TABLE1
-from atomizer.results import RESULT_FILES, collect, find_run_dirs, find_runs, read_metrics
-
-PAPER_LABEL = "paper (BigEarthNet)"
-#: The metric the paper reports (macro mAP %); reference marks are drawn only for it.
-PAPER_METRIC = "macro_map"
+from atomizer.results.paper import PAPER_LABEL, PAPER_METRIC, PAPER_RESOLUTION_SWEEP, PAPER_SIZE_SWEEP, PAPER_TABLE1
+from atomizer.results.store import RESULT_FILES, collect, find_run_dirs, find_runs, read_metrics
 
 
 def base_model(name: str) -> str:
@@ -43,8 +39,7 @@ class ResultsView(pn.viewable.Viewer):
     """Tables and charts of a results store (a folder of run directories)."""
 
     root = param.String(default="runs", doc="Results store: a folder holding run directories at any depth.")
-    metric = param.Selector(default=PAPER_METRIC, objects=[PAPER_METRIC],
-                            doc="Metric of the tables and charts.")
+    metric = param.Selector(default=PAPER_METRIC, objects=[PAPER_METRIC], doc="Metric of the tables and charts.")
     run = param.Selector(default=None, objects=[], allow_None=True, doc="Run whose training curves are shown.")
     refresh_s = param.Integer(default=10, bounds=(2, 3600), doc="Seconds between re-reads of the store when served.")
     refresh = param.Event(doc="Re-read the store now.")
@@ -102,7 +97,7 @@ class ResultsView(pn.viewable.Viewer):
         return False
 
     def runs(self) -> pd.DataFrame:
-        """One row per run (:func:`atomizer.results.find_runs`)."""
+        """One row per run (:func:`atomizer.results.store.find_runs`)."""
         return self._data["runs"]
 
     def results(self, kind: str = "table") -> xr.Dataset | None:
@@ -138,19 +133,35 @@ class ResultsView(pn.viewable.Viewer):
         df = self.scores("table")
         df = df.assign(group=[f"{mo} · {m}" for mo, m in zip(df["modality"], df["model"])])
         bars = hv.Bars(df, "group", ["score", "model", "modality", "bands"], label="this store").opts(
-            color="model", cmap="Category10", tools=["hover"], xrotation=45, show_legend=False,
-            width=PLOT_WIDTH + 200, height=PLOT_HEIGHT + 40, xlabel="test modality · model",
-            ylabel=f"{self.metric} (%)", title=f"{self.metric} per model and test modality")
+            color="model",
+            cmap="Category10",
+            tools=["hover"],
+            xrotation=45,
+            show_legend=False,
+            width=PLOT_WIDTH + 200,
+            height=PLOT_HEIGHT + 40,
+            xlabel="test modality · model",
+            ylabel=f"{self.metric} (%)",
+            title=f"{self.metric} per model and test modality",
+        )
         layers = [bars]
         if self.metric == PAPER_METRIC:
             ref = []
             for g, m, mo in zip(df["group"], df["model"], df["modality"]):
                 vals = PAPER_TABLE1.get(base_model(m))
-                if vals is not None and str(mo).startswith("T") and str(mo)[1:].isdigit() and 1 <= int(str(mo)[1:]) <= 6:
+                if (
+                    vals is not None
+                    and str(mo).startswith("T")
+                    and str(mo)[1:].isdigit()
+                    and 1 <= int(str(mo)[1:]) <= 6
+                ):
                     ref.append((g, vals[int(str(mo)[1:]) - 1]))
             if ref:
-                layers.append(hv.Scatter(ref, "group", "score", label=PAPER_LABEL).opts(
-                    marker="dash", size=28, line_width=3, color="black", tools=["hover"]))
+                layers.append(
+                    hv.Scatter(ref, "group", "score", label=PAPER_LABEL).opts(
+                        marker="dash", size=28, line_width=3, color="black", tools=["hover"]
+                    )
+                )
         return hv.Overlay(layers).opts(legend_position="top_left", show_legend=True)
 
     def _sweep_chart(self, kind: str):
@@ -164,15 +175,21 @@ class ResultsView(pn.viewable.Viewer):
         if self.metric == PAPER_METRIC:
             x = np.array(sorted(paper), dtype=float)
             y = np.array([paper[k] for k in sorted(paper)])
-            layers.append(hv.Curve((x, y), axis, "score", label=PAPER_LABEL).opts(
-                color="black", line_dash="dashed", line_width=1.5))
-            layers.append(hv.Scatter((x, y), axis, "score", label=PAPER_LABEL).opts(
-                color="black", marker="x", size=9))
+            layers.append(
+                hv.Curve((x, y), axis, "score", label=PAPER_LABEL).opts(
+                    color="black", line_dash="dashed", line_width=1.5
+                )
+            )
+            layers.append(hv.Scatter((x, y), axis, "score", label=PAPER_LABEL).opts(color="black", marker="x", size=9))
         title = "resolution sweep" if kind == "gsd" else "input size sweep"
         return hv.Overlay(layers).opts(
-            width=PLOT_WIDTH // 2 + 160, height=PLOT_HEIGHT, legend_position="bottom_left",
-            xlabel="GSD (m/px)" if kind == "gsd" else "size (px)", ylabel=f"{self.metric} (%)",
-            title=f"{title} (Atomizer in the paper)")
+            width=PLOT_WIDTH // 2 + 160,
+            height=PLOT_HEIGHT,
+            legend_position="bottom_left",
+            xlabel="GSD (m/px)" if kind == "gsd" else "size (px)",
+            ylabel=f"{self.metric} (%)",
+            title=f"{title} (Atomizer in the paper)",
+        )
 
     def training_curves(self) -> pd.DataFrame:
         """The metrics log of the selected run (empty without one)."""
@@ -187,15 +204,24 @@ class ResultsView(pn.viewable.Viewer):
         val = m[m["kind"] == "val"] if len(m) else m
         loss = hv.Curve(train, "step", "loss", label="train loss").opts(color="steelblue", line_width=2)
         if len(val):
-            loss = loss * hv.Curve(val, "step", "loss", label="val loss").opts(color="orange", line_width=2) \
+            loss = (
+                loss
+                * hv.Curve(val, "step", "loss", label="val loss").opts(color="orange", line_width=2)
                 * hv.Scatter(val, "step", "loss").opts(color="orange", size=6)
-        loss = loss.opts(width=PLOT_WIDTH // 2 + 60, height=PLOT_HEIGHT - 40, title=f"loss: {self.run}",
-                         legend_position="top_right", show_legend=True)
+            )
+        loss = loss.opts(
+            width=PLOT_WIDTH // 2 + 60,
+            height=PLOT_HEIGHT - 40,
+            title=f"loss: {self.run}",
+            legend_position="top_right",
+            show_legend=True,
+        )
         key = PAPER_METRIC if PAPER_METRIC in val else None
         if key is None:
             return loss
         score = (hv.Curve(val, "step", key, label=f"val {key}") * hv.Scatter(val, "step", key)).opts(
-            hv.opts.Curve(color="seagreen", line_width=2), hv.opts.Scatter(color="seagreen", size=6))
+            hv.opts.Curve(color="seagreen", line_width=2), hv.opts.Scatter(color="seagreen", size=6)
+        )
         score = score.opts(width=PLOT_WIDTH // 2 + 60, height=PLOT_HEIGHT - 40, title=f"validation {key}")
         return (loss + score).opts(shared_axes=False)
 
@@ -205,16 +231,22 @@ class ResultsView(pn.viewable.Viewer):
             return alert(f"Cannot read the store {self.root!r}: {self._data['error']}", "warning")
         t = self.table()
         if t is None:
-            return alert(f"No test-modality results (results.nc) under {self.root!r} yet. Evaluate a "
-                         "checkpoint: `atomizer evaluate <ckpt> --modalities <set> --out <run>/results.nc`.", "info")
+            return alert(
+                f"No test-modality results (results.nc) under {self.root!r} yet. Evaluate a "
+                "checkpoint: `atomizer evaluate <ckpt> --modalities <set> --out <run>/results.nc`.",
+                "info",
+            )
         shown = t.round(2)
         ref = self.paper_table() if self.metric == PAPER_METRIC else None
-        parts = [pn.pane.Markdown(f"**{self.metric}** (%) per model and test modality", margin=(0, 10)),
-                 pn.pane.DataFrame(shown, name="table", sizing_mode="stretch_width")]
+        parts = [
+            pn.pane.Markdown(f"**{self.metric}** (%) per model and test modality", margin=(0, 10)),
+            pn.pane.DataFrame(shown, name="table", sizing_mode="stretch_width"),
+        ]
         if ref is not None:
-            parts += [pn.pane.Markdown("Paper, Table 1 (macro mAP %, BigEarthNet; modality lists differ):",
-                                       margin=(0, 10)),
-                      pn.pane.DataFrame(ref, sizing_mode="stretch_width")]
+            parts += [
+                pn.pane.Markdown("Paper, Table 1 (macro mAP %, BigEarthNet; modality lists differ):", margin=(0, 10)),
+                pn.pane.DataFrame(ref, sizing_mode="stretch_width"),
+            ]
         parts.append(pn.pane.HoloViews(self._bar_chart(), name="bars"))
         return pn.Column(*parts)
 
@@ -245,8 +277,9 @@ class ResultsView(pn.viewable.Viewer):
         if df.empty:
             where = Path(self.root).expanduser()
             why = "does not exist" if not where.exists() else "holds no run directory (config.yaml + metrics.jsonl)"
-            return alert(f"No runs: {str(where)!r} {why}. Train one with `atomizer train <config> --out "
-                         f"{where}/<run>`.", "info")
+            return alert(
+                f"No runs: {str(where)!r} {why}. Train one with `atomizer train <config> --out {where}/<run>`.", "info"
+            )
         cols = ["run", "model", "preset", "dataset", "status", "step", "last_loss", "best_val_macro_map"]
         show = df[[c for c in cols if c in df]].copy()
         show["updated"] = pd.to_datetime(df["updated"], unit="s").dt.strftime("%Y-%m-%d %H:%M:%S")
@@ -277,9 +310,13 @@ class ResultsView(pn.viewable.Viewer):
             pn.state.onload(self.start_polling)
         return pn.Column(
             controls,
-            "### Runs", pn.param.ParamMethod(self.runs_view, loading_indicator=True),
-            "### Test modalities", pn.param.ParamMethod(self.table_view, loading_indicator=True),
-            "### Sweeps", pn.param.ParamMethod(self.sweeps_view, loading_indicator=True),
-            "### Training curves", pn.param.ParamMethod(self.curves_view, loading_indicator=True),
+            "### Runs",
+            pn.param.ParamMethod(self.runs_view, loading_indicator=True),
+            "### Test modalities",
+            pn.param.ParamMethod(self.table_view, loading_indicator=True),
+            "### Sweeps",
+            pn.param.ParamMethod(self.sweeps_view, loading_indicator=True),
+            "### Training curves",
+            pn.param.ParamMethod(self.curves_view, loading_indicator=True),
             sizing_mode="stretch_width",
         )

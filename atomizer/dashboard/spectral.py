@@ -1,7 +1,7 @@
 """Spectral coverage: the RBF anchors of the spectral encoding, the bands of sensors, their codes.
 
-Every code shown here comes from :func:`atomizer.encodings.rbf_spectral_encoding` with the anchors of
-the encoding (:data:`atomizer.encodings.DEFAULT_ANCHORS` unless given): a band ``[c - w/2, c + w/2]``
+Every code shown here comes from :func:`atomizer.atoms.encodings.rbf_spectral_encoding` with the anchors of
+the encoding (:data:`atomizer.atoms.encodings.DEFAULT_ANCHORS` unless given): a band ``[c - w/2, c + w/2]``
 lights each Gaussian anchor by its maximum response over the band, then the vector is L2-normalised,
 so a wider band lights more anchors. The similarity of two bands is the cosine of their codes.
 
@@ -26,9 +26,9 @@ import panel as pn
 import param
 import torch
 
-from atomizer.bands import Sensor, get_sensor, list_sensors
+from atomizer.atoms.encodings import DEFAULT_ANCHORS, rbf_spectral_encoding
 from atomizer.dashboard._common import PLOT_HEIGHT, PLOT_WIDTH, alert, error_text
-from atomizer.encodings import DEFAULT_ANCHORS, rbf_spectral_encoding
+from atomizer.data.bands import Sensor, get_sensor, list_sensors
 
 #: The reflective range the anchors cover (nm).
 SPECTRAL_RANGE = (350.0, 2500.0)
@@ -58,20 +58,29 @@ def encode_bands(center_nm, width_nm, anchors=DEFAULT_ANCHORS) -> np.ndarray:
 class SpectralCoverage(pn.viewable.Viewer):
     """Where sensors' bands fall on the RBF anchors, and how the spectral code responds."""
 
-    sensors = param.ListSelector(default=["sentinel2", "landsat8"], objects=list(optical_sensors()),
-                                 doc="Catalogued sensors whose optical bands are drawn.")
+    sensors = param.ListSelector(
+        default=["sentinel2", "landsat8"],
+        objects=list(optical_sensors()),
+        doc="Catalogued sensors whose optical bands are drawn.",
+    )
     sidecar = param.String(default="", doc="Optional path of a sensor sidecar (.yaml/.json) to add.")
     band = param.Selector(default=None, objects=[], doc="Band whose encoding is shown as bars.")
-    center_nm = param.Number(default=865.0, bounds=SPECTRAL_RANGE, step=1.0,
-                             doc="Centre wavelength of the custom band (nm).")
-    width_nm = param.Number(default=20.0, bounds=(1.0, 1000.0), step=1.0,
-                            doc="Full width of the custom band (nm).")
-    sensor_a = param.Selector(default="sentinel2", objects=list(optical_sensors()),
-                              doc="Rows of the similarity matrix.")
-    sensor_b = param.Selector(default="landsat8", objects=list(optical_sensors()),
-                              doc="Columns of the similarity matrix.")
-    anchors = param.List(default=[tuple(map(float, a)) for a in DEFAULT_ANCHORS], item_type=tuple,
-                         doc="RBF anchors (mu_nm, sigma_nm) of the encoding.", precedence=-1)
+    center_nm = param.Number(
+        default=865.0, bounds=SPECTRAL_RANGE, step=1.0, doc="Centre wavelength of the custom band (nm)."
+    )
+    width_nm = param.Number(default=20.0, bounds=(1.0, 1000.0), step=1.0, doc="Full width of the custom band (nm).")
+    sensor_a = param.Selector(
+        default="sentinel2", objects=list(optical_sensors()), doc="Rows of the similarity matrix."
+    )
+    sensor_b = param.Selector(
+        default="landsat8", objects=list(optical_sensors()), doc="Columns of the similarity matrix."
+    )
+    anchors = param.List(
+        default=[tuple(map(float, a)) for a in DEFAULT_ANCHORS],
+        item_type=tuple,
+        doc="RBF anchors (mu_nm, sigma_nm) of the encoding.",
+        precedence=-1,
+    )
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -132,9 +141,18 @@ class SpectralCoverage(pn.viewable.Viewer):
         for sname, s in self.available_sensors().items():
             for b in s.bands:
                 lo, hi = b.interval_nm
-                rows.append({"sensor": sname, "band": b.name, "wavelength_nm": b.wavelength_nm,
-                             "bandwidth_nm": b.bandwidth_nm, "lo_nm": lo, "hi_nm": hi, "gsd_m": b.gsd_m,
-                             "label": f"{sname} {b.name}"})
+                rows.append(
+                    {
+                        "sensor": sname,
+                        "band": b.name,
+                        "wavelength_nm": b.wavelength_nm,
+                        "bandwidth_nm": b.bandwidth_nm,
+                        "lo_nm": lo,
+                        "hi_nm": hi,
+                        "gsd_m": b.gsd_m,
+                        "label": f"{sname} {b.name}",
+                    }
+                )
         cols = ["sensor", "band", "wavelength_nm", "bandwidth_nm", "lo_nm", "hi_nm", "gsd_m", "label"]
         return pd.DataFrame(rows, columns=cols)
 
@@ -165,10 +183,8 @@ class SpectralCoverage(pn.viewable.Viewer):
         s = self._all_sensors().get(sensor)
         if s is None:
             raise KeyError(f"unknown sensor {sensor!r}; available: {sorted(self._all_sensors())}")
-        codes = encode_bands([b.wavelength_nm for b in s.bands], [b.bandwidth_nm for b in s.bands],
-                             self.anchors)
-        return pd.DataFrame(codes, index=pd.Index(s.band_names, name="band"),
-                            columns=self.anchor_table()["anchor"])
+        codes = encode_bands([b.wavelength_nm for b in s.bands], [b.bandwidth_nm for b in s.bands], self.anchors)
+        return pd.DataFrame(codes, index=pd.Index(s.band_names, name="band"), columns=self.anchor_table()["anchor"])
 
     def similarity(self, sensor_a: str | None = None, sensor_b: str | None = None) -> pd.DataFrame:
         """Cosine similarity of the codes of the bands of two sensors (rows: ``sensor_a``)."""
@@ -183,31 +199,56 @@ class SpectralCoverage(pn.viewable.Viewer):
     def coverage_plot(self) -> hv.Overlay:
         """Anchors, bands, the selected band (red span) and the custom band (orange span)."""
         curves = self.anchor_curves()
-        layers = [hv.Curve((curves.index.values, curves[c].values), "wavelength_nm", "response",
-                           label="RBF anchors" if i == 0 else "")
-                  .opts(color="slategray", line_width=1.5, show_legend=i == 0)
-                  for i, c in enumerate(curves.columns)]
+        layers = [
+            hv.Curve(
+                (curves.index.values, curves[c].values),
+                "wavelength_nm",
+                "response",
+                label="RBF anchors" if i == 0 else "",
+            ).opts(color="slategray", line_width=1.5, show_legend=i == 0)
+            for i, c in enumerate(curves.columns)
+        ]
         t = self.band_table()
         names = list(dict.fromkeys(t["sensor"]))
         rows = []
         for i, sname in enumerate(names):
             y0 = -0.22 * (i + 1)
             for _, r in t[t["sensor"] == sname].iterrows():
-                rows.append((r["lo_nm"], y0, r["hi_nm"], y0 + 0.16, sname, r["band"], r["wavelength_nm"],
-                             r["bandwidth_nm"]))
-        rects = hv.Rectangles(rows, kdims=["x0", "y0", "x1", "y1"],
-                              vdims=["sensor", "band", "wavelength_nm", "bandwidth_nm"])
-        rects = rects.opts(color="sensor", cmap="Category10", line_color="black", line_width=0.5, alpha=0.7,
-                           tools=["hover"], show_legend=False)
-        labels = hv.Labels({"x": [SPECTRAL_RANGE[1] - 5] * len(names),
-                            "y": [-0.22 * (i + 1) + 0.08 for i in range(len(names))], "text": names},
-                           ["x", "y"], "text").opts(text_align="right", text_font_size="9pt",
-                                                    text_baseline="middle")
+                rows.append(
+                    (r["lo_nm"], y0, r["hi_nm"], y0 + 0.16, sname, r["band"], r["wavelength_nm"], r["bandwidth_nm"])
+                )
+        rects = hv.Rectangles(
+            rows, kdims=["x0", "y0", "x1", "y1"], vdims=["sensor", "band", "wavelength_nm", "bandwidth_nm"]
+        )
+        rects = rects.opts(
+            color="sensor",
+            cmap="Category10",
+            line_color="black",
+            line_width=0.5,
+            alpha=0.7,
+            tools=["hover"],
+            show_legend=False,
+        )
+        labels = hv.Labels(
+            {
+                "x": [SPECTRAL_RANGE[1] - 5] * len(names),
+                "y": [-0.22 * (i + 1) + 0.08 for i in range(len(names))],
+                "text": names,
+            },
+            ["x", "y"],
+            "text",
+        ).opts(text_align="right", text_font_size="9pt", text_baseline="middle")
         bottom = -0.22 * (len(names) + 1)
         return hv.Overlay([*layers, rects, labels, *self.highlight_plot()]).opts(
-            width=PLOT_WIDTH + 280, height=PLOT_HEIGHT + 40, xlim=SPECTRAL_RANGE, ylim=(bottom, 1.08),
-            xlabel="wavelength (nm)", ylabel="anchor response / bands",
-            title="RBF anchors over 350-2500 nm and sensor bands [centre ± width/2]", legend_position="top_right")
+            width=PLOT_WIDTH + 280,
+            height=PLOT_HEIGHT + 40,
+            xlim=SPECTRAL_RANGE,
+            ylim=(bottom, 1.08),
+            xlabel="wavelength (nm)",
+            ylabel="anchor response / bands",
+            title="RBF anchors over 350-2500 nm and sensor bands [centre ± width/2]",
+            legend_position="top_right",
+        )
 
     @param.depends("band", "center_nm", "width_nm")
     def highlight_plot(self) -> hv.Overlay:
@@ -215,8 +256,9 @@ class SpectralCoverage(pn.viewable.Viewer):
         t = self.band_table()
         row = t[t["label"] == self.band]
         if not row.empty:
-            spans.append(hv.VSpan(float(row["lo_nm"].iloc[0]), float(row["hi_nm"].iloc[0]))
-                         .opts(color="crimson", alpha=0.25))
+            spans.append(
+                hv.VSpan(float(row["lo_nm"].iloc[0]), float(row["hi_nm"].iloc[0])).opts(color="crimson", alpha=0.25)
+            )
         lo, hi = self.center_nm - self.width_nm / 2, self.center_nm + self.width_nm / 2
         spans.append(hv.VSpan(lo, hi).opts(color="orange", alpha=0.35))
         return hv.Overlay(spans)
@@ -224,8 +266,16 @@ class SpectralCoverage(pn.viewable.Viewer):
     def _bars(self, code: np.ndarray, vdim: str, title: str, color: str) -> hv.Bars:
         df = pd.DataFrame({"anchor": self.anchor_table()["anchor"], vdim: code})
         return hv.Bars(df, "anchor", vdim).opts(
-            width=PLOT_WIDTH // 2 + 140, height=PLOT_HEIGHT - 20, ylim=(0, 1.05), xrotation=60, color=color,
-            title=title, tools=["hover"], ylabel="normalised response", xlabel="anchor (mu±sigma nm)")
+            width=PLOT_WIDTH // 2 + 140,
+            height=PLOT_HEIGHT - 20,
+            ylim=(0, 1.05),
+            xrotation=60,
+            color=color,
+            title=title,
+            tools=["hover"],
+            ylabel="normalised response",
+            xlabel="anchor (mu±sigma nm)",
+        )
 
     @param.depends("band", "sensors", "sidecar", "anchors")
     def band_bars(self) -> hv.Bars:
@@ -240,8 +290,7 @@ class SpectralCoverage(pn.viewable.Viewer):
     @param.depends("center_nm", "width_nm", "anchors")
     def custom_bars(self) -> hv.Bars:
         code = self.custom_encoding()
-        title = (f"custom band {self.center_nm:g} ± {self.width_nm / 2:g} nm: "
-                 f"{self.lit_anchors(code)} anchors lit")
+        title = f"custom band {self.center_nm:g} ± {self.width_nm / 2:g} nm: {self.lit_anchors(code)} anchors lit"
         return self._bars(code, "custom_response", title, "darkorange")
 
     @param.depends("sensor_a", "sensor_b", "sidecar", "anchors")
@@ -249,17 +298,29 @@ class SpectralCoverage(pn.viewable.Viewer):
         sim = self.similarity()
         rows = hv.Dimension("row_band", label=f"{self.sensor_a} band")
         cols = hv.Dimension("col_band", label=f"{self.sensor_b} band")
-        df = pd.DataFrame({"row_band": np.repeat(sim.index.values, sim.shape[1]),
-                           "col_band": np.tile(sim.columns.values, sim.shape[0]),
-                           "cosine": sim.values.ravel()})
+        df = pd.DataFrame(
+            {
+                "row_band": np.repeat(sim.index.values, sim.shape[1]),
+                "col_band": np.tile(sim.columns.values, sim.shape[0]),
+                "cosine": sim.values.ravel(),
+            }
+        )
         hm = hv.HeatMap(df, [cols, rows], "cosine")
         n = max(len(sim.index), len(sim.columns))
         big = n > 40
         return hm.opts(
-            cmap="viridis", clim=(0, 1), colorbar=True, tools=["hover"], xrotation=90,
-            width=PLOT_WIDTH + 60, height=PLOT_HEIGHT + 120, invert_yaxis=True,
-            xaxis=None if big else "bottom", yaxis=None if big else "left",
-            title=f"cosine similarity of spectral codes: {self.sensor_a} x {self.sensor_b}")
+            cmap="viridis",
+            clim=(0, 1),
+            colorbar=True,
+            tools=["hover"],
+            xrotation=90,
+            width=PLOT_WIDTH + 60,
+            height=PLOT_HEIGHT + 120,
+            invert_yaxis=True,
+            xaxis=None if big else "bottom",
+            yaxis=None if big else "left",
+            title=f"cosine similarity of spectral codes: {self.sensor_a} x {self.sensor_b}",
+        )
 
     @param.depends("sidecar")
     def _messages(self):
@@ -272,8 +333,9 @@ class SpectralCoverage(pn.viewable.Viewer):
         controls = pn.Column(
             "### Sensors",
             w.MultiChoice.from_param(self.param.sensors, name="Sensors (optical bands)"),
-            w.TextInput.from_param(self.param.sidecar, name="Sidecar (.yaml/.json path)",
-                                   placeholder="path/to/my_sensor.yaml"),
+            w.TextInput.from_param(
+                self.param.sidecar, name="Sidecar (.yaml/.json path)", placeholder="path/to/my_sensor.yaml"
+            ),
             pn.panel(self._messages),
             w.Select.from_param(self.param.band, name="Band to encode"),
             "### Custom band",
@@ -286,8 +348,10 @@ class SpectralCoverage(pn.viewable.Viewer):
         )
         plots = pn.Column(
             pn.param.ParamMethod(self.coverage_plot, name="coverage"),
-            pn.Row(pn.pane.HoloViews(hv.DynamicMap(self.band_bars), name="band_bars"),
-                   pn.pane.HoloViews(hv.DynamicMap(self.custom_bars), name="custom_bars")),
+            pn.Row(
+                pn.pane.HoloViews(hv.DynamicMap(self.band_bars), name="band_bars"),
+                pn.pane.HoloViews(hv.DynamicMap(self.custom_bars), name="custom_bars"),
+            ),
             pn.param.ParamMethod(self.similarity_plot, name="similarity"),
         )
         return pn.Row(controls, plots)

@@ -18,24 +18,40 @@ An atom's feature vector is ``concat(phi_I(value), phi_pos(x), phi_pos(y), phi_b
 * :func:`time_encoding` -- optional acquisition date (day of year on the circle, year).
 
 Because value, x, y and band features depend on few distinct inputs, the model projects them
-separately and sums (see :class:`atomizer.model.FactorizedTokenProjection`).
+separately and sums (see :class:`atomizer.models.atomizer.FactorizedTokenProjection`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from atomizer.tokens import EXTRA_CHANNELS
+from atomizer.atoms.tokens import EXTRA_CHANNELS
+from atomizer.core.config import Config
 
 #: The 16 anchors (mu, sigma) in nm of the method note: dense in 380-940 nm, few and wide in the SWIR.
 DEFAULT_ANCHORS: tuple[tuple[float, float], ...] = (
-    (380, 15), (424, 15), (468, 15), (513, 15), (557, 15), (602, 15), (646, 15), (691, 15),
-    (735, 15), (780, 15), (850, 15), (940, 15), (1200, 80), (1400, 30), (1600, 40), (2100, 120),
+    (380, 15),
+    (424, 15),
+    (468, 15),
+    (513, 15),
+    (557, 15),
+    (602, 15),
+    (646, 15),
+    (691, 15),
+    (735, 15),
+    (780, 15),
+    (850, 15),
+    (940, 15),
+    (1200, 80),
+    (1400, 30),
+    (1600, 40),
+    (2100, 120),
 )
 
 #: Fixed, sensor-free affine maps of physical values to roughly [-1, 1]: (centre, half range), per domain.
@@ -64,8 +80,9 @@ def fourier_dim(num_bands: int, include_raw: bool = True) -> int:
     return 2 * num_bands + int(include_raw)
 
 
-def normalize_values(value: Tensor, extra_channel: Tensor, mean: Tensor | None = None,
-                     std: Tensor | None = None) -> Tensor:
+def normalize_values(
+    value: Tensor, extra_channel: Tensor, mean: Tensor | None = None, std: Tensor | None = None
+) -> Tensor:
     """Map physical values to the encoder's scale, clamped to ``[-4, 4]``.
 
     Args:
@@ -89,8 +106,9 @@ def normalize_values(value: Tensor, extra_channel: Tensor, mean: Tensor | None =
     return ((value - c) / h).clamp(-VALUE_CLAMP, VALUE_CLAMP)
 
 
-def positional_encoding(offset_m: Tensor, num_bands: int, max_freq: float, ref_m: float = 600.0,
-                        include_raw: bool = True) -> Tensor:
+def positional_encoding(
+    offset_m: Tensor, num_bands: int, max_freq: float, ref_m: float = 600.0, include_raw: bool = True
+) -> Tensor:
     """Resolution-modulated positional code of one axis: ``gamma(offset_m / ref_m)``.
 
     Args:
@@ -101,8 +119,9 @@ def positional_encoding(offset_m: Tensor, num_bands: int, max_freq: float, ref_m
     return fourier_features(offset_m / ref_m, num_bands, max_freq, include_raw)
 
 
-def positional_grid(size_px: int, gsd_m: float, num_bands: int, max_freq: float, ref_m: float = 600.0,
-                    include_raw: bool = True) -> Tensor:
+def positional_grid(
+    size_px: int, gsd_m: float, num_bands: int, max_freq: float, ref_m: float = 600.0, include_raw: bool = True
+) -> Tensor:
     """Codes of the pixel centres of a ``size_px`` x ``size_px`` image at ``gsd_m``: (H, W, 2, D).
 
     ``[..., 0, :]`` is the x (east) code and ``[..., 1, :]`` the y (north) code. For dashboards.
@@ -120,9 +139,13 @@ def anchors_tensor(anchors: Sequence[Sequence[float]] = DEFAULT_ANCHORS) -> tupl
     return a[:, 0], a[:, 1]
 
 
-def rbf_spectral_encoding(center_nm: Tensor, width_nm: Tensor,
-                          anchors: Sequence[Sequence[float]] = DEFAULT_ANCHORS,
-                          extra_channel: Tensor | None = None, num_samples: int = 33) -> Tensor:
+def rbf_spectral_encoding(
+    center_nm: Tensor,
+    width_nm: Tensor,
+    anchors: Sequence[Sequence[float]] = DEFAULT_ANCHORS,
+    extra_channel: Tensor | None = None,
+    num_samples: int = 33,
+) -> Tensor:
     """Non-uniform RBF code of bands: ``(B,), (B,) -> (B, K + len(EXTRA_CHANNELS))``.
 
     For a band ``[c - w/2, c + w/2]``, ``num_samples`` wavelengths are taken uniformly in it; anchor
@@ -158,8 +181,10 @@ def time_encoding(day_of_year: Tensor, year: Tensor, ref_year: float = 2015.0) -
 
 
 @dataclass(frozen=True)
-class EncodingConfig:
-    """Sizes of the atom encodings (part of :class:`atomizer.model.AtomizerConfig`)."""
+class EncodingConfig(Config):
+    """Sizes of the atom encodings (part of :class:`atomizer.models.atomizer.AtomizerConfig`)."""
+
+    kind: ClassVar[str] = "encoding"
 
     value_bands: int = 16
     value_max_freq: float = 16.0
@@ -201,18 +226,20 @@ class AtomEncoder(nn.Module):
         self.cfg = cfg
         self.band_stats = dict(band_stats or {})
 
-    def value_features(self, batch, value: Tensor | None = None, band: Tensor | None = None) -> Tensor:
-        """Fourier features of the normalised values of ``batch`` (or of ``value``/``band``, a slice of it)."""
-        value = batch.value if value is None else value
-        band = batch.band if band is None else band
+    def value_features(
+        self, batch, value: Tensor | None = None, band: Tensor | None = None, mask: Tensor | None = None
+    ) -> Tensor:
+        """Fourier features of the normalised values of ``batch`` (or of ``value``/``band``/``mask``, a
+        slice of it). Masked atoms (padding, nodata) read 0 whatever they hold, so a NaN there is inert."""
+        if value is None:
+            value, band, mask = batch.value, batch.band, batch.mask
+        value = torch.where(mask, value, torch.zeros((), dtype=value.dtype, device=value.device))
         extra = batch.band_table[:, 3][band]
         mean = std = None
         if self.band_stats:
             nan = float("nan")
-            m = torch.tensor([self.band_stats.get(n, (nan, nan))[0] for n in batch.band_names],
-                             device=value.device)
-            s = torch.tensor([self.band_stats.get(n, (nan, nan))[1] for n in batch.band_names],
-                             device=value.device)
+            m = torch.tensor([self.band_stats.get(n, (nan, nan))[0] for n in batch.band_names], device=value.device)
+            s = torch.tensor([self.band_stats.get(n, (nan, nan))[1] for n in batch.band_names], device=value.device)
             mean, std = m[band], s[band]
         x = normalize_values(value, extra, mean, std)
         return fourier_features(x, self.cfg.value_bands, self.cfg.value_max_freq)
@@ -221,16 +248,25 @@ class AtomEncoder(nn.Module):
         return positional_encoding(coords, self.cfg.pos_bands, self.cfg.pos_max_freq, self.cfg.pos_ref_m)
 
     def band_features(self, band_table: Tensor) -> Tensor:
-        spec = rbf_spectral_encoding(band_table[:, 0].cpu(), band_table[:, 1].cpu(), self.cfg.anchors,
-                                     band_table[:, 3].cpu(), self.cfg.spectral_samples).to(band_table.device)
+        spec = rbf_spectral_encoding(
+            band_table[:, 0].cpu(),
+            band_table[:, 1].cpu(),
+            self.cfg.anchors,
+            band_table[:, 3].cpu(),
+            self.cfg.spectral_samples,
+        ).to(band_table.device)
         parts = [spec, gsd_encoding(band_table[:, 2], self.cfg.gsd_bands)]
         if self.cfg.use_time:  # the acquisition date rides on the band rows (band tables are per image)
             parts.append(time_encoding(band_table[:, 4], band_table[:, 5]).nan_to_num(0.0))
         return torch.cat(parts, -1)
 
     def parts(self, batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return (self.value_features(batch), self.coord_features(batch.coord_x),
-                self.coord_features(batch.coord_y), self.band_features(batch.band_table))
+        return (
+            self.value_features(batch),
+            self.coord_features(batch.coord_x),
+            self.coord_features(batch.coord_y),
+            self.band_features(batch.band_table),
+        )
 
     def materialize(self, batch) -> Tensor:
         """The full (S, N, token_dim) token features (reference path, tests and plots only)."""

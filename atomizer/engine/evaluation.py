@@ -8,53 +8,71 @@ Nothing is overwritten silently: :func:`save_results` refuses an existing file u
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 import xarray as xr
+from tqdm.auto import tqdm
 
-from atomizer.checkpoint import load_model, read_checkpoint
-from atomizer.datasets import open_dataset
-from atomizer.metrics import classification_metrics, metric_names
-from atomizer.modalities import Modality, ModalitySet, load_modalities
-from atomizer.pipeline import CanvasSpec, InMemory, ModalityDataset
-from atomizer.registry import input_kind
-from atomizer.storage import atomic_write_bytes, atomic_write_json
-from atomizer.training import pick_device, predict_dataset
-
-#: The paper's published numbers (macro mAP %, BigEarthNet), for reference marks in plots.
-PAPER_TABLE1 = {
-    "perceiver": [16.47, 19.89, 14.73, 22.17, 14.73, 22.28],
-    "vit": [17.29, 19.77, 32.85, 18.12, 15.79, 26.98],
-    "resnet": [17.91, 19.37, 38.33, 22.36, 14.52, 22.86],
-    "scalemae": [20.89, 20.32, 34.92, 25.70, 19.61, 26.90],
-    "atomizer": [42.50, 35.63, 43.34, 37.53, 32.28, 47.74],
-}
-PAPER_RESOLUTION_SWEEP = {20.0: 48.66, 26.7: 48.56, 40.0: 47.88, 80.0: 44.09}
-PAPER_SIZE_SWEEP = {30: 37.98, 60: 45.89, 90: 47.96, 120: 48.66}
+from atomizer.atoms.canvas import CanvasSpec
+from atomizer.core.runtime import autocast, pick_device
+from atomizer.core.storage import atomic_write_bytes, atomic_write_json
+from atomizer.data.datasets import open_dataset
+from atomizer.data.modalities import Modality, ModalitySet, load_modalities
+from atomizer.engine.loaders import InMemory, ModalityDataset, collate_items
+from atomizer.engine.metrics import classification_metrics, metric_names
+from atomizer.models.checkpoint import load_model, read_checkpoint
+from atomizer.models.registry import input_type
 
 
-def evaluate_model(model: torch.nn.Module, dataset, modalities: Sequence[Modality], canvas: CanvasSpec,
-                   batch_size: int = 16, device: str = "auto", model_name: str = "model") -> xr.Dataset:
+@torch.no_grad()
+def predict_dataset(
+    model: torch.nn.Module,
+    ds: ModalityDataset,
+    batch_size: int,
+    device: torch.device,
+    desc: str = "eval",
+    precision: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, targets) of every item, in order, with the model in eval mode."""
+    model.eval()
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate_items)
+    logits, targets = [], []
+    for b in tqdm(loader, desc=desc, leave=False, disable=None):
+        with autocast(precision, device):
+            logits.append(model(b["input"].to(device, non_blocking=True)).float().cpu())
+        targets.append(b["target"])
+    return torch.cat(logits), torch.cat(targets)
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    dataset,
+    modalities: Sequence[Modality],
+    canvas: CanvasSpec,
+    batch_size: int = 16,
+    device: str = "auto",
+    model_name: str = "model",
+) -> xr.Dataset:
     """Scores of ``model`` on ``dataset`` under each modality (every image gets that modality)."""
     dev = pick_device(device)
     model = model.to(dev).eval()
-    kind = input_kind(model)
     names = metric_names(dataset.multilabel)
     scores = np.full((1, len(modalities), len(names)), np.nan)
     source = InMemory(dataset)  # read every image once, whatever the number of modalities
     for j, m in enumerate(modalities):
-        ds = ModalityDataset(source, [m], None, kind, canvas, cache=False)
+        ds = ModalityDataset(source, [m], None, input_type(model), canvas, cache=False)
         logits, targets = predict_dataset(model, ds, batch_size, dev, desc=f"{model_name} {m.name}")
         met = classification_metrics(logits, targets)
         scores[0, j] = [met[k] for k in names]
     return results_dataset(scores, [model_name], modalities, names)
 
 
-def results_dataset(scores: np.ndarray, models: Sequence[str], modalities: Sequence[Modality],
-                    metrics: Sequence[str], **attrs: object) -> xr.Dataset:
+def results_dataset(
+    scores: np.ndarray, models: Sequence[str], modalities: Sequence[Modality], metrics: Sequence[str], **attrs: object
+) -> xr.Dataset:
     return xr.Dataset(
         {"score": (("model", "modality", "metric"), scores)},
         coords={
@@ -69,9 +87,16 @@ def results_dataset(scores: np.ndarray, models: Sequence[str], modalities: Seque
     )
 
 
-def evaluate_checkpoint(checkpoint: str | Path, modalities: str | Path | ModalitySet,
-                        dataset: str | None = None, split: str = "test", data_root: str | None = None,
-                        batch_size: int = 16, device: str = "auto", model_name: str | None = None) -> xr.Dataset:
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    modalities: str | Path | ModalitySet,
+    dataset: str | None = None,
+    split: str = "test",
+    data_root: str | None = None,
+    batch_size: int = 16,
+    device: str = "auto",
+    model_name: str | None = None,
+) -> xr.Dataset:
     """Evaluate a training checkpoint on every modality of a modality file."""
     payload = read_checkpoint(checkpoint)
     tc = payload["extra"].get("train_config", {})
@@ -83,13 +108,20 @@ def evaluate_checkpoint(checkpoint: str | Path, modalities: str | Path | Modalit
     canvas = CanvasSpec(int(mods.source_size_px or 64), float(mods.source_gsd_m or 10.0))
     name = model_name or payload["arch"]
     res = evaluate_model(model, ds, mods.modalities, canvas, batch_size, device, name)
-    res.attrs.update({"checkpoint": str(checkpoint), "modality_set": mods.name, "split": split,
-                      "dataset": str(dataset or tc.get("dataset"))})
+    res.attrs.update(
+        {
+            "checkpoint": str(checkpoint),
+            "modality_set": mods.name,
+            "split": split,
+            "dataset": str(dataset or tc.get("dataset")),
+        }
+    )
     return res
 
 
-def sweep_modalities(kind: str, source_size_px: int, source_gsd_m: float, bands: Sequence[str],
-                     values: Sequence[float]) -> list[Modality]:
+def sweep_modalities(
+    kind: str, source_size_px: int, source_gsd_m: float, bands: Sequence[str], values: Sequence[float]
+) -> list[Modality]:
     """Modalities of a GSD sweep (``kind="gsd"``: same ground extent, coarser pixels) or a size sweep
     (``kind="size"``: centred crops at the source GSD)."""
     extent = source_size_px * source_gsd_m

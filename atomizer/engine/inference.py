@@ -10,35 +10,38 @@ from pathlib import Path
 
 import torch
 
-from atomizer.bands import Sensor
-from atomizer.checkpoint import load_model, read_checkpoint
-from atomizer.modalities import load_modalities
-from atomizer.pipeline import CanvasSpec, model_input
-from atomizer.readers import open_image
-from atomizer.registry import input_kind
-from atomizer.tokens import AtomBatch
+from atomizer.atoms.canvas import CanvasSpec
+from atomizer.atoms.tokens import AtomBatch
+from atomizer.data.bands import Sensor
+from atomizer.data.modalities import load_modalities
+from atomizer.data.readers import open_image
+from atomizer.engine.loaders import model_input
+from atomizer.models.checkpoint import load_model, read_checkpoint
+from atomizer.models.registry import input_type
 
 
 @torch.no_grad()
-def predict_image(checkpoint: str | Path, path: str | Path, sensor: str | Path | Sensor | None = None,
-                  chunk_size: int = 262144, device: str = "cpu") -> dict[str, float]:
+def predict_image(
+    checkpoint: str | Path,
+    path: str | Path,
+    sensor: str | Path | Sensor | None = None,
+    chunk_size: int = 262144,
+    device: str = "cpu",
+) -> dict[str, float]:
     """Class probabilities (sigmoid for multi-label models, softmax otherwise) for one image."""
     payload = read_checkpoint(checkpoint)
     extra = payload["extra"]
     classes = extra.get("classes") or [f"class_{i}" for i in range(payload["config"]["num_classes"])]
     model = load_model(checkpoint).to(device)
     image = open_image(path, sensor=sensor)
-    kind = input_kind(model)
+    kind = input_type(model)
     canvas = None
-    if kind == "canvas" and extra.get("train_modalities"):
+    if extra.get("train_modalities"):
         mods = load_modalities(extra["train_modalities"])
         canvas = CanvasSpec(int(mods.source_size_px or 64), float(mods.source_gsd_m or 10.0))
-    inputs = model_input(image, kind, canvas)
-    if isinstance(inputs, AtomBatch):
-        logits = model(inputs.to(device), chunk_size=chunk_size)
-    else:
-        x, gsd = inputs
-        logits = model(x[None].to(device), gsd[None].to(device))
+    batch = model_input(image, kind, canvas).to(device)
+    # atoms stream through the cross-attention in chunks: bounded memory whatever the image size
+    logits = model(batch, chunk_size=chunk_size) if kind is AtomBatch else model(batch)
     multilabel = extra.get("multilabel", True)
     probs = logits[0].float().sigmoid() if multilabel else logits[0].float().softmax(-1)
     return dict(zip(classes, probs.tolist()))

@@ -1,6 +1,6 @@
 """The results store: a folder tree of runs that dashboards and notebooks read.
 
-A *run directory* is what :func:`atomizer.training.train` writes, plus the evaluation files::
+A *run directory* is what :func:`atomizer.engine.training.train` writes, plus the evaluation files::
 
     <run>/config.yaml            the TrainConfig used
     <run>/metrics.jsonl          one JSON object per training step / validation (grows while running)
@@ -75,15 +75,24 @@ def find_runs(root: str | Path) -> pd.DataFrame:
             status = "trained"
         else:
             status = "running"
-        rows.append({
-            "run": run_label(d, root), "path": str(d), "model": cfg.get("model"), "preset": cfg.get("preset"),
-            "dataset": cfg.get("dataset"), "seed": cfg.get("seed"), "status": status,
-            "step": int(train["step"].max()) if len(train) else 0,
-            "last_loss": float(train["loss"].iloc[-1]) if len(train) else float("nan"),
-            "best_val_macro_map": float(val["macro_map"].max()) if len(val) and "macro_map" in val else float("nan"),
-            "updated": max((os.path.getmtime(p) for p in d.iterdir()), default=0.0),
-            **{f"has_{k}": (d / f).exists() for k, f in RESULT_FILES.items()},
-        })
+        rows.append(
+            {
+                "run": run_label(d, root),
+                "path": str(d),
+                "model": cfg.get("model"),
+                "preset": cfg.get("preset"),
+                "dataset": cfg.get("dataset"),
+                "seed": cfg.get("seed"),
+                "status": status,
+                "step": int(train["step"].max()) if len(train) else 0,
+                "last_loss": float(train["loss"].iloc[-1]) if len(train) else float("nan"),
+                "best_val_macro_map": float(val["macro_map"].max())
+                if len(val) and "macro_map" in val
+                else float("nan"),
+                "updated": max((os.path.getmtime(p) for p in d.iterdir()), default=0.0),
+                **{f"has_{k}": (d / f).exists() for k, f in RESULT_FILES.items()},
+            }
+        )
     return pd.DataFrame(rows)
 
 

@@ -1,34 +1,32 @@
 """PyTorch datasets over the readers: BigEarthNet (npz, official v1 and v2 layouts) and EuroSAT-MS.
 
 Each item is a dict ``{"image": xarray.Dataset, "target": Tensor, "id": str}``: the image on its
-native grids (see :mod:`atomizer.readers`) and a 19-class multi-hot (BigEarthNet) or a class index
-(EuroSAT). Modalities and tokenisation are applied downstream (:mod:`atomizer.training`).
+native grids (see :mod:`atomizer.data.readers`) and a 19-class multi-hot (BigEarthNet) or a class index
+(EuroSAT). Modalities and tokenisation are applied downstream (:mod:`atomizer.engine.training`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from atomizer.paths import data_dir
-from atomizer.readers import read_band_folder, read_bigearthnet_npz, read_eurosat
+from atomizer.core.paths import embedded_dir
+from atomizer.data.readers import read_band_folder, read_bigearthnet_npz, read_eurosat
 
-EMBEDDED = {
-    "bigearthnet": Path("embedded") / "bigearthnet",
-    "eurosat": Path("embedded") / "eurosat",
-}
+EMBEDDED = {"bigearthnet": "bigearthnet", "eurosat": "eurosat"}
 
 
 def embedded_path(name: str) -> Path:
-    """Folder of an embedded dataset shipped in ``data/`` ("bigearthnet" or "eurosat")."""
+    """Folder of an embedded dataset shipped in ``data/embedded`` (see :func:`atomizer.core.paths.data_dir`) ("bigearthnet" or "eurosat")."""
     if name not in EMBEDDED:
         raise KeyError(f"unknown embedded dataset {name!r}; choose from {sorted(EMBEDDED)}")
-    return data_dir() / EMBEDDED[name]
+    return embedded_dir() / EMBEDDED[name]
 
 
 def ben19_classes(nomenclature: str | Path | None = None) -> list[str]:
@@ -125,8 +123,9 @@ class BigEarthNetNpz(_ImageDataset):
                 continue
             if split is None and not m.get("split"):
                 continue
-            self.records.append({"id": m["patch_id"], "labels": m["labels_19"],
-                                 "path": self.root / "patches" / f"{m['patch_id']}.npz"})
+            self.records.append(
+                {"id": m["patch_id"], "labels": m["labels_19"], "path": self.root / "patches" / f"{m['patch_id']}.npz"}
+            )
 
     def load(self, r: dict):
         return read_bigearthnet_npz(r["path"], include_s1=self.include_s1)
@@ -151,9 +150,17 @@ class BigEarthNetOfficial(_ImageDataset):
         check_files: Drop records whose folder is missing (useful for partial downloads).
     """
 
-    def __init__(self, root: str | Path, version: str = "v2", metadata: str | Path | None = None,
-                 split: str | None = None, max_per_class: int | None = None, seed: int = 0,
-                 check_files: bool = True, nomenclature: str | Path | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        version: str = "v2",
+        metadata: str | Path | None = None,
+        split: str | None = None,
+        max_per_class: int | None = None,
+        seed: int = 0,
+        check_files: bool = True,
+        nomenclature: str | Path | None = None,
+    ):
         super().__init__()
         self.root = Path(root)
         self.version = version
@@ -218,8 +225,14 @@ class EuroSAT(_ImageDataset):
             df = df[df["split"] == split]
         self.classes = sorted(pd.read_csv(self.root / "index.csv")["label"].unique())
         for path, label in zip(df["path"], df["label"]):
-            self.records.append({"id": Path(path).stem, "label_idx": self.classes.index(label),
-                                 "labels": [label], "path": self.root / path})
+            self.records.append(
+                {
+                    "id": Path(path).stem,
+                    "label_idx": self.classes.index(label),
+                    "labels": [label],
+                    "path": self.root / path,
+                }
+            )
 
     def load(self, r: dict):
         return read_eurosat(r["path"])
@@ -232,3 +245,29 @@ def open_dataset(name: str, split: str | None = None, root: str | Path | None = 
     if name in ("bigearthnet", "ben"):
         return BigEarthNetNpz(root, split)
     raise KeyError(f"unknown dataset {name!r}; choose 'eurosat' or 'bigearthnet'")
+
+
+@lru_cache(maxsize=1)
+def embedded_items() -> dict[str, str]:
+    """Label -> path of the embedded inputs: EuroSAT-MS tiles and BigEarthNet patches (test split first)."""
+    items: dict[str, str] = {}
+    order = {"test": 0, "validation": 1, "train": 2}
+    try:
+        root = embedded_path("eurosat")
+        df = pd.read_csv(root / "split.csv")
+        df = df.assign(o=df["split"].map(order).fillna(3)).sort_values(["o", "path"], kind="stable")
+        for p, s in zip(df["path"], df["split"]):
+            items[f"EuroSAT ({s}) {Path(p).stem}"] = str(root / p)
+    except (OSError, KeyError, ValueError):
+        pass
+    try:
+        root = embedded_path("bigearthnet")
+        meta = json.loads((root / "metadata.json").read_text())
+        meta = sorted(meta, key=lambda m: (order.get(m.get("split"), 3), m["patch_id"]))
+        for m in meta:
+            p = root / "patches" / f"{m['patch_id']}.npz"
+            if p.is_file():
+                items[f"BigEarthNet ({m.get('split') or '-'}) {m['patch_id']}"] = str(p)
+    except (OSError, KeyError, ValueError):
+        pass
+    return items

@@ -1,7 +1,8 @@
 """The Atomizer encoder: a Perceiver that reads a set of atoms through cross-attention into latents.
 
-Read top to bottom: config and presets, the factorised token projection, one ``Attention`` for cross
-and self attention, the GEGLU feed-forward, the blocks, the model.
+Read top to bottom: config and presets, the blocks, the model. The layers (the factorised token
+projection, one ``Attention`` for cross and self attention, the GEGLU feed-forward, the pooling head)
+are in :mod:`atomizer.models.layers`.
 
 Shapes: S sets in a batch, N atoms per set (padded), K atoms kept after pruning, L latents, D latent
 width, H heads, C classes.
@@ -10,18 +11,19 @@ width, H heads, C classes.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-from torch.utils.checkpoint import (CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts,
-                                    noop_context_fn)
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts, noop_context_fn
 
-from atomizer.encodings import AtomEncoder, EncodingConfig
-from atomizer.tokens import AtomBatch
+from atomizer.atoms.encodings import AtomEncoder, EncodingConfig
+from atomizer.atoms.tokens import AtomBatch
+from atomizer.core.config import Config
+from atomizer.models.layers import Attention, AttentionPool, FactorizedTokenProjection, FeedForward
 
 # --------------------------------------------------------------------------------------------------
 # Config
@@ -29,8 +31,10 @@ from atomizer.tokens import AtomBatch
 
 
 @dataclass(frozen=True)
-class AtomizerConfig:
+class AtomizerConfig(Config):
     """Hyper-parameters of :class:`Atomizer`. See :data:`PRESETS` for named settings."""
+
+    kind: ClassVar[str] = "model"
 
     num_classes: int = 19
     num_latents: int = 128
@@ -60,152 +64,49 @@ class AtomizerConfig:
             object.__setattr__(self, "encoding", EncodingConfig(**enc))
         object.__setattr__(self, "band_stats", {k: tuple(v) for k, v in dict(self.band_stats).items()})
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["encoding"]["anchors"] = [list(a) for a in d["encoding"]["anchors"]]
-        d["band_stats"] = {k: list(v) for k, v in self.band_stats.items()}
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "AtomizerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown AtomizerConfig field(s): {sorted(unknown)}")
-        return cls(**d)
-
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "AtomizerConfig":
+        """A named preset (:data:`PRESETS`) with ``overrides`` (validated like any config)."""
         if name not in PRESETS:
             raise KeyError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
+        if not overrides:
+            return PRESETS[name]
+        return cls.from_dict({**PRESETS[name].to_dict(), **overrides})
 
 
 PRESETS: dict[str, AtomizerConfig] = {
     # CI: a forward pass on a native BigEarthNet patch (80,000 atoms) well under a second on CPU.
-    "tiny": AtomizerConfig(num_latents=16, latent_dim=64, depth=2, self_per_cross=1, cross_dim_head=32,
-                           latent_heads=2, latent_dim_head=32, ff_mult=2,
-                           encoding=EncodingConfig(value_bands=8, value_max_freq=8, pos_bands=8, pos_max_freq=8)),
+    "tiny": AtomizerConfig(
+        num_latents=16,
+        latent_dim=64,
+        depth=2,
+        self_per_cross=1,
+        cross_dim_head=32,
+        latent_heads=2,
+        latent_dim_head=32,
+        ff_mult=2,
+        encoding=EncodingConfig(value_bands=8, value_max_freq=8, pos_bands=8, pos_max_freq=8),
+    ),
     # CPU experiments on the embedded data.
-    "small": AtomizerConfig(num_latents=32, latent_dim=128, depth=4, self_per_cross=2, cross_dim_head=64,
-                            latent_heads=4, latent_dim_head=32, ff_mult=2,
-                            encoding=EncodingConfig(value_bands=16, value_max_freq=16, pos_bands=16,
-                                                    pos_max_freq=16)),
+    "small": AtomizerConfig(
+        num_latents=32,
+        latent_dim=128,
+        depth=4,
+        self_per_cross=2,
+        cross_dim_head=64,
+        latent_heads=4,
+        latent_dim_head=32,
+        ff_mult=2,
+        encoding=EncodingConfig(value_bands=16, value_max_freq=16, pos_bands=16, pos_max_freq=16),
+    ),
     # The paper: 4 x (cross + 4 self), latent dim 512, 8 x 64 latent heads, 1 x 64 cross head, 128 latents.
     "paper": AtomizerConfig(checkpoint_tokens=True),
 }
 
 
 # --------------------------------------------------------------------------------------------------
-# Token projection without materialising tokens
+# Blocks
 # --------------------------------------------------------------------------------------------------
-
-
-class FactorizedTokenProjection(nn.Module):
-    """``Linear(LayerNorm(concat(parts)))`` computed from the parts, never the concatenation.
-
-    A token is ``t = concat(v, x, y, b)`` where ``v`` is per atom, ``x``/``y`` rows of coordinate tables
-    and ``b`` rows of the band table. With ``A = W diag(gamma)`` split into column blocks,
-    ``W LN(t) = (A_v v + A_x x + A_y y + A_b b - mean(t) A 1) / std(t) + W beta``, and ``mean(t)``,
-    ``var(t)`` follow from per-part sums and sums of squares. Only the small tables are projected; each
-    atom costs four gathered adds of ``out_dim`` numbers.
-    """
-
-    def __init__(self, part_dims: tuple[int, int, int, int], out_dim: int, eps: float = 1e-5):
-        super().__init__()
-        self.part_dims = tuple(part_dims)
-        self.token_dim = sum(part_dims)
-        self.norm = nn.LayerNorm(self.token_dim, eps=eps)
-        self.proj = nn.Linear(self.token_dim, out_dim, bias=False)
-
-    def reference(self, tokens: Tensor) -> Tensor:
-        """The materialised path: ``(S, N, token_dim) -> (S, N, out)``."""
-        return self.proj(self.norm(tokens))
-
-    def forward(self, v: Tensor, fx: Tensor, fy: Tensor, fb: Tensor, xi: Tensor, yi: Tensor,
-                band: Tensor) -> Tensor:
-        """v (S,K,Dv); fx (X,Dp); fy (Y,Dp); fb (B,Db); xi, yi, band (S,K) -> (S, K, out)."""
-        a = self.proj.weight * self.norm.weight  # (out, D)
-        av, ax, ay, ab = a.split(self.part_dims, dim=1)
-        bias = self.proj.weight @ self.norm.bias  # (out,)
-        a1 = a.sum(1)  # (out,)
-        d = self.token_dim
-        # LayerNorm statistics from per-row sums and sums of squares of each part (S, K, 1)
-        s = (v.sum(-1) + fx.sum(-1)[xi] + fy.sum(-1)[yi] + fb.sum(-1)[band])[..., None]
-        q = (v.square().sum(-1) + fx.square().sum(-1)[xi] + fy.square().sum(-1)[yi]
-             + fb.square().sum(-1)[band])[..., None]
-        mean = s / d
-        rstd = torch.rsqrt((q / d - mean.square()).clamp_min(0) + self.norm.eps)
-        # projections: the per-atom part, then the table parts gathered and added in place, so one
-        # atoms-sized buffer lives at a time (embedding's backward is a fast index_add)
-        proj = v @ av.T  # (S, K, out)
-        proj += F.embedding(xi, fx @ ax.T)
-        proj += F.embedding(yi, fy @ ay.T)
-        proj += F.embedding(band, fb @ ab.T)
-        if rstd.requires_grad:  # learnable feature tables (e.g. a spectral adapter): keep autograd's inputs
-            return torch.addcmul(bias, torch.addcmul(proj, mean, a1, value=-1.0), rstd)
-        return proj.addcmul_(mean, a1, value=-1.0).mul_(rstd).add_(bias)  # fixed features: in place
-
-
-# --------------------------------------------------------------------------------------------------
-# Attention and feed-forward
-# --------------------------------------------------------------------------------------------------
-
-
-class Attention(nn.Module):
-    """Multi-head attention for both cross and self attention (queries ``x``, keys/values ``context``).
-
-    With ``kv_dim=None`` the module projects keys and values itself (from ``context`` or ``x``);
-    otherwise the caller passes precomputed ``kv`` of width ``2 * heads * dim_head``.
-    """
-
-    def __init__(self, query_dim: int, heads: int, dim_head: int, context_dim: int | None = None,
-                 dropout: float = 0.0, external_kv: bool = False):
-        super().__init__()
-        inner = heads * dim_head
-        self.heads, self.dim_head, self.dropout = heads, dim_head, dropout
-        self.to_q = nn.Linear(query_dim, inner, bias=False)
-        self.to_kv = None if external_kv else nn.Linear(context_dim or query_dim, 2 * inner, bias=False)
-        self.to_out = nn.Linear(inner, query_dim)
-
-    def forward(self, x: Tensor, context: Tensor | None = None, kv: Tensor | None = None,
-                mask: Tensor | None = None, return_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """x (S, Lq, Dq); context (S, N, Dc) or kv (S, N, 2*inner); mask (S, N) True=attend."""
-        h = self.heads
-        q = rearrange(self.to_q(x), "s l (h d) -> s h l d", h=h)
-        if kv is None:
-            kv = self.to_kv(x if context is None else context)
-        k, v = rearrange(kv, "s n (two h d) -> two s h n d", two=2, h=h)
-        attn_mask = None if mask is None else mask[:, None, None, :]
-        weights = None
-        if return_weights:
-            logits = (q @ k.transpose(-1, -2)) / math.sqrt(self.dim_head)  # (S, H, Lq, N)
-            if attn_mask is not None:
-                logits = logits.masked_fill(~attn_mask, float("-inf"))
-            weights = logits.softmax(-1)
-            out = weights @ v
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                                 dropout_p=self.dropout if self.training else 0.0)
-        return self.to_out(rearrange(out, "s h l d -> s l (h d)")), weights
-
-
-class GEGLU(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        x, gate = x.chunk(2, dim=-1)
-        return x * F.gelu(gate)
-
-
-class FeedForward(nn.Module):
-    """Pre-LayerNorm GEGLU feed-forward."""
-
-    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
-        super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim * mult * 2), GEGLU(),
-                                 nn.Dropout(dropout), nn.Linear(dim * mult, dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
 
 
 class SelfBlock(nn.Module):
@@ -230,8 +131,9 @@ class CrossBlock(nn.Module):
         inner = cfg.cross_heads * cfg.cross_dim_head
         self.to_kv = FactorizedTokenProjection(part_dims, 2 * inner)
         self.norm = nn.LayerNorm(cfg.latent_dim)
-        self.attn = Attention(cfg.latent_dim, cfg.cross_heads, cfg.cross_dim_head, dropout=cfg.attn_dropout,
-                              external_kv=True)
+        self.attn = Attention(
+            cfg.latent_dim, cfg.cross_heads, cfg.cross_dim_head, dropout=cfg.attn_dropout, external_kv=True
+        )
         self.ff = FeedForward(cfg.latent_dim, cfg.ff_mult, cfg.ff_dropout)
 
     def forward(self, z: Tensor, kv: Tensor, mask: Tensor | None, return_weights: bool = False):
@@ -267,29 +169,18 @@ class CrossBlock(nn.Module):
         return z + self.ff(z)
 
 
-class AttentionPool(nn.Module):
-    """One learned query cross-attends over the latents; LayerNorm; Linear to the logits."""
-
-    def __init__(self, dim: int, heads: int, dim_head: int, num_classes: int):
-        super().__init__()
-        self.query = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
-        self.norm = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, dim_head)
-        self.out_norm = nn.LayerNorm(dim)
-        self.fc = nn.Linear(dim, num_classes)
-
-    def forward(self, z: Tensor) -> Tensor:
-        q = self.query.expand(z.shape[0], -1, -1)
-        pooled = self.attn(q, context=self.norm(z))[0][:, 0]  # (S, D)
-        return self.fc(self.out_norm(pooled))
-
-
 # Fused attention kernels whose outputs (latent-sized: the attended values and the log-sum-exp) are kept
 # when a cross block is checkpointed, so backward recomputes only the atoms' keys/values, not attention.
-_ATTENTION_OPS = tuple(getattr(torch.ops.aten, name).default for name in (
-    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
-    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
-) if hasattr(torch.ops.aten, name))
+_ATTENTION_OPS = tuple(
+    getattr(torch.ops.aten, name).default
+    for name in (
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+    )
+    if hasattr(torch.ops.aten, name)
+)
 
 
 def _keep_attention(ctx, op, *args, **kwargs) -> CheckpointPolicy:
@@ -327,7 +218,7 @@ def prune_index(mask: Tensor, p: float, generator: torch.Generator | None = None
 class Atomizer(nn.Module):
     """Atoms in, class logits out. ``forward(batch)`` -> (S, C); see :meth:`forward`."""
 
-    input_kind = "atoms"
+    input_type = AtomBatch
 
     def __init__(self, cfg: AtomizerConfig):
         super().__init__()
@@ -338,8 +229,12 @@ class Atomizer(nn.Module):
         self.latents = nn.Parameter(torch.randn(cfg.num_latents, cfg.latent_dim) * 0.02)
 
         def block() -> nn.ModuleDict:
-            return nn.ModuleDict({"cross": CrossBlock(cfg, part_dims),
-                                  "self": nn.ModuleList(SelfBlock(cfg) for _ in range(cfg.self_per_cross))})
+            return nn.ModuleDict(
+                {
+                    "cross": CrossBlock(cfg, part_dims),
+                    "self": nn.ModuleList(SelfBlock(cfg) for _ in range(cfg.self_per_cross)),
+                }
+            )
 
         first = block()
         if cfg.depth > 1 and cfg.tie_weights:
@@ -351,8 +246,13 @@ class Atomizer(nn.Module):
         #: Compute keys/values from materialised tokens (benchmark reference; same function, slower).
         self.reference_embedding = False
 
-    def forward(self, batch: AtomBatch, return_attention: bool = False,
-                generator: torch.Generator | None = None, chunk_size: int | None = None):
+    def forward(
+        self,
+        batch: AtomBatch,
+        return_attention: bool = False,
+        generator: torch.Generator | None = None,
+        chunk_size: int | None = None,
+    ):
         """Classify atom sets: :meth:`encode`, then the attention-pooling head.
 
         Args:
@@ -371,8 +271,14 @@ class Atomizer(nn.Module):
             return self.head(out[0]), out[1]
         return self.head(out)
 
-    def encode(self, batch: AtomBatch, return_attention: bool = False, generator: torch.Generator | None = None,
-               chunk_size: int | None = None, prune: bool | None = None):
+    def encode(
+        self,
+        batch: AtomBatch,
+        return_attention: bool = False,
+        generator: torch.Generator | None = None,
+        chunk_size: int | None = None,
+        prune: bool | None = None,
+    ):
         """The final latents ``(S, L, D)`` of atom sets (what the head reads); arguments as :meth:`forward`.
 
         ``prune`` overrides token pruning (default: in training mode when ``cfg.prune_p > 0``).
@@ -394,7 +300,7 @@ class Atomizer(nn.Module):
         for blk in self.blocks:
             if prune:
                 idx, keep = prune_index(batch.mask, self.cfg.prune_p, generator)  # (S, K)
-                g = lambda t: torch.gather(t, 1, idx)  # noqa: E731
+                g = lambda t: torch.gather(t, 1, idx)  # noqa: E731, B023  (used at once)
                 v = torch.gather(v_all, 1, idx[..., None].expand(-1, -1, v_all.shape[-1]))
                 xi, yi, band, mask = g(batch.xi), g(batch.yi), g(batch.band), None if dense else keep
             else:
@@ -406,8 +312,13 @@ class Atomizer(nn.Module):
                 # blocks reuse cached weight casts, so the recomputation's op sequence differs from the
                 # forward's, which selective checkpointing refuses.
                 autocast = torch.is_autocast_enabled(z.device.type)
-                z, w = checkpoint(self._cross, blk["cross"], *args, use_reentrant=False,
-                                  context_fn=noop_context_fn if autocast else _checkpoint_context)
+                z, w = checkpoint(
+                    self._cross,
+                    blk["cross"],
+                    *args,
+                    use_reentrant=False,
+                    context_fn=noop_context_fn if autocast else _checkpoint_context,
+                )
             else:
                 z, w = self._cross(blk["cross"], *args, return_weights=return_attention)
             if return_attention:
@@ -416,8 +327,20 @@ class Atomizer(nn.Module):
                 z = sb(z)
         return (z, weights) if return_attention else z
 
-    def _cross(self, cross: "CrossBlock", z: Tensor, v: Tensor, fx: Tensor, fy: Tensor, fb: Tensor, xi: Tensor,
-               yi: Tensor, band: Tensor, mask: Tensor | None, return_weights: bool = False):
+    def _cross(
+        self,
+        cross: "CrossBlock",
+        z: Tensor,
+        v: Tensor,
+        fx: Tensor,
+        fy: Tensor,
+        fb: Tensor,
+        xi: Tensor,
+        yi: Tensor,
+        band: Tensor,
+        mask: Tensor | None,
+        return_weights: bool = False,
+    ):
         """One cross-attention block over the atoms (keys/values projected from the feature tables)."""
         if self.reference_embedding:  # the authors' way: materialise (S, K, token_dim), LayerNorm, project
             kv = cross.to_kv.reference(torch.cat([v, fx[xi], fy[yi], fb[band]], -1))
@@ -435,7 +358,7 @@ class Atomizer(nn.Module):
             for a in range(0, n, chunk_size):
                 sl = slice(a, a + chunk_size)
                 band = batch.band[:, sl]
-                v = self.encoder.value_features(batch, batch.value[:, sl], band)
+                v = self.encoder.value_features(batch, batch.value[:, sl], band, batch.mask[:, sl])
                 yield to_kv(v, fx, fy, fb, batch.xi[:, sl], batch.yi[:, sl], band), batch.mask[:, sl]
 
         z = self.latents.expand(batch.num_sets, -1, -1)
@@ -447,13 +370,3 @@ class Atomizer(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-    @classmethod
-    def from_checkpoint(cls, path, map_location: str | torch.device = "cpu") -> "Atomizer":
-        """Rebuild a model from a checkpoint written by :func:`atomizer.checkpoint.save_checkpoint`."""
-        from atomizer.checkpoint import load_model
-
-        model = load_model(path, map_location=map_location)
-        if not isinstance(model, cls):
-            raise TypeError(f"{path} holds a {type(model).__name__}, not an Atomizer")
-        return model

@@ -20,15 +20,15 @@ Shapes (S images in a batch, N tokens after padding, B bands, X/Y coordinate-tab
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 import xarray as xr
 
-from atomizer.bands import POLARISATIONS, Band
-from atomizer.readers import image_bands, physical_values
+from atomizer.data.bands import POLARISATIONS, Band
+from atomizer.data.readers import image_bands, physical_values
 
 #: Atom indices are int32 (embedding lookups and gathers take them as they are): an atom is 17 bytes on
 #: the wire (value, three indices, mask) instead of 29 with int64, from DataLoader workers and to the GPU.
@@ -109,16 +109,35 @@ class AtomBatch:
     def select(self, index: torch.Tensor, mask: torch.Tensor | None = None) -> "AtomBatch":
         """The atoms at ``index`` (S, K) of each set, with ``mask`` (S, K) (default: gathered mask)."""
         g = lambda t: torch.gather(t, 1, index)  # noqa: E731
-        return AtomBatch(g(self.value), g(self.band), g(self.xi), g(self.yi),
-                         g(self.mask) if mask is None else mask & g(self.mask),
-                         self.band_table, self.coord_x, self.coord_y, self.band_names, self.band_domains)
+        return AtomBatch(
+            g(self.value),
+            g(self.band),
+            g(self.xi),
+            g(self.yi),
+            g(self.mask) if mask is None else mask & g(self.mask),
+            self.band_table,
+            self.coord_x,
+            self.coord_y,
+            self.band_names,
+            self.band_domains,
+        )
+
+    @classmethod
+    def collate(cls, items: Sequence["AtomBatch"]) -> "AtomBatch":
+        """Batch atom sets with a padding mask (:func:`collate`)."""
+        return collate(items)
+
+    @classmethod
+    def from_image(cls, image: xr.Dataset, canvas: object = None) -> "AtomBatch":
+        """One image as a batch of one (:func:`tokenize`); ``canvas`` is ignored: atoms need no grid."""
+        return tokenize(image)
 
 
 def tokenize(image: xr.Dataset, bands: Sequence[str] | None = None, drop_invalid: bool = False) -> AtomBatch:
     """Turn one image into an atom set (a batch of one).
 
     Args:
-        image: The image representation of :mod:`atomizer.readers` (any bands, any grids).
+        image: The image representation of :mod:`atomizer.data.readers` (any bands, any grids).
         bands: Bands to keep (default: all band variables).
         drop_invalid: Drop nodata/NaN atoms instead of keeping them masked.
 
@@ -156,23 +175,38 @@ def tokenize(image: xr.Dataset, bands: Sequence[str] | None = None, drop_invalid
         coord_x.append((da[xdim].values - cx).astype(np.float32))
         coord_y.append((da[ydim].values - cy).astype(np.float32))
         domain = a.get("domain", "optical")
-        table.append([a["wavelength_nm"], a["bandwidth_nm"], a["gsd_m"],
-                      extra_channel(domain, a.get("polarisation") or None), doy, year])
+        table.append(
+            [
+                a["wavelength_nm"],
+                a["bandwidth_nm"],
+                a["gsd_m"],
+                extra_channel(domain, a.get("polarisation") or None),
+                doy,
+                year,
+            ]
+        )
         domains.append(domain)
     value = np.concatenate(values)
     mask = np.concatenate(valid)
     if not mask.any():
-        raise EmptyTokenSetError(f"image {image.attrs.get('source', '')!s} has no valid atom: every pixel of "
-                                 f"bands {names} is nodata or NaN")
+        raise EmptyTokenSetError(
+            f"image {image.attrs.get('source', '')!s} has no valid atom: every pixel of bands {names} is nodata or NaN"
+        )
     cols = [value, np.concatenate(band_idx), np.concatenate(xi), np.concatenate(yi), mask]
     if drop_invalid:
         cols = [c[mask] for c in cols]
     t = [torch.from_numpy(np.ascontiguousarray(c))[None] for c in cols]
     return AtomBatch(
-        value=t[0], band=t[1], xi=t[2], yi=t[3], mask=t[4],
+        value=t[0],
+        band=t[1],
+        xi=t[2],
+        yi=t[3],
+        mask=t[4],
         band_table=torch.tensor(table, dtype=torch.float32),
-        coord_x=torch.from_numpy(np.concatenate(coord_x)), coord_y=torch.from_numpy(np.concatenate(coord_y)),
-        band_names=list(names), band_domains=domains,
+        coord_x=torch.from_numpy(np.concatenate(coord_x)),
+        coord_y=torch.from_numpy(np.concatenate(coord_y)),
+        band_names=list(names),
+        band_domains=domains,
     )
 
 
@@ -237,8 +271,9 @@ class ModalityBatchSampler(torch.utils.data.Sampler[list[int]]):
         drop_last: Drop incomplete batches.
     """
 
-    def __init__(self, groups: Sequence[int], batch_size: int, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False) -> None:
+    def __init__(
+        self, groups: Sequence[int], batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False
+    ) -> None:
         self.groups = np.asarray(groups)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
@@ -257,7 +292,7 @@ class ModalityBatchSampler(torch.utils.data.Sampler[list[int]]):
             if self.shuffle:
                 idx = rng.permutation(idx)
             for i in range(0, len(idx), self.batch_size):
-                chunk = idx[i:i + self.batch_size].tolist()
+                chunk = idx[i : i + self.batch_size].tolist()
                 if len(chunk) == self.batch_size or not self.drop_last:
                     batches.append(chunk)
         if self.shuffle:

@@ -27,12 +27,16 @@ def multilabel_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str,
     present = t.sum(0) > 0
     if not bool(present.any()):
         raise ValueError("no positive label in the evaluated set: average precision is undefined")
-    per_class = multilabel_average_precision(probs[:, present], t[:, present], num_labels=int(present.sum()),
-                                             average=None)
+    per_class = multilabel_average_precision(
+        probs[:, present], t[:, present], num_labels=int(present.sum()), average=None
+    )
     micro = multilabel_average_precision(probs, t, num_labels=t.shape[1], average="micro")
     acc = multilabel_accuracy(probs, t, num_labels=t.shape[1], average="micro")
-    return {"macro_map": 100 * float(per_class.mean()), "micro_map": 100 * float(micro),
-            "overall_accuracy": 100 * float(acc)}
+    return {
+        "macro_map": 100 * float(per_class.mean()),
+        "micro_map": 100 * float(micro),
+        "overall_accuracy": 100 * float(acc),
+    }
 
 
 def singlelabel_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:

@@ -5,7 +5,7 @@ nanometres, a native ground sampling distance in metres and the *domain* of the 
 :class:`Sensor` is an ordered tuple of bands plus the convention that turns its stored digital numbers
 (DN) into physical values: ``value = (DN + dn_offset) * dn_scale``.
 
-Catalogued sensors live in ``data/sensors/<name>.yaml``. Any other sensor is described by a small
+Catalogued sensors live in ``atomizer/data/sensors/<name>.yaml``. Any other sensor is described by a small
 YAML or JSON *sidecar* with the same schema and is usable everywhere a catalogued one is::
 
     name: my_camera
@@ -23,21 +23,22 @@ SAR convention. Radar bands have no optical wavelength. They are catalogued with
 ``wavelength_nm`` set to the radar's carrier wavelength (Sentinel-1 C-band, 5.405 GHz: 55.46 mm =
 5.546e7 nm), ``bandwidth_nm: 0`` and a ``polarisation`` (VV, VH, HH or HV). The spectral encoding
 does not put them on the optical RBF axis: it gives them a one-hot code in extra polarisation channels
-(see :mod:`atomizer.encodings`), so optical and radar atoms can share one set without colliding.
+(see :mod:`atomizer.atoms.encodings`), so optical and radar atoms can share one set without colliding.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import yaml
 
-from atomizer.paths import data_dir
+from atomizer.core.paths import sensors_dir
 
 DOMAINS = ("optical", "thermal", "sar")
 POLARISATIONS = ("VV", "VH", "HH", "HV")
@@ -196,8 +197,7 @@ class Sensor:
             missing = [k for k in ("wavelength_nm", "bandwidth_nm", "gsd_m") if raw.get(k) is None]
             if missing:
                 raise SensorSpecError(f"sensor {name!r}, band {bname!r}: missing {', '.join(missing)}")
-            unknown = set(raw) - {"name", "wavelength_nm", "bandwidth_nm", "gsd_m", "domain",
-                                  "polarisation", "source"}
+            unknown = set(raw) - {"name", "wavelength_nm", "bandwidth_nm", "gsd_m", "domain", "polarisation", "source"}
             if unknown:
                 raise SensorSpecError(f"sensor {name!r}, band {bname!r}: unknown keys {sorted(unknown)}")
             kw = dict(raw)
@@ -248,14 +248,16 @@ def _generate_bands(sensor: str, seg: Mapping[str, Any], source: str) -> list[Ba
     first = int(seg.get("first_index", 1))
     step = (stop - start) / (count - 1) if count > 1 else 0.0
     return [
-        Band(f"{prefix}{first + i:03d}", round(start + i * step, 3), fwhm, gsd,
-             domain=seg.get("domain", "optical"), source=seg.get("source", source))
+        Band(
+            f"{prefix}{first + i:03d}",
+            round(start + i * step, 3),
+            fwhm,
+            gsd,
+            domain=seg.get("domain", "optical"),
+            source=seg.get("source", source),
+        )
         for i in range(count)
     ]
-
-
-def sensors_dir() -> Path:
-    return data_dir() / "sensors"
 
 
 def list_sensors() -> list[str]:
@@ -263,7 +265,7 @@ def list_sensors() -> list[str]:
     return sorted(p.stem for p in sensors_dir().glob("*.yaml"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_catalogued(name: str) -> Sensor:
     return Sensor.from_file(sensors_dir() / f"{name}.yaml")
 
@@ -282,8 +284,9 @@ def get_sensor(name_or_path: str | Path | Sensor) -> Sensor:
     path = Path(text)
     if path.suffix.lower() in (".yaml", ".yml", ".json"):
         return Sensor.from_file(path)
-    raise KeyError(f"unknown sensor {text!r}; catalogued sensors: {', '.join(list_sensors())} "
-                   "(or pass a .yaml/.json sidecar)")
+    raise KeyError(
+        f"unknown sensor {text!r}; catalogued sensors: {', '.join(list_sensors())} (or pass a .yaml/.json sidecar)"
+    )
 
 
 def catalogue_table(names: Sequence[str] | None = None) -> "Any":
@@ -294,7 +297,15 @@ def catalogue_table(names: Sequence[str] | None = None) -> "Any":
     for sname in names or list_sensors():
         s = get_sensor(sname)
         for b in s.bands:
-            rows.append({"sensor": s.name, "band": b.name, "wavelength_nm": b.wavelength_nm,
-                         "bandwidth_nm": b.bandwidth_nm, "gsd_m": b.gsd_m, "domain": b.domain,
-                         "source": b.source})
+            rows.append(
+                {
+                    "sensor": s.name,
+                    "band": b.name,
+                    "wavelength_nm": b.wavelength_nm,
+                    "bandwidth_nm": b.bandwidth_nm,
+                    "gsd_m": b.gsd_m,
+                    "domain": b.domain,
+                    "source": b.source,
+                }
+            )
     return pd.DataFrame(rows)

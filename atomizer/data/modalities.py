@@ -7,7 +7,7 @@ fewer pixels, never upsampled back. Bands already coarser than the target keep t
 ``floor(window / GSD)`` pixels centred on the window are kept untouched, so a modality gives the same
 shapes wherever its window falls); finer bands averaged to the GSD of such a band share its cells.
 
-Modality sets live in ``data/modalities/*.yaml``::
+Modality sets live in ``atomizer/data/modality_sets/*.yaml``::
 
     source: {size_px: 64, gsd_m: 10}        # the input the set is designed for
     modalities:
@@ -17,16 +17,17 @@ Modality sets live in ``data/modalities/*.yaml``::
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import xarray as xr
 import yaml
 
-from atomizer.paths import data_dir
-from atomizer.readers import grid_dims, image_bands, valid_mask
+from atomizer.core.paths import modality_sets_dir
+from atomizer.data.readers import grid_dims, image_bands, valid_mask
 
 
 class ModalityError(ValueError):
@@ -96,26 +97,34 @@ class ModalitySet:
 
 
 def load_modalities(path_or_name: str | Path) -> ModalitySet:
-    """Load a modality set from a YAML file, or by name from ``data/modalities/<name>.yaml``."""
+    """Load a modality set from a YAML file, or by name from the shipped sets (``atomizer/data/modality_sets/<name>.yaml``)."""
     path = Path(path_or_name)
     if not path.suffix:
-        path = data_dir() / "modalities" / f"{path_or_name}.yaml"
+        path = modality_sets_dir() / f"{path_or_name}.yaml"
     if not path.is_file():
-        avail = sorted(p.stem for p in (data_dir() / "modalities").glob("*.yaml"))
+        avail = sorted(p.stem for p in (modality_sets_dir()).glob("*.yaml"))
         raise FileNotFoundError(f"modality file not found: {path_or_name} (shipped: {', '.join(avail)})")
     spec = yaml.safe_load(path.read_text()) or {}
     mods = []
     for i, m in enumerate(spec.get("modalities") or []):
         try:
-            mods.append(Modality(name=str(m.get("name", f"m{i}")), size_px=m["size_px"], gsd_m=m["gsd_m"],
-                                 bands=tuple(m["bands"])))
+            mods.append(
+                Modality(
+                    name=str(m.get("name", f"m{i}")), size_px=m["size_px"], gsd_m=m["gsd_m"], bands=tuple(m["bands"])
+                )
+            )
         except KeyError as e:
             raise ModalityError(f"{path}: modality #{i} lacks {e}") from None
     if not mods:
         raise ModalityError(f"{path}: no modalities")
     src = spec.get("source") or {}
-    return ModalitySet(name=path.stem, modalities=tuple(mods), source_size_px=src.get("size_px"),
-                       source_gsd_m=src.get("gsd_m"), description=str(spec.get("description", "")))
+    return ModalitySet(
+        name=path.stem,
+        modalities=tuple(mods),
+        source_size_px=src.get("size_px"),
+        source_gsd_m=src.get("gsd_m"),
+        description=str(spec.get("description", "")),
+    )
 
 
 def overlap_matrix(src_edges: np.ndarray, dst_edges: np.ndarray) -> np.ndarray:
@@ -129,8 +138,9 @@ def overlap_matrix(src_edges: np.ndarray, dst_edges: np.ndarray) -> np.ndarray:
     return np.clip(hi - lo, 0, None) / np.diff(dst_edges)[:, None]
 
 
-def area_average(values: np.ndarray, wy: np.ndarray, wx: np.ndarray, valid: np.ndarray | None = None,
-                 min_valid: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def area_average(
+    values: np.ndarray, wy: np.ndarray, wx: np.ndarray, valid: np.ndarray | None = None, min_valid: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
     """``Wy @ values @ Wx.T`` ignoring invalid pixels; returns (averaged, valid) at the target grid.
 
     A target pixel is valid when at least ``min_valid`` of its area is covered by valid pixels.
@@ -174,16 +184,18 @@ def simulate(
     have = set(image_bands(image))
     missing = [b for b in modality.bands if b not in have]
     if missing:
-        raise ModalityError(f"modality {modality.name!r} needs band(s) {missing} that the image lacks "
-                            f"(image bands: {sorted(have)})")
+        raise ModalityError(
+            f"modality {modality.name!r} needs band(s) {missing} that the image lacks (image bands: {sorted(have)})"
+        )
     # Common frame: x east, y south, origin at the image's top-left corner (from the first band).
     bounds = []
     for b in modality.bands:
         da = image[b]
         g = float(da.attrs["gsd_m"])
         ydim, xdim = da.dims
-        bounds.append((float(da[xdim][0]) - g / 2, float(da[ydim][0]) + g / 2,
-                       da.sizes[xdim] * g, da.sizes[ydim] * g, g))
+        bounds.append(
+            (float(da[xdim][0]) - g / 2, float(da[ydim][0]) + g / 2, da.sizes[xdim] * g, da.sizes[ydim] * g, g)
+        )
     left = max(b[0] for b in bounds)
     top = min(b[1] for b in bounds)
     width = min(b[0] + b[2] for b in bounds) - left
@@ -191,8 +203,9 @@ def simulate(
     finest = min(b[4] for b in bounds)
     ext = modality.extent_m
     if ext > width + 1e-6 or ext > height + 1e-6:
-        raise ModalityError(f"modality {modality.name!r} needs a {ext:g} m window but the image covers only "
-                            f"{width:g} x {height:g} m")
+        raise ModalityError(
+            f"modality {modality.name!r} needs a {ext:g} m window but the image covers only {width:g} x {height:g} m"
+        )
     if offset_m is None:
         if rng is not None:
             nx = int(math.floor((width - ext) / finest + 1e-6))
@@ -225,8 +238,9 @@ def simulate(
             # window (centres on an edge of the window neither drop nor add a pixel).
             n = int(math.floor(ext / g + 1e-6))
             if n < 1:
-                raise ModalityError(f"modality {modality.name!r}: band {b} ({g:g} m) has no pixel in the "
-                                    f"{ext:g} m window")
+                raise ModalityError(
+                    f"modality {modality.name!r}: band {b} ({g:g} m) has no pixel in the {ext:g} m window"
+                )
             i0x = int(math.floor((x0 + ext / 2 - xs[0]) / g - (n - 1) / 2 + 0.5 + 1e-6))
             i0y = int(math.floor((ys[0] - (y0 - ext / 2)) / g - (n - 1) / 2 + 0.5 + 1e-6))
             ix = np.arange(min(max(i0x, 0), len(xs) - n), min(max(i0x, 0), len(xs) - n) + n)
@@ -234,8 +248,9 @@ def simulate(
             sub = da.isel({ydim: iy, xdim: ix})
             if math.isclose(g, modality.gsd_m):
                 on_target_grid = (float(sub[xdim][0]) - g / 2, float(sub[ydim][0]) + g / 2)
-            out[b] = xr.DataArray(sub.values, dims=(ydim, xdim),
-                                  coords={ydim: sub[ydim].values, xdim: sub[xdim].values}, attrs=attrs)
+            out[b] = xr.DataArray(
+                sub.values, dims=(ydim, xdim), coords={ydim: sub[ydim].values, xdim: sub[xdim].values}, attrs=attrs
+            )
             continue
         n = int(math.floor(ext / target + 1e-6))
         if n < 1:
@@ -254,9 +269,12 @@ def simulate(
         avg[~ok] = fill
         nydim, nxdim = grid_dims(target)
         attrs["gsd_m"] = float(target)
-        out[b] = xr.DataArray(avg, dims=(nydim, nxdim),
-                              coords={nydim: oy - (np.arange(n) + 0.5) * target,
-                                      nxdim: ox + (np.arange(n) + 0.5) * target}, attrs=attrs)
+        out[b] = xr.DataArray(
+            avg,
+            dims=(nydim, nxdim),
+            coords={nydim: oy - (np.arange(n) + 0.5) * target, nxdim: ox + (np.arange(n) + 0.5) * target},
+            attrs=attrs,
+        )
     ds = xr.Dataset({b: out[b] for b in modality.bands})
     ds.attrs.update(image.attrs)
     ds.attrs.update({"modality": modality.name, "window_m": [x0, y0, ext]})

@@ -1,7 +1,7 @@
 """Masked-atom pretraining: the S2MAE idea for atom sets.
 
 Hide most atoms of an unlabelled image (default 90%, as S2MAE found best for redundant spectra), encode
-the visible ones with the Atomizer encoder (:meth:`atomizer.model.Atomizer.encode`), and reconstruct the
+the visible ones with the Atomizer encoder (:meth:`atomizer.models.atomizer.Atomizer.encode`), and reconstruct the
 hidden atoms' values with a light decoder whose queries are the hidden atoms' (position, GSD,
 wavelength, bandwidth) encodings: the coordinate and band feature tables gathered at the hidden atoms,
 projected, one cross-attention over the latents, a feed-forward and a linear map to one scalar.
@@ -15,7 +15,7 @@ folders), the masking kinds, the decoder, the loop, loading the encoder into a c
   ``block_px`` finest-grid cells). Band masking hides whole bands, so the realised fraction is the
   attainable one nearest ``mask_ratio`` (3 of 4 bands hide 75%).
 * Target: the hidden atoms' values on the fixed, sensor-free scale of
-  :func:`atomizer.encodings.normalize_values` (reflectance 0-0.5 -> [-1, 1], clamped to [-4, 4]), like
+  :func:`atomizer.atoms.encodings.normalize_values` (reflectance 0-0.5 -> [-1, 1], clamped to [-4, 4]), like
   S2MAE's fixed-range target; loss = MSE over the hidden atoms (at most ``max_targets`` per set).
 * Checkpoints are ordinary Atomizer checkpoints (``--init`` / ``TrainConfig.init`` reads them) with the
   decoder and optimiser in ``extra``; written atomically, resumable, ``metrics.jsonl`` like training.
@@ -25,37 +25,27 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from atomizer.checkpoint import (
-    CheckpointError,
-    config_diff,
-    load_into,
-    read_checkpoint,
-    save_checkpoint,
-)
-from atomizer.cli import register
-from atomizer.encodings import normalize_values
-from atomizer.modalities import Assignment, Modality, load_modalities, simulate
-from atomizer.model import (
-    Atomizer,
-    AtomizerConfig,
-    Attention,
-    FactorizedTokenProjection,
-    FeedForward,
-)
-from atomizer.pipeline import ModalityDataset
-from atomizer.runtime import autocast, check_precision, tune_cpu_allocator
-from atomizer.storage import atomic_write_json
-from atomizer.tokens import AtomBatch, collate, tokenize
-from atomizer.training import MetricsLog, RunConfig, lr_at, make_optimizer, pick_device, start_run, state_hash
+from atomizer.atoms.encodings import normalize_values
+from atomizer.atoms.tokens import AtomBatch, collate, tokenize
+from atomizer.core.config import Config
+from atomizer.core.runtime import autocast, check_precision
+from atomizer.data.datasets import open_dataset
+from atomizer.data.modalities import Assignment, Modality, load_modalities, simulate
+from atomizer.data.readers import image_bands, open_image
+from atomizer.engine.loaders import ModalityDataset
+from atomizer.engine.loop import Loop, state_hash
+from atomizer.models.atomizer import Atomizer, AtomizerConfig
+from atomizer.models.checkpoint import load_into, save_checkpoint
+from atomizer.models.layers import Attention, FactorizedTokenProjection, FeedForward
 
 MASKINGS = ("random", "band", "pixel", "block")
 _BAND_FILE = re.compile(r"(?:^|_)(?:B\d{1,2}A?|VV|VH|HH|HV)$")
@@ -66,7 +56,7 @@ _BAND_FILE = re.compile(r"(?:^|_)(?:B\d{1,2}A?|VV|VH|HH|HV)$")
 
 
 @dataclass
-class PretrainConfig(RunConfig):
+class PretrainConfig(Config):
     """Everything a pretraining run needs; saved as ``config.yaml`` in the run directory.
 
     ``sources`` is a list of unlabelled image sources, each a dict with one of:
@@ -74,13 +64,13 @@ class PretrainConfig(RunConfig):
     * ``dataset: eurosat | bigearthnet`` (``split``, ``root``): a dataset's images, labels ignored;
     * ``path: FILE_OR_FOLDER``: a folder of per-band GeoTIFFs (one image, e.g. a Major-TOM product), a
       GeoTIFF / npz file, or a folder of such files (``pattern``, default ``*.tif``), read with
-      :func:`atomizer.readers.open_image` (``sensor``: a catalogued name or a sidecar);
+      :func:`atomizer.data.readers.open_image` (``sensor``: a catalogued name or a sidecar);
 
     plus optional ``tile_px`` (cut each image into non-overlapping tiles of that many pixels of its
-    finest grid, with :func:`atomizer.modalities.simulate` windows) and ``limit`` (first N images/tiles).
+    finest grid, with :func:`atomizer.data.modalities.simulate` windows) and ``limit`` (first N images/tiles).
     """
 
-    kind = "pretraining"
+    kind: ClassVar[str] = "pretraining"
 
     preset: str = "tiny"
     model_overrides: dict = field(default_factory=dict)
@@ -127,8 +117,6 @@ class PretrainConfig(RunConfig):
 
 def tile_windows(image, tile_px: int) -> list[tuple[Modality, tuple[float, float]]]:
     """Top-left offsets (m) of the non-overlapping ``tile_px`` tiles of ``image``'s finest grid."""
-    from atomizer.readers import image_bands
-
     names = image_bands(image)
     gsd = min(float(image[b].attrs["gsd_m"]) for b in names)
     exts = []
@@ -146,7 +134,7 @@ def tile_windows(image, tile_px: int) -> list[tuple[Modality, tuple[float, float
 class UnlabelledImages(torch.utils.data.Dataset):
     """Images of several sources as dataset items ``{"image", "target": 0, "id"}`` (loaded lazily).
 
-    Whole images come from their reader; a tile is :func:`atomizer.modalities.simulate` of its window
+    Whole images come from their reader; a tile is :func:`atomizer.data.modalities.simulate` of its window
     (all bands at native resolution, so 20 m and 60 m bands keep their own grids).
     """
 
@@ -165,7 +153,9 @@ class UnlabelledImages(torch.utils.data.Dataset):
             for key, name in zip(keys, names):
                 if src.get("tile_px"):
                     image = self._image(si, key)
-                    items += [(si, key, w, f"{name}_t{k}") for k, w in enumerate(tile_windows(image, int(src["tile_px"])))]
+                    items += [
+                        (si, key, w, f"{name}_t{k}") for k, w in enumerate(tile_windows(image, int(src["tile_px"])))
+                    ]
                 else:
                     items.append((si, key, None, name))
                 if src.get("limit") and len(items) >= int(src["limit"]):
@@ -178,12 +168,11 @@ class UnlabelledImages(torch.utils.data.Dataset):
 
     @staticmethod
     def _source(src: dict):
-        from atomizer.datasets import open_dataset
-        from atomizer.readers import open_image
-
         known = {"dataset", "split", "root", "path", "pattern", "sensor", "tile_px", "limit"}
         if set(src) - known:
-            raise ValueError(f"unknown key(s) {sorted(set(src) - known)} in pretraining source {src}; known: {sorted(known)}")
+            raise ValueError(
+                f"unknown key(s) {sorted(set(src) - known)} in pretraining source {src}; known: {sorted(known)}"
+            )
         if "dataset" in src:
             ds = open_dataset(src["dataset"], src.get("split"), src.get("root"))
             return list(range(len(ds))), (lambda i: ds.load(ds.records[i])), ds.ids()
@@ -240,8 +229,9 @@ class AsRead(torch.utils.data.Dataset):
         return {"input": tokenize(it["image"]), "target": it["target"], "id": it["id"], "modality": 0}
 
 
-def build_pretrain_dataset(cfg: PretrainConfig, base: UnlabelledImages | None = None,
-                           random_window: bool | None = None):
+def build_pretrain_dataset(
+    cfg: PretrainConfig, base: UnlabelledImages | None = None, random_window: bool | None = None
+):
     """Atom sets of the unlabelled images: each image through one modality of ``cfg.modalities`` (a
     seeded assignment, random windows per epoch), or as read when ``cfg.modalities`` is None."""
     base = base if base is not None else UnlabelledImages(cfg.sources)
@@ -249,8 +239,14 @@ def build_pretrain_dataset(cfg: PretrainConfig, base: UnlabelledImages | None = 
         return AsRead(base)
     mods = load_modalities(cfg.modalities)
     rw = cfg.random_window if random_window is None else random_window
-    return ModalityDataset(base, mods.modalities, Assignment.random(len(base), len(mods), cfg.seed).modality_index,
-                           "atoms", random_window=rw, seed=cfg.seed)
+    return ModalityDataset(
+        base,
+        mods.modalities,
+        Assignment.random(len(base), len(mods), cfg.seed).modality_index,
+        AtomBatch,
+        random_window=rw,
+        seed=cfg.seed,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -290,8 +286,13 @@ def grid_cells(batch: AtomBatch, s: int, cell_px: int = 1) -> tuple[Tensor, Tens
     return cell, torch.stack([cx, cy], 1), atoms
 
 
-def mask_atoms(batch: AtomBatch, ratio: float = 0.9, kind: str = "random", generator: torch.Generator | None = None,
-               block_px: int = 4) -> Tensor:
+def mask_atoms(
+    batch: AtomBatch,
+    ratio: float = 0.9,
+    kind: str = "random",
+    generator: torch.Generator | None = None,
+    block_px: int = 4,
+) -> Tensor:
     """Which valid atoms to hide: (S, N) bool (never padding; each set keeps >= 1 visible atom).
 
     ``random``: ``round(ratio * n)`` atoms. ``band``: whole bands, the prefix of a random band order whose
@@ -338,7 +339,11 @@ def mask_atoms(batch: AtomBatch, ratio: float = 0.9, kind: str = "random", gener
 
 def _first(sel: Tensor, limit: int | None = None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Index (S, K) of the True entries of each row (in random order when capped at ``limit``) and keep."""
-    score = torch.rand(sel.shape, generator=generator) if limit is not None else torch.arange(sel.shape[1]).double().expand(sel.shape)
+    score = (
+        torch.rand(sel.shape, generator=generator)
+        if limit is not None
+        else torch.arange(sel.shape[1]).double().expand(sel.shape)
+    )
     score = score.masked_fill(~sel.cpu(), float("inf"))
     count = sel.sum(1).cpu()
     if limit is not None:
@@ -349,8 +354,9 @@ def _first(sel: Tensor, limit: int | None = None, generator: torch.Generator | N
     return index.to(sel.device), keep.to(sel.device)
 
 
-def split_atoms(batch: AtomBatch, hidden: Tensor, max_targets: int | None = None,
-                generator: torch.Generator | None = None) -> tuple[AtomBatch, AtomBatch]:
+def split_atoms(
+    batch: AtomBatch, hidden: Tensor, max_targets: int | None = None, generator: torch.Generator | None = None
+) -> tuple[AtomBatch, AtomBatch]:
     """(visible atoms, target atoms): the unhidden valid atoms, and the hidden ones (at most
     ``max_targets`` per set, drawn at random). Both share the batch's band and coordinate tables."""
     vis_idx, vis_keep = _first(batch.mask & ~hidden)
@@ -372,8 +378,9 @@ class MaskedAtomDecoder(nn.Module):
     """Queries = hidden atoms' (x, y, band) features -> LayerNorm + Linear (factorised, never
     materialised) -> one cross-attention over the latents -> feed-forward -> scalar."""
 
-    def __init__(self, cfg: AtomizerConfig, dim: int | None = None, heads: int = 4, dim_head: int = 32,
-                 ff_mult: int = 2):
+    def __init__(
+        self, cfg: AtomizerConfig, dim: int | None = None, heads: int = 4, dim_head: int = 32, ff_mult: int = 2
+    ):
         super().__init__()
         enc = cfg.encoding
         dim = dim or cfg.latent_dim
@@ -439,30 +446,22 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     Raises:
         FileExistsError: ``out_dir`` already holds a run and ``resume`` is False.
     """
-    device = pick_device(cfg.device)
-    if device.type == "cpu":
-        tune_cpu_allocator()
-    out = start_run(cfg.out_dir, cfg, resume)
-    last = out / "checkpoints" / "last.pt"
-
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    loop = Loop(cfg, resume, progress=progress, desc=f"pretrain {cfg.masking}")
+    device = loop.device
     data = build_pretrain_dataset(cfg)
     fixed = build_pretrain_dataset(cfg, data.base, random_window=False)
     n = len(data)
     batch_size = min(cfg.batch_size, n)
     per_epoch = max(1, n // batch_size)
     model = build_models(cfg).to(device)
-    opt = make_optimizer(model, cfg)
-    warmup = max(1, int(cfg.warmup_frac * cfg.steps))
-    step = 0
-    log = MetricsLog(out / "metrics.jsonl")
-    if resume and last.exists():
-        extra = load_into(model.atomizer, last)
+    loop.attach(model, cfg.steps)
+
+    def load(path):
+        extra = load_into(model.atomizer, path)
         model.decoder.load_state_dict(extra["decoder"])
-        opt.load_state_dict(extra["optimizer"])
-        step = int(extra["step"])
-        log.truncate_after(step)
+        return extra
+
+    loop.resume_from(load)
     # A fixed batch (centred windows, fixed masks) whose reconstruction loss is comparable across steps.
     eval_items = [fixed[i] for i in range(min(cfg.eval_images, n))]
     eval_vis, eval_tgt, _ = _masked_batch(eval_items, cfg, (cfg.seed, 7, 7))
@@ -477,157 +476,67 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
         return float(loss)
 
     def checkpoint(path: Path) -> None:
-        save_checkpoint(path, model.atomizer, {"kind": "pretrain", "step": step, "decoder": model.decoder.state_dict(),
-                                              "optimizer": opt.state_dict(), "pretrain_config": cfg.to_dict()})
+        save_checkpoint(
+            path,
+            model.atomizer,
+            {
+                "kind": "pretrain",
+                **loop.state(),
+                "decoder": model.decoder.state_dict(),
+                "pretrain_config": cfg.to_dict(),
+            },
+        )
 
-    if step == 0:
-        log.write(kind="eval", step=0, loss=evaluate(), time=time.time())
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"pretrain {cfg.masking}")
-    model.train()
-    t_last = time.perf_counter()
-    while step < cfg.steps:
-        epoch, pos = divmod(step, per_epoch)
-        data.set_epoch(epoch)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-        idx = perm[pos * batch_size:(pos + 1) * batch_size].tolist()
-        vis, tgt, hidden = _masked_batch([data[i] for i in idx], cfg, (cfg.seed, 1, step))
-        lr = lr_at(step, cfg.steps, cfg.lr, warmup)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        torch.manual_seed(cfg.seed * 1_000_003 + step)
-        opt.zero_grad(set_to_none=True)
-        with autocast(cfg.precision, device):
-            loss, _ = model(vis.to(device), tgt.to(device))
-        loss.backward()
-        loss = float(loss.detach())
-        gnorm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-        opt.step()
-        step += 1
-        now = time.perf_counter()
-        valid = int(vis.mask.sum() + hidden.sum())
-        log.write(kind="train", step=step, epoch=epoch, loss=loss, lr=lr, grad_norm=gnorm,
-                  visible_atoms=int(vis.mask.sum()), hidden_fraction=float(hidden.sum()) / max(1, valid),
-                  target_atoms=int(tgt.mask.sum()), images_per_s=len(idx) / max(1e-9, now - t_last), time=time.time())
-        t_last = now
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-        bar.update(1)
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-            log.write(kind="eval", step=step, loss=evaluate(), time=time.time())
-        if step % cfg.ckpt_every == 0 and step < cfg.steps:
-            checkpoint(last)
-    bar.close()
+    def steps():
+        while loop.step < cfg.steps:
+            epoch, pos = divmod(loop.step, per_epoch)
+            data.set_epoch(epoch)
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+            idx = perm[pos * batch_size : (pos + 1) * batch_size].tolist()
+            yield epoch, [_masked_batch([data[i] for i in idx], cfg, (cfg.seed, 1, loop.step))]
+
+    def loss_of(masked):
+        vis, tgt, hidden = masked
+        loss, _ = model(vis.to(device), tgt.to(device))
+        visible = int(vis.mask.sum())
+        return (
+            loss,
+            vis.num_sets,
+            {
+                "visible_atoms": visible,
+                "hidden_fraction": float(hidden.sum()) / max(1, visible + int(hidden.sum())),
+                "target_atoms": int(tgt.mask.sum()),
+            },
+        )
+
+    def after_step(epoch: int) -> None:
+        if cfg.eval_every and loop.step % cfg.eval_every == 0 and loop.step < cfg.steps:
+            loop.log.write(kind="eval", step=loop.step, loss=evaluate(), time=time.time())
+        if loop.checkpoint_due():
+            checkpoint(loop.last)
+
+    if loop.step == 0:
+        loop.log.write(kind="eval", step=0, loss=evaluate(), time=time.time())
+    loop.run(steps(), loss_of, after_step)
     final = evaluate()
-    log.write(kind="eval", step=step, loss=final, time=time.time())
-    checkpoint(last)
-    evals = [r for r in _read_metrics(out / "metrics.jsonl") if r["kind"] == "eval"]
-    summary = {"out_dir": str(out), "checkpoint": str(last), "step": step, "masking": cfg.masking,
-               "mask_ratio": cfg.mask_ratio, "images": n, "eval_loss_start": evals[0]["loss"], "eval_loss_end": final,
-               "weights_fingerprint": state_hash(model.atomizer)}
-    atomic_write_json(out / "summary.json", summary)
-    return summary
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    import json
-
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    loop.log.write(kind="eval", step=loop.step, loss=final, time=time.time())
+    checkpoint(loop.last)
+    evals = [r for r in loop.log.read() if r["kind"] == "eval"]
+    return loop.finish(
+        {
+            "out_dir": str(loop.out),
+            "checkpoint": str(loop.last),
+            "step": loop.step,
+            "masking": cfg.masking,
+            "mask_ratio": cfg.mask_ratio,
+            "images": n,
+            "eval_loss_start": evals[0]["loss"],
+            "eval_loss_end": final,
+            "weights_fingerprint": state_hash(model.atomizer),
+        }
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # Pretrained encoder -> classifier
 # --------------------------------------------------------------------------------------------------
-
-#: Config fields that do not change the encoder's weights (training-time behaviour, head size).
-RUNTIME_FIELDS = ("num_classes", "prune_p", "attn_dropout", "ff_dropout", "checkpoint_tokens")
-
-
-def load_encoder_weights(model: nn.Module, path: str | Path, classes: Sequence[str] | None = None,
-                         head: str | bool | None = None) -> dict:
-    """Initialise an Atomizer classifier from a checkpoint's encoder (every weight but the head).
-
-    Args:
-        model: The Atomizer to initialise (may be wrapped in DDP).
-        path: A pretraining checkpoint (:func:`pretrain`) or any Atomizer checkpoint.
-        classes: The model's class names, to decide ``head=None``.
-        head: What of the head to load: "none" (False), "full" (True), "pool" (all but the final Linear),
-            or None: "none" from a pretraining checkpoint, "full" from a classifier trained on the same
-            class list (fine-tuning), "pool" from a classifier of another label set.
-
-    Returns:
-        ``{"loaded": number of tensors, "head": "full" | "pool" | "none", "source": path}``.
-
-    Raises:
-        CheckpointError: not an Atomizer checkpoint, or an encoder configuration that differs from the
-            model's (every differing field is named).
-    """
-    from atomizer.registry import arch_of
-
-    payload = read_checkpoint(path)
-    target = getattr(model, "module", model)
-    if payload["arch"] != "atomizer" or arch_of(target) != "atomizer":
-        raise CheckpointError(f"{path}: encoder weights need an Atomizer checkpoint and model "
-                              f"(checkpoint holds {payload['arch']!r}, model is {type(target).__name__})")
-    ours = {k: v for k, v in target.cfg.to_dict().items() if k not in RUNTIME_FIELDS}
-    theirs = {k: v for k, v in payload["config"].items() if k not in RUNTIME_FIELDS}
-    diff = config_diff(theirs, ours)
-    if diff:
-        raise CheckpointError(f"{path}: its encoder configuration does not match the model's (use the same preset "
-                              f"and model_overrides as the checkpoint): " + "; ".join(diff))
-    state = payload["state_dict"]
-    extra = payload.get("extra", {})
-    if head is None:
-        if extra.get("kind") == "pretrain" or not extra.get("classes"):
-            head = "none"
-        else:
-            head = "full" if classes is not None and list(extra["classes"]) == list(classes) else "pool"
-    head = {True: "full", False: "none"}.get(head, head)
-    if head not in ("none", "pool", "full"):
-        raise ValueError(f"head must be 'none', 'pool' or 'full', got {head!r}")
-
-    def wanted(k: str) -> bool:
-        if not k.startswith("head."):
-            return True
-        return head == "full" or (head == "pool" and not k.startswith("head.fc."))
-
-    own = target.state_dict()
-    keys = [k for k in own if wanted(k)]
-    missing = [k for k in keys if k not in state]
-    if missing:
-        raise CheckpointError(f"{path} lacks encoder weight(s) {missing[:5]}{'...' if len(missing) > 5 else ''} "
-                              "(a checkpoint with adapters? load it with atomizer.checkpoint.load_model)")
-    bad = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in keys if state[k].shape != own[k].shape]
-    if bad:
-        raise CheckpointError(f"{path}: weight shapes differ from the model's: " + "; ".join(bad[:5]))
-    target.load_state_dict({k: state[k] for k in keys}, strict=False)
-    return {"loaded": len(keys), "head": head, "source": str(path)}
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------------
-
-
-@register
-def _add_commands(sub) -> None:
-    p = sub.add_parser("pretrain", help="masked-atom pretraining of the encoder on unlabelled images",
-                       description="Hide most atoms of unlabelled images and reconstruct them from the visible ones. "
-                                   "CONFIG is a YAML of atomizer.pretrain.PretrainConfig fields; the result "
-                                   "(<out_dir>/checkpoints/last.pt) initialises `atomizer train --init`.")
-    p.add_argument("config", help="pretraining config YAML (fields of atomizer.pretrain.PretrainConfig)")
-    p.add_argument("--resume", action="store_true", help="continue the run in the config's out_dir")
-    p.add_argument("--out", help="run directory (overrides out_dir)")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields")
-    p.set_defaults(func=_cmd_pretrain)
-
-
-def _cmd_pretrain(args) -> int:
-    import json
-
-    from atomizer.cli import _parse_sets
-
-    over = _parse_sets(args.set)
-    if args.out:
-        over["out_dir"] = args.out
-    summary = pretrain(PretrainConfig.from_yaml(args.config, **over), resume=args.resume)
-    print(json.dumps(summary, indent=2))
-    return 0

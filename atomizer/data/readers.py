@@ -22,22 +22,30 @@ import math
 import re
 import zipfile
 import zlib
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
 
-from atomizer.bands import Band, Sensor, SensorSpecError, get_sensor
+from atomizer.data.bands import Band, Sensor, SensorSpecError, get_sensor
 
 #: Band order inside an EuroSAT-MS "allBands" GeoTIFF (B8A is last; verified on the pixels).
-EUROSAT_BAND_ORDER = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11",
-                      "B12", "B8A")
+EUROSAT_BAND_ORDER = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A")
 #: Processing baseline from which Sentinel-2 L2A/L1C products store DN + 1000.
 S2_OFFSET_BASELINE = 400
 
-BAND_ATTRS = ("band", "wavelength_nm", "bandwidth_nm", "gsd_m", "domain", "polarisation", "dn_scale",
-              "dn_offset", "nodata")
+BAND_ATTRS = (
+    "band",
+    "wavelength_nm",
+    "bandwidth_nm",
+    "gsd_m",
+    "domain",
+    "polarisation",
+    "dn_scale",
+    "dn_offset",
+    "nodata",
+)
 
 
 class ImageReadError(ValueError):
@@ -151,7 +159,9 @@ def physical_values(da: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
     """``((DN + dn_offset) * dn_scale, valid)`` of a band as float32; invalid pixels set to 0."""
     ok = valid_mask(da)
     a = da.attrs
-    v = (np.asarray(da.values).astype(np.float32) + np.float32(a.get("dn_offset", 0.0))) * np.float32(a.get("dn_scale", 1.0))
+    v = (np.asarray(da.values).astype(np.float32) + np.float32(a.get("dn_offset", 0.0))) * np.float32(
+        a.get("dn_scale", 1.0)
+    )
     v[~ok] = 0.0
     return v, ok
 
@@ -166,8 +176,16 @@ def image_band_table(ds: xr.Dataset) -> list[Band]:
     out = []
     for name in image_bands(ds):
         a = ds[name].attrs
-        out.append(Band(name, a["wavelength_nm"], a["bandwidth_nm"], a["gsd_m"], a.get("domain", "optical"),
-                        a.get("polarisation") or None))
+        out.append(
+            Band(
+                name,
+                a["wavelength_nm"],
+                a["bandwidth_nm"],
+                a["gsd_m"],
+                a.get("domain", "optical"),
+                a.get("polarisation") or None,
+            )
+        )
     return out
 
 
@@ -183,9 +201,17 @@ def describe(ds: xr.Dataset) -> "object":
     rows = []
     for name in image_bands(ds):
         a = ds[name].attrs
-        rows.append({"band": name, "wavelength_nm": a["wavelength_nm"], "bandwidth_nm": a["bandwidth_nm"],
-                     "gsd_m": a["gsd_m"], "grid": "x".join(map(str, ds[name].shape)),
-                     "dtype": str(ds[name].dtype), "tokens": int(ds[name].size)})
+        rows.append(
+            {
+                "band": name,
+                "wavelength_nm": a["wavelength_nm"],
+                "bandwidth_nm": a["bandwidth_nm"],
+                "gsd_m": a["gsd_m"],
+                "grid": "x".join(map(str, ds[name].shape)),
+                "dtype": str(ds[name].dtype),
+                "tokens": int(ds[name].size),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -227,8 +253,8 @@ def s2_dn_offset(product_name: str, metadata_offset: float | None = None) -> flo
 
 
 def _open_raster(path: Path) -> xr.DataArray:
-    import rioxarray  # noqa: F401  (registers the engine)
     import rasterio
+    import rioxarray  # noqa: F401  (registers the engine)
 
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
@@ -276,8 +302,14 @@ def read_multiband_geotiff(
     gsd, origin, attrs = _raster_meta(da)
     nodata = da.rio.nodata
     arrays = {n: da.values[i] for i, n in enumerate(names)}
-    ds = build_image(arrays, sensor, gsd={n: gsd for n in names}, origin_xy=origin,
-                     attrs={**attrs, "source": str(path)}, dn_offset=dn_offset)
+    ds = build_image(
+        arrays,
+        sensor,
+        gsd={n: gsd for n in names},
+        origin_xy=origin,
+        attrs={**attrs, "source": str(path)},
+        dn_offset=dn_offset,
+    )
     if nodata is not None:
         for n in names:
             ds[n].attrs["nodata"] = float(nodata)
@@ -337,8 +369,14 @@ def read_band_folder(
     corners = set(origins.values())
     if dn_offset is None and sensor.name == "sentinel2":
         dn_offset = s2_dn_offset(folder.name)
-    ds = build_image(arrays, sensor, gsd=gsd, origin_xy=next(iter(corners)),
-                     attrs={**attrs, "source": str(folder)}, dn_offset=dn_offset)
+    ds = build_image(
+        arrays,
+        sensor,
+        gsd=gsd,
+        origin_xy=next(iter(corners)),
+        attrs={**attrs, "source": str(folder)},
+        dn_offset=dn_offset,
+    )
     if len(corners) > 1:  # bands with different corners: use each band's own coordinates
         grid_origin: dict[str, tuple[float, float]] = {}
         for name, (x0, y0) in origins.items():
@@ -347,8 +385,9 @@ def read_band_folder(
             if not np.allclose(g0, (x0, y0), rtol=0.0, atol=1e-3):
                 raise ImageReadError(f"{folder}: bands on the {grid_name(gsd[name])} grid are not aligned")
             h, w = ds[name].shape
-            ds = ds.assign_coords({ydim: y0 - (np.arange(h) + 0.5) * gsd[name],
-                                   xdim: x0 + (np.arange(w) + 0.5) * gsd[name]})
+            ds = ds.assign_coords(
+                {ydim: y0 - (np.arange(h) + 0.5) * gsd[name], xdim: x0 + (np.arange(w) + 0.5) * gsd[name]}
+            )
     return ds
 
 
@@ -379,8 +418,9 @@ def read_bigearthnet_npz(path: str | Path, include_s1: bool = False) -> xr.Datas
         raise ImageReadError(f"{path}: no Sentinel-2 band arrays (keys: {sorted(data)})")
     extent = 1200.0
     gsd = {k: extent / v.shape[0] for k, v in arrays.items()}
-    ds = build_image(arrays, s2, gsd=gsd, attrs={"source": str(path), "patch_id": path.stem,
-                                                  "resampled_120": int(resampled)})
+    ds = build_image(
+        arrays, s2, gsd=gsd, attrs={"source": str(path), "patch_id": path.stem, "resampled_120": int(resampled)}
+    )
     if include_s1 and all(k in data for k in S1_BANDS):
         s1 = get_sensor("sentinel1")
         ds = xr.merge([ds, build_image({k: data[k] for k in S1_BANDS}, s1)], combine_attrs="override")

@@ -5,16 +5,17 @@ The served dashboards draw the same data interactively with HoloViews (:mod:`ato
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
 
-def table1_bars(results: xr.Dataset, metric: str = "macro_map",
-                paper: Mapping[str, Sequence[float]] | None = None, title: str = "") -> plt.Figure:
+def table1_bars(
+    results: xr.Dataset, metric: str = "macro_map", paper: Mapping[str, Sequence[float]] | None = None, title: str = ""
+) -> plt.Figure:
     """Grouped bars: one group per test modality, one bar per model; paper numbers as black ticks."""
     score = results["score"].sel(metric=metric)
     models = [str(m) for m in score.model.values]
@@ -26,8 +27,15 @@ def table1_bars(results: xr.Dataset, metric: str = "macro_map",
         ax.bar(x + i * width - 0.4 + width / 2, score.sel(model=m).values, width, label=m)
         ref = (paper or {}).get(m.split(" ")[0])
         if ref is not None and len(ref) == len(mods):
-            ax.scatter(x + i * width - 0.4 + width / 2, ref, marker="_", s=200, color="k", zorder=3,
-                       label="paper (BigEarthNet)" if i == 0 else None)
+            ax.scatter(
+                x + i * width - 0.4 + width / 2,
+                ref,
+                marker="_",
+                s=200,
+                color="k",
+                zorder=3,
+                label="paper (BigEarthNet)" if i == 0 else None,
+            )
     ax.set_xticks(x, mods)
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title(title or f"{metric} per test modality")
@@ -36,8 +44,13 @@ def table1_bars(results: xr.Dataset, metric: str = "macro_map",
     return fig
 
 
-def sweep_lines(results: xr.Dataset, kind: str, metric: str = "macro_map",
-                paper: Mapping[float, float] | None = None, title: str = "") -> plt.Figure:
+def sweep_lines(
+    results: xr.Dataset,
+    kind: str,
+    metric: str = "macro_map",
+    paper: Mapping[float, float] | None = None,
+    title: str = "",
+) -> plt.Figure:
     """Metric against GSD (``kind="gsd"``) or image size (``"size"``), one line per model."""
     coord = "gsd_m" if kind == "gsd" else "size_px"
     score = results["score"].sel(metric=metric)
@@ -58,7 +71,7 @@ def sweep_lines(results: xr.Dataset, kind: str, metric: str = "macro_map",
 
 
 def save(fig: plt.Figure, path: str | Path) -> Path:
-    from atomizer.storage import atomic_write_bytes
+    from atomizer.core.storage import atomic_write_bytes
 
     path = Path(path)
     atomic_write_bytes(path, lambda p: fig.savefig(p, dpi=110, format=path.suffix.lstrip(".") or "png"))

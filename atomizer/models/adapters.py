@@ -16,25 +16,27 @@ Trainable parameters are checked against ``max_fraction`` (default 5%) of the en
 (everything but the head and the adapters). :func:`save_adapters` stores only the trainable weights, with
 the adapter config, the base config and a fingerprint of the frozen base weights, atomically;
 :func:`load_adapters` refuses a different base. Training: ``TrainConfig(init=BASE, adapters={...})`` runs
-the ordinary loop (:func:`atomizer.training.train`) with only the adapters trainable.
+the ordinary loop (:func:`atomizer.engine.training.train`) with only the adapters trainable.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from atomizer.checkpoint import config_diff
-from atomizer.encodings import AtomEncoder
-from atomizer.model import Atomizer, Attention, AttentionPool, FactorizedTokenProjection
-from atomizer.storage import atomic_write_bytes
+from atomizer.atoms.encodings import AtomEncoder
+from atomizer.core.config import Config, ConfigError, config_diff
+from atomizer.core.storage import atomic_write_bytes
+from atomizer.models.atomizer import Atomizer
+from atomizer.models.layers import Attention, AttentionPool, FactorizedTokenProjection
 
 FORMAT = "atomizer-adapters/1"
 TARGETS = ("to_q", "to_kv", "to_out", "token_proj")
@@ -48,7 +50,9 @@ class AdapterError(ValueError):
 
 
 @dataclass(frozen=True)
-class AdapterConfig:
+class AdapterConfig(Config):
+    kind: ClassVar[str] = "adapter"
+
     rank: int = 4
     alpha: float = 8.0
     dropout: float = 0.0
@@ -69,20 +73,15 @@ class AdapterConfig:
         if self.rank < 1:
             raise AdapterError(f"rank must be >= 1, got {self.rank}")
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["targets"] = list(self.targets)
-        return d
-
     @classmethod
     def from_any(cls, spec: "AdapterConfig | Mapping[str, Any] | None") -> "AdapterConfig":
+        """``spec`` itself, or validated from a mapping (:meth:`Config.from_dict`); errors are AdapterErrors."""
         if isinstance(spec, cls):
             return spec
-        spec = dict(spec or {})
-        unknown = set(spec) - {f.name for f in fields(cls)}
-        if unknown:
-            raise AdapterError(f"unknown adapter option(s) {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
-        return cls(**spec)
+        try:
+            return cls.from_dict(dict(spec or {}))
+        except ConfigError as e:
+            raise AdapterError(str(e)) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -144,8 +143,9 @@ def _is_adapter(name: str) -> bool:
     return ".lora_" in name or name.startswith("encoder.mlp.")
 
 
-def apply_adapters(model: Atomizer, spec: AdapterConfig | Mapping[str, Any] | None = None,
-                   head_loaded: str = "full") -> AdapterConfig:
+def apply_adapters(
+    model: Atomizer, spec: AdapterConfig | Mapping[str, Any] | None = None, head_loaded: str = "full"
+) -> AdapterConfig:
     """Freeze ``model`` and add adapters in place; returns the resolved config (``head`` never ``auto``).
 
     Args:
@@ -195,8 +195,9 @@ def apply_adapters(model: Atomizer, spec: AdapterConfig | Mapping[str, Any] | No
             p.requires_grad_(True)
     elif head == "full":
         if new_classes:
-            model.head = AttentionPool(dim, model.cfg.latent_heads, model.cfg.latent_dim_head,
-                                       cfg.num_classes).to(model.latents.device)
+            model.head = AttentionPool(dim, model.cfg.latent_heads, model.cfg.latent_dim_head, cfg.num_classes).to(
+                model.latents.device
+            )
         for p in model.head.parameters():
             p.requires_grad_(True)
     if new_classes:
@@ -204,10 +205,12 @@ def apply_adapters(model: Atomizer, spec: AdapterConfig | Mapping[str, Any] | No
     model.adapter_config = cfg
     rep = adapter_report(model)
     if rep["fraction"] > cfg.max_fraction:
-        raise AdapterError(f"{rep['trainable']:,} trainable parameters are {100 * rep['fraction']:.1f}% of the "
-                           f"encoder's {rep['encoder']:,} (limit {100 * cfg.max_fraction:g}%): lora {rep['lora']:,}, "
-                           f"spectral {rep['spectral']:,}, head {rep['head']:,}; lower the rank, drop targets or "
-                           f"use head='fc'")
+        raise AdapterError(
+            f"{rep['trainable']:,} trainable parameters are {100 * rep['fraction']:.1f}% of the "
+            f"encoder's {rep['encoder']:,} (limit {100 * cfg.max_fraction:g}%): lora {rep['lora']:,}, "
+            f"spectral {rep['spectral']:,}, head {rep['head']:,}; lower the rank, drop targets or "
+            f"use head='fc'"
+        )
     return cfg
 
 
@@ -259,10 +262,15 @@ def save_adapters(model: nn.Module, path: str | Path, base_checkpoint: str | Pat
     core = getattr(model, "module", model)
     if not has_adapters(core):
         raise AdapterError("the model has no adapters to save")
-    payload = {"format": FORMAT, "adapter_config": core.adapter_config.to_dict(),
-               "base_config": core.adapter_base_config, "base_fingerprint": base_fingerprint(core),
-               "base_checkpoint": None if base_checkpoint is None else str(base_checkpoint),
-               "report": adapter_report(core), "state_dict": adapter_state(core)}
+    payload = {
+        "format": FORMAT,
+        "adapter_config": core.adapter_config.to_dict(),
+        "base_config": core.adapter_base_config,
+        "base_fingerprint": base_fingerprint(core),
+        "base_checkpoint": None if base_checkpoint is None else str(base_checkpoint),
+        "report": adapter_report(core),
+        "state_dict": adapter_state(core),
+    }
     return atomic_write_bytes(path, lambda p: torch.save(payload, p))
 
 
@@ -292,9 +300,11 @@ def load_adapters(model: Atomizer, path: str | Path, strict: bool = True) -> Ato
     apply_adapters(model, payload["adapter_config"])
     fp = base_fingerprint(model)
     if strict and fp != payload["base_fingerprint"]:
-        raise AdapterError(f"{path}: adapters were trained on other base weights (fingerprint "
-                           f"{payload['base_fingerprint'][:12]}..., this model {fp[:12]}...; base checkpoint "
-                           f"{payload.get('base_checkpoint')}); pass strict=False to load anyway")
+        raise AdapterError(
+            f"{path}: adapters were trained on other base weights (fingerprint "
+            f"{payload['base_fingerprint'][:12]}..., this model {fp[:12]}...; base checkpoint "
+            f"{payload.get('base_checkpoint')}); pass strict=False to load anyway"
+        )
     state = payload["state_dict"]
     expected = set(adapter_state(model))
     if set(state) != expected:

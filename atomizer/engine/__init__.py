@@ -1,0 +1,2 @@
+"""Engine: loaders, the one training loop (:mod:`~atomizer.engine.loop`), supervised training,
+pretraining, evaluation, inference, metrics and attention maps."""

@@ -1,0 +1,125 @@
+"""From dataset items to model inputs: modality simulation, then atoms (Atomizer) or canvas (baselines).
+
+Every input is a batch object with ``.to()``, ``pin_memory()`` and ``collate``:
+:class:`~atomizer.atoms.tokens.AtomBatch` or :class:`~atomizer.atoms.canvas.CanvasBatch`, and every
+model is called as ``model(batch)``.
+
+One :class:`ModalityDataset` serves training (each image has its assigned training modality and, if
+asked, a random window position), validation (assigned training modalities, centred windows) and
+testing (one modality applied to every image). Randomness is a pure function of ``(seed, epoch,
+index)``, so an interrupted run resumes on exactly the same inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from atomizer.atoms.canvas import CanvasSpec
+from atomizer.atoms.tokens import AtomBatch
+from atomizer.data.modalities import Modality, simulate
+
+
+class InMemory(torch.utils.data.Dataset):
+    """Every item of ``base`` loaded once and kept (small datasets evaluated under many modalities)."""
+
+    def __init__(self, base):
+        self.items = [base[i] for i in range(len(base))]
+        self.multilabel = base.multilabel
+        self.classes = base.classes
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+def model_input(image: xr.Dataset, input_type: type, canvas: CanvasSpec | None = None) -> Any:
+    """One (simulated) image as a batch of one of ``input_type`` (:class:`AtomBatch` or :class:`CanvasBatch`)."""
+    return input_type.from_image(image, canvas)
+
+
+class ModalityDataset(torch.utils.data.Dataset):
+    """A dataset seen through modalities.
+
+    Args:
+        base: An :mod:`atomizer.data.datasets` dataset (items ``{"image", "target", "id"}``).
+        modalities: The modalities to draw from.
+        assignment: Index into ``modalities`` per item (one modality per image); default: all items
+            get ``modalities[0]``.
+        input_type: The batch class the model reads (:class:`AtomBatch`, :class:`CanvasBatch`:
+            :func:`atomizer.models.registry.input_type`).
+        canvas: Canvas grid of the canvas models.
+        random_window: Random window position (training) instead of centred.
+        seed: Base seed of the window positions.
+        cache: Keep loaded source images in memory (small datasets).
+    """
+
+    def __init__(
+        self,
+        base,
+        modalities: Sequence[Modality],
+        assignment: np.ndarray | None = None,
+        input_type: type = AtomBatch,
+        canvas: CanvasSpec | None = None,
+        random_window: bool = False,
+        seed: int = 0,
+        cache: bool = True,
+    ):
+        self.base = base
+        self.modalities = list(modalities)
+        self.assignment = (
+            np.zeros(len(base), dtype=np.int64) if assignment is None else np.asarray(assignment, dtype=np.int64)
+        )
+        if len(self.assignment) != len(base):
+            raise ValueError(f"assignment has {len(self.assignment)} entries for {len(base)} images")
+        self.input_type = input_type
+        self.canvas = canvas
+        self.random_window = random_window
+        self.seed = seed
+        self.epoch = 0
+        self._cache: dict[int, dict] | None = {} if cache else None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def item(self, i: int) -> dict:
+        if self._cache is None:
+            return self.base[i]
+        if i not in self._cache:
+            self._cache[i] = self.base[i]
+        return self._cache[i]
+
+    def simulated(self, i: int) -> xr.Dataset:
+        """Item ``i``'s image under its modality."""
+        m = self.modalities[self.assignment[i]]
+        rng = np.random.default_rng([self.seed, self.epoch, i]) if self.random_window else None
+        return simulate(self.item(i)["image"], m, rng=rng)
+
+    def __getitem__(self, i: int) -> dict:
+        it = self.item(i)
+        return {
+            "input": model_input(self.simulated(i), self.input_type, self.canvas),
+            "target": it["target"],
+            "id": it["id"],
+            "modality": int(self.assignment[i]),
+        }
+
+
+def collate_items(items: Sequence[dict]) -> dict:
+    """Collate :class:`ModalityDataset` items: their inputs by their batch class's ``collate``."""
+    inputs = type(items[0]["input"]).collate([it["input"] for it in items])
+    return {
+        "input": inputs,
+        "target": torch.stack([it["target"] for it in items]),
+        "id": [it["id"] for it in items],
+        "modality": torch.tensor([it["modality"] for it in items]),
+    }

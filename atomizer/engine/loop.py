@@ -1,0 +1,241 @@
+"""The one training-loop skeleton: supervised training, masked-atom pretraining and adapter training
+(:mod:`atomizer.engine.training`, :mod:`atomizer.engine.pretraining`) all run through :class:`Loop`.
+
+What the skeleton owns, so that each fix is made once:
+
+* the device (and, on CPU, the allocator setting of :func:`atomizer.core.runtime.tune_cpu_allocator`);
+* the run directory (``config.yaml``, ``checkpoints/``, ``metrics.jsonl``, ``summary.json``; only rank 0
+  writes) and the refusal to overwrite a run unless resuming;
+* seeding: global seeds at the start, and a per-step seed ``seed * 1_000_003 + step`` for dropout and
+  token pruning, so a resumed run draws exactly what the uninterrupted run drew;
+* the optimiser (AdamW with decay on matrices only, or Adam), the learning rate of every step (linear
+  warm-up, then cosine decay to zero: :func:`lr_at`), gradient accumulation, autocast, clipping;
+* the step log (loss, lr, gradient norm, images/s) and the progress bar;
+* checkpoints: ``last.pt`` every ``ckpt_every`` steps, the resume point, and the summary.
+
+The task gives the loop its steps (an iterator of micro-batches per optimiser step, starting at the
+resumed step), a loss of a micro-batch, and what to do after each step (validation, extra logs).
+
+A config driving the loop has the fields ``seed, device, precision, optimizer, lr, weight_decay,
+warmup_frac, grad_clip, ckpt_every, out_dir`` (see :class:`atomizer.engine.training.TrainConfig`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from atomizer.core.config import Config
+from atomizer.core.runtime import autocast, pick_device, tune_cpu_allocator
+from atomizer.core.storage import atomic_write_json, atomic_write_text
+
+
+def lr_at(step: int, total: int, base_lr: float, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to zero at ``total``."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
+    """AdamW (weight decay on parameters of 2 or more dimensions only) or Adam, over trainable parameters."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    raise ValueError(f"optimizer must be 'adamw' or 'adam', got {cfg.optimizer!r}")
+
+
+def state_hash(model: nn.Module) -> float:
+    """A cheap fingerprint of the weights (sum of |w|), to compare runs and ranks."""
+    return float(sum(p.detach().double().abs().sum() for p in getattr(model, "module", model).parameters()))
+
+
+def start_run(out_dir: str | Path, config: Config, resume: bool, write: bool = True) -> Path:
+    """The run directory ``out_dir`` with ``checkpoints/`` and the run's ``config.yaml`` (written atomically).
+
+    Raises:
+        FileExistsError: ``out_dir`` already holds a run and ``resume`` is False.
+    """
+    out = Path(out_dir)
+    if write:
+        if (out / "config.yaml").exists() and not resume:
+            raise FileExistsError(f"{out} already holds a run; pass resume=True (--resume) or another out_dir")
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", config.to_yaml())
+    return out
+
+
+class MetricsLog:
+    """Append-only JSON-lines log; on resume, entries after the resumed step are dropped."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path = path
+        self.enabled = enabled
+
+    def truncate_after(self, step: int) -> None:
+        if not self.enabled or not self.path.exists():
+            return
+        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
+
+    def write(self, **record: Any) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
+
+
+#: One optimiser step's input: the epoch it belongs to and its micro-batches (gradient accumulation).
+Step = tuple[int, Iterable[Any]]
+#: The loss of one micro-batch, the number of images it holds, and extra fields for the step's log record.
+LossFn = Callable[[Any], tuple[torch.Tensor, int, dict]]
+
+
+class Loop:
+    """Run directory, device, seeds, optimiser, schedule, logging and checkpoints of one run.
+
+    Usage (what :func:`atomizer.engine.training.train` and :func:`atomizer.engine.pretraining.pretrain`
+    do): ``loop = Loop(cfg, resume)``; build the model on ``loop.device``; ``loop.attach(model, total)``;
+    ``extra = loop.resume_from(load)``; then ``loop.run(steps, loss, after_step)``; ``loop.finish(summary)``.
+
+    Args:
+        cfg: The run's config (fields listed in the module docstring).
+        resume: Continue the run in ``cfg.out_dir`` from ``checkpoints/last.pt``.
+        rank, world: Distributed rank and world size (only rank 0 writes).
+        progress: Show a progress bar (rank 0).
+        desc: The progress bar's label.
+    """
+
+    def __init__(
+        self,
+        cfg: Any,
+        resume: bool = False,
+        rank: int = 0,
+        world: int = 1,
+        progress: bool = True,
+        desc: str = "train",
+        device: torch.device | None = None,
+    ):
+        self.cfg, self.resume, self.rank, self.world = cfg, resume, rank, world
+        self.is_main = rank == 0
+        self.progress, self.desc = progress, desc
+        self.device = device or pick_device(cfg.device)
+        if self.device.type == "cpu":
+            tune_cpu_allocator()  # atoms-sized buffers stay in the process instead of being page-faulted each step
+        self.out = start_run(cfg.out_dir, cfg, resume, write=self.is_main)
+        self.last = self.out / "checkpoints" / "last.pt"
+        self.log = MetricsLog(self.out / "metrics.jsonl", enabled=self.is_main)
+        self.step = 0
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+
+    def attach(self, model: nn.Module, total_steps: int, params_model: nn.Module | None = None) -> None:
+        """The model to optimise (``params_model``: whose parameters, default ``model``) and the step count."""
+        self.model = model
+        self.total_steps = int(total_steps)
+        self.warmup = max(1, int(self.cfg.warmup_frac * self.total_steps))
+        self.optimizer = make_optimizer(params_model or model, self.cfg)
+
+    def resume_from(self, load: Callable[[Path], dict]) -> dict | None:
+        """When resuming and ``last.pt`` exists: ``load(path)`` restores the model and returns the
+        checkpoint's extra (holding ``optimizer`` and ``step``); the optimiser, the step and the log
+        follow. Returns that extra, else None."""
+        if not (self.resume and self.last.exists()):
+            return None
+        extra = load(self.last)
+        self.optimizer.load_state_dict(extra["optimizer"])
+        self.step = int(extra["step"])
+        self.log.truncate_after(self.step)
+        return extra
+
+    def state(self) -> dict:
+        """What every checkpoint of the loop holds: the step and the optimiser."""
+        return {"step": self.step, "optimizer": self.optimizer.state_dict()}
+
+    def checkpoint_due(self) -> bool:
+        """``last.pt`` is due every ``ckpt_every`` steps (the final one is written by the task)."""
+        return self.step % self.cfg.ckpt_every == 0 and self.step < self.total_steps
+
+    def train_step(self, micro_batches: Iterable[Any], loss_of: LossFn, epoch: int, **log: Any) -> dict:
+        """One optimiser step over ``micro_batches``: lr, per-step seed, autocast, backward, clipping."""
+        cfg, model = self.cfg, self.model
+        lr = lr_at(self.step, self.total_steps, cfg.lr, self.warmup)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        torch.manual_seed(cfg.seed * 1_000_003 + self.step)  # dropout and pruning of this step
+        self.optimizer.zero_grad(set_to_none=True)
+        accum = int(getattr(cfg, "grad_accum", 1))
+        loss_sum, images, fields = 0.0, 0, {}
+        for mb in micro_batches:  # fetched one at a time: one micro-batch in memory
+            with autocast(cfg.precision, self.device):
+                loss, n, more = loss_of(mb)
+            loss = loss / accum
+            loss.backward()
+            loss_sum += float(loss.detach())
+            images += n
+            fields.update(more)
+        gnorm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+        self.optimizer.step()
+        self.step += 1
+        now = time.perf_counter()
+        ips = images * self.world / max(1e-9, now - self._t_last)
+        self._t_last = now
+        record = {
+            "kind": "train",
+            "step": self.step,
+            "epoch": epoch,
+            "loss": loss_sum,
+            "lr": lr,
+            "grad_norm": gnorm,
+            **fields,
+            **log,
+            "images_per_s": ips,
+            "time": time.time(),
+        }
+        self.log.write(**record)
+        self._bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
+        self._bar.update(1)
+        return record
+
+    def run(self, steps: Iterator[Step], loss_of: LossFn, after_step: Callable[[int], None] | None = None) -> None:
+        """Take optimiser steps from ``steps`` until ``total_steps``; ``after_step(epoch)`` after each
+        (checkpoints, validation). ``steps`` yields ``(epoch, micro-batches)`` from the current step on
+        (it may read :attr:`step`); the micro-batches may be a generator (``grad_accum`` of them)."""
+        self._bar = tqdm(
+            total=self.total_steps, initial=self.step, disable=not (self.progress and self.is_main), desc=self.desc
+        )
+        self._t_last = time.perf_counter()
+        self.model.train()
+        for epoch, micro in steps:
+            if self.step >= self.total_steps:
+                break
+            self.train_step(micro, loss_of, epoch)
+            if after_step is not None:
+                after_step(epoch)
+        self._bar.close()
+
+    def finish(self, summary: dict) -> dict:
+        """Write ``summary.json`` (rank 0) and return the summary."""
+        if self.is_main:
+            atomic_write_json(self.out / "summary.json", summary)
+        return summary

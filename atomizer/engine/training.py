@@ -1,0 +1,301 @@
+"""One training loop for Atomizer and every baseline.
+
+Read top to bottom: the typed config, the data, the loop (the skeleton shared with pretraining is
+:class:`atomizer.engine.loop.Loop`).
+
+* Optimiser: AdamW (or plain Adam, as in the authors' run); linear warm-up then cosine decay to zero;
+  gradient accumulation; gradient clipping; bf16 autocast on CUDA, fp32 on CPU (``precision`` overrides).
+* Protocol: every training image gets one training modality; validation images are seen under the
+  training modalities only (model selection never sees a test modality).
+* Reproducible and resumable: all randomness derives from ``(seed, step)`` or ``(seed, epoch, index)``;
+  checkpoints (model, optimiser, schedule, step) are written atomically every ``ckpt_every`` steps and
+  at the end; ``resume=True`` continues to the same final weights as an uninterrupted run.
+* Scale out: under ``torchrun`` the loop wraps the model in DDP and shards data with a
+  ``DistributedSampler``; only rank 0 writes.
+* Logs: ``metrics.jsonl`` (one JSON object per step and per validation) that dashboards can tail.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from atomizer.atoms.canvas import CanvasSpec
+from atomizer.atoms.tokens import ModalityBatchSampler
+from atomizer.core.config import Config
+from atomizer.core.runtime import check_precision, dist_info, pick_device
+from atomizer.data.datasets import open_dataset
+from atomizer.data.modalities import Assignment, load_modalities
+from atomizer.engine.evaluation import predict_dataset
+from atomizer.engine.loaders import ModalityDataset, collate_items
+from atomizer.engine.loop import Loop, state_hash
+from atomizer.engine.metrics import classification_metrics
+from atomizer.models.adapters import adapter_report, apply_adapters, save_adapters
+from atomizer.models.checkpoint import load_encoder_weights, load_into, load_model, save_checkpoint
+from atomizer.models.registry import build_model, input_type
+
+# --------------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig(Config):
+    """Everything a run needs; saved as ``config.yaml`` in the run directory."""
+
+    kind: ClassVar[str] = "training"
+
+    model: str = "atomizer"  # atomizer | resnet | vit | scalemae | perceiver
+    preset: str = "tiny"
+    model_overrides: dict = field(default_factory=dict)
+    dataset: str = "eurosat"  # eurosat | bigearthnet (embedded), see data_root
+    data_root: str | None = None
+    train_split: str = "train"
+    val_split: str = "validation"
+    train_limit: int | None = None  # use only the first N training images (smoke runs)
+    val_limit: int | None = None
+    train_modalities: str = "eurosat_train"  # name of a shipped modality set or a YAML path
+    test_modalities: str = "eurosat_test"
+    epochs: int = 2
+    max_steps: int | None = None  # stop after this many optimiser steps (smoke runs)
+    batch_size: int = 16
+    grad_accum: int = 1
+    optimizer: str = "adamw"  # adamw | adam
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_frac: float = 0.1  # fraction of the steps spent warming up
+    grad_clip: float = 1.0
+    random_window: bool = True
+    group_by_modality: bool = False  # batches of one training modality (no padding; single process only)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    num_workers: int = 0
+    ckpt_every: int = 50  # steps
+    val_every_epoch: bool = True
+    init: str | None = None  # checkpoint whose encoder weights initialise the model
+    adapters: dict | None = None  # freeze the model, train only these adapters (atomizer.models.adapters.AdapterConfig)
+    out_dir: str = "runs/default"
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
+        for name in ("epochs", "batch_size", "grad_accum", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"training config: {name} must be >= 1, got {getattr(self, name)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if target.ndim == 2:
+        return nn.functional.binary_cross_entropy_with_logits(logits.float(), target.float())
+    return nn.functional.cross_entropy(logits.float(), target)
+
+
+def canvas_for(modality_file) -> CanvasSpec:
+    return CanvasSpec(int(modality_file.source_size_px or 64), float(modality_file.source_gsd_m or 10.0))
+
+
+def build_datasets(cfg: TrainConfig, batch_type: type):
+    """(train, validation) :class:`ModalityDataset` under the training modalities, and the base train set."""
+    train_mods = load_modalities(cfg.train_modalities)
+    canvas = canvas_for(train_mods)
+    base_tr = open_dataset(cfg.dataset, cfg.train_split, cfg.data_root)
+    base_va = open_dataset(cfg.dataset, cfg.val_split, cfg.data_root)
+    if cfg.train_limit is not None:
+        base_tr.records = base_tr.records[: cfg.train_limit]
+    if cfg.val_limit is not None:
+        base_va.records = base_va.records[: cfg.val_limit]
+    if len(base_tr) == 0:
+        raise ValueError(f"dataset {cfg.dataset!r} has no {cfg.train_split!r} images")
+    tr = ModalityDataset(
+        base_tr,
+        train_mods.modalities,
+        Assignment.random(len(base_tr), len(train_mods), cfg.seed).modality_index,
+        batch_type,
+        canvas,
+        random_window=cfg.random_window,
+        seed=cfg.seed,
+    )
+    va = ModalityDataset(
+        base_va,
+        train_mods.modalities,
+        Assignment.random(len(base_va), len(train_mods), cfg.seed + 1).modality_index,
+        batch_type,
+        canvas,
+        random_window=False,
+        seed=cfg.seed,
+    )
+    return tr, va, base_tr
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Train ``cfg.model`` and return a summary (paths, best validation metric, final step).
+
+    Raises:
+        FileExistsError: ``out_dir`` already holds a run and ``resume`` is False.
+    """
+    rank, world, local_rank = dist_info()
+    distributed = world > 1
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = pick_device(cfg.device)
+    if distributed and device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    loop = Loop(cfg, resume, rank=rank, world=world, progress=progress, desc=f"train {cfg.model}", device=device)
+    out = loop.out
+    # ---- model
+    probe = open_dataset(cfg.dataset, cfg.train_split, cfg.data_root)
+    model = build_model(cfg.model, cfg.preset, num_classes=probe.num_classes, **cfg.model_overrides).to(device)
+    head_loaded = "none"
+    if cfg.init:
+        head_loaded = load_encoder_weights(model, cfg.init, classes=probe.classes)["head"]
+    adapters = None
+    if cfg.adapters is not None:  # frozen base, only the adapters train (saved apart: adapters.pt)
+        adapters = apply_adapters(model, cfg.adapters, head_loaded=head_loaded).to_dict()
+    # ---- data
+    train_ds, val_ds, _ = build_datasets(cfg, input_type(model))
+    if distributed:
+        sampler = torch.utils.data.DistributedSampler(
+            train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True
+        )
+    else:
+        sampler = torch.utils.data.RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed))
+    batch_size = min(cfg.batch_size, len(sampler))  # a tiny training set still gives one full batch
+    if batch_size < 1:
+        raise ValueError("no training images for this rank")
+    batch_sampler = None
+    if cfg.group_by_modality and not distributed:  # same-modality batches: no padding between sets
+        batch_sampler = ModalityBatchSampler(
+            train_ds.assignment, batch_size, shuffle=True, seed=cfg.seed, drop_last=True
+        )
+    n_batches = len(batch_sampler) if batch_sampler is not None else len(sampler) // batch_size
+    per_epoch = max(1, n_batches // cfg.grad_accum)
+    total_steps = cfg.epochs * per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    loop.attach(model, total_steps)
+    best = -math.inf
+    extra = loop.resume_from(lambda path: load_into(model, path))
+    if extra is not None:
+        best = float(extra["best"])
+    if distributed:
+        loop.model = model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[local_rank] if device.type == "cuda" else None
+        )
+    core = getattr(model, "module", model)
+
+    def checkpoint(path, **more: Any) -> None:
+        if loop.is_main:
+            save_checkpoint(
+                path,
+                core,
+                {
+                    **loop.state(),
+                    "best": best,
+                    "train_config": cfg.to_dict(),
+                    "classes": probe.classes,
+                    "multilabel": probe.multilabel,
+                    "train_modalities": cfg.train_modalities,
+                    "adapters": adapters,
+                    **more,
+                },
+            )
+
+    def steps():
+        while loop.step < total_steps:
+            epoch = loop.step // per_epoch
+            skip = loop.step - epoch * per_epoch  # optimiser steps already done in this epoch
+            train_ds.set_epoch(epoch)
+            if distributed:
+                sampler.set_epoch(epoch)
+            else:
+                sampler.generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+            pin = device.type == "cuda"
+            if batch_sampler is not None:
+                batch_sampler.set_epoch(epoch)
+                loader = torch.utils.data.DataLoader(
+                    train_ds,
+                    batch_sampler=batch_sampler,
+                    collate_fn=collate_items,
+                    num_workers=cfg.num_workers,
+                    pin_memory=pin,
+                )
+            else:
+                loader = torch.utils.data.DataLoader(
+                    train_ds,
+                    batch_size=batch_size,
+                    sampler=sampler,
+                    collate_fn=collate_items,
+                    num_workers=cfg.num_workers,
+                    drop_last=True,
+                    pin_memory=pin,
+                )
+            it = iter(loader)
+            for _ in range(skip * cfg.grad_accum):  # fast-forward to where the interrupted run stopped
+                next(it)
+            for _ in range(skip, per_epoch):
+                if loop.step >= total_steps:
+                    break
+                yield epoch, (next(it) for _ in range(cfg.grad_accum))
+
+    def loss_of(b: dict):
+        logits = model(b["input"].to(device, non_blocking=True))
+        return loss_fn(logits, b["target"].to(device)), len(b["id"]), {}
+
+    def after_step(epoch: int) -> None:
+        nonlocal best
+        if loop.checkpoint_due():
+            checkpoint(loop.last)
+        end_of_epoch = loop.step % per_epoch == 0 or loop.step >= total_steps
+        if end_of_epoch and cfg.val_every_epoch and loop.is_main and len(val_ds):
+            logits, targets = predict_dataset(
+                core, val_ds, cfg.batch_size, device, desc="validate", precision=cfg.precision
+            )
+            val = classification_metrics(logits, targets)
+            val["loss"] = float(loss_fn(logits, targets))
+            loop.log.write(kind="val", step=loop.step, epoch=epoch, time=time.time(), **val)
+            if val["macro_map"] > best:
+                best = val["macro_map"]
+                checkpoint(out / "checkpoints" / "best.pt", val=val)
+            model.train()
+        if end_of_epoch:
+            checkpoint(loop.last)
+
+    loop.run(steps(), loss_of, after_step)
+    checkpoint(loop.last)
+    if loop.is_main and not (out / "checkpoints" / "best.pt").exists():
+        checkpoint(out / "checkpoints" / "best.pt")
+    summary = {
+        "out_dir": str(out),
+        "step": loop.step,
+        "best_val_macro_map": best,
+        "weights_fingerprint": state_hash(core),
+        "last": str(loop.last),
+        "best": str(out / "checkpoints" / "best.pt"),
+        "rank": rank,
+    }
+    if adapters is not None and loop.is_main:  # the best adapters alone, apart from the base checkpoint
+        summary["adapters"] = str(
+            save_adapters(load_model(out / "checkpoints" / "best.pt"), out / "adapters.pt", base_checkpoint=cfg.init)
+        )
+        summary["trainable_parameters"] = adapter_report(core)
+    loop.finish(summary)
+    if distributed:
+        dist.barrier()
+    return summary

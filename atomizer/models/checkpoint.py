@@ -1,0 +1,151 @@
+"""Checkpoints: weights plus everything needed to rebuild the model (architecture, config, classes,
+band tables seen in training), written atomically with ``torch.save``.
+
+``load_model(path)`` rebuilds any registered model; ``load_into(model, path)`` refuses a checkpoint
+whose configuration differs from the model's and names every differing field;
+``load_encoder_weights(model, path)`` initialises an Atomizer classifier from a (pretraining or
+classification) checkpoint's encoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from atomizer.core.config import config_diff
+from atomizer.core.storage import atomic_write_bytes
+from atomizer.models.adapters import apply_adapters
+from atomizer.models.registry import arch_of, build_from_config
+
+FORMAT = "atomizer-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is unreadable, of another format, or does not match the model."""
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``model`` (unwrapped from DDP if needed) with its config and ``extra`` metadata."""
+    model = getattr(model, "module", model)
+    payload = {
+        "format": FORMAT,
+        "arch": arch_of(model),
+        "config": model.cfg.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": dict(extra or {}),
+    }
+    return atomic_write_bytes(path, lambda p: torch.save(payload, p))
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # torch raises many kinds for a corrupt file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an {FORMAT} checkpoint")
+    return payload
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model stored in a checkpoint, weights loaded, in eval mode."""
+    payload = read_checkpoint(path, map_location)
+    model = build_from_config(payload["arch"], payload["config"])
+    if payload["extra"].get("adapters"):  # a run that trained adapters on a frozen base
+        apply_adapters(model, payload["extra"]["adapters"])
+    model.load_state_dict(payload["state_dict"])
+    return model.eval()
+
+
+def load_into(model: nn.Module, path: str | Path, strict_config: bool = True) -> dict:
+    """Load a checkpoint's weights into ``model``; refuse a different architecture or config.
+
+    Returns the checkpoint's ``extra`` metadata.
+    """
+    payload = read_checkpoint(path)
+    target = getattr(model, "module", model)
+    if payload["arch"] != arch_of(target):
+        raise CheckpointError(f"{path} holds a {payload['arch']!r} model, not {arch_of(target)!r}")
+    if strict_config:
+        diff = config_diff(payload["config"], target.cfg.to_dict())
+        if diff:
+            raise CheckpointError(f"{path} was saved from another configuration: " + "; ".join(diff))
+    target.load_state_dict(payload["state_dict"])
+    return payload["extra"]
+
+
+#: Config fields that do not change the encoder's weights (training-time behaviour, head size).
+RUNTIME_FIELDS = ("num_classes", "prune_p", "attn_dropout", "ff_dropout", "checkpoint_tokens")
+
+
+def load_encoder_weights(
+    model: nn.Module, path: str | Path, classes: Sequence[str] | None = None, head: str | bool | None = None
+) -> dict:
+    """Initialise an Atomizer classifier from a checkpoint's encoder (every weight but the head).
+
+    Args:
+        model: The Atomizer to initialise (may be wrapped in DDP).
+        path: A pretraining checkpoint (:func:`atomizer.engine.pretraining.pretrain`) or any Atomizer checkpoint.
+        classes: The model's class names, to decide ``head=None``.
+        head: What of the head to load: "none" (False), "full" (True), "pool" (all but the final Linear),
+            or None: "none" from a pretraining checkpoint, "full" from a classifier trained on the same
+            class list (fine-tuning), "pool" from a classifier of another label set.
+
+    Returns:
+        ``{"loaded": number of tensors, "head": "full" | "pool" | "none", "source": path}``.
+
+    Raises:
+        CheckpointError: not an Atomizer checkpoint, or an encoder configuration that differs from the
+            model's (every differing field is named).
+    """
+    payload = read_checkpoint(path)
+    target = getattr(model, "module", model)
+    if payload["arch"] != "atomizer" or arch_of(target) != "atomizer":
+        raise CheckpointError(
+            f"{path}: encoder weights need an Atomizer checkpoint and model "
+            f"(checkpoint holds {payload['arch']!r}, model is {type(target).__name__})"
+        )
+    ours = {k: v for k, v in target.cfg.to_dict().items() if k not in RUNTIME_FIELDS}
+    theirs = {k: v for k, v in payload["config"].items() if k not in RUNTIME_FIELDS}
+    diff = config_diff(theirs, ours)
+    if diff:
+        raise CheckpointError(
+            f"{path}: its encoder configuration does not match the model's (use the same preset "
+            f"and model_overrides as the checkpoint): " + "; ".join(diff)
+        )
+    state = payload["state_dict"]
+    extra = payload.get("extra", {})
+    if head is None:
+        if extra.get("kind") == "pretrain" or not extra.get("classes"):
+            head = "none"
+        else:
+            head = "full" if classes is not None and list(extra["classes"]) == list(classes) else "pool"
+    head = {True: "full", False: "none"}.get(head, head)
+    if head not in ("none", "pool", "full"):
+        raise ValueError(f"head must be 'none', 'pool' or 'full', got {head!r}")
+
+    def wanted(k: str) -> bool:
+        if not k.startswith("head."):
+            return True
+        return head == "full" or (head == "pool" and not k.startswith("head.fc."))
+
+    own = target.state_dict()
+    keys = [k for k in own if wanted(k)]
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} lacks encoder weight(s) {missing[:5]}{'...' if len(missing) > 5 else ''} "
+            "(a checkpoint with adapters? load it with atomizer.models.checkpoint.load_model)"
+        )
+    bad = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in keys if state[k].shape != own[k].shape]
+    if bad:
+        raise CheckpointError(f"{path}: weight shapes differ from the model's: " + "; ".join(bad[:5]))
+    target.load_state_dict({k: state[k] for k in keys}, strict=False)
+    return {"loaded": len(keys), "head": head, "source": str(path)}

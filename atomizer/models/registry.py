@@ -1,0 +1,57 @@
+"""Model registry: every trainable model by architecture name, with its config class and presets.
+
+``"atomizer"`` is :class:`atomizer.models.atomizer.Atomizer`; the baselines (``"resnet"``, ``"vit"``,
+``"scalemae"``, ``"perceiver"``) come from :mod:`atomizer.models.baselines`. Every model is called as
+``model(batch)`` on its :func:`input_type` (an :class:`~atomizer.atoms.tokens.AtomBatch` or a
+:class:`~atomizer.atoms.canvas.CanvasBatch`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from atomizer.models.atomizer import Atomizer, AtomizerConfig
+from atomizer.models.baselines import BASELINES, CONFIGS
+
+MODELS: dict[str, type[nn.Module]] = {"atomizer": Atomizer, **BASELINES}
+CONFIG_CLASSES: dict[str, type] = {"atomizer": AtomizerConfig, **CONFIGS}
+
+
+def architectures() -> list[str]:
+    return list(MODELS)
+
+
+def model_class(arch: str) -> type:
+    if arch not in MODELS:
+        raise KeyError(f"unknown model {arch!r}; choose from {', '.join(MODELS)}")
+    return MODELS[arch]
+
+
+def config_class(arch: str) -> type:
+    model_class(arch)  # validates the name
+    return CONFIG_CLASSES[arch]
+
+
+def arch_of(model: nn.Module) -> str:
+    for name, cls in MODELS.items():
+        if type(model) is cls:
+            return name
+    raise KeyError(f"{type(model).__name__} is not a registered model")
+
+
+def build_model(arch: str, preset: str = "tiny", num_classes: int = 19, **overrides: Any) -> nn.Module:
+    """A fresh model from a named preset (``tiny``, ``small``, ``paper`` for Atomizer)."""
+    cfg = config_class(arch).preset(preset, num_classes=num_classes, **overrides)
+    return model_class(arch)(cfg)
+
+
+def build_from_config(arch: str, cfg: Mapping[str, Any]) -> nn.Module:
+    return model_class(arch)(config_class(arch).from_dict(dict(cfg)))
+
+
+def input_type(model: nn.Module) -> type:
+    """The batch class ``model`` reads (through a DDP wrapper): ``AtomBatch`` or ``CanvasBatch``."""
+    return getattr(model, "module", model).input_type

@@ -1,0 +1,1 @@
+"""Results: the results store of experiment runs, the paper's reference numbers, figures."""
