@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PORT ?= 5006
 
-.PHONY: setup chromium demo test test-all bench clean
+.PHONY: setup chromium demo lint test test-all bench clean
 
 $(STAMP): pyproject.toml environment.yml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,13 @@ demo: setup
 	$(PY) -m atomizer serve --port $(PORT) --results $(DEMO) --no-show \
 	  --checkpoint $(DEMO)/models-atomizer/atomizer/checkpoints/best.pt
 
-test: setup chromium
+# ruff (lint and format check) and mypy (the configured packages, see pyproject.toml)
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: setup chromium lint
 	$(PY) -m pytest -m "not slow and not gpu" -q -p no:cacheprovider
 
 test-all: setup chromium

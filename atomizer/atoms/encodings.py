@@ -233,6 +233,8 @@ class AtomEncoder(nn.Module):
         slice of it). Masked atoms (padding, nodata) read 0 whatever they hold, so a NaN there is inert."""
         if value is None:
             value, band, mask = batch.value, batch.band, batch.mask
+        if band is None or mask is None:
+            raise ValueError("value_features: a slice of values needs its band and mask slices too")
         value = torch.where(mask, value, torch.zeros((), dtype=value.dtype, device=value.device))
         extra = batch.band_table[:, 3][band]
         mean = std = None

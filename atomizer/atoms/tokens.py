@@ -154,13 +154,22 @@ def tokenize(image: xr.Dataset, bands: Sequence[str] | None = None, drop_invalid
         g = float(da.attrs["gsd_m"])
         ydim, xdim = da.dims
         xs, ys = da[xdim].values, da[ydim].values
-        lefts.append(xs.min() - g / 2), rights.append(xs.max() + g / 2)
-        bottoms.append(ys.min() - g / 2), tops.append(ys.max() + g / 2)
+        lefts.append(xs.min() - g / 2)
+        rights.append(xs.max() + g / 2)
+        bottoms.append(ys.min() - g / 2)
+        tops.append(ys.max() + g / 2)
     cx, cy = (min(lefts) + max(rights)) / 2, (min(bottoms) + max(tops)) / 2
 
     doy, year = acquisition_date(image)
-    values, band_idx, xi, yi, valid = [], [], [], [], []
-    table, coord_x, coord_y, domains = [], [], [], []
+    values: list[np.ndarray] = []
+    band_idx: list[np.ndarray] = []
+    xi: list[np.ndarray] = []
+    yi: list[np.ndarray] = []
+    valid: list[np.ndarray] = []
+    coord_x: list[np.ndarray] = []
+    coord_y: list[np.ndarray] = []
+    table: list[list[float]] = []
+    domains: list[str] = []
     for b, n in enumerate(names):
         da = image[n]
         a = da.attrs
@@ -170,8 +179,8 @@ def tokenize(image: xr.Dataset, bands: Sequence[str] | None = None, drop_invalid
         values.append(v.ravel())
         valid.append(ok.ravel())
         band_idx.append(np.full(h * w, b, np.int32))
-        xi.append(np.tile(np.arange(w, dtype=np.int32) + sum(map(len, coord_x)), h))
-        yi.append(np.repeat(np.arange(h, dtype=np.int32) + sum(map(len, coord_y)), w))
+        xi.append(np.tile(np.arange(w, dtype=np.int32) + sum(len(c) for c in coord_x), h))
+        yi.append(np.repeat(np.arange(h, dtype=np.int32) + sum(len(c) for c in coord_y), w))
         coord_x.append((da[xdim].values - cx).astype(np.float32))
         coord_y.append((da[ydim].values - cy).astype(np.float32))
         domain = a.get("domain", "optical")
@@ -242,7 +251,9 @@ def collate(sets: Sequence[AtomBatch], pad_to: int | None = None) -> AtomBatch:
             yi[row, :m] = s.yi[i] + oy
             mask[row, :m] = s.mask[i]
             row += 1
-        tables.append(s.band_table), cxs.append(s.coord_x), cys.append(s.coord_y)
+        tables.append(s.band_table)
+        cxs.append(s.coord_x)
+        cys.append(s.coord_y)
         names += s.band_names
         domains += s.band_domains
         ob += s.band_table.shape[0]

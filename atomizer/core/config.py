@@ -108,7 +108,7 @@ class Config:
         if unknown:
             raise ConfigError(f"unknown {cls.kind} option(s): {unknown}; known: {sorted(names)}")
         try:
-            return _adapter(cls).validate_python(dict(d))
+            return _adapter(cls).validate_python(dict(d))  # type: ignore[arg-type]
         except pydantic.ValidationError as e:
             raise ConfigError(_one_line(cls, e)) from None
 

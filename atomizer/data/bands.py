@@ -115,6 +115,12 @@ class Band:
         return d
 
 
+#: The top-level keys of a sensor sidecar (anything else is refused by name).
+SIDECAR_KEYS = frozenset(
+    {"name", "bands", "generate", "dn_scale", "dn_offset", "nodata", "description", "source", "aliases"}
+)
+
+
 @dataclass(frozen=True)
 class Sensor:
     """An ordered set of bands and the DN-to-physical-value convention of a sensor.
@@ -188,6 +194,9 @@ class Sensor:
         if not isinstance(spec, Mapping):
             raise SensorSpecError(f"sensor spec must be a mapping, got {type(spec).__name__}")
         name = str(spec.get("name", default_name))
+        unknown = sorted(set(spec) - SIDECAR_KEYS)
+        if unknown:  # a typo such as 'dn_scal' must not silently fall back to the default scale
+            raise SensorSpecError(f"sensor {name!r}: unknown key(s) {unknown}; known: {sorted(SIDECAR_KEYS)}")
         source = str(spec.get("source", ""))
         bands: list[Band] = []
         for i, raw in enumerate(spec.get("bands") or []):

@@ -49,7 +49,8 @@ def lr_at(step: int, total: int, base_lr: float, warmup: int) -> float:
 
 def make_optimizer(model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
     """AdamW (weight decay on parameters of 2 or more dimensions only) or Adam, over trainable parameters."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
@@ -146,6 +147,7 @@ class Loop:
         self.last = self.out / "checkpoints" / "last.pt"
         self.log = MetricsLog(self.out / "metrics.jsonl", enabled=self.is_main)
         self.step = 0
+        self._t_last = time.perf_counter()
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
 

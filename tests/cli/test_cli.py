@@ -11,7 +11,7 @@ from atomizer.cli import main
 from atomizer.data.bands import list_sensors
 from atomizer.engine.training import TrainConfig, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args, timeout=300):
@@ -128,3 +128,32 @@ def test_wrong_arguments_one_line_errors(tmp_path, tiny_checkpoint):
     assert r.returncode == 2 and "modality file not found" in r.stderr
     r = run("train", tmp_path / "missing.yaml")
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_train_config_types_from_yaml(tmp_path):
+    """``epochs: two`` is refused in one line naming the field; ``lr: 1e-3`` (a YAML string) trains at 0.001."""
+    base = {
+        "model": "atomizer",
+        "preset": "tiny",
+        "dataset": "eurosat",
+        "batch_size": 4,
+        "max_steps": 1,
+        "train_limit": 8,
+        "val_limit": 4,
+        "device": "cpu",
+        "val_every_epoch": False,
+    }
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**base, "out_dir": str(tmp_path / "bad_run")}) + "epochs: two\n")
+    r = run("train", str(bad))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("atomizer: error:") and "epochs" in lines[0] and "'two'" in lines[0]
+    assert "Traceback" not in r.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({**base, "epochs": 1, "out_dir": str(tmp_path / "run")}) + "lr: 1e-3\n")
+    assert yaml.safe_load(good.read_text())["lr"] == "1e-3"
+    r = run("train", str(good))
+    assert r.returncode == 0, r.stderr[-2000:]
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["lr"] == 0.001 and isinstance(saved["lr"], float)

@@ -27,7 +27,7 @@ from atomizer.data.bands import get_sensor
 from atomizer.engine.evaluation import results_dataset, save_results, sweep_modalities
 from atomizer.results.paper import PAPER_TABLE1
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # evaluating on five tiles leaves classes without positives; torchmetrics says so for each of them
 pytestmark = pytest.mark.filterwarnings("ignore:No positive samples:UserWarning")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from dashboard_support import evaluate_into, small_eurosat_root, train_tiny
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 

@@ -27,7 +27,7 @@ from atomizer.engine.pretraining import (
 from atomizer.models.atomizer import Atomizer, AtomizerConfig
 from atomizer.models.checkpoint import CheckpointError, load_encoder_weights, read_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

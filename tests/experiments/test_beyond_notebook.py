@@ -6,7 +6,7 @@ from pathlib import Path
 import nbformat
 import papermill as pm
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = {
     "preset": "tiny",
     "pretrain_steps": 2,

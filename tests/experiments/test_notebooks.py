@@ -13,7 +13,7 @@ import yaml
 from atomizer.engine.evaluation import load_results
 from atomizer.experiments import ExperimentSpec, run_experiment
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 SMOKE = dict(preset="tiny", epochs=1, max_steps=2, batch_size=4, train_limit=8, val_limit=4, device="cpu")
 PNG = b"\x89PNG\r\n\x1a\n"
