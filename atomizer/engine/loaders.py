@@ -123,3 +123,21 @@ def collate_items(items: Sequence[dict]) -> dict:
         "id": [it["id"] for it in items],
         "modality": torch.tensor([it["modality"] for it in items]),
     }
+
+
+class AsRead(torch.utils.data.Dataset):
+    """Items of ``base`` tokenized as read (no modality simulation)."""
+
+    def __init__(self, base):
+        self.base = base
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        it = self.base[i]
+        return {"input": AtomBatch.from_image(it["image"]), "target": it["target"], "id": it["id"], "modality": 0}

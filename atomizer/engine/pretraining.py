@@ -6,8 +6,10 @@ hidden atoms' values with a light decoder whose queries are the hidden atoms' (p
 wavelength, bandwidth) encodings: the coordinate and band feature tables gathered at the hidden atoms,
 projected, one cross-attention over the latents, a feed-forward and a linear map to one scalar.
 
-Read top to bottom: the config, the unlabelled data (datasets without labels, scene tiles, GeoTIFF
-folders), the masking kinds, the decoder, the loop, loading the encoder into a classifier, the CLI.
+Read top to bottom: the config, the data, the loop. The pieces live in their layers: unlabelled images
+in :mod:`atomizer.data.unlabelled`, the masking kinds and target in :mod:`atomizer.atoms.masking`, the
+decoder in :mod:`atomizer.models.masked`, loading the encoder into a classifier in
+:func:`atomizer.models.checkpoint.load_encoder_weights`.
 
 * Masking kinds (each set masked on its own, always at least one visible and one hidden atom):
   ``random`` (atoms), ``band`` (whole bands), ``pixel`` (every band at a position: atoms whose centre
@@ -23,32 +25,27 @@ folders), the masking kinds, the decoder, the loop, loading the encoder into a c
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from atomizer.atoms.encodings import normalize_values
-from atomizer.atoms.tokens import AtomBatch, collate, tokenize
+from atomizer.atoms.masking import MASKINGS, mask_atoms, split_atoms
+from atomizer.atoms.tokens import AtomBatch, collate
 from atomizer.core.config import Config
 from atomizer.core.runtime import autocast, check_precision
-from atomizer.data.datasets import open_dataset
-from atomizer.data.modalities import Assignment, Modality, load_modalities, simulate
-from atomizer.data.readers import image_bands, open_image
-from atomizer.engine.loaders import ModalityDataset
+from atomizer.data.modalities import Assignment, load_modalities
+from atomizer.data.unlabelled import UnlabelledImages
+from atomizer.engine.loaders import AsRead, ModalityDataset
 from atomizer.engine.loop import Loop, state_hash
 from atomizer.models.atomizer import Atomizer, AtomizerConfig
 from atomizer.models.checkpoint import load_into, save_checkpoint
-from atomizer.models.layers import Attention, FactorizedTokenProjection, FeedForward
-
-MASKINGS = ("random", "band", "pixel", "block")
-_BAND_FILE = re.compile(r"(?:^|_)(?:B\d{1,2}A?|VV|VH|HH|HV)$")
+from atomizer.models.masked import MaskedAtomDecoder, MaskedAtomModel
 
 # --------------------------------------------------------------------------------------------------
 # Config
@@ -115,120 +112,6 @@ class PretrainConfig(Config):
 # --------------------------------------------------------------------------------------------------
 
 
-def tile_windows(image, tile_px: int) -> list[tuple[Modality, tuple[float, float]]]:
-    """Top-left offsets (m) of the non-overlapping ``tile_px`` tiles of ``image``'s finest grid."""
-    names = image_bands(image)
-    gsd = min(float(image[b].attrs["gsd_m"]) for b in names)
-    exts = []
-    for b in names:
-        da = image[b]
-        g = float(da.attrs["gsd_m"])
-        exts.append((da.shape[1] * g, da.shape[0] * g))
-    width, height = min(e[0] for e in exts), min(e[1] for e in exts)
-    tile_m = tile_px * gsd
-    nx, ny = int(width // tile_m), int(height // tile_m)
-    mod = Modality("tile", tile_px, gsd, tuple(names))
-    return [(mod, (i * tile_m, j * tile_m)) for j in range(ny) for i in range(nx)]
-
-
-class UnlabelledImages(torch.utils.data.Dataset):
-    """Images of several sources as dataset items ``{"image", "target": 0, "id"}`` (loaded lazily).
-
-    Whole images come from their reader; a tile is :func:`atomizer.data.modalities.simulate` of its window
-    (all bands at native resolution, so 20 m and 60 m bands keep their own grids).
-    """
-
-    multilabel = False
-    classes = ["unlabelled"]
-
-    def __init__(self, sources: Sequence[Mapping[str, Any]]):
-        self.records: list[tuple] = []  # (source index, loader key, tile window or None, id)
-        self._loaders: list = []
-        self._cache: dict[tuple[int, Any], Any] = {}
-        for si, src in enumerate(sources):
-            src = dict(src)
-            keys, loader, names = self._source(src)
-            self._loaders.append(loader)
-            items = []
-            for key, name in zip(keys, names):
-                if src.get("tile_px"):
-                    image = self._image(si, key)
-                    items += [
-                        (si, key, w, f"{name}_t{k}") for k, w in enumerate(tile_windows(image, int(src["tile_px"])))
-                    ]
-                else:
-                    items.append((si, key, None, name))
-                if src.get("limit") and len(items) >= int(src["limit"]):
-                    break
-            if src.get("limit"):
-                items = items[: int(src["limit"])]
-            if not items:
-                raise ValueError(f"pretraining source #{si} {src} gives no image")
-            self.records += items
-
-    @staticmethod
-    def _source(src: dict):
-        known = {"dataset", "split", "root", "path", "pattern", "sensor", "tile_px", "limit"}
-        if set(src) - known:
-            raise ValueError(
-                f"unknown key(s) {sorted(set(src) - known)} in pretraining source {src}; known: {sorted(known)}"
-            )
-        if "dataset" in src:
-            ds = open_dataset(src["dataset"], src.get("split"), src.get("root"))
-            return list(range(len(ds))), (lambda i: ds.load(ds.records[i])), ds.ids()
-        if "path" not in src:
-            raise ValueError(f"a pretraining source needs 'dataset' or 'path': {src}")
-        path = Path(src["path"])
-        sensor = src.get("sensor")
-        if not path.exists():
-            raise FileNotFoundError(f"pretraining source not found: {path}")
-        if path.is_file():
-            files = [path]
-        elif src.get("pattern"):
-            files = sorted(path.glob(src["pattern"]))
-        else:  # folders of per-band GeoTIFFs (e.g. Major-TOM products) anywhere below, else image files
-            files = sorted({f.parent for f in path.rglob("*.tif*") if _BAND_FILE.search(f.stem)})
-            files = files or sorted(f for f in path.iterdir() if f.suffix.lower() in (".tif", ".tiff", ".npz"))
-        return files, (lambda f: open_image(f, sensor=sensor)), [Path(f).stem for f in files]
-
-    def _image(self, si: int, key: Any):
-        if (si, key) not in self._cache:
-            self._cache[(si, key)] = self._loaders[si](key)
-        return self._cache[(si, key)]
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def ids(self) -> list[str]:
-        return [r[3] for r in self.records]
-
-    def __getitem__(self, i: int) -> dict:
-        si, key, window, name = self.records[i]
-        image = self._image(si, key)
-        if window is not None:
-            mod, offset = window
-            image = simulate(image, mod, offset_m=offset)
-        return {"image": image, "target": torch.tensor(0), "id": name}
-
-
-class AsRead(torch.utils.data.Dataset):
-    """Items of ``base`` tokenized as read (no modality simulation)."""
-
-    def __init__(self, base):
-        self.base = base
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, i: int) -> dict:
-        it = self.base[i]
-        return {"input": tokenize(it["image"]), "target": it["target"], "id": it["id"], "modality": 0}
-
-
 def build_pretrain_dataset(
     cfg: PretrainConfig, base: UnlabelledImages | None = None, random_window: bool | None = None
 ):
@@ -247,176 +130,6 @@ def build_pretrain_dataset(
         random_window=rw,
         seed=cfg.seed,
     )
-
-
-# --------------------------------------------------------------------------------------------------
-# Masking
-# --------------------------------------------------------------------------------------------------
-
-
-def _n_hide(n: Tensor, ratio: float) -> Tensor:
-    """Hidden count for ``n`` units: round(ratio * n), at least one hidden and one visible unit."""
-    return torch.clamp(torch.round(ratio * n.double()).long(), min=1, max=None).minimum((n - 1).clamp_min(1))
-
-
-def _rank_hide(scores: Tensor, k: int) -> Tensor:
-    """Boolean: the ``k`` lowest scores."""
-    out = torch.zeros_like(scores, dtype=torch.bool)
-    out[scores.argsort()[:k]] = True
-    return out
-
-
-def grid_cells(batch: AtomBatch, s: int, cell_px: int = 1) -> tuple[Tensor, Tensor, Tensor]:
-    """For set ``s``: (cell index of each of its valid atoms, integer x, y of those cells, atom indices).
-
-    Cells are ``cell_px`` x ``cell_px`` pixels of the set's finest grid, aligned on its first pixel; an
-    atom of a coarser band belongs to the cell holding its centre.
-    """
-    atoms = batch.mask[s].nonzero().squeeze(1)
-    x = batch.coord_x[batch.xi[s, atoms]].double()
-    y = batch.coord_y[batch.yi[s, atoms]].double()
-    gsd = batch.band_table[batch.band[s, atoms], 2].double()
-    g = float(gsd.min())
-    fine = gsd <= g + 1e-6
-    ix = torch.floor((x - x[fine].min()) / g + 0.5 + 1e-6).long()
-    iy = torch.floor((y[fine].max() - y) / g + 0.5 + 1e-6).long()  # rows from the top
-    cx, cy = torch.div(ix, cell_px, rounding_mode="floor"), torch.div(iy, cell_px, rounding_mode="floor")
-    key = (cx - cx.min()) * (int(cy.max() - cy.min()) + 1) + (cy - cy.min())
-    _, cell = torch.unique(key, return_inverse=True)
-    return cell, torch.stack([cx, cy], 1), atoms
-
-
-def mask_atoms(
-    batch: AtomBatch,
-    ratio: float = 0.9,
-    kind: str = "random",
-    generator: torch.Generator | None = None,
-    block_px: int = 4,
-) -> Tensor:
-    """Which valid atoms to hide: (S, N) bool (never padding; each set keeps >= 1 visible atom).
-
-    ``random``: ``round(ratio * n)`` atoms. ``band``: whole bands, the prefix of a random band order whose
-    atom fraction is nearest ``ratio`` (at least one band hidden and one visible; a one-band set falls
-    back to random atoms). ``pixel``: ``round(ratio * cells)`` cells of the finest grid, every band at
-    those positions. ``block``: the same with ``block_px`` x ``block_px`` cells.
-    """
-    if kind not in MASKINGS:
-        raise ValueError(f"masking must be one of {MASKINGS}, got {kind!r}")
-    S, N = batch.mask.shape
-    hidden = torch.zeros(S, N, dtype=torch.bool)
-    mask = batch.mask.cpu()
-    cpu = batch.to("cpu") if batch.value.device.type != "cpu" else batch
-    for s in range(S):
-        atoms = mask[s].nonzero().squeeze(1)
-        n = atoms.numel()
-        if n < 2:
-            continue  # nothing can be hidden while keeping one visible atom
-        k = kind
-        if k == "band":
-            bands, inverse, counts = torch.unique(cpu.band[s, atoms], return_inverse=True, return_counts=True)
-            if bands.numel() < 2:
-                k = "random"
-            else:
-                order = torch.randperm(bands.numel(), generator=generator)
-                frac = counts[order].cumsum(0).double() / n
-                j = int((frac[:-1] - ratio).abs().argmin())  # hide order[: j + 1], keep >= 1 band
-                hide_band = torch.zeros(bands.numel(), dtype=torch.bool)
-                hide_band[order[: j + 1]] = True
-                hidden[s, atoms] = hide_band[inverse]
-                continue
-        if k == "random":
-            hidden[s, atoms] = _rank_hide(torch.rand(n, generator=generator), int(_n_hide(torch.tensor(n), ratio)))
-            continue
-        cell, _, atoms = grid_cells(cpu, s, 1 if k == "pixel" else block_px)
-        m = int(cell.max()) + 1
-        if m < 2:  # one cell: fall back to random atoms
-            hidden[s, atoms] = _rank_hide(torch.rand(n, generator=generator), int(_n_hide(torch.tensor(n), ratio)))
-            continue
-        hide_cell = _rank_hide(torch.rand(m, generator=generator), int(_n_hide(torch.tensor(m), ratio)))
-        hidden[s, atoms] = hide_cell[cell]
-    return hidden.to(batch.mask.device)
-
-
-def _first(sel: Tensor, limit: int | None = None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """Index (S, K) of the True entries of each row (in random order when capped at ``limit``) and keep."""
-    score = (
-        torch.rand(sel.shape, generator=generator)
-        if limit is not None
-        else torch.arange(sel.shape[1]).double().expand(sel.shape)
-    )
-    score = score.masked_fill(~sel.cpu(), float("inf"))
-    count = sel.sum(1).cpu()
-    if limit is not None:
-        count = count.clamp(max=limit)
-    k = max(1, int(count.max()))
-    index = score.argsort(dim=1, stable=True)[:, :k]
-    keep = torch.arange(k)[None, :] < count[:, None]
-    return index.to(sel.device), keep.to(sel.device)
-
-
-def split_atoms(
-    batch: AtomBatch, hidden: Tensor, max_targets: int | None = None, generator: torch.Generator | None = None
-) -> tuple[AtomBatch, AtomBatch]:
-    """(visible atoms, target atoms): the unhidden valid atoms, and the hidden ones (at most
-    ``max_targets`` per set, drawn at random). Both share the batch's band and coordinate tables."""
-    vis_idx, vis_keep = _first(batch.mask & ~hidden)
-    tgt_idx, tgt_keep = _first(batch.mask & hidden, max_targets, generator)
-    return batch.select(vis_idx, vis_keep), batch.select(tgt_idx, tgt_keep)
-
-
-def reconstruction_target(atoms: AtomBatch) -> Tensor:
-    """(S, K) values on the fixed, sensor-free scale of :func:`normalize_values` (no band statistics)."""
-    return normalize_values(atoms.value, atoms.band_table[:, 3][atoms.band])
-
-
-# --------------------------------------------------------------------------------------------------
-# Decoder
-# --------------------------------------------------------------------------------------------------
-
-
-class MaskedAtomDecoder(nn.Module):
-    """Queries = hidden atoms' (x, y, band) features -> LayerNorm + Linear (factorised, never
-    materialised) -> one cross-attention over the latents -> feed-forward -> scalar."""
-
-    def __init__(
-        self, cfg: AtomizerConfig, dim: int | None = None, heads: int = 4, dim_head: int = 32, ff_mult: int = 2
-    ):
-        super().__init__()
-        enc = cfg.encoding
-        dim = dim or cfg.latent_dim
-        self.query = FactorizedTokenProjection((0, enc.pos_dim, enc.pos_dim, enc.band_dim), dim)
-        self.context_norm = nn.LayerNorm(cfg.latent_dim)
-        self.norm = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, dim_head, context_dim=cfg.latent_dim)
-        self.ff = FeedForward(dim, ff_mult)
-        self.out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 1))
-
-    def forward(self, z: Tensor, fx: Tensor, fy: Tensor, fb: Tensor, xi: Tensor, yi: Tensor, band: Tensor) -> Tensor:
-        """z (S, L, D); tables fx (X,Dp), fy (Y,Dp), fb (B,Db); xi, yi, band (S, K) -> (S, K)."""
-        none = fx.new_zeros(*xi.shape, 0)
-        q = self.query(none, fx, fy, fb, xi, yi, band)
-        q = q + self.attn(self.norm(q), context=self.context_norm(z))[0]
-        q = q + self.ff(q)
-        return self.out(q).squeeze(-1)
-
-
-class MaskedAtomModel(nn.Module):
-    """The Atomizer (its encoder part) and the decoder; ``forward(visible, targets)`` -> (loss, predictions)."""
-
-    def __init__(self, atomizer: Atomizer, decoder: MaskedAtomDecoder, prune_visible: bool = False):
-        super().__init__()
-        self.atomizer = atomizer
-        self.decoder = decoder
-        self.prune_visible = prune_visible
-
-    def forward(self, visible: AtomBatch, targets: AtomBatch) -> tuple[Tensor, Tensor]:
-        z = self.atomizer.encode(visible, prune=self.prune_visible and self.training)
-        enc = self.atomizer.encoder
-        fx, fy = enc.coord_features(targets.coord_x), enc.coord_features(targets.coord_y)
-        fb = enc.band_features(targets.band_table)
-        pred = self.decoder(z, fx, fy, fb, targets.xi, targets.yi, targets.band).float()
-        err = (pred - reconstruction_target(targets)).square() * targets.mask
-        return err.sum() / targets.mask.sum().clamp_min(1), pred
 
 
 # --------------------------------------------------------------------------------------------------
@@ -535,8 +248,3 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
             "weights_fingerprint": state_hash(model.atomizer),
         }
     )
-
-
-# --------------------------------------------------------------------------------------------------
-# Pretrained encoder -> classifier
-# --------------------------------------------------------------------------------------------------

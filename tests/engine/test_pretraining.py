@@ -11,19 +11,13 @@ import torch
 import yaml
 
 import atomizer.engine.loop as L
+from atomizer.atoms.masking import MASKINGS, mask_atoms, reconstruction_target, split_atoms
 from atomizer.atoms.tokens import collate, tokenize
 from atomizer.cli import main
 from atomizer.data.datasets import open_dataset
 from atomizer.data.modalities import Modality, simulate
-from atomizer.engine.pretraining import (
-    MASKINGS,
-    PretrainConfig,
-    UnlabelledImages,
-    mask_atoms,
-    pretrain,
-    reconstruction_target,
-    split_atoms,
-)
+from atomizer.data.unlabelled import UnlabelledImages
+from atomizer.engine.pretraining import PretrainConfig, pretrain
 from atomizer.models.atomizer import Atomizer, AtomizerConfig
 from atomizer.models.checkpoint import CheckpointError, load_encoder_weights, read_checkpoint
 

@@ -1,0 +1,118 @@
+"""Unlabelled images for pretraining: datasets without their labels, scene tiles, GeoTIFF folders.
+
+A source is a dict with one of ``dataset: eurosat | bigearthnet`` (``split``, ``root``) or ``path:
+FILE_OR_FOLDER`` (``pattern``, ``sensor``), plus optional ``tile_px`` (non-overlapping tiles of that many
+pixels of the image's finest grid) and ``limit`` (first N images or tiles). See
+:class:`atomizer.engine.pretraining.PretrainConfig`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from atomizer.data.datasets import open_dataset
+from atomizer.data.modalities import Modality, simulate
+from atomizer.data.readers import image_bands, open_image
+
+_BAND_FILE = re.compile(r"(?:^|_)(?:B\d{1,2}A?|VV|VH|HH|HV)$")
+
+
+def tile_windows(image, tile_px: int) -> list[tuple[Modality, tuple[float, float]]]:
+    """Top-left offsets (m) of the non-overlapping ``tile_px`` tiles of ``image``'s finest grid."""
+    names = image_bands(image)
+    gsd = min(float(image[b].attrs["gsd_m"]) for b in names)
+    exts = []
+    for b in names:
+        da = image[b]
+        g = float(da.attrs["gsd_m"])
+        exts.append((da.shape[1] * g, da.shape[0] * g))
+    width, height = min(e[0] for e in exts), min(e[1] for e in exts)
+    tile_m = tile_px * gsd
+    nx, ny = int(width // tile_m), int(height // tile_m)
+    mod = Modality("tile", tile_px, gsd, tuple(names))
+    return [(mod, (i * tile_m, j * tile_m)) for j in range(ny) for i in range(nx)]
+
+
+class UnlabelledImages(torch.utils.data.Dataset):
+    """Images of several sources as dataset items ``{"image", "target": 0, "id"}`` (loaded lazily).
+
+    Whole images come from their reader; a tile is :func:`atomizer.data.modalities.simulate` of its window
+    (all bands at native resolution, so 20 m and 60 m bands keep their own grids).
+    """
+
+    multilabel = False
+    classes = ["unlabelled"]
+
+    def __init__(self, sources: Sequence[Mapping[str, Any]]):
+        self.records: list[tuple] = []  # (source index, loader key, tile window or None, id)
+        self._loaders: list = []
+        self._cache: dict[tuple[int, Any], Any] = {}
+        for si, src in enumerate(sources):
+            src = dict(src)
+            keys, loader, names = self._source(src)
+            self._loaders.append(loader)
+            items = []
+            for key, name in zip(keys, names):
+                if src.get("tile_px"):
+                    image = self._image(si, key)
+                    items += [
+                        (si, key, w, f"{name}_t{k}") for k, w in enumerate(tile_windows(image, int(src["tile_px"])))
+                    ]
+                else:
+                    items.append((si, key, None, name))
+                if src.get("limit") and len(items) >= int(src["limit"]):
+                    break
+            if src.get("limit"):
+                items = items[: int(src["limit"])]
+            if not items:
+                raise ValueError(f"pretraining source #{si} {src} gives no image")
+            self.records += items
+
+    @staticmethod
+    def _source(src: dict):
+        known = {"dataset", "split", "root", "path", "pattern", "sensor", "tile_px", "limit"}
+        if set(src) - known:
+            raise ValueError(
+                f"unknown key(s) {sorted(set(src) - known)} in pretraining source {src}; known: {sorted(known)}"
+            )
+        if "dataset" in src:
+            ds = open_dataset(src["dataset"], src.get("split"), src.get("root"))
+            return list(range(len(ds))), (lambda i: ds.load(ds.records[i])), ds.ids()
+        if "path" not in src:
+            raise ValueError(f"a pretraining source needs 'dataset' or 'path': {src}")
+        path = Path(src["path"])
+        sensor = src.get("sensor")
+        if not path.exists():
+            raise FileNotFoundError(f"pretraining source not found: {path}")
+        if path.is_file():
+            files = [path]
+        elif src.get("pattern"):
+            files = sorted(path.glob(src["pattern"]))
+        else:  # folders of per-band GeoTIFFs (e.g. Major-TOM products) anywhere below, else image files
+            files = sorted({f.parent for f in path.rglob("*.tif*") if _BAND_FILE.search(f.stem)})
+            files = files or sorted(f for f in path.iterdir() if f.suffix.lower() in (".tif", ".tiff", ".npz"))
+        return files, (lambda f: open_image(f, sensor=sensor)), [Path(f).stem for f in files]
+
+    def _image(self, si: int, key: Any):
+        if (si, key) not in self._cache:
+            self._cache[(si, key)] = self._loaders[si](key)
+        return self._cache[(si, key)]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def ids(self) -> list[str]:
+        return [r[3] for r in self.records]
+
+    def __getitem__(self, i: int) -> dict:
+        si, key, window, name = self.records[i]
+        image = self._image(si, key)
+        if window is not None:
+            mod, offset = window
+            image = simulate(image, mod, offset_m=offset)
+        return {"image": image, "target": torch.tensor(0), "id": name}
