@@ -34,10 +34,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
+from atomizer.core.config import Config, ConfigError
 from atomizer.core.paths import sensors_dir
 
 DOMAINS = ("optical", "thermal", "sar")
@@ -115,10 +116,36 @@ class Band:
         return d
 
 
-#: The top-level keys of a sensor sidecar (anything else is refused by name).
-SIDECAR_KEYS = frozenset(
-    {"name", "bands", "generate", "dn_scale", "dn_offset", "nodata", "description", "source", "aliases"}
-)
+@dataclass(frozen=True)
+class BandSpec(Config):
+    """One entry of a sidecar's ``bands`` list (types checked and coerced, unknown keys refused)."""
+
+    kind: ClassVar[str] = "band"
+
+    name: str
+    wavelength_nm: float
+    bandwidth_nm: float
+    gsd_m: float
+    domain: str = "optical"
+    polarisation: str | None = None
+    source: str | None = None  # default: the sidecar's
+
+
+@dataclass(frozen=True)
+class SidecarSpec(Config):
+    """The top level of a sensor sidecar (YAML/JSON): anything else is refused by name."""
+
+    kind: ClassVar[str] = "sidecar"
+
+    name: str | None = None
+    bands: list[dict[str, Any]] = field(default_factory=list)
+    generate: list[dict[str, Any]] = field(default_factory=list)
+    dn_scale: float = 1e-4
+    dn_offset: float = 0.0
+    nodata: float | None = 0.0
+    description: str = ""
+    source: str = ""
+    aliases: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -194,41 +221,35 @@ class Sensor:
         if not isinstance(spec, Mapping):
             raise SensorSpecError(f"sensor spec must be a mapping, got {type(spec).__name__}")
         name = str(spec.get("name", default_name))
-        unknown = sorted(set(spec) - SIDECAR_KEYS)
-        if unknown:  # a typo such as 'dn_scal' must not silently fall back to the default scale
-            raise SensorSpecError(f"sensor {name!r}: unknown key(s) {unknown}; known: {sorted(SIDECAR_KEYS)}")
-        source = str(spec.get("source", ""))
+        try:  # types and unknown keys (a typo such as 'dn_scal' must not fall back to the default scale)
+            side = SidecarSpec.from_dict(spec)
+        except ConfigError as e:
+            raise SensorSpecError(f"sensor {name!r}: {e}") from None
         bands: list[Band] = []
-        for i, raw in enumerate(spec.get("bands") or []):
+        for i, raw in enumerate(side.bands):
             if not isinstance(raw, Mapping):
                 raise SensorSpecError(f"sensor {name!r}: band #{i} must be a mapping, got {raw!r}")
             bname = raw.get("name", f"#{i}")
-            missing = [k for k in ("wavelength_nm", "bandwidth_nm", "gsd_m") if raw.get(k) is None]
-            if missing:
-                raise SensorSpecError(f"sensor {name!r}, band {bname!r}: missing {', '.join(missing)}")
-            unknown = set(raw) - {"name", "wavelength_nm", "bandwidth_nm", "gsd_m", "domain", "polarisation", "source"}
-            if unknown:
-                raise SensorSpecError(f"sensor {name!r}, band {bname!r}: unknown keys {sorted(unknown)}")
-            kw = dict(raw)
-            kw.setdefault("source", source)
             try:
-                bands.append(Band(**kw))
+                b = BandSpec.from_dict(raw)
+                bands.append(Band(**{**b.to_dict(), "source": b.source if b.source is not None else side.source}))
+            except ConfigError as e:
+                raise SensorSpecError(f"sensor {name!r}, band {bname!r}: {e}") from None
             except SensorSpecError as e:
                 raise SensorSpecError(f"sensor {name!r}: {e}") from None
-        for seg in spec.get("generate") or []:
-            bands.extend(_generate_bands(name, seg, source))
+        for seg in side.generate:
+            bands.extend(_generate_bands(name, seg, side.source))
         if not bands:
             raise SensorSpecError(f"sensor {name!r}: no bands (give 'bands' or 'generate')")
-        nodata = spec.get("nodata", 0)
         return cls(
             name=name,
             bands=tuple(bands),
-            dn_scale=float(spec.get("dn_scale", 1e-4)),
-            dn_offset=float(spec.get("dn_offset", 0.0)),
-            nodata=None if nodata is None else float(nodata),
-            description=str(spec.get("description", "")),
-            source=source,
-            aliases=dict(spec.get("aliases") or {}),
+            dn_scale=side.dn_scale,
+            dn_offset=side.dn_offset,
+            nodata=side.nodata,
+            description=side.description,
+            source=side.source,
+            aliases=dict(side.aliases),
         )
 
     @classmethod

@@ -368,3 +368,19 @@ def test_catalogue_table_has_one_row_per_band():
     sub = catalogue_table(["modis", "sentinel1"])
     assert len(sub) == 7 + 2
     assert set(sub.sensor) == {"modis", "sentinel1"}
+
+
+def test_sidecar_keys_and_types_go_through_the_config_base(tmp_path):
+    """Unknown top-level keys are refused (a typo must not fall back to the default scale); YAML strings
+    that are unambiguous numbers are coerced; a band value of the wrong type names the band."""
+    typo = {**VALID_SPEC, "dn_scal": 0.01}
+    with pytest.raises(SensorSpecError, match=r"sensor 'my_camera'.*dn_scal"):
+        get_sensor(_write(tmp_path, typo, ".yaml"))
+    coerced = get_sensor(_write(tmp_path, {**VALID_SPEC, "dn_scale": "1e-4"}, ".yaml"))
+    assert coerced.dn_scale == 1e-4
+    bad_band = {**VALID_SPEC, "bands": [{"name": "red", "wavelength_nm": "abc", "bandwidth_nm": 30, "gsd_m": 3}]}
+    with pytest.raises(SensorSpecError, match=r"band 'red'.*wavelength_nm.*'abc'"):
+        get_sensor(_write(tmp_path, bad_band, ".yaml"))
+    unknown_band_key = {**VALID_SPEC, "bands": [{**VALID_SPEC["bands"][0], "fwhm": 3}]}
+    with pytest.raises(SensorSpecError, match=r"band 'blue'.*fwhm"):
+        get_sensor(_write(tmp_path, unknown_band_key, ".yaml"))
