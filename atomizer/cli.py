@@ -146,6 +146,48 @@ def _cmd_experiment_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_results(args: argparse.Namespace) -> int:
+    from atomizer.results import stats
+    from atomizer.results.store import collect_predictions
+
+    preds = collect_predictions(args.store)
+    if preds is None:
+        raise FileNotFoundError(f"no run with per-image predictions under {args.store}")
+    summary = stats.summarize(preds, args.metric, n_resamples=args.resamples)
+    print(
+        f"{args.metric} (%), mean over seeds [95 % bootstrap CI]; {len(preds.seed)} seed(s) "
+        f"{list(map(int, preds.seed.values))}, {preds.attrs['folds']} fold(s), {preds.sizes['image']} test images"
+    )
+    with _pd_wide():
+        print(stats.mean_ci_table(summary).to_string())
+        print("seeds per model:", summary.groupby("model")["seeds"].max().to_dict())
+    diffs = None
+    if args.reference and len(preds.model) > 1:
+        diffs = stats.paired_differences(preds, args.reference, metric=args.metric, n_resamples=args.resamples)
+        table, words = stats.verdict(diffs)
+        print(f"\n{args.reference} minus each model (points; * Holm-corrected permutation p < 0.05, CI excludes 0)")
+        with _pd_wide():
+            print(table.to_string())
+            print(
+                diffs[["other", "modality", "difference", "ci_low", "ci_high", "p_value", "p_holm"]]
+                .round(4)
+                .to_string(index=False)
+            )
+        print("\nVerdict:", words)
+    if args.csv:
+        from pathlib import Path
+
+        from atomizer.core.storage import atomic_write_text
+
+        out = Path(args.csv)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / f"summary_{args.metric}.csv", summary.to_csv(index=False))
+        if diffs is not None:
+            atomic_write_text(out / f"differences_{args.metric}.csv", diffs.to_csv(index=False))
+        print(f"tables written to {out}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import time
 
@@ -282,6 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reps", type=int, help=argparse.SUPPRESS)
     s.add_argument("--emit-json", action="store_true", help=argparse.SUPPRESS)
     s.set_defaults(func=_cmd_bench)
+
+    s = sub.add_parser("results", help="statistics of a results store: mean, 95 % CI, paired differences, verdict")
+    s.add_argument("store", help="results store (folder of runs with predictions.nc)")
+    s.add_argument("--metric", default="macro_map", choices=["macro_map", "top1"])
+    s.add_argument("--reference", default="atomizer", help="model compared with every other (paired)")
+    s.add_argument("--resamples", type=int, default=2000, help="bootstrap and permutation resamples")
+    s.add_argument("--csv", help="write the summary and differences as CSV into this folder")
+    s.set_defaults(func=_cmd_results)
 
     s = sub.add_parser("serve", help="serve the dashboard (spectral, positional, attention, results)")
     s.add_argument("--port", type=int, default=5006, help="local port (default 5006)")

@@ -35,7 +35,7 @@ from atomizer.core.storage import atomic_write_json, atomic_write_text
 from atomizer.data.modalities import load_modalities
 from atomizer.engine.evaluation import evaluate_checkpoint, save_results, sweep_modalities
 from atomizer.engine.training import TrainConfig, train
-from atomizer.results.store import RESULT_FILES, collect
+from atomizer.results.store import PREDICTIONS_FILE, RESULT_FILES, collect
 
 # --------------------------------------------------------------------------------------------------
 # Steps called by the notebooks
@@ -53,18 +53,20 @@ def train_and_evaluate(
     )
     if not (run / "summary.json").exists():
         train(cfg, resume=(run / "config.yaml").exists(), progress=progress)
-    table = run / RESULT_FILES["table"]
-    if not table.exists():
-        res = evaluate_checkpoint(
+    table, per_image = run / RESULT_FILES["table"], run / PREDICTIONS_FILE
+    if not (table.exists() and per_image.exists()):
+        res, preds = evaluate_checkpoint(
             run / "checkpoints" / "best.pt",
             test_modalities,
             dataset=cfg.dataset,
             data_root=cfg.data_root,
             batch_size=cfg.batch_size,
             device=cfg.device,
-            model_name=model,
+            model_name=cfg.label or model,
+            predictions=True,
         )
-        save_results(res, table)
+        save_results(preds, per_image, overwrite=True, records=False)
+        save_results(res, table, overwrite=True)
     return run
 
 
@@ -225,3 +227,8 @@ def run_states(spec: ExperimentSpec) -> list[tuple[str, str]]:
         st = Path(spec.output_dir) / rid / "status.json"
         out.append((rid, json.loads(st.read_text())["state"] if st.exists() else "pending"))
     return out
+
+
+def run_path(store: str | Path, model: str, seed: int, fold: int | None) -> Path:
+    """Where a (model, seed, fold) run lives in a results store: ``<store>/<model>/seed-<s>[_fold-<f>]``."""
+    return Path(store) / model / (f"seed-{seed}" + ("" if fold is None else f"_fold-{fold}"))

@@ -11,7 +11,9 @@ Use in a notebook::
     from atomizer.dashboard.results import ResultsView
     view = ResultsView(root="runs/embedded_demo")
     view.runs()                    # DataFrame of runs
-    view.table()                   # model x test modality (metric ``view.metric``)
+    view.table()                   # model x test modality (metric ``view.metric``), every run
+    view.summary()                 # mean, sd, 95 % CI per model and modality (atomizer.results.stats)
+    view.differences()             # ``view.reference`` minus each model, paired, Holm-corrected
 """
 
 from __future__ import annotations
@@ -26,8 +28,17 @@ import param
 import xarray as xr
 
 from atomizer.dashboard._common import PLOT_HEIGHT, PLOT_WIDTH, alert
+from atomizer.results import stats
 from atomizer.results.paper import PAPER_LABEL, PAPER_METRIC, PAPER_RESOLUTION_SWEEP, PAPER_SIZE_SWEEP, PAPER_TABLE1
-from atomizer.results.store import RESULT_FILES, collect, find_run_dirs, find_runs, read_metrics
+from atomizer.results.store import (
+    PREDICTIONS_FILE,
+    RESULT_FILES,
+    collect,
+    collect_predictions,
+    find_run_dirs,
+    find_runs,
+    read_metrics,
+)
 
 
 def base_model(name: str) -> str:
@@ -41,6 +52,10 @@ class ResultsView(pn.viewable.Viewer):
     root = param.String(default="runs", doc="Results store: a folder holding run directories at any depth.")
     metric = param.Selector(default=PAPER_METRIC, objects=[PAPER_METRIC], doc="Metric of the tables and charts.")
     run = param.Selector(default=None, objects=[], allow_None=True, doc="Run whose training curves are shown.")
+    reference = param.Selector(
+        default=None, objects=[], allow_None=True, doc="Model the others are compared with (paired differences)."
+    )
+    resamples = param.Integer(default=1000, bounds=(100, 20000), doc="Bootstrap / permutation resamples.")
     refresh_s = param.Integer(default=10, bounds=(2, 3600), doc="Seconds between re-reads of the store when served.")
     refresh = param.Event(doc="Re-read the store now.")
     version = param.Integer(default=0, precedence=-1, doc="Bumped whenever the store was re-read.")
@@ -57,7 +72,14 @@ class ResultsView(pn.viewable.Viewer):
         """(path, mtime, size) of every file the view reads; changes when a run writes anything."""
         sig = []
         for d in find_run_dirs(self.root):
-            for name in ("config.yaml", "metrics.jsonl", "summary.json", "failed.txt", *RESULT_FILES.values()):
+            for name in (
+                "config.yaml",
+                "metrics.jsonl",
+                "summary.json",
+                "failed.txt",
+                PREDICTIONS_FILE,
+                *RESULT_FILES.values(),
+            ):
                 p = d / name
                 try:
                     st = p.stat()
@@ -70,11 +92,12 @@ class ResultsView(pn.viewable.Viewer):
     def reload(self) -> None:
         """Re-read the store and redraw."""
         root = Path(self.root).expanduser()
-        data: dict = {"runs": pd.DataFrame(), "table": None, "gsd": None, "size": None, "error": None}
+        data: dict = {"runs": pd.DataFrame(), "table": None, "gsd": None, "size": None, "preds": None, "error": None}
         try:
             data["runs"] = find_runs(root)
             for kind in RESULT_FILES:
                 data[kind] = collect(root, kind)
+            data["preds"] = collect_predictions(root)
         except Exception as e:  # noqa: BLE001  (a half-written or foreign file must not break the page)
             data["error"] = f"{type(e).__name__}: {e}"
         self._data = data
@@ -83,6 +106,11 @@ class ResultsView(pn.viewable.Viewer):
         self.param.metric.objects = metrics or [PAPER_METRIC]
         if self.metric not in self.param.metric.objects:
             self.metric = PAPER_METRIC if PAPER_METRIC in metrics else self.param.metric.objects[0]
+        models = [str(m) for m in data["preds"].model.values] if data["preds"] is not None else []
+        self.param.reference.objects = models
+        if self.reference not in models:
+            self.reference = "atomizer" if "atomizer" in models else (models[0] if models else None)
+        self._stats: dict = {}
         runs = list(data["runs"]["run"]) if len(data["runs"]) else []
         self.param.run.objects = runs
         if self.run not in runs:
@@ -127,6 +155,145 @@ class ResultsView(pn.viewable.Viewer):
         """The paper's Table 1 (macro mAP %, BigEarthNet), rows labelled ``paper (BigEarthNet): <model>``."""
         cols = [f"T{i}" for i in range(1, 7)]
         return pd.DataFrame({f"{PAPER_LABEL}: {m}": v for m, v in PAPER_TABLE1.items()}, index=cols).T
+
+    # ------------------------------------------------------------------ repeats and statistics
+    def predictions(self) -> xr.Dataset | None:
+        """Per-image predictions of every (model, seed) pooled over folds, or None."""
+        return self._data.get("preds")
+
+    def _stat_metric(self) -> str:
+        return self.metric if self.metric in stats.METRICS else "macro_map"
+
+    def summary(self) -> pd.DataFrame | None:
+        """Mean, sd, 95 % CI and per-seed scores per model and test modality (cached per store version)."""
+        preds = self.predictions()
+        if preds is None:
+            return None
+        key = ("summary", self._stat_metric(), self.resamples)
+        if key not in self._stats:
+            self._stats[key] = stats.summarize(preds, self._stat_metric(), n_resamples=self.resamples)
+        return self._stats[key]
+
+    def differences(self) -> pd.DataFrame | None:
+        """``reference`` minus every other model: paired difference, CI, Holm-corrected p (cached)."""
+        preds = self.predictions()
+        if preds is None or self.reference is None or preds.sizes["model"] < 2:
+            return None
+        key = ("diff", self._stat_metric(), self.reference, self.resamples)
+        if key not in self._stats:
+            self._stats[key] = stats.paired_differences(
+                preds, self.reference, metric=self._stat_metric(), n_resamples=self.resamples
+            )
+        return self._stats[key]
+
+    def _ci_chart(self):
+        s = self.summary()
+        df = s.assign(group=[f"{mo} · {m}" for mo, m in zip(s["modality"], s["model"])])
+        bars = hv.Bars(
+            df, "group", ["mean", "model", "modality", "ci_low", "ci_high", "seeds"], label="mean over seeds"
+        ).opts(
+            color="model",
+            cmap="Category10",
+            tools=["hover"],
+            xrotation=45,
+            show_legend=False,
+            width=PLOT_WIDTH + 200,
+            height=PLOT_HEIGHT + 40,
+            xlabel="test modality · model",
+            ylabel=f"{s['metric'].iloc[0]} (%)",
+        )
+        errs = hv.ErrorBars(
+            [(g, m, m - lo, hi - m) for g, m, lo, hi in zip(df["group"], df["mean"], df["ci_low"], df["ci_high"])],
+            "group",
+            ["mean", "neg", "pos"],
+            label="95 % CI",
+        ).opts(line_width=1.5)
+        points = hv.Scatter(
+            [(g, v) for g, vals in zip(df["group"], df["per_seed"]) for v in vals], "group", "mean", label="each seed"
+        ).opts(color="black", size=5, tools=["hover"])
+        layers = [bars, errs, points]
+        if s["metric"].iloc[0] == PAPER_METRIC:
+            ref = [
+                (g, PAPER_TABLE1[base_model(m)][int(str(mo)[1:]) - 1])
+                for g, m, mo in zip(df["group"], df["model"], df["modality"])
+                if base_model(m) in PAPER_TABLE1
+                and str(mo)[:1] == "T"
+                and str(mo)[1:].isdigit()
+                and 1 <= int(str(mo)[1:]) <= 6
+            ]
+            if ref:
+                layers.append(
+                    hv.Scatter(ref, "group", "mean", label=PAPER_LABEL).opts(
+                        marker="dash", size=28, line_width=3, color="crimson"
+                    )
+                )
+        return hv.Overlay(layers).opts(
+            legend_position="top_left",
+            show_legend=True,
+            title="mean over seeds, 95 % CI (bootstrap over test images), each seed",
+        )
+
+    def _difference_chart(self):
+        d = self.differences()
+        df = d.assign(group=[f"{mo} · {o}" for mo, o in zip(d["modality"], d["other"])])
+        bars = hv.Bars(df, "group", ["difference", "other", "modality", "p_holm"]).opts(
+            color="other",
+            cmap="Category10",
+            tools=["hover"],
+            xrotation=45,
+            show_legend=False,
+            width=PLOT_WIDTH + 200,
+            height=PLOT_HEIGHT,
+            xlabel="test modality · other model",
+            ylabel=f"{self.reference} minus other (points)",
+        )
+        errs = hv.ErrorBars(
+            [
+                (g, v, v - lo, hi - v)
+                for g, v, lo, hi in zip(df["group"], df["difference"], df["ci_low"], df["ci_high"])
+            ],
+            "group",
+            ["difference", "neg", "pos"],
+        ).opts(line_width=1.5)
+        sig = df[df["significant"]]
+        marks = hv.Labels(
+            [(g, hi + 1.0, "*") for g, hi in zip(sig["group"], sig["ci_high"])], ["group", "difference"], "text"
+        ).opts(text_font_size="16pt", text_color="black")
+        zero = hv.HLine(0).opts(color="black", line_width=1)
+        return (bars * errs * marks * zero).opts(
+            title=f"paired difference, 95 % CI; * Holm-corrected permutation p < 0.05 ({self._stat_metric()})"
+        )
+
+    @param.depends("version", "metric", "reference", "resamples")
+    def repeats_view(self):
+        preds = self.predictions()
+        if preds is None:
+            return alert(
+                f"No per-image predictions ({PREDICTIONS_FILE}) under {self.root!r}: the confidence "
+                "intervals need them (runs written by the disjoint_modalities notebook or "
+                "`atomizer.experiments.train_and_evaluate`).",
+                "info",
+            )
+        s = self.summary()
+        head = (
+            f"**{s['metric'].iloc[0]}** (%): mean over {preds.sizes['seed']} seed(s) x {preds.attrs['folds']} "
+            f"fold(s) [95 % CI], {preds.sizes['image']} test images"
+        )
+        parts = [
+            pn.pane.Markdown(head, margin=(0, 10)),
+            pn.pane.DataFrame(stats.mean_ci_table(s), name="ci_table", sizing_mode="stretch_width"),
+            pn.pane.HoloViews(self._ci_chart(), name="ci_bars"),
+        ]
+        d = self.differences()
+        if d is not None:
+            table, words = stats.verdict(d)
+            parts += [
+                pn.pane.Markdown(f"**{self.reference} minus each model** (points; `*` significant)", margin=(0, 10)),
+                pn.pane.DataFrame(table, name="who_wins", sizing_mode="stretch_width"),
+                pn.pane.HoloViews(self._difference_chart(), name="differences"),
+                pn.pane.Markdown(f"**Verdict.** {words}", name="verdict", margin=(0, 10)),
+            ]
+        return pn.Column(*parts)
 
     # ------------------------------------------------------------------ plots
     def _bar_chart(self):
@@ -303,6 +470,7 @@ class ResultsView(pn.viewable.Viewer):
         controls = pn.Row(
             w.TextInput.from_param(self.param.root, name="Results store", width=360),
             w.Select.from_param(self.param.metric, name="Metric", width=160),
+            w.Select.from_param(self.param.reference, name="Reference model", width=160),
             w.Select.from_param(self.param.run, name="Run (training curves)", width=280),
             pn.Column(pn.Spacer(height=18), button),
         )
@@ -312,7 +480,9 @@ class ResultsView(pn.viewable.Viewer):
             controls,
             "### Runs",
             pn.param.ParamMethod(self.runs_view, loading_indicator=True),
-            "### Test modalities",
+            "### Test modalities: repeats, confidence intervals, paired differences",
+            pn.param.ParamMethod(self.repeats_view, loading_indicator=True),
+            "### Test modalities: every run",
             pn.param.ParamMethod(self.table_view, loading_indicator=True),
             "### Sweeps",
             pn.param.ParamMethod(self.sweeps_view, loading_indicator=True),

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from atomizer.core.paths import embedded_dir
+from atomizer.core.paths import data_dir, embedded_dir
 from atomizer.data.readers import read_band_folder, read_bigearthnet_npz, read_eurosat
 
 EMBEDDED = {"bigearthnet": "bigearthnet", "eurosat": "eurosat"}
@@ -238,8 +238,46 @@ class EuroSAT(_ImageDataset):
         return read_eurosat(r["path"])
 
 
-def open_dataset(name: str, split: str | None = None, root: str | Path | None = None) -> _ImageDataset:
-    """A dataset by name: ``"eurosat"``, ``"bigearthnet"`` (npz), with an optional root."""
+def folds_table(name: str) -> pd.DataFrame:
+    """The shipped k-fold assignment of an embedded dataset (``data/folds/<name>.csv``: id, stratum, fold)."""
+    path = data_dir() / "folds" / f"{name}.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"no fold assignment for dataset {name!r} ({path}); see scripts/make_folds.py")
+    return pd.read_csv(path)
+
+
+def fold_split(ds: _ImageDataset, folds: pd.DataFrame, fold: int, split: str) -> _ImageDataset:
+    """Keep the records of ``split`` for cross-validation fold ``fold`` of ``k``: ``test`` is fold ``fold``,
+    ``validation`` fold ``(fold + 1) % k`` (inside the training folds: model selection never sees the test
+    fold), ``train`` the other ``k - 2`` folds. Every image is tested exactly once over the k folds."""
+    k = int(folds["fold"].max()) + 1
+    if not 0 <= fold < k:
+        raise ValueError(f"fold must be in 0..{k - 1} for a {k}-fold assignment, got {fold}")
+    of = dict(zip(folds["id"].astype(str), folds["fold"].astype(int)))
+    missing = [i for i in ds.ids() if i not in of]
+    if missing:
+        raise ValueError(f"{len(missing)} images have no fold (e.g. {missing[:3]}); regenerate data/folds")
+    wanted = {"test": {fold}, "validation": {(fold + 1) % k}}.get(split)
+    if wanted is None and split != "train":
+        raise ValueError(f"unknown split {split!r} for cross-validation; choose train, validation or test")
+    if wanted is None:
+        wanted = set(range(k)) - {fold, (fold + 1) % k}
+    ds.records = [r for r in ds.records if of[r["id"]] in wanted]
+    ds.fold = fold
+    return ds
+
+
+def open_dataset(
+    name: str, split: str | None = None, root: str | Path | None = None, fold: int | None = None
+) -> _ImageDataset:
+    """A dataset by name: ``"eurosat"``, ``"bigearthnet"`` (npz), with an optional root.
+
+    With ``fold``, the split comes from the shipped k-fold assignment (:func:`fold_split`) instead of the
+    dataset's fixed split.
+    """
+    if fold is not None:
+        ds = open_dataset(name, None, root)
+        return fold_split(ds, folds_table("bigearthnet" if name == "ben" else name), int(fold), split or "test")
     if name == "eurosat":
         return EuroSAT(root, split)
     if name in ("bigearthnet", "ben"):

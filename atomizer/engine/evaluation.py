@@ -47,6 +47,64 @@ def predict_dataset(
     return torch.cat(logits), torch.cat(targets)
 
 
+def predict_modalities(
+    model: torch.nn.Module,
+    dataset,
+    modalities: Sequence[Modality],
+    canvas: CanvasSpec,
+    batch_size: int = 16,
+    device: str = "auto",
+    model_name: str = "model",
+) -> xr.Dataset:
+    """Per-image class probabilities of ``model`` on ``dataset`` under each modality.
+
+    Returns a Dataset with ``probability`` (modality, image, class) (sigmoid for multi-label, softmax
+    otherwise), ``target`` (image, class) 0/1, and ``logit`` (modality, image, class); coordinates: image
+    ids, class names, modality names with their size, GSD and bands.
+    """
+    dev = pick_device(device)
+    model = model.to(dev).eval()
+    source = InMemory(dataset)  # read every image once, whatever the number of modalities
+    logits, targets = [], None
+    for m in modalities:
+        ds = ModalityDataset(source, [m], None, input_type(model), canvas, cache=False)
+        lg, targets = predict_dataset(model, ds, batch_size, dev, desc=f"{model_name} {m.name}")
+        logits.append(lg)
+    lg = torch.stack(logits)  # (M, n, C)
+    probs = lg.sigmoid() if dataset.multilabel else lg.softmax(-1)
+    t = targets.float() if dataset.multilabel else torch.nn.functional.one_hot(targets, lg.shape[-1]).float()
+    return xr.Dataset(
+        {
+            "probability": (("modality", "image", "class"), probs.numpy().astype(np.float32)),
+            "logit": (("modality", "image", "class"), lg.numpy().astype(np.float32)),
+            "target": (("image", "class"), t.numpy().astype(np.uint8)),
+        },
+        coords={
+            "modality": [m.name for m in modalities],
+            "image": list(dataset.ids()),
+            "class": list(dataset.classes),
+            "size_px": ("modality", [m.size_px for m in modalities]),
+            "gsd_m": ("modality", [m.gsd_m for m in modalities]),
+            "bands": ("modality", [" ".join(m.bands) for m in modalities]),
+        },
+        attrs={"model": model_name, "multilabel": int(dataset.multilabel)},
+    )
+
+
+def scores_of(predictions: xr.Dataset, modalities: Sequence[Modality]) -> xr.Dataset:
+    """The results Dataset (:func:`results_dataset`) of :func:`predict_modalities`' output."""
+    multilabel = bool(predictions.attrs["multilabel"])
+    names = metric_names(multilabel)
+    target = torch.from_numpy(predictions["target"].values.astype(np.int64))
+    if not multilabel:
+        target = target.argmax(-1)
+    scores = np.full((1, len(modalities), len(names)), np.nan)
+    for j in range(len(modalities)):
+        met = classification_metrics(torch.from_numpy(predictions["logit"].values[j]), target)
+        scores[0, j] = [met[k] for k in names]
+    return results_dataset(scores, [predictions.attrs["model"]], modalities, names)
+
+
 def evaluate_model(
     model: torch.nn.Module,
     dataset,
@@ -57,17 +115,8 @@ def evaluate_model(
     model_name: str = "model",
 ) -> xr.Dataset:
     """Scores of ``model`` on ``dataset`` under each modality (every image gets that modality)."""
-    dev = pick_device(device)
-    model = model.to(dev).eval()
-    names = metric_names(dataset.multilabel)
-    scores = np.full((1, len(modalities), len(names)), np.nan)
-    source = InMemory(dataset)  # read every image once, whatever the number of modalities
-    for j, m in enumerate(modalities):
-        ds = ModalityDataset(source, [m], None, input_type(model), canvas, cache=False)
-        logits, targets = predict_dataset(model, ds, batch_size, dev, desc=f"{model_name} {m.name}")
-        met = classification_metrics(logits, targets)
-        scores[0, j] = [met[k] for k in names]
-    return results_dataset(scores, [model_name], modalities, names)
+    preds = predict_modalities(model, dataset, modalities, canvas, batch_size, device, model_name)
+    return scores_of(preds, modalities)
 
 
 def results_dataset(
@@ -96,27 +145,38 @@ def evaluate_checkpoint(
     batch_size: int = 16,
     device: str = "auto",
     model_name: str | None = None,
-) -> xr.Dataset:
-    """Evaluate a training checkpoint on every modality of a modality file."""
+    predictions: bool = False,
+):
+    """Evaluate a training checkpoint on every modality of a modality file.
+
+    A run trained on a cross-validation fold (``fold`` in its training config) is evaluated on that
+    fold's test images. Returns the results Dataset, or ``(results, per-image predictions)`` with
+    ``predictions=True`` (:func:`predict_modalities`); both carry the run's ``seed`` and ``fold``.
+    """
     payload = read_checkpoint(checkpoint)
     tc = payload["extra"].get("train_config", {})
     mods = modalities if isinstance(modalities, ModalitySet) else load_modalities(modalities)
-    ds = open_dataset(dataset or tc.get("dataset", "eurosat"), split, data_root or tc.get("data_root"))
+    name_ds = dataset or tc.get("dataset", "eurosat")
+    fold = tc.get("fold")
+    ds = open_dataset(name_ds, split, data_root or tc.get("data_root"), fold=fold)
     if len(ds) == 0:
-        raise ValueError(f"no {split!r} images in dataset {dataset or tc.get('dataset')!r}")
+        raise ValueError(f"no {split!r} images in dataset {name_ds!r}")
     model = load_model(checkpoint)
     canvas = CanvasSpec(int(mods.source_size_px or 64), float(mods.source_gsd_m or 10.0))
     name = model_name or payload["arch"]
-    res = evaluate_model(model, ds, mods.modalities, canvas, batch_size, device, name)
-    res.attrs.update(
-        {
-            "checkpoint": str(checkpoint),
-            "modality_set": mods.name,
-            "split": split,
-            "dataset": str(dataset or tc.get("dataset")),
-        }
-    )
-    return res
+    preds = predict_modalities(model, ds, mods.modalities, canvas, batch_size, device, name)
+    res = scores_of(preds, mods.modalities)
+    attrs = {
+        "checkpoint": str(checkpoint),
+        "modality_set": mods.name,
+        "split": split,
+        "dataset": str(name_ds),
+        "seed": int(tc.get("seed", 0)),
+        "fold": -1 if fold is None else int(fold),
+    }
+    res.attrs.update(attrs)
+    preds.attrs.update(attrs)
+    return (res, preds) if predictions else res
 
 
 def sweep_modalities(
@@ -132,13 +192,15 @@ def sweep_modalities(
     raise ValueError(f"sweep kind must be 'gsd' or 'size', got {kind!r}")
 
 
-def save_results(results: xr.Dataset, path: str | Path, overwrite: bool = False) -> Path:
-    """Write ``results`` as netCDF (and a JSON twin) atomically; refuse to replace unless ``overwrite``."""
+def save_results(results: xr.Dataset, path: str | Path, overwrite: bool = False, records: bool = True) -> Path:
+    """Write ``results`` as netCDF (and, with ``records``, a JSON twin) atomically; refuse to replace
+    unless ``overwrite``."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) or choose another path")
     atomic_write_bytes(path, lambda p: results.to_netcdf(p, engine="h5netcdf"))
-    atomic_write_json(path.with_suffix(".json"), results_to_records(results))
+    if records:
+        atomic_write_json(path.with_suffix(".json"), results_to_records(results))
     return path
 
 

@@ -57,3 +57,40 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[
 
 def metric_names(multilabel: bool) -> tuple[str, ...]:
     return MULTILABEL_METRICS if multilabel else SINGLELABEL_METRICS
+
+
+def batched_average_precision(scores, targets):
+    """Average precision of many resamples at once (NumPy), with torchmetrics' and scikit-learn's definition.
+
+    ``AP = sum over thresholds (R_k - R_{k-1}) P_k`` at the distinct scores (tied scores form one
+    threshold), computed for every leading index and class in one pass: the statistic that bootstrap and
+    permutation tests evaluate thousands of times (:mod:`atomizer.results.stats`). Equal to
+    :func:`torchmetrics.functional.classification.binary_average_precision` per column (tested, ties
+    included).
+
+    Args:
+        scores: (..., n, C) scores (probabilities or logits).
+        targets: (..., n, C) 0/1 relevance.
+
+    Returns:
+        (..., C) AP in [0, 1]; NaN for a column without a positive.
+    """
+    import numpy as np
+
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(targets, dtype=np.float64)
+    order = np.argsort(-s, axis=-2, kind="stable")
+    s = np.take_along_axis(s, order, axis=-2)
+    y = np.take_along_axis(y, order, axis=-2)
+    n = s.shape[-2]
+    tp = np.cumsum(y, axis=-2)
+    precision = tp / np.arange(1, n + 1).reshape((n, 1))
+    # each position takes the precision at the end of its group of tied scores (one threshold per group)
+    last = np.ones_like(s, dtype=bool)
+    last[..., :-1, :] = s[..., :-1, :] != s[..., 1:, :]
+    idx = np.where(last, np.arange(n).reshape((n, 1)), n - 1)
+    end = np.flip(np.minimum.accumulate(np.flip(idx, axis=-2), axis=-2), axis=-2)
+    p_end = np.take_along_axis(precision, end, axis=-2)
+    positives = y.sum(axis=-2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(positives > 0, (y * p_end).sum(axis=-2) / positives, np.nan)

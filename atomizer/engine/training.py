@@ -52,12 +52,14 @@ class TrainConfig(Config):
     kind: ClassVar[str] = "training"
 
     model: str = "atomizer"  # atomizer | resnet | vit | scalemae | perceiver
+    label: str | None = None  # name of this variant in the results (default: the model), e.g. "atomizer-noaug"
     preset: str = "tiny"
     model_overrides: dict = field(default_factory=dict)
     dataset: str = "eurosat"  # eurosat | bigearthnet (embedded), see data_root
     data_root: str | None = None
     train_split: str = "train"
     val_split: str = "validation"
+    fold: int | None = None  # cross-validation fold of the shipped k-fold assignment (data/folds); None: fixed split
     train_limit: int | None = None  # use only the first N training images (smoke runs)
     val_limit: int | None = None
     train_modalities: str = "eurosat_train"  # name of a shipped modality set or a YAML path
@@ -109,8 +111,8 @@ def build_datasets(cfg: TrainConfig, batch_type: type):
     """(train, validation) :class:`ModalityDataset` under the training modalities, and the base train set."""
     train_mods = load_modalities(cfg.train_modalities)
     canvas = canvas_for(train_mods)
-    base_tr = open_dataset(cfg.dataset, cfg.train_split, cfg.data_root)
-    base_va = open_dataset(cfg.dataset, cfg.val_split, cfg.data_root)
+    base_tr = open_dataset(cfg.dataset, cfg.train_split, cfg.data_root, fold=cfg.fold)
+    base_va = open_dataset(cfg.dataset, cfg.val_split, cfg.data_root, fold=cfg.fold)
     if cfg.train_limit is not None:
         base_tr.records = base_tr.records[: cfg.train_limit]
     if cfg.val_limit is not None:
@@ -160,7 +162,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     loop = Loop(cfg, resume, rank=rank, world=world, progress=progress, desc=f"train {cfg.model}", device=device)
     out = loop.out
     # ---- model
-    probe = open_dataset(cfg.dataset, cfg.train_split, cfg.data_root)
+    probe = open_dataset(cfg.dataset, cfg.train_split, cfg.data_root, fold=cfg.fold)
     model = build_model(cfg.model, cfg.preset, num_classes=probe.num_classes, **cfg.model_overrides).to(device)
     head_loaded = "none"
     if cfg.init:

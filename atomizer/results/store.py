@@ -6,7 +6,8 @@ A *run directory* is what :func:`atomizer.engine.training.train` writes, plus th
     <run>/metrics.jsonl          one JSON object per training step / validation (grows while running)
     <run>/summary.json           written when training ends
     <run>/checkpoints/{best,last}.pt
-    <run>/results.nc (+ .json)   test-modality scores, dims (model, modality, metric)
+    <run>/results.nc (+ .json)   test-modality scores, dims (model, modality, metric); attrs seed, fold
+    <run>/predictions.nc         per-image probabilities, dims (modality, image, class), and targets
     <run>/sweep_gsd.nc, <run>/sweep_size.nc   the resolution and size sweeps, same dims
     <run>/failed.txt             written by the experiment runner when the run failed
 
@@ -19,11 +20,14 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import xarray as xr
 import yaml
 
 RESULT_FILES = {"table": "results.nc", "gsd": "sweep_gsd.nc", "size": "sweep_size.nc"}
+#: Per-image probabilities on the test modalities (what the statistics are computed from).
+PREDICTIONS_FILE = "predictions.nc"
 
 
 def is_run_dir(path: Path) -> bool:
@@ -119,3 +123,73 @@ def collect(root: str | Path, kind: str = "table") -> xr.Dataset | None:
     if len(set(names)) < len(names):
         parts = [p.assign_coords(model=[f"{m} ({r})" for m, r in zip(p.model.values, p.run.values)]) for p in parts]
     return xr.concat(parts, dim="model", coords="minimal", compat="override", combine_attrs="drop_conflicts")
+
+
+def collect_predictions(root: str | Path) -> xr.Dataset | None:
+    """Every run's per-image predictions under ``root``, as one Dataset for :mod:`atomizer.results.stats`.
+
+    Runs are keyed by (model label, seed, fold) from their ``config.yaml`` (``label`` or ``model``,
+    ``seed``, ``fold``); the folds of a seed are pooled along ``image``, so with k-fold cross-validation
+    each seed covers every image once. Returns ``score`` (model, seed, modality, image, class), NaN where a
+    (model, seed) lacks an image (an unfinished fold), and ``target`` (image, class); attrs ``folds``
+    (number of distinct folds) and ``runs``. None when no run has predictions yet.
+
+    Raises:
+        ValueError: two runs claim the same (model, seed, fold), or disagree on an image's target.
+    """
+    root = Path(root)
+    groups: dict[tuple[str, int], list[xr.Dataset]] = {}
+    seen: dict[tuple[str, int, int], Path] = {}
+    folds, targets = set(), {}
+    for d in find_run_dirs(root):
+        f = d / PREDICTIONS_FILE
+        if not f.exists():
+            continue
+        cfg = yaml.safe_load((d / "config.yaml").read_text()) or {}
+        key = (
+            str(cfg.get("label") or cfg.get("model")),
+            int(cfg.get("seed", 0)),
+            -1 if cfg.get("fold") is None else int(cfg["fold"]),
+        )
+        if key in seen:
+            raise ValueError(f"runs {seen[key]} and {d} are both {key} (model, seed, fold); give one a 'label'")
+        seen[key] = d
+        folds.add(key[2])
+        with xr.open_dataset(f, engine="h5netcdf") as ds:
+            ds = ds.load()
+        for img, t in zip(ds.image.values, ds["target"].values):
+            if str(img) in targets and not (targets[str(img)] == t).all():
+                raise ValueError(f"image {img}: runs disagree on its target (different datasets in one store?)")
+            targets[str(img)] = t
+        groups.setdefault(key[:2], []).append(ds)
+    if not groups:
+        return None
+    images = sorted(targets)
+    models = sorted({m for m, _ in groups})
+    seeds = sorted({s for _, s in groups})
+    first = next(iter(groups.values()))[0]
+    modalities = [str(m) for m in first.modality.values]
+    classes = [str(c) for c in first["class"].values]
+    score = np.full((len(models), len(seeds), len(modalities), len(images), len(classes)), np.nan, np.float32)
+    pos = {img: i for i, img in enumerate(images)}
+    for (m, s), parts in groups.items():
+        for ds in parts:
+            if [str(x) for x in ds.modality.values] != modalities:
+                raise ValueError(f"{m} seed {s}: other test modalities than the rest of the store")
+            idx = [pos[str(i)] for i in ds.image.values]
+            score[models.index(m), seeds.index(s)][:, idx] = ds["probability"].values
+    return xr.Dataset(
+        {
+            "score": (("model", "seed", "modality", "image", "class"), score),
+            "target": (("image", "class"), np.stack([targets[i] for i in images]).astype(np.uint8)),
+        },
+        coords={
+            "model": models,
+            "seed": seeds,
+            "modality": modalities,
+            "image": images,
+            "class": classes,
+            **{c: ("modality", first[c].values) for c in ("size_px", "gsd_m", "bands") if c in first.coords},
+        },
+        attrs={"folds": len(folds), "runs": len(seen), "multilabel": int(first.attrs.get("multilabel", 0))},
+    )

@@ -112,7 +112,7 @@ def test_predict_any_sensor(tiny_checkpoint, eurosat_paths, ben_patch_paths, tmp
 
 
 @pytest.mark.parametrize(
-    "cmd", ["sensors", "inspect", "train", "evaluate", "predict", "experiment", "serve", "bench", "pretrain"]
+    "cmd", ["sensors", "inspect", "train", "evaluate", "predict", "experiment", "serve", "bench", "pretrain", "results"]
 )
 def test_help_of_every_command(cmd):
     r = run(cmd, "--help", timeout=120)

@@ -58,3 +58,29 @@ def evaluate_into(run_dir: Path, checkpoint: Path, data_root: Path) -> Path:
 
     res = evaluate_checkpoint(checkpoint, "eurosat_test", data_root=str(data_root), batch_size=8, device="cpu")
     return save_results(res, run_dir / "results.nc")
+
+
+def cv_store(root: Path) -> Path:
+    """A results store of real tiny runs with per-image predictions: Atomizer and ResNet, seeds 0 and 1,
+    fold 0 of the shipped folds (one optimiser step each, so the scores are near chance)."""
+    from atomizer.experiments import run_path, train_and_evaluate
+
+    for model in ("atomizer", "resnet"):
+        for seed in (0, 1):
+            train_and_evaluate(
+                model,
+                run_path(root, model, seed, 0),
+                "eurosat_test",
+                progress=False,
+                preset="tiny",
+                dataset="eurosat",
+                epochs=1,
+                max_steps=1,
+                batch_size=8,
+                val_limit=4,
+                seed=seed,
+                fold=0,
+                device="cpu",
+                val_every_epoch=False,
+            )
+    return root

@@ -15,7 +15,7 @@ import numpy as np
 import panel as pn
 import pytest
 import torch
-from dashboard_support import evaluate_into, small_eurosat_root, train_tiny
+from dashboard_support import cv_store, evaluate_into, small_eurosat_root, train_tiny
 
 from atomizer.atoms.encodings import DEFAULT_ANCHORS, positional_grid, rbf_spectral_encoding
 from atomizer.dashboard.app import TAB_TITLES, build_app
@@ -251,6 +251,29 @@ def test_results_view_sweeps_refresh_and_empty_store(tiny_run, tmp_path):
     assert isinstance(empty.runs_view(), pn.pane.Alert)
     assert isinstance(empty.table_view(), pn.pane.Alert)
     assert isinstance(empty.curves_view(), pn.pane.Alert)
+
+
+def test_results_view_repeats_cis_and_paired_differences(tmp_path):
+    view = ResultsView(root=str(cv_store(tmp_path / "cv")), resamples=200)
+    assert view.reference == "atomizer" and set(view.param.reference.objects) == {"atomizer", "resnet"}
+    s = view.summary()
+    assert set(s["model"]) == {"atomizer", "resnet"} and (s["seeds"] == 2).all() and len(s) == 12
+    assert ((s["ci_low"] <= s["mean"]) & (s["mean"] <= s["ci_high"])).all()
+    chart = {type(e).__name__: e for e in view._ci_chart()}
+    assert len(chart["Bars"]) == 12 and len(chart["ErrorBars"]) == 12
+    assert len(view._ci_chart().get(2)) == 24  # one point per seed per bar
+    d = view.differences()
+    assert set(d["other"]) == {"resnet"} and len(d) == 6
+    col = view.repeats_view()
+    names = {getattr(o, "name", "") for o in col.objects}
+    assert {"ci_table", "ci_bars", "who_wins", "differences", "verdict"} <= names
+    verdict = next(o for o in col.objects if getattr(o, "name", "") == "verdict").object
+    assert "against resnet, atomizer is" in verdict
+    view.reference = "resnet"  # the paired view follows the chosen reference
+    assert set(view.differences()["other"]) == {"atomizer"}
+    assert np.allclose(view.differences()["difference"].values, -d["difference"].values)
+    empty = ResultsView(root=str(tmp_path / "none"))
+    assert empty.summary() is None and isinstance(empty.repeats_view(), pn.pane.Alert)
 
 
 # ------------------------------------------------------------------------------------------ app, entry, CLI

@@ -2,6 +2,7 @@
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from atomizer.data.datasets import (
     ben19_classes,
     embedded_path,
     multi_hot,
+    open_dataset,
 )
 
 BEN = embedded_path("bigearthnet")
@@ -143,3 +145,29 @@ def test_official_v1_layout_maps_43_to_19(tmp_path):
     ds = BigEarthNetOfficial(root, "v1")
     assert ds.records[0]["labels"] == ["Arable land", "Pastures"]
     assert ds[0]["image"]["B05"].shape == (60, 60)
+
+
+def test_shipped_folds_test_every_eurosat_tile_once_and_keep_validation_inside_training():
+    tested: list[str] = []
+    for k in range(5):
+        tr, va, te = (set(open_dataset("eurosat", s, fold=k).ids()) for s in ("train", "validation", "test"))
+        assert not (tr & va) and not (tr & te) and not (va & te)
+        assert len(tr | va | te) == 202
+        labels = [r["labels"][0] for r in open_dataset("eurosat", "test", fold=k).records]
+        assert min(labels.count(c) for c in set(labels)) >= 4  # stratified: every class in every test fold
+        tested += sorted(te)
+    assert sorted(tested) == sorted(open_dataset("eurosat").ids())  # each tile tested exactly once
+    with pytest.raises(ValueError, match="fold must be in 0..4"):
+        open_dataset("eurosat", "test", fold=5)
+
+
+def test_make_folds_reproduces_the_shipped_assignment():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run(
+        [sys.executable, "scripts/make_folds.py", "--verify"], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count(": ok") == 2

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import nbformat
 import numpy as np
+import pandas as pd
 import papermill as pm
 import pytest
 import yaml
 
 from atomizer.engine.evaluation import load_results
-from atomizer.experiments import ExperimentSpec, run_experiment
+from atomizer.experiments import ExperimentSpec, run_experiment, run_path
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -51,7 +52,14 @@ def disjoint_run(tmp_path_factory):
         str(ROOT / "notebooks" / "disjoint_modalities.ipynb"),
         str(nb_out),
         kernel_name="python3",
-        parameters={**SMOKE, "models": ["atomizer", "resnet"], "output_dir": str(out)},
+        parameters={
+            **SMOKE,
+            "models": ["atomizer", "resnet"],
+            "seeds": [0, 1],
+            "folds": [0],
+            "n_resamples": 200,
+            "output_dir": str(out),
+        },
         cwd=str(ROOT),
         progress_bar=False,
     )
@@ -61,12 +69,24 @@ def disjoint_run(tmp_path_factory):
 def test_disjoint_notebook_writes_results_and_figure(disjoint_run):
     out, nb_out = disjoint_run
     for model in ("atomizer", "resnet"):
-        res = load_results(out / model / "results.nc")
-        assert res["score"].dims == ("model", "modality", "metric")
-        assert res.sizes["modality"] == 6 and list(res.model.values) == [model]
-        assert np.isfinite(res["score"].values).all()
+        for seed in (0, 1):
+            run = run_path(out, model, seed, 0)
+            res = load_results(run / "results.nc")
+            assert res["score"].dims == ("model", "modality", "metric")
+            assert res.sizes["modality"] == 6 and list(res.model.values) == [model]
+            assert np.isfinite(res["score"].values).all()
+            assert (res.attrs["seed"], res.attrs["fold"]) == (seed, 0)
+            assert (run / "predictions.nc").exists()
     assert (out / "table1.png").read_bytes()[:8] == PNG
+    assert (out / "differences.png").read_bytes()[:8] == PNG
+    summary = pd.read_csv(out / "statistics.csv")
+    assert set(summary["model"]) == {"atomizer", "resnet"} and (summary["seeds"] == 2).all()
+    assert (summary["ci_low"] <= summary["mean"]).all() and (summary["mean"] <= summary["ci_high"]).all()
+    diffs = pd.read_csv(out / "differences.csv")
+    assert set(diffs["other"]) == {"resnet"} and len(diffs) == 6 and (diffs["p_holm"] >= diffs["p_value"]).all()
     nb = nbformat.read(nb_out, as_version=4)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "Verdict: against resnet, atomizer is" in text
     assert any(
         o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
         for c in nb.cells
@@ -80,7 +100,7 @@ def test_disjoint_notebook_writes_results_and_figure(disjoint_run):
 )
 def test_sweep_notebooks(disjoint_run, tmp_path, name, kind, values):
     out, _ = disjoint_run
-    run = out / "atomizer"
+    run = run_path(out, "atomizer", 0, 0)
     pm.execute_notebook(
         str(ROOT / "notebooks" / name),
         str(tmp_path / name),

@@ -1,0 +1,61 @@
+"""Train and evaluate models over seeds x folds into one results store (what the cross-validated
+``disjoint_modalities`` notebook does, without the notebook): finished runs are skipped, so this and
+``atomizer experiment run experiments/eurosat_cv.yaml`` fill the same store.
+
+    python scripts/run_cv.py --store runs/eurosat_cv --models atomizer resnet --seeds 0 1 --folds 0 1 2 3 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from atomizer.experiments import run_path, train_and_evaluate  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", default="runs/eurosat_cv")
+    p.add_argument("--models", nargs="+", default=["atomizer", "resnet"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--preset", default="small")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--dataset", default="eurosat")
+    p.add_argument("--test-modalities", default="eurosat_test")
+    p.add_argument("--train-modalities", default="eurosat_train")
+    args = p.parse_args()
+    warnings.filterwarnings("ignore")
+    for seed in args.seeds:
+        for model in args.models:
+            for fold in args.folds:
+                t0 = time.time()
+                run = train_and_evaluate(
+                    model,
+                    run_path(args.store, model, seed, fold),
+                    args.test_modalities,
+                    progress=False,
+                    dataset=args.dataset,
+                    train_modalities=args.train_modalities,
+                    preset=args.preset,
+                    epochs=args.epochs,
+                    batch_size=args.batch_size,
+                    lr=args.lr,
+                    seed=seed,
+                    fold=fold,
+                    device="cpu",
+                )
+                print(f"{model} seed {seed} fold {fold}: {time.time() - t0:.0f} s -> {run}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""The results store keeps every repeat: per-image predictions of each (model, seed, fold) run, pooled over
+folds per seed (:func:`atomizer.results.store.collect_predictions`). Real tiny runs on the embedded EuroSAT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from atomizer.data.datasets import open_dataset
+from atomizer.experiments import run_path, train_and_evaluate
+from atomizer.results import stats
+from atomizer.results.store import collect_predictions
+
+TINY = dict(preset="tiny", dataset="eurosat", epochs=1, max_steps=1, batch_size=8, device="cpu", val_limit=8)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    for model in ("atomizer", "resnet"):
+        for fold in (0, 1):
+            train_and_evaluate(
+                model, run_path(root, model, 0, fold), "eurosat_test", progress=False, seed=0, fold=fold, **TINY
+            )
+    return root
+
+
+def test_predictions_are_pooled_over_folds(store):
+    p = collect_predictions(store)
+    assert p.attrs["folds"] == 2 and p.attrs["runs"] == 4
+    assert list(p.model.values) == ["atomizer", "resnet"] and list(p.seed.values) == [0]
+    tested = set(open_dataset("eurosat", "test", fold=0).ids()) | set(open_dataset("eurosat", "test", fold=1).ids())
+    assert set(p.image.values) == tested
+    assert not np.isnan(p["score"].values).any()  # every image of both folds has a prediction per model
+    np.testing.assert_allclose(p["score"].values.sum(-1), 1.0, atol=1e-5)  # softmax probabilities
+    # the stored scores are those the statistics recompute from the predictions (fold 0 alone)
+    cfg = yaml.safe_load((run_path(store, "atomizer", 0, 0) / "config.yaml").read_text())
+    assert cfg["fold"] == 0 and cfg["seed"] == 0
+    s = stats.summarize(p, "top1", n_resamples=100)
+    assert set(s.model) == {"atomizer", "resnet"} and (s.images == len(tested)).all()
+
+
+def test_duplicate_repeats_are_refused(store, tmp_path):
+    import shutil
+
+    shutil.copytree(run_path(store, "atomizer", 0, 0), tmp_path / "a")
+    shutil.copytree(run_path(store, "atomizer", 0, 0), tmp_path / "b")
+    with pytest.raises(ValueError, match="both"):
+        collect_predictions(tmp_path)
