@@ -78,7 +78,9 @@ def run_sweep(
     batch_size: int = 16,
     device: str = "auto",
 ) -> Path:
-    """Evaluate a run's best checkpoint on a GSD (``kind="gsd"``) or size (``"size"``) sweep."""
+    """Evaluate a run's best checkpoint on a GSD (``kind="gsd"``) or size (``"size"``) sweep (on the run's
+    test images: its test fold when cross-validated); writes ``sweep_<kind>.nc`` and the per-image
+    ``sweep_<kind>_predictions.nc``."""
     from atomizer.data.modalities import ModalitySet
 
     run = Path(run_dir)
@@ -88,19 +90,26 @@ def run_sweep(
     if bands is None:  # every band the dataset's test modalities use
         bands = sorted({b for m in test for b in m.bands})
     mods = ModalitySet(f"sweep_{kind}", tuple(sweep_modalities(kind, size, gsd, bands, values)), size, gsd)
-    res = evaluate_checkpoint(
+    res, preds = evaluate_checkpoint(
         run / "checkpoints" / "best.pt",
         mods,
         dataset=cfg.dataset,
         data_root=cfg.data_root,
         batch_size=batch_size,
         device=device,
-        model_name=cfg.model,
+        model_name=cfg.label or cfg.model,
+        predictions=True,
     )
     res.attrs["sweep"] = kind
     out = run / RESULT_FILES[kind]
+    save_results(preds, run / sweep_predictions_file(kind), overwrite=True, records=False)
     save_results(res, out, overwrite=True)
     return out
+
+
+def sweep_predictions_file(kind: str) -> str:
+    """Per-image predictions of a sweep (``sweep_gsd_predictions.nc``), for CIs over repeats."""
+    return f"sweep_{kind}_predictions.nc"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -232,3 +241,61 @@ def run_states(spec: ExperimentSpec) -> list[tuple[str, str]]:
 def run_path(store: str | Path, model: str, seed: int, fold: int | None) -> Path:
     """Where a (model, seed, fold) run lives in a results store: ``<store>/<model>/seed-<s>[_fold-<f>]``."""
     return Path(store) / model / (f"seed-{seed}" + ("" if fold is None else f"_fold-{fold}"))
+
+
+#: The landscape around a modality set: GSDs, fractions of the largest window, band sets (EuroSAT-MS names)
+#: at the geometry of the first training modality. Every band set holds a canvas band (B10 alone has none).
+LANDSCAPE = {
+    "gsds": [10, 15, 20, 30, 40, 60],
+    "size_fractions": [0.25, 0.5, 1.0],
+    "band_sets": {
+        "rgb": ["B02", "B03", "B04"],
+        "rgbn": ["B02", "B03", "B04", "B08"],
+        "rededge": ["B05", "B06", "B07"],
+        "swir": ["B11", "B12"],
+        "seen11": ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B11", "B12"],
+        "b8a": ["B8A"],
+        "rgb_b8a": ["B02", "B03", "B04", "B8A"],
+        "all13": ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"],
+    },
+}
+LANDSCAPE_FILES = {"table": "landscape.nc", "predictions": "landscape_predictions.nc"}
+
+
+def landscape_set(train_modalities: str | Path, spec: Mapping[str, Any] | None = None):
+    """The landscape :class:`~atomizer.data.modalities.ModalitySet` around a training modality set."""
+    from atomizer.data.modalities import landscape_modalities
+
+    spec = {**LANDSCAPE, **(spec or {})}
+    train = load_modalities(train_modalities)
+    first = train.modalities[0]
+    return landscape_modalities(
+        train, spec["gsds"], spec["size_fractions"], spec["band_sets"], first.bands, (first.size_px, first.gsd_m)
+    )
+
+
+def run_landscape(
+    run_dir: str | Path, batch_size: int = 32, device: str = "auto", spec: Mapping[str, Any] | None = None
+) -> Path:
+    """Evaluate a run's best checkpoint on the landscape around its training modalities (on its test
+    images: the test fold of a cross-validated run); writes ``landscape.nc`` and
+    ``landscape_predictions.nc`` into the run (skipped when both exist)."""
+    run = Path(run_dir)
+    table, per_image = run / LANDSCAPE_FILES["table"], run / LANDSCAPE_FILES["predictions"]
+    if table.exists() and per_image.exists():
+        return table
+    cfg = TrainConfig.from_yaml(run / "config.yaml")
+    mods = landscape_set(cfg.train_modalities, spec)
+    res, preds = evaluate_checkpoint(
+        run / "checkpoints" / "best.pt",
+        mods,
+        dataset=cfg.dataset,
+        data_root=cfg.data_root,
+        batch_size=batch_size,
+        device=device,
+        model_name=cfg.label or cfg.model,
+        predictions=True,
+    )
+    save_results(preds, per_image, overwrite=True, records=False)
+    save_results(res, table, overwrite=True)
+    return table

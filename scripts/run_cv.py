@@ -32,15 +32,22 @@ def main() -> int:
     p.add_argument("--dataset", default="eurosat")
     p.add_argument("--test-modalities", default="eurosat_test")
     p.add_argument("--train-modalities", default="eurosat_train")
+    p.add_argument(
+        "--train-fraction",
+        type=float,
+        default=1.0,
+        help="class-stratified fraction of the training folds; runs labelled '<model>@<percent>%%'",
+    )
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     for seed in args.seeds:
         for model in args.models:
             for fold in args.folds:
                 t0 = time.time()
+                label = model if args.train_fraction == 1.0 else f"{model}@{round(100 * args.train_fraction)}%"
                 run = train_and_evaluate(
                     model,
-                    run_path(args.store, model, seed, fold),
+                    run_path(args.store, label, seed, fold),
                     args.test_modalities,
                     progress=False,
                     dataset=args.dataset,
@@ -52,8 +59,10 @@ def main() -> int:
                     seed=seed,
                     fold=fold,
                     device="cpu",
+                    label=None if label == model else label,
+                    train_fraction=args.train_fraction,
                 )
-                print(f"{model} seed {seed} fold {fold}: {time.time() - t0:.0f} s -> {run}", flush=True)
+                print(f"{label} seed {seed} fold {fold}: {time.time() - t0:.0f} s -> {run}", flush=True)
     return 0
 
 

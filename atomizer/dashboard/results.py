@@ -26,9 +26,12 @@ import pandas as pd
 import panel as pn
 import param
 import xarray as xr
+import yaml
 
 from atomizer.dashboard._common import PLOT_HEIGHT, PLOT_WIDTH, alert
 from atomizer.results import stats
+from atomizer.results.landscape import LANDSCAPE_PREDICTIONS
+from atomizer.results.landscape import landscape as landscape_table
 from atomizer.results.paper import PAPER_LABEL, PAPER_METRIC, PAPER_RESOLUTION_SWEEP, PAPER_SIZE_SWEEP, PAPER_TABLE1
 from atomizer.results.store import (
     PREDICTIONS_FILE,
@@ -264,6 +267,71 @@ class ResultsView(pn.viewable.Viewer):
             title=f"paired difference, 95 % CI; * Holm-corrected permutation p < 0.05 ({self._stat_metric()})"
         )
 
+    def landscape(self) -> pd.DataFrame | None:
+        """Score against distance from the training modalities per model (:mod:`atomizer.results.landscape`),
+        or None when no run has been evaluated on the landscape (cached per store version)."""
+        runs = self.runs()
+        if runs.empty or not any((Path(p) / LANDSCAPE_PREDICTIONS).exists() for p in runs["path"]):
+            return None
+        key = ("landscape", self._stat_metric(), self.resamples)
+        if key not in self._stats:
+            cfg = yaml.safe_load((Path(runs["path"].iloc[0]) / "config.yaml").read_text()) or {}
+            self._stats[key] = landscape_table(
+                self.root, cfg.get("train_modalities", "eurosat_train"), self._stat_metric(), n_resamples=self.resamples
+            )
+        return self._stats[key]
+
+    def _landscape_chart(self):
+        df = self.landscape()
+        panels = []
+        for kind, col, xlabel in (
+            ("geometry", "distance_geometry", "geometry distance (octaves of GSD, size)"),
+            ("bands", "distance_bands", "band-set distance (1 - Jaccard)"),
+        ):
+            layers = []
+            for model, g in df.groupby("model", sort=False):
+                pts = g[g["kind"] == kind]
+                tr = g[g["kind"] == "train"]
+                layers.append(
+                    hv.ErrorBars(
+                        [
+                            (x, m, m - lo, hi - m)
+                            for x, m, lo, hi in zip(pts[col], pts["mean"], pts["ci_low"], pts["ci_high"])
+                        ],
+                        col,
+                        ["mean", "neg", "pos"],
+                    )
+                )
+                layers.append(
+                    hv.Scatter(pts, col, ["mean", "modality", "model"], label=str(model)).opts(size=7, tools=["hover"])
+                )
+                layers.append(
+                    hv.Scatter(tr, col, ["mean", "modality", "model"], label=f"{model}: training").opts(
+                        marker="star", size=14, tools=["hover"]
+                    )
+                )
+            panels.append(
+                hv.Overlay(layers).opts(
+                    width=PLOT_WIDTH // 2 + 120,
+                    height=PLOT_HEIGHT,
+                    xlabel=xlabel,
+                    ylabel=f"{self._stat_metric()} (%)",
+                    legend_position="bottom_left",
+                    title=f"landscape: {kind}",
+                )
+            )
+        return (panels[0] + panels[1]).opts(shared_axes=False)
+
+    @param.depends("version", "metric", "resamples")
+    def landscape_view(self):
+        if self.landscape() is None:
+            return alert(
+                "No generalisation landscape yet: run notebooks/generalisation_landscape.ipynb on this "
+                "store (it evaluates every run on modalities around the training ones).",
+                "info",
+            )
+        return pn.pane.HoloViews(self._landscape_chart(), name="landscape")
+
     @param.depends("version", "metric", "reference", "resamples")
     def repeats_view(self):
         preds = self.predictions()
@@ -482,6 +550,8 @@ class ResultsView(pn.viewable.Viewer):
             pn.param.ParamMethod(self.runs_view, loading_indicator=True),
             "### Test modalities: repeats, confidence intervals, paired differences",
             pn.param.ParamMethod(self.repeats_view, loading_indicator=True),
+            "### Generalisation landscape: score against distance from the training modalities",
+            pn.param.ParamMethod(self.landscape_view, loading_indicator=True),
             "### Test modalities: every run",
             pn.param.ParamMethod(self.table_view, loading_indicator=True),
             "### Sweeps",

@@ -267,6 +267,20 @@ def fold_split(ds: _ImageDataset, folds: pd.DataFrame, fold: int, split: str) ->
     return ds
 
 
+def stratified_fraction(ds: _ImageDataset, fraction: float, seed: int = 0) -> list[int]:
+    """Indices of a class-stratified ``fraction`` of ``ds`` (per class ``round(fraction * n_c)``, at least
+    one; multi-label: by each image's first label), drawn with ``seed``, in the dataset's order."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(ds.records):
+        groups.setdefault(r["labels"][0] if r["labels"] else "", []).append(i)
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    for key in sorted(groups):
+        idx = groups[key]
+        keep += rng.choice(idx, size=max(1, round(fraction * len(idx))), replace=False).tolist()
+    return sorted(keep)
+
+
 def open_dataset(
     name: str, split: str | None = None, root: str | Path | None = None, fold: int | None = None
 ) -> _ImageDataset:

@@ -321,3 +321,71 @@ def check_disjoint(train: Sequence[Modality], test: Sequence[Modality]) -> list[
     if not any(set(m.bands) - seen for m in test):
         problems.append("no test modality contains a band unseen in training")
     return problems
+
+
+def modality_distance(m: Modality, train: Sequence[Modality]) -> dict[str, float]:
+    """How far ``m`` lies from the training modalities ``train``.
+
+    * ``geometry``: ``min_t sqrt(log2(gsd / gsd_t)^2 + log2(size / size_t)^2)`` (one octave of GSD or of
+      size is a distance of 1);
+    * ``bands``: ``1 - max_t Jaccard(bands, bands_t)`` (0: a training band set; 1: no band in common);
+    * ``unseen_bands``: the fraction of ``m``'s bands that no training modality has;
+    * ``total``: ``min_t sqrt(geometry_t^2 + (1 - Jaccard_t)^2)``, one number per modality, 0 exactly on
+      a training modality.
+    """
+    if not train:
+        raise ValueError("modality_distance needs at least one training modality")
+    geo, jac, tot = [], [], []
+    for t in train:
+        g = math.hypot(math.log2(m.gsd_m / t.gsd_m), math.log2(m.size_px / t.size_px))
+        j = len(set(m.bands) & set(t.bands)) / len(set(m.bands) | set(t.bands))
+        geo.append(g)
+        jac.append(j)
+        tot.append(math.hypot(g, 1.0 - j))
+    seen = {b for t in train for b in t.bands}
+    return {
+        "geometry": min(geo),
+        "bands": 1.0 - max(jac),
+        "unseen_bands": len(set(m.bands) - seen) / len(m.bands),
+        "total": min(tot),
+    }
+
+
+def landscape_modalities(
+    train: ModalitySet,
+    gsds: Sequence[float],
+    size_fractions: Sequence[float],
+    band_sets: Mapping[str, Sequence[str]],
+    geometry_bands: Sequence[str],
+    band_geometry: tuple[int, float],
+) -> ModalitySet:
+    """A grid of modalities around the training set, for the generalisation landscape.
+
+    * Geometry: every GSD of ``gsds`` x every fraction of the largest window the source allows at that
+      GSD (``size = round(fraction * source extent / gsd)``, at least 2 px), all with ``geometry_bands``;
+      named ``g<gsd>_s<size>``.
+    * Bands: every set of ``band_sets`` at the geometry ``band_geometry`` (size px, GSD m); named
+      ``b_<key>``.
+
+    The training modalities themselves are included (named as in ``train``), so the landscape holds its
+    points at distance 0. Windows never exceed the source image (no modality is refused at evaluation).
+    """
+    if not train.source_size_px or not train.source_gsd_m:
+        raise ValueError(f"modality set {train.name!r} has no source format (source: {{size_px, gsd_m}})")
+    extent = train.source_size_px * train.source_gsd_m
+    mods: list[Modality] = list(train.modalities)
+    for g in gsds:
+        for f in size_fractions:
+            size = max(2, int(math.floor(f * extent / g + 1e-9)))
+            mods.append(Modality(f"g{g:g}_s{size}", size, float(g), tuple(geometry_bands)))
+    size, g = band_geometry
+    for key, bands in band_sets.items():
+        mods.append(Modality(f"b_{key}", int(size), float(g), tuple(bands)))
+    unique = list({(m.size_px, m.gsd_m, frozenset(m.bands)): m for m in reversed(mods)}.values())[::-1]
+    return ModalitySet(
+        f"{train.name}_landscape",
+        tuple(unique),
+        train.source_size_px,
+        train.source_gsd_m,
+        f"generalisation landscape around {train.name}",
+    )

@@ -186,7 +186,9 @@ def sweep_modalities(
     (``kind="size"``: centred crops at the source GSD)."""
     extent = source_size_px * source_gsd_m
     if kind == "gsd":
-        return [Modality(f"gsd{g:g}", int(round(extent / g)), float(g), tuple(bands)) for g in values]
+        # the largest whole number of pixels inside the source extent (rounding up would ask for a window
+        # larger than the image: 64 px at 10 m is 640 m, 11 px at 60 m would be 660 m)
+        return [Modality(f"gsd{g:g}", max(1, int(extent / g + 1e-9)), float(g), tuple(bands)) for g in values]
     if kind == "size":
         return [Modality(f"size{int(s)}", int(s), float(source_gsd_m), tuple(bands)) for s in values]
     raise ValueError(f"sweep kind must be 'gsd' or 'size', got {kind!r}")

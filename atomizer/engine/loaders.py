@@ -21,6 +21,7 @@ import xarray as xr
 
 from atomizer.atoms.canvas import CanvasSpec
 from atomizer.atoms.tokens import AtomBatch
+from atomizer.data.augment import AugmentConfig, augment
 from atomizer.data.modalities import Modality, simulate
 
 
@@ -58,6 +59,7 @@ class ModalityDataset(torch.utils.data.Dataset):
         random_window: Random window position (training) instead of centred.
         seed: Base seed of the window positions.
         cache: Keep loaded source images in memory (small datasets).
+        augment: Label-preserving augmentation after the simulation (:mod:`atomizer.data.augment`).
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class ModalityDataset(torch.utils.data.Dataset):
         random_window: bool = False,
         seed: int = 0,
         cache: bool = True,
+        augment: AugmentConfig | None = None,
     ):
         self.base = base
         self.modalities = list(modalities)
@@ -82,6 +85,7 @@ class ModalityDataset(torch.utils.data.Dataset):
         self.canvas = canvas
         self.random_window = random_window
         self.seed = seed
+        self.augment = augment
         self.epoch = 0
         self._cache: dict[int, dict] | None = {} if cache else None
 
@@ -102,7 +106,10 @@ class ModalityDataset(torch.utils.data.Dataset):
         """Item ``i``'s image under its modality."""
         m = self.modalities[self.assignment[i]]
         rng = np.random.default_rng([self.seed, self.epoch, i]) if self.random_window else None
-        return simulate(self.item(i)["image"], m, rng=rng)
+        image = simulate(self.item(i)["image"], m, rng=rng)
+        if self.augment is not None:  # training only: a pure function of (seed, epoch, index)
+            image = augment(image, self.augment, np.random.default_rng([self.seed, self.epoch, i, 1]), m)
+        return image
 
     def __getitem__(self, i: int) -> dict:
         it = self.item(i)

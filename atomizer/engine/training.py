@@ -30,7 +30,8 @@ from atomizer.atoms.canvas import CanvasSpec
 from atomizer.atoms.tokens import ModalityBatchSampler
 from atomizer.core.config import Config
 from atomizer.core.runtime import check_precision, dist_info, pick_device
-from atomizer.data.datasets import open_dataset
+from atomizer.data.augment import AugmentConfig
+from atomizer.data.datasets import open_dataset, stratified_fraction
 from atomizer.data.modalities import Assignment, load_modalities
 from atomizer.engine.evaluation import predict_dataset
 from atomizer.engine.loaders import ModalityDataset, collate_items
@@ -61,6 +62,7 @@ class TrainConfig(Config):
     val_split: str = "validation"
     fold: int | None = None  # cross-validation fold of the shipped k-fold assignment (data/folds); None: fixed split
     train_limit: int | None = None  # use only the first N training images (smoke runs)
+    train_fraction: float = 1.0  # a class-stratified fraction of the training images (data-scaling curves)
     val_limit: int | None = None
     train_modalities: str = "eurosat_train"  # name of a shipped modality set or a YAML path
     test_modalities: str = "eurosat_test"
@@ -74,6 +76,7 @@ class TrainConfig(Config):
     warmup_frac: float = 0.1  # fraction of the steps spent warming up
     grad_clip: float = 1.0
     random_window: bool = True
+    augment: AugmentConfig | None = None  # flips, rot90, crops, band dropout of training images (data.augment)
     group_by_modality: bool = False  # batches of one training modality (no padding; single process only)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -87,6 +90,8 @@ class TrainConfig(Config):
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ValueError(f"training config: train_fraction must be in (0, 1], got {self.train_fraction}")
         for name in ("epochs", "batch_size", "grad_accum", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"training config: {name} must be >= 1, got {getattr(self, name)}")
@@ -113,6 +118,8 @@ def build_datasets(cfg: TrainConfig, batch_type: type):
     canvas = canvas_for(train_mods)
     base_tr = open_dataset(cfg.dataset, cfg.train_split, cfg.data_root, fold=cfg.fold)
     base_va = open_dataset(cfg.dataset, cfg.val_split, cfg.data_root, fold=cfg.fold)
+    if cfg.train_fraction < 1.0:
+        base_tr.records = [base_tr.records[i] for i in stratified_fraction(base_tr, cfg.train_fraction, cfg.seed)]
     if cfg.train_limit is not None:
         base_tr.records = base_tr.records[: cfg.train_limit]
     if cfg.val_limit is not None:
@@ -127,6 +134,7 @@ def build_datasets(cfg: TrainConfig, batch_type: type):
         canvas,
         random_window=cfg.random_window,
         seed=cfg.seed,
+        augment=cfg.augment,
     )
     va = ModalityDataset(
         base_va,

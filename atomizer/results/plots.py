@@ -135,3 +135,92 @@ def save(fig: plt.Figure, path: str | Path) -> Path:
     atomic_write_bytes(path, lambda p: fig.savefig(p, dpi=110, format=path.suffix.lstrip(".") or "png"))
     plt.close(fig)
     return path
+
+
+def landscape_plot(df, title: str = "") -> plt.Figure:
+    """Score against distance from the training modalities, per model, with 95 % CIs: geometry (GSD x
+    size, the training band set) and band sets (the training geometry); training modalities at 0 (stars)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, kind, col, label in (
+        (axes[0], "geometry", "distance_geometry", "geometry distance (octaves of GSD, size)"),
+        (axes[1], "bands", "distance_bands", "band-set distance (1 - Jaccard)"),
+    ):
+        for i, (model, g) in enumerate(df.groupby("model", sort=False)):
+            c = colours[i % len(colours)]
+            part = g[g["kind"].isin([kind, "train"])].sort_values(col)
+            pts = part[part["kind"] == kind]
+            ax.errorbar(
+                pts[col],
+                pts["mean"],
+                yerr=[pts["mean"] - pts["ci_low"], pts["ci_high"] - pts["mean"]],
+                fmt="o",
+                ms=4,
+                capsize=2,
+                color=c,
+                alpha=0.8,
+                label=str(model),
+            )
+            tr = part[part["kind"] == "train"]
+            ax.scatter(tr[col], tr["mean"], marker="*", s=90, color=c, edgecolor="k", zorder=3)
+            if kind == "bands":
+                for _, r in pts.iterrows():
+                    ax.annotate(
+                        r["modality"][2:], (r[col], r["mean"]), fontsize=6, xytext=(2, 2), textcoords="offset points"
+                    )
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    metric = df["metric"].iloc[0] if len(df) else "score"
+    axes[0].set_ylabel(f"{metric} (%)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title or "generalisation landscape (stars: the training modalities)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def scaling_plot(df, title: str = "") -> plt.Figure:
+    """Score (mean over test modalities and seeds) against training images, per model, with 95 % CIs
+    (:func:`atomizer.results.scaling.scaling`)."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for model, g in df.groupby("base_model", sort=False):
+        g = g.sort_values("train_images")
+        ax.errorbar(
+            g["train_images"],
+            g["mean"],
+            yerr=[g["mean"] - g["ci_low"], g["ci_high"] - g["mean"]],
+            marker="o",
+            capsize=3,
+            label=str(model),
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("training images per run (log scale)")
+    metric = df["metric"].iloc[0] if len(df) else "score"
+    ax.set_ylabel(f"{metric} (%), mean of test modalities")
+    ax.set_title(title or "data scaling (95 % CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_ci_lines(summary, kind: str, paper: Mapping[float, float] | None = None, title: str = "") -> plt.Figure:
+    """Sweep with repeats: the seed-mean score against GSD or size per model, a 95 % CI band, each seed as
+    a dot (:func:`atomizer.results.stats.summarize` output joined with ``size_px`` / ``gsd_m``)."""
+    coord = "gsd_m" if kind == "gsd" else "size_px"
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for model, g in summary.groupby("model", sort=False):
+        g = g.sort_values(coord)
+        line = ax.plot(g[coord], g["mean"], marker="o", label=str(model))[0]
+        ax.fill_between(g[coord], g["ci_low"], g["ci_high"], color=line.get_color(), alpha=0.2)
+        for x, seeds in zip(g[coord], g["per_seed"]):
+            ax.scatter([x] * len(seeds), seeds, s=6, color=line.get_color())
+    if paper:
+        px = sorted(paper)
+        ax.plot(px, [paper[k] for k in px], "k--", marker="x", label="paper Atomizer (BigEarthNet)")
+    ax.set_xlabel("GSD (m/px)" if kind == "gsd" else "image size (px)")
+    metric = summary["metric"].iloc[0] if len(summary) else "score"
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(title or f"{metric} vs {'GSD' if kind == 'gsd' else 'size'} (mean, 95 % CI, seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -89,6 +89,8 @@ def summarize(preds: xr.Dataset, metric: str = "macro_map", n_resamples: int = 2
             p = preds["score"].sel(model=m, modality=mod).values  # (S, n, C)
             ok = ~np.isnan(p).any(axis=(1, 2))
             p = p[ok]
+            if not len(p):  # no seed covers every image (folds unfinished): nothing to report from
+                continue
             per_seed = metric_values(p, np.broadcast_to(targets, p.shape), metric)
             lo, hi = _bootstrap(lambda idx, p=p: _seed_mean(p, targets, idx, metric), n, n_resamples, seed)
             rows.append(
@@ -106,6 +108,41 @@ def summarize(preds: xr.Dataset, metric: str = "macro_map", n_resamples: int = 2
                     "ci_high": hi,
                 }
             )
+    return pd.DataFrame(rows)
+
+
+def summarize_over_modalities(
+    preds: xr.Dataset, metric: str = "macro_map", n_resamples: int = 2000, seed: int = 0
+) -> pd.DataFrame:
+    """Per model: the score averaged over every test modality and seed, and its 95 % bootstrap CI (the same
+    test images resampled for all modalities). Seeds missing an image on any modality are left out."""
+    targets = preds["target"].values
+    n = targets.shape[0]
+    rows = []
+    for m in preds.model.values:
+        p = preds["score"].sel(model=m).values  # (S, M, n, C)
+        p = p[~np.isnan(p).any(axis=(1, 2, 3))]
+        if not len(p):  # no seed covers every image on every modality
+            continue
+
+        def stat(idx, p=p):
+            q = p[:, :, idx]  # (S, M, ..., n, C)
+            return metric_values(q, np.broadcast_to(targets[idx], q.shape), metric).mean(axis=(0, 1))
+
+        per_seed = metric_values(p, np.broadcast_to(targets, p.shape), metric).mean(axis=1)
+        lo, hi = _bootstrap(stat, n, n_resamples, seed)
+        rows.append(
+            {
+                "model": str(m),
+                "metric": metric,
+                "seeds": len(p),
+                "images": n,
+                "per_seed": [round(float(v), 3) for v in per_seed],
+                "mean": float(per_seed.mean()),
+                "ci_low": lo,
+                "ci_high": hi,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -135,6 +172,8 @@ def paired_differences(
             b = preds["score"].sel(model=other, modality=mod).values
             ok = ~(np.isnan(a).any(axis=(1, 2)) | np.isnan(b).any(axis=(1, 2)))
             a, b = a[ok], b[ok]
+            if not len(a):  # no seed where both models cover every image
+                continue
             both = np.concatenate([a, b], axis=1)  # (S, 2n, C): the n images of a, then those of b
 
             def diff_idx(idx, a=a, b=b):
@@ -167,6 +206,8 @@ def paired_differences(
                     "p_value": float(perm.pvalue),
                 }
             )
+        if not block:
+            continue
         reject, p_holm, _, _ = multipletests([r["p_value"] for r in block], alpha=ALPHA, method="holm")
         for r, p_adj, rej in zip(block, p_holm, reject):
             r["p_holm"] = float(p_adj)

@@ -125,8 +125,9 @@ def collect(root: str | Path, kind: str = "table") -> xr.Dataset | None:
     return xr.concat(parts, dim="model", coords="minimal", compat="override", combine_attrs="drop_conflicts")
 
 
-def collect_predictions(root: str | Path) -> xr.Dataset | None:
-    """Every run's per-image predictions under ``root``, as one Dataset for :mod:`atomizer.results.stats`.
+def collect_predictions(root: str | Path, name: str = PREDICTIONS_FILE) -> xr.Dataset | None:
+    """Every run's per-image predictions under ``root`` (files called ``name``: the test modalities'
+    ``predictions.nc``, or ``landscape_predictions.nc``), as one Dataset for :mod:`atomizer.results.stats`.
 
     Runs are keyed by (model label, seed, fold) from their ``config.yaml`` (``label`` or ``model``,
     ``seed``, ``fold``); the folds of a seed are pooled along ``image``, so with k-fold cross-validation
@@ -142,7 +143,7 @@ def collect_predictions(root: str | Path) -> xr.Dataset | None:
     seen: dict[tuple[str, int, int], Path] = {}
     folds, targets = set(), {}
     for d in find_run_dirs(root):
-        f = d / PREDICTIONS_FILE
+        f = d / name
         if not f.exists():
             continue
         cfg = yaml.safe_load((d / "config.yaml").read_text()) or {}

@@ -25,6 +25,7 @@ from atomizer.dashboard.results import PAPER_LABEL, ResultsView
 from atomizer.dashboard.spectral import SpectralCoverage
 from atomizer.data.bands import get_sensor
 from atomizer.engine.evaluation import results_dataset, save_results, sweep_modalities
+from atomizer.experiments import run_landscape, run_path
 from atomizer.results.paper import PAPER_TABLE1
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -274,6 +275,18 @@ def test_results_view_repeats_cis_and_paired_differences(tmp_path):
     assert np.allclose(view.differences()["difference"].values, -d["difference"].values)
     empty = ResultsView(root=str(tmp_path / "none"))
     assert empty.summary() is None and isinstance(empty.repeats_view(), pn.pane.Alert)
+    assert isinstance(view.landscape_view(), pn.pane.Alert)  # not evaluated on the landscape yet
+    for model in ("atomizer", "resnet"):
+        run_landscape(
+            run_path(tmp_path / "cv", model, 0, 0), device="cpu", spec={"gsds": [40], "size_fractions": [0.5]}
+        )
+    assert view.poll() is True  # the new landscape files are noticed
+    land = view.landscape()
+    assert set(land["kind"]) == {"train", "geometry", "bands"} and set(land["model"]) == {"atomizer", "resnet"}
+    assert (land[land["kind"] == "train"]["distance_total"] == 0).all()
+    layout = view._landscape_chart()
+    assert len(layout) == 2  # geometry and band panels
+    assert not isinstance(view.landscape_view(), pn.pane.Alert)
 
 
 # ------------------------------------------------------------------------------------------ app, entry, CLI

@@ -478,3 +478,24 @@ def test_check_disjoint_reports_size_band_set_and_range_problems():
     assert "no test size lies outside the training size range" in problems
     seen_only = [Modality("seen", 8, 70, ("B02", "B03"))]
     assert "no test modality contains a band unseen in training" in check_disjoint(train, seen_only)
+
+
+def test_modality_distance_and_landscape_grid():
+    from atomizer.data.modalities import landscape_modalities, modality_distance
+
+    train = load_modalities("eurosat_train")
+    for m in train:
+        assert modality_distance(m, train.modalities)["total"] == 0.0
+    tr1 = train["tr1"]  # 32 px @ 20 m, B02 B03 B04 B08
+    coarser = Modality("x", tr1.size_px, tr1.gsd_m * 2, tr1.bands)
+    d = modality_distance(coarser, [tr1])
+    assert d["geometry"] == pytest.approx(1.0) and d["bands"] == 0.0  # one octave of GSD
+    unseen = Modality("y", tr1.size_px, tr1.gsd_m, ("B8A", "B10"))
+    d = modality_distance(unseen, train.modalities)
+    assert d["bands"] == 1.0 and d["unseen_bands"] == 1.0 and d["geometry"] == 0.0
+    grid = landscape_modalities(train, [10, 60], [0.5, 1.0], {"b8a": ["B8A"]}, tr1.bands, (tr1.size_px, tr1.gsd_m))
+    extent = train.source_size_px * train.source_gsd_m
+    assert all(m.size_px * m.gsd_m <= extent for m in grid)  # no window outside the source image
+    assert set(train.names) <= set(grid.names) and "b_b8a" in grid.names and "g60_s10" in grid.names
+    keys = [(m.size_px, m.gsd_m, frozenset(m.bands)) for m in grid]
+    assert len(keys) == len(set(keys))  # no modality twice

@@ -26,6 +26,7 @@ def test_notebooks_are_clean_and_parameterised():
         "resolution_sweep.ipynb",
         "size_sweep.ipynb",
         "explore_encodings.ipynb",
+        "generalisation_landscape.ipynb",
     }
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
@@ -114,6 +115,52 @@ def test_sweep_notebooks(disjoint_run, tmp_path, name, kind, values):
     assert sorted(res[coord].values.tolist()) == sorted(float(v) for v in values)
     assert np.isfinite(res["score"].values).all()
     assert (run / f"sweep_{kind}.png").read_bytes()[:8] == PNG
+
+
+def test_resolution_sweep_over_a_store_with_its_default_values(disjoint_run, tmp_path):
+    """Every run of the store swept (repeats, CIs) with the notebook's DEFAULT GSDs, 60 m included."""
+    out, _ = disjoint_run
+    pm.execute_notebook(
+        str(ROOT / "notebooks" / "resolution_sweep.ipynb"),
+        str(tmp_path / "sweep.ipynb"),
+        kernel_name="python3",
+        parameters={"store": str(out), "seeds": [0, 1], "device": "cpu", "output_dir": str(tmp_path)},
+        cwd=str(ROOT),
+        progress_bar=False,
+    )
+    res = load_results(run_path(out, "resnet", 1, 0) / "sweep_gsd.nc")
+    assert sorted(res["gsd_m"].values.tolist()) == [10.0, 20.0, 30.0, 40.0, 60.0]
+    assert all(s * g <= 640 for s, g in zip(res["size_px"].values, res["gsd_m"].values))
+    assert (run_path(out, "atomizer", 0, 0) / "sweep_gsd_predictions.nc").exists()
+    assert (out / "sweep_gsd.png").read_bytes()[:8] == PNG
+
+
+def test_landscape_notebook_scores_against_distance(disjoint_run, tmp_path):
+    out, _ = disjoint_run
+    nb_out = tmp_path / "landscape.ipynb"
+    pm.execute_notebook(
+        str(ROOT / "notebooks" / "generalisation_landscape.ipynb"),
+        str(nb_out),
+        kernel_name="python3",
+        parameters={
+            "store": str(out),
+            "seeds": [0],
+            "gsds": [20, 40],
+            "size_fractions": [0.5],
+            "n_resamples": 100,
+            "device": "cpu",
+        },
+        cwd=str(ROOT),
+        progress_bar=False,
+    )
+    for model in ("atomizer", "resnet"):
+        land = load_results(run_path(out, model, 0, 0) / "landscape.nc")
+        names = [str(m) for m in land.modality.values]
+        assert {"tr1", "tr2", "tr3", "tr4", "g40_s8", "b_b8a"} <= set(names)
+        assert np.isfinite(land["score"].values).all()
+    assert (out / "landscape.png").read_bytes()[:8] == PNG
+    near_far = pd.read_csv(out / "landscape_near_far.csv", index_col=0)
+    assert set(near_far.index) == {"atomizer", "resnet"} and "training" in near_far.columns
 
 
 def test_explore_encodings_notebook_runs(tmp_path):

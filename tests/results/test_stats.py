@@ -100,3 +100,21 @@ def test_unfinished_seed_is_left_out():
     s = stats.summarize(p, "top1", n_resamples=100)
     assert s[(s.model == "guess") & (s.modality == "A")].seeds.item() == 1
     assert s[(s.model == "guess") & (s.modality == "B")].seeds.item() == 2
+
+
+def test_summary_over_modalities_and_incomplete_models():
+    p = store()
+    s = stats.summarize_over_modalities(p, "top1", n_resamples=200)
+    good, guess = (s[s.model == m].iloc[0] for m in ("good", "guess"))
+    assert good.seeds == 2 and good.ci_low <= good["mean"] <= good.ci_high and guess.ci_high < good.ci_low
+    p["score"][1, :, 0, 3] = np.nan  # 'guess' covers image 3 in no seed: it is left out, not answered from nothing
+    assert "guess" not in set(stats.summarize_over_modalities(p, "top1", n_resamples=100).model)
+    assert "guess" not in set(stats.summarize(p, "top1", n_resamples=100).query("modality == 'A'").model)
+
+
+def test_scaling_labels():
+    from atomizer.results.scaling import split_label
+
+    assert split_label("atomizer@25%") == ("atomizer", 25.0)
+    assert split_label("resnet") == ("resnet", 100.0)
+    assert split_label("my@model@50%") == ("my@model", 50.0)

@@ -48,3 +48,28 @@ def test_duplicate_repeats_are_refused(store, tmp_path):
     shutil.copytree(run_path(store, "atomizer", 0, 0), tmp_path / "b")
     with pytest.raises(ValueError, match="both"):
         collect_predictions(tmp_path)
+
+
+def test_scaling_curve_from_fraction_runs(store):
+    from atomizer.results.scaling import scaling
+
+    assert scaling(store) is None  # no fraction run yet
+    for fold in (0, 1):
+        train_and_evaluate(
+            "atomizer",
+            run_path(store, "atomizer@50%", 0, fold),
+            "eurosat_test",
+            progress=False,
+            seed=0,
+            fold=fold,
+            label="atomizer@50%",
+            train_fraction=0.5,
+            **TINY,
+        )
+    df = scaling(store, "top1", n_resamples=100)
+    rows = df[df.base_model == "atomizer"].set_index("percent")
+    assert list(rows.index) == [50.0, 100.0]
+    full = len(open_dataset("eurosat", "train", fold=0)) + len(open_dataset("eurosat", "train", fold=1))
+    assert rows.loc[100.0, "train_images"] == full / 2
+    assert abs(rows.loc[50.0, "train_images"] - full / 4) <= 5  # class-stratified half, rounded per class
+    assert (df["ci_low"] <= df["mean"]).all() and (df["mean"] <= df["ci_high"]).all()
