@@ -3,11 +3,15 @@
 ``atomizer experiment run experiments/eurosat_cv.yaml`` fill the same store.
 
     python scripts/run_cv.py --store runs/eurosat_cv --models atomizer resnet --seeds 0 1 --folds 0 1 2 3 4
+    python scripts/run_cv.py --store runs/eurosat_cv --models atomizer resnet --label +aug --augment '{"band_drop": 0.2}'
+
+With several models, ``--label`` is a suffix (``atomizer+aug``); with one, the whole label.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import warnings
@@ -38,6 +42,11 @@ def main() -> int:
         default=1.0,
         help="class-stratified fraction of the training folds; runs labelled '<model>@<percent>%%'",
     )
+    p.add_argument("--label", help="name of this variant in the results (default: the model, or model@percent%%)")
+    p.add_argument(
+        "--augment", type=json.loads, help='training augmentation, e.g. \'{"flips": true, "band_drop": 0.2}\''
+    )
+    p.add_argument("--model-overrides", type=json.loads, default={}, help="model config overrides (JSON)")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     for seed in args.seeds:
@@ -45,6 +54,8 @@ def main() -> int:
             for fold in args.folds:
                 t0 = time.time()
                 label = model if args.train_fraction == 1.0 else f"{model}@{round(100 * args.train_fraction)}%"
+                if args.label:
+                    label = args.label if len(args.models) == 1 else f"{model}{args.label}"
                 run = train_and_evaluate(
                     model,
                     run_path(args.store, label, seed, fold),
@@ -61,6 +72,8 @@ def main() -> int:
                     device="cpu",
                     label=None if label == model else label,
                     train_fraction=args.train_fraction,
+                    augment=args.augment,
+                    model_overrides=args.model_overrides,
                 )
                 print(f"{label} seed {seed} fold {fold}: {time.time() - t0:.0f} s -> {run}", flush=True)
     return 0

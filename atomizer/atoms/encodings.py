@@ -192,6 +192,7 @@ class EncodingConfig(Config):
     pos_max_freq: float = 32.0
     pos_ref_m: float = 600.0
     gsd_bands: int = 4
+    gsd_code: bool = True  # the per-band GSD code in the band features (beyond the paper; off: positions only)
     anchors: tuple[tuple[float, float], ...] = DEFAULT_ANCHORS
     spectral_samples: int = 33
     use_time: bool = False
@@ -207,7 +208,8 @@ class EncodingConfig(Config):
 
     @property
     def band_dim(self) -> int:
-        return len(self.anchors) + len(EXTRA_CHANNELS) + fourier_dim(self.gsd_bands) + 3 * int(self.use_time)
+        gsd = fourier_dim(self.gsd_bands) if self.gsd_code else 0
+        return len(self.anchors) + len(EXTRA_CHANNELS) + gsd + 3 * int(self.use_time)
 
     @property
     def token_dim(self) -> int:
@@ -257,7 +259,9 @@ class AtomEncoder(nn.Module):
             band_table[:, 3].cpu(),
             self.cfg.spectral_samples,
         ).to(band_table.device)
-        parts = [spec, gsd_encoding(band_table[:, 2], self.cfg.gsd_bands)]
+        parts = [spec]
+        if self.cfg.gsd_code:
+            parts.append(gsd_encoding(band_table[:, 2], self.cfg.gsd_bands))
         if self.cfg.use_time:  # the acquisition date rides on the band rows (band tables are per image)
             parts.append(time_encoding(band_table[:, 4], band_table[:, 5]).nan_to_num(0.0))
         return torch.cat(parts, -1)

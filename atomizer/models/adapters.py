@@ -294,7 +294,8 @@ def load_adapters(model: Atomizer, path: str | Path, strict: bool = True) -> Ato
     payload = read_adapters(path)
     model = getattr(model, "module", model)
     drop = lambda d: {k: v for k, v in d.items() if k not in RUNTIME_FIELDS}  # noqa: E731
-    diff = config_diff(drop(payload["base_config"]), drop(model.cfg.to_dict()))
+    base = type(model.cfg).from_dict(payload["base_config"]).to_dict()  # fields added since: their defaults
+    diff = config_diff(drop(base), drop(model.cfg.to_dict()))
     if diff:
         raise AdapterError(f"{path}: adapters were trained on another configuration: " + "; ".join(diff))
     apply_adapters(model, payload["adapter_config"])

@@ -19,7 +19,7 @@ from torch import nn
 from atomizer.core.config import config_diff
 from atomizer.core.storage import atomic_write_bytes
 from atomizer.models.adapters import apply_adapters
-from atomizer.models.registry import arch_of, build_from_config
+from atomizer.models.registry import arch_of, build_from_config, config_class
 
 FORMAT = "atomizer-checkpoint/1"
 
@@ -54,6 +54,12 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return payload
 
 
+def stored_config(payload: Mapping[str, Any]) -> dict:
+    """A checkpoint's model config as the current code reads it (fields added since it was written take
+    their defaults), so comparisons see only real differences."""
+    return config_class(payload["arch"]).from_dict(payload["config"]).to_dict()
+
+
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model stored in a checkpoint, weights loaded, in eval mode."""
     payload = read_checkpoint(path, map_location)
@@ -74,7 +80,7 @@ def load_into(model: nn.Module, path: str | Path, strict_config: bool = True) ->
     if payload["arch"] != arch_of(target):
         raise CheckpointError(f"{path} holds a {payload['arch']!r} model, not {arch_of(target)!r}")
     if strict_config:
-        diff = config_diff(payload["config"], target.cfg.to_dict())
+        diff = config_diff(stored_config(payload), target.cfg.to_dict())
         if diff:
             raise CheckpointError(f"{path} was saved from another configuration: " + "; ".join(diff))
     target.load_state_dict(payload["state_dict"])
@@ -113,7 +119,7 @@ def load_encoder_weights(
             f"(checkpoint holds {payload['arch']!r}, model is {type(target).__name__})"
         )
     ours = {k: v for k, v in target.cfg.to_dict().items() if k not in RUNTIME_FIELDS}
-    theirs = {k: v for k, v in payload["config"].items() if k not in RUNTIME_FIELDS}
+    theirs = {k: v for k, v in stored_config(payload).items() if k not in RUNTIME_FIELDS}
     diff = config_diff(theirs, ours)
     if diff:
         raise CheckpointError(
