@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -67,18 +68,41 @@ def state_hash(model: nn.Module) -> float:
     return float(sum(p.detach().double().abs().sum() for p in getattr(model, "module", model).parameters()))
 
 
+#: Options a resumed run may change: they do not change what the run computes.
+RESUMABLE_CHANGES = ("num_workers", "device")
+
+
 def start_run(out_dir: str | Path, config: Config, resume: bool, write: bool = True) -> Path:
     """The run directory ``out_dir`` with ``checkpoints/`` and the run's ``config.yaml`` (written atomically).
 
+    A resumed run keeps the record of how its weights were trained: any option that changes the result
+    (all but :data:`RESUMABLE_CHANGES`) must be the one in ``config.yaml``, else the resume is refused.
+
     Raises:
         FileExistsError: ``out_dir`` already holds a run and ``resume`` is False.
+        ValueError: ``resume`` with settings that differ from the run's.
     """
     out = Path(out_dir)
     if write:
-        if (out / "config.yaml").exists() and not resume:
+        stored = out / "config.yaml"
+        if stored.exists() and not resume:
             raise FileExistsError(f"{out} already holds a run; pass resume=True (--resume) or another out_dir")
+        if stored.exists():
+            old = type(config).from_yaml(stored).to_dict()
+            new = config.to_dict()
+            diff = [
+                f"{k}: run has {old.get(k)!r}, asked {new.get(k)!r}"
+                for k in sorted(set(old) | set(new))
+                if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)
+            ]
+            if diff:
+                raise ValueError(
+                    f"cannot resume {out} with other settings than it was trained with ("
+                    + "; ".join(diff)
+                    + "); start a new run (another out_dir) instead"
+                )
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", config.to_yaml())
+        atomic_write_text(stored, config.to_yaml())
     return out
 
 
@@ -143,6 +167,7 @@ class Loop:
         self.device = device or pick_device(cfg.device)
         if self.device.type == "cpu":
             tune_cpu_allocator()  # atoms-sized buffers stay in the process instead of being page-faulted each step
+        self.created = not Path(cfg.out_dir).exists()  # only a folder this run made is ever removed
         self.out = start_run(cfg.out_dir, cfg, resume, write=self.is_main)
         self.last = self.out / "checkpoints" / "last.pt"
         self.log = MetricsLog(self.out / "metrics.jsonl", enabled=self.is_main)
@@ -161,14 +186,23 @@ class Loop:
     def resume_from(self, load: Callable[[Path], dict]) -> dict | None:
         """When resuming and ``last.pt`` exists: ``load(path)`` restores the model and returns the
         checkpoint's extra (holding ``optimizer`` and ``step``); the optimiser, the step and the log
-        follow. Returns that extra, else None."""
-        if not (self.resume and self.last.exists()):
+        follow. Returns that extra, else None. The log keeps exactly the records up to the resumed step:
+        a run killed before its first checkpoint starts its log anew (no step is ever logged twice)."""
+        if not self.resume:
             return None
-        extra = load(self.last)
-        self.optimizer.load_state_dict(extra["optimizer"])
-        self.step = int(extra["step"])
-        self.log.truncate_after(self.step)
+        extra = None
+        if self.last.exists():
+            extra = load(self.last)
+            self.optimizer.load_state_dict(extra["optimizer"])
+            self.step = int(extra["step"])
+        self.log.truncate_after(self.step if extra is not None else -1)
         return extra
+
+    def discard_if_untrained(self) -> None:
+        """Remove the run directory this loop created when nothing was trained in it (a failed start), so
+        the corrected command is not refused with "already holds a run"."""
+        if self.created and self.is_main and not self.log.path.exists() and not self.last.exists():
+            shutil.rmtree(self.out, ignore_errors=True)
 
     def state(self) -> dict:
         """What every checkpoint of the loop holds: the step and the optimiser."""

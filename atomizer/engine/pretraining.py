@@ -160,91 +160,95 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
         FileExistsError: ``out_dir`` already holds a run and ``resume`` is False.
     """
     loop = Loop(cfg, resume, progress=progress, desc=f"pretrain {cfg.masking}")
-    device = loop.device
-    data = build_pretrain_dataset(cfg)
-    fixed = build_pretrain_dataset(cfg, data.base, random_window=False)
-    n = len(data)
-    batch_size = min(cfg.batch_size, n)
-    per_epoch = max(1, n // batch_size)
-    model = build_models(cfg).to(device)
-    loop.attach(model, cfg.steps)
+    try:
+        device = loop.device
+        data = build_pretrain_dataset(cfg)
+        fixed = build_pretrain_dataset(cfg, data.base, random_window=False)
+        n = len(data)
+        batch_size = min(cfg.batch_size, n)
+        per_epoch = max(1, n // batch_size)
+        model = build_models(cfg).to(device)
+        loop.attach(model, cfg.steps)
 
-    def load(path):
-        extra = load_into(model.atomizer, path)
-        model.decoder.load_state_dict(extra["decoder"])
-        return extra
+        def load(path):
+            extra = load_into(model.atomizer, path)
+            model.decoder.load_state_dict(extra["decoder"])
+            return extra
 
-    loop.resume_from(load)
-    # A fixed batch (centred windows, fixed masks) whose reconstruction loss is comparable across steps.
-    eval_items = [fixed[i] for i in range(min(cfg.eval_images, n))]
-    eval_vis, eval_tgt, _ = _masked_batch(eval_items, cfg, (cfg.seed, 7, 7))
-    eval_vis, eval_tgt = eval_vis.to(device), eval_tgt.to(device)
+        loop.resume_from(load)
+        # A fixed batch (centred windows, fixed masks) whose reconstruction loss is comparable across steps.
+        eval_items = [fixed[i] for i in range(min(cfg.eval_images, n))]
+        eval_vis, eval_tgt, _ = _masked_batch(eval_items, cfg, (cfg.seed, 7, 7))
+        eval_vis, eval_tgt = eval_vis.to(device), eval_tgt.to(device)
 
-    @torch.no_grad()
-    def evaluate() -> float:
-        model.eval()
-        with autocast(cfg.precision, device):
-            loss, _ = model(eval_vis, eval_tgt)
-        model.train()
-        return float(loss)
+        @torch.no_grad()
+        def evaluate() -> float:
+            model.eval()
+            with autocast(cfg.precision, device):
+                loss, _ = model(eval_vis, eval_tgt)
+            model.train()
+            return float(loss)
 
-    def checkpoint(path: Path) -> None:
-        save_checkpoint(
-            path,
-            model.atomizer,
+        def checkpoint(path: Path) -> None:
+            save_checkpoint(
+                path,
+                model.atomizer,
+                {
+                    "kind": "pretrain",
+                    **loop.state(),
+                    "decoder": model.decoder.state_dict(),
+                    "pretrain_config": cfg.to_dict(),
+                },
+            )
+
+        def steps():
+            while loop.step < cfg.steps:
+                epoch, pos = divmod(loop.step, per_epoch)
+                data.set_epoch(epoch)
+                perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+                idx = perm[pos * batch_size : (pos + 1) * batch_size].tolist()
+                yield epoch, [_masked_batch([data[i] for i in idx], cfg, (cfg.seed, 1, loop.step))]
+
+        def loss_of(masked):
+            vis, tgt, hidden = masked
+            loss, _ = model(vis.to(device), tgt.to(device))
+            visible = int(vis.mask.sum())
+            return (
+                loss,
+                vis.num_sets,
+                {
+                    "visible_atoms": visible,
+                    "hidden_fraction": float(hidden.sum()) / max(1, visible + int(hidden.sum())),
+                    "target_atoms": int(tgt.mask.sum()),
+                },
+            )
+
+        def after_step(epoch: int) -> None:
+            if cfg.eval_every and loop.step % cfg.eval_every == 0 and loop.step < cfg.steps:
+                loop.log.write(kind="eval", step=loop.step, loss=evaluate(), time=time.time())
+            if loop.checkpoint_due():
+                checkpoint(loop.last)
+
+        if loop.step == 0:
+            loop.log.write(kind="eval", step=0, loss=evaluate(), time=time.time())
+        loop.run(steps(), loss_of, after_step)
+        final = evaluate()
+        loop.log.write(kind="eval", step=loop.step, loss=final, time=time.time())
+        checkpoint(loop.last)
+        evals = [r for r in loop.log.read() if r["kind"] == "eval"]
+        return loop.finish(
             {
-                "kind": "pretrain",
-                **loop.state(),
-                "decoder": model.decoder.state_dict(),
-                "pretrain_config": cfg.to_dict(),
-            },
+                "out_dir": str(loop.out),
+                "checkpoint": str(loop.last),
+                "step": loop.step,
+                "masking": cfg.masking,
+                "mask_ratio": cfg.mask_ratio,
+                "images": n,
+                "eval_loss_start": evals[0]["loss"],
+                "eval_loss_end": final,
+                "weights_fingerprint": state_hash(model.atomizer),
+            }
         )
-
-    def steps():
-        while loop.step < cfg.steps:
-            epoch, pos = divmod(loop.step, per_epoch)
-            data.set_epoch(epoch)
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-            idx = perm[pos * batch_size : (pos + 1) * batch_size].tolist()
-            yield epoch, [_masked_batch([data[i] for i in idx], cfg, (cfg.seed, 1, loop.step))]
-
-    def loss_of(masked):
-        vis, tgt, hidden = masked
-        loss, _ = model(vis.to(device), tgt.to(device))
-        visible = int(vis.mask.sum())
-        return (
-            loss,
-            vis.num_sets,
-            {
-                "visible_atoms": visible,
-                "hidden_fraction": float(hidden.sum()) / max(1, visible + int(hidden.sum())),
-                "target_atoms": int(tgt.mask.sum()),
-            },
-        )
-
-    def after_step(epoch: int) -> None:
-        if cfg.eval_every and loop.step % cfg.eval_every == 0 and loop.step < cfg.steps:
-            loop.log.write(kind="eval", step=loop.step, loss=evaluate(), time=time.time())
-        if loop.checkpoint_due():
-            checkpoint(loop.last)
-
-    if loop.step == 0:
-        loop.log.write(kind="eval", step=0, loss=evaluate(), time=time.time())
-    loop.run(steps(), loss_of, after_step)
-    final = evaluate()
-    loop.log.write(kind="eval", step=loop.step, loss=final, time=time.time())
-    checkpoint(loop.last)
-    evals = [r for r in loop.log.read() if r["kind"] == "eval"]
-    return loop.finish(
-        {
-            "out_dir": str(loop.out),
-            "checkpoint": str(loop.last),
-            "step": loop.step,
-            "masking": cfg.masking,
-            "mask_ratio": cfg.mask_ratio,
-            "images": n,
-            "eval_loss_start": evals[0]["loss"],
-            "eval_loss_end": final,
-            "weights_fingerprint": state_hash(model.atomizer),
-        }
-    )
+    except BaseException:
+        loop.discard_if_untrained()  # a failed start leaves nothing behind
+        raise

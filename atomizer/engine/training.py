@@ -92,6 +92,8 @@ class TrainConfig(Config):
         check_precision(self.precision)
         if not 0.0 < self.train_fraction <= 1.0:
             raise ValueError(f"training config: train_fraction must be in (0, 1], got {self.train_fraction}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"training config: max_steps must be >= 1 (or null), got {self.max_steps}")
         for name in ("epochs", "batch_size", "grad_accum", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"training config: {name} must be >= 1, got {getattr(self, name)}")
@@ -168,144 +170,150 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     loop = Loop(cfg, resume, rank=rank, world=world, progress=progress, desc=f"train {cfg.model}", device=device)
-    out = loop.out
-    # ---- model
-    probe = open_dataset(cfg.dataset, cfg.train_split, cfg.data_root, fold=cfg.fold)
-    model = build_model(cfg.model, cfg.preset, num_classes=probe.num_classes, **cfg.model_overrides).to(device)
-    head_loaded = "none"
-    if cfg.init:
-        head_loaded = load_encoder_weights(model, cfg.init, classes=probe.classes)["head"]
-    adapters = None
-    if cfg.adapters is not None:  # frozen base, only the adapters train (saved apart: adapters.pt)
-        adapters = apply_adapters(model, cfg.adapters, head_loaded=head_loaded).to_dict()
-    # ---- data
-    train_ds, val_ds, _ = build_datasets(cfg, input_type(model))
-    if distributed:
-        sampler = torch.utils.data.DistributedSampler(
-            train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True
-        )
-    else:
-        sampler = torch.utils.data.RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed))
-    batch_size = min(cfg.batch_size, len(sampler))  # a tiny training set still gives one full batch
-    if batch_size < 1:
-        raise ValueError("no training images for this rank")
-    batch_sampler = None
-    if cfg.group_by_modality and not distributed:  # same-modality batches: no padding between sets
-        batch_sampler = ModalityBatchSampler(
-            train_ds.assignment, batch_size, shuffle=True, seed=cfg.seed, drop_last=True
-        )
-    n_batches = len(batch_sampler) if batch_sampler is not None else len(sampler) // batch_size
-    per_epoch = max(1, n_batches // cfg.grad_accum)
-    total_steps = cfg.epochs * per_epoch
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
-    loop.attach(model, total_steps)
-    best = -math.inf
-    extra = loop.resume_from(lambda path: load_into(model, path))
-    if extra is not None:
-        best = float(extra["best"])
-    if distributed:
-        loop.model = model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[local_rank] if device.type == "cuda" else None
-        )
-    core = getattr(model, "module", model)
-
-    def checkpoint(path, **more: Any) -> None:
-        if loop.is_main:
-            save_checkpoint(
-                path,
-                core,
-                {
-                    **loop.state(),
-                    "best": best,
-                    "train_config": cfg.to_dict(),
-                    "classes": probe.classes,
-                    "multilabel": probe.multilabel,
-                    "train_modalities": cfg.train_modalities,
-                    "adapters": adapters,
-                    **more,
-                },
+    try:
+        out = loop.out
+        # ---- model
+        probe = open_dataset(cfg.dataset, cfg.train_split, cfg.data_root, fold=cfg.fold)
+        model = build_model(cfg.model, cfg.preset, num_classes=probe.num_classes, **cfg.model_overrides).to(device)
+        head_loaded = "none"
+        if cfg.init:
+            head_loaded = load_encoder_weights(model, cfg.init, classes=probe.classes)["head"]
+        adapters = None
+        if cfg.adapters is not None:  # frozen base, only the adapters train (saved apart: adapters.pt)
+            adapters = apply_adapters(model, cfg.adapters, head_loaded=head_loaded).to_dict()
+        # ---- data
+        train_ds, val_ds, _ = build_datasets(cfg, input_type(model))
+        if distributed:
+            sampler = torch.utils.data.DistributedSampler(
+                train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True
             )
-
-    def steps():
-        while loop.step < total_steps:
-            epoch = loop.step // per_epoch
-            skip = loop.step - epoch * per_epoch  # optimiser steps already done in this epoch
-            train_ds.set_epoch(epoch)
-            if distributed:
-                sampler.set_epoch(epoch)
-            else:
-                sampler.generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-            pin = device.type == "cuda"
-            if batch_sampler is not None:
-                batch_sampler.set_epoch(epoch)
-                loader = torch.utils.data.DataLoader(
-                    train_ds,
-                    batch_sampler=batch_sampler,
-                    collate_fn=collate_items,
-                    num_workers=cfg.num_workers,
-                    pin_memory=pin,
-                )
-            else:
-                loader = torch.utils.data.DataLoader(
-                    train_ds,
-                    batch_size=batch_size,
-                    sampler=sampler,
-                    collate_fn=collate_items,
-                    num_workers=cfg.num_workers,
-                    drop_last=True,
-                    pin_memory=pin,
-                )
-            it = iter(loader)
-            for _ in range(skip * cfg.grad_accum):  # fast-forward to where the interrupted run stopped
-                next(it)
-            for _ in range(skip, per_epoch):
-                if loop.step >= total_steps:
-                    break
-                yield epoch, (next(it) for _ in range(cfg.grad_accum))
-
-    def loss_of(b: dict):
-        logits = model(b["input"].to(device, non_blocking=True))
-        return loss_fn(logits, b["target"].to(device)), len(b["id"]), {}
-
-    def after_step(epoch: int) -> None:
-        nonlocal best
-        if loop.checkpoint_due():
-            checkpoint(loop.last)
-        end_of_epoch = loop.step % per_epoch == 0 or loop.step >= total_steps
-        if end_of_epoch and cfg.val_every_epoch and loop.is_main and len(val_ds):
-            logits, targets = predict_dataset(
-                core, val_ds, cfg.batch_size, device, desc="validate", precision=cfg.precision
+        else:
+            sampler = torch.utils.data.RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed))
+        batch_size = min(cfg.batch_size, len(sampler))  # a tiny training set still gives one full batch
+        if batch_size < 1:
+            raise ValueError("no training images for this rank")
+        batch_sampler = None
+        if cfg.group_by_modality and not distributed:  # same-modality batches: no padding between sets
+            batch_sampler = ModalityBatchSampler(
+                train_ds.assignment, batch_size, shuffle=True, seed=cfg.seed, drop_last=True
             )
-            val = classification_metrics(logits, targets)
-            val["loss"] = float(loss_fn(logits, targets))
-            loop.log.write(kind="val", step=loop.step, epoch=epoch, time=time.time(), **val)
-            if val["macro_map"] > best:
-                best = val["macro_map"]
-                checkpoint(out / "checkpoints" / "best.pt", val=val)
-            model.train()
-        if end_of_epoch:
-            checkpoint(loop.last)
+        n_batches = len(batch_sampler) if batch_sampler is not None else len(sampler) // batch_size
+        per_epoch = max(1, n_batches // cfg.grad_accum)
+        total_steps = cfg.epochs * per_epoch
+        if cfg.max_steps is not None:
+            total_steps = min(total_steps, cfg.max_steps)
+        loop.attach(model, total_steps)
+        best = -math.inf
+        extra = loop.resume_from(lambda path: load_into(model, path))
+        if extra is not None:
+            best = float(extra["best"])
+        if distributed:
+            loop.model = model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[local_rank] if device.type == "cuda" else None
+            )
+        core = getattr(model, "module", model)
 
-    loop.run(steps(), loss_of, after_step)
-    checkpoint(loop.last)
-    if loop.is_main and not (out / "checkpoints" / "best.pt").exists():
-        checkpoint(out / "checkpoints" / "best.pt")
-    summary = {
-        "out_dir": str(out),
-        "step": loop.step,
-        "best_val_macro_map": best,
-        "weights_fingerprint": state_hash(core),
-        "last": str(loop.last),
-        "best": str(out / "checkpoints" / "best.pt"),
-        "rank": rank,
-    }
-    if adapters is not None and loop.is_main:  # the best adapters alone, apart from the base checkpoint
-        summary["adapters"] = str(
-            save_adapters(load_model(out / "checkpoints" / "best.pt"), out / "adapters.pt", base_checkpoint=cfg.init)
-        )
-        summary["trainable_parameters"] = adapter_report(core)
-    loop.finish(summary)
-    if distributed:
-        dist.barrier()
-    return summary
+        def checkpoint(path, **more: Any) -> None:
+            if loop.is_main:
+                save_checkpoint(
+                    path,
+                    core,
+                    {
+                        **loop.state(),
+                        "best": best,
+                        "train_config": cfg.to_dict(),
+                        "classes": probe.classes,
+                        "multilabel": probe.multilabel,
+                        "train_modalities": cfg.train_modalities,
+                        "adapters": adapters,
+                        **more,
+                    },
+                )
+
+        def steps():
+            while loop.step < total_steps:
+                epoch = loop.step // per_epoch
+                skip = loop.step - epoch * per_epoch  # optimiser steps already done in this epoch
+                train_ds.set_epoch(epoch)
+                if distributed:
+                    sampler.set_epoch(epoch)
+                else:
+                    sampler.generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+                pin = device.type == "cuda"
+                if batch_sampler is not None:
+                    batch_sampler.set_epoch(epoch)
+                    loader = torch.utils.data.DataLoader(
+                        train_ds,
+                        batch_sampler=batch_sampler,
+                        collate_fn=collate_items,
+                        num_workers=cfg.num_workers,
+                        pin_memory=pin,
+                    )
+                else:
+                    loader = torch.utils.data.DataLoader(
+                        train_ds,
+                        batch_size=batch_size,
+                        sampler=sampler,
+                        collate_fn=collate_items,
+                        num_workers=cfg.num_workers,
+                        drop_last=True,
+                        pin_memory=pin,
+                    )
+                it = iter(loader)
+                for _ in range(skip * cfg.grad_accum):  # fast-forward to where the interrupted run stopped
+                    next(it)
+                for _ in range(skip, per_epoch):
+                    if loop.step >= total_steps:
+                        break
+                    yield epoch, (next(it) for _ in range(cfg.grad_accum))
+
+        def loss_of(b: dict):
+            logits = model(b["input"].to(device, non_blocking=True))
+            return loss_fn(logits, b["target"].to(device)), len(b["id"]), {}
+
+        def after_step(epoch: int) -> None:
+            nonlocal best
+            if loop.checkpoint_due():
+                checkpoint(loop.last)
+            end_of_epoch = loop.step % per_epoch == 0 or loop.step >= total_steps
+            if end_of_epoch and cfg.val_every_epoch and loop.is_main and len(val_ds):
+                logits, targets = predict_dataset(
+                    core, val_ds, cfg.batch_size, device, desc="validate", precision=cfg.precision
+                )
+                val = classification_metrics(logits, targets)
+                val["loss"] = float(loss_fn(logits, targets))
+                loop.log.write(kind="val", step=loop.step, epoch=epoch, time=time.time(), **val)
+                if val["macro_map"] > best:
+                    best = val["macro_map"]
+                    checkpoint(out / "checkpoints" / "best.pt", val=val)
+                model.train()
+            if end_of_epoch:
+                checkpoint(loop.last)
+
+        loop.run(steps(), loss_of, after_step)
+        checkpoint(loop.last)
+        if loop.is_main and not (out / "checkpoints" / "best.pt").exists():
+            checkpoint(out / "checkpoints" / "best.pt")
+        summary = {
+            "out_dir": str(out),
+            "step": loop.step,
+            "best_val_macro_map": best,
+            "weights_fingerprint": state_hash(core),
+            "last": str(loop.last),
+            "best": str(out / "checkpoints" / "best.pt"),
+            "rank": rank,
+        }
+        if adapters is not None and loop.is_main:  # the best adapters alone, apart from the base checkpoint
+            summary["adapters"] = str(
+                save_adapters(
+                    load_model(out / "checkpoints" / "best.pt"), out / "adapters.pt", base_checkpoint=cfg.init
+                )
+            )
+            summary["trainable_parameters"] = adapter_report(core)
+        loop.finish(summary)
+        if distributed:
+            dist.barrier()
+        return summary
+    except BaseException:
+        loop.discard_if_untrained()  # a failed start leaves nothing behind
+        raise
