@@ -107,7 +107,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from atomizer.engine.inference import predict_image
 
-    probs = predict_image(args.checkpoint, args.input, sensor=args.sidecar or args.sensor, chunk_size=args.chunk_size)
+    notes: list[str] = []
+    probs = predict_image(
+        args.checkpoint, args.input, sensor=args.sidecar or args.sensor, chunk_size=args.chunk_size, notes=notes
+    )
+    for line in notes:
+        print(f"note: {line}")
     for name, p in sorted(probs.items(), key=lambda kv: -kv[1])[: args.top]:
         print(f"{p:7.4f}  {name}")
     return 0

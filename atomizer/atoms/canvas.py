@@ -44,18 +44,30 @@ from atomizer.atoms.encodings import normalize_values
 from atomizer.atoms.tokens import extra_channel
 from atomizer.data.readers import image_bands, physical_values
 
+#: A canvas model refuses an input filling fewer canvas bands than this with a valid value. One band is
+#: the floor: the landscape and the test modalities include inputs of 1-3 bands, which the canvas models
+#: must still read (zero-filled channels are their handicap by design), but an input with no valid value
+#: at all is refused, as the Atomizer refuses an empty atom set.
+MIN_CANVAS_BANDS = 1
+
+
+class EmptyCanvasError(ValueError):
+    """An image fills too few canvas bands with a valid value (all nodata / NaN)."""
+
+
 #: The 12 Sentinel-2 L2A bands of the canvas, in channel order (B10 is not in L2A products).
 CANVAS_BANDS: tuple[str, ...] = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
 
 
-def _normalised_band(da: xr.DataArray) -> Tensor:
-    """One band of the image representation -> (h, w) float32 normalised values; invalid pixels 0."""
+def _normalised_band(da: xr.DataArray) -> tuple[Tensor, bool]:
+    """One band of the image representation -> ((h, w) float32 normalised values, invalid pixels 0;
+    whether any pixel is valid)."""
     a = da.attrs
     phys, ok = physical_values(da)
     ec = extra_channel(a.get("domain", "optical"), a.get("polarisation") or None)
     v = torch.from_numpy(np.ascontiguousarray(phys, dtype=np.float32))
     out = normalize_values(v, torch.full_like(v, ec))
-    return torch.where(torch.from_numpy(ok), out, torch.zeros_like(out))
+    return torch.where(torch.from_numpy(ok), out, torch.zeros_like(out)), bool(ok.any())
 
 
 def _place(band: Tensor, size_px: int) -> Tensor:
@@ -82,10 +94,12 @@ def to_canvas(
 
     Returns:
         ``(canvas (C, size_px, size_px) float32, present (C,) bool)``: ``present[c]`` says whether the
-        image had band ``canvas_bands[c]`` (the models never see it; it is for analysis).
+        image fills band ``canvas_bands[c]``: has it, with at least one valid pixel (the models never see
+        it; it is for analysis and for refusing empty inputs).
 
     Raises:
         ValueError: ``size_px`` or ``gsd_m`` is not positive, or the image has no canvas band.
+        EmptyCanvasError: fewer than :data:`MIN_CANVAS_BANDS` canvas bands hold a valid value.
     """
     if int(size_px) < 1 or not float(gsd_m) > 0:
         raise ValueError(f"size_px and gsd_m must be positive, got {size_px} and {gsd_m}")
@@ -103,12 +117,19 @@ def to_canvas(
             continue
         da = image[name]
         g = float(da.attrs["gsd_m"])
-        band = _normalised_band(da)  # (h, w)
+        band, any_valid = _normalised_band(da)  # (h, w)
+        present[c] = any_valid  # a band of nodata only fills nothing
         h, w = band.shape
         th, tw = max(1, round(h * g / gsd_m)), max(1, round(w * g / gsd_m))
         if (th, tw) != (h, w):
             band = F.interpolate(band[None, None], size=(th, tw), mode="bilinear", align_corners=False)[0, 0]
         canvas[c] = _place(band, size_px)
+    if int(present.sum()) < MIN_CANVAS_BANDS:
+        raise EmptyCanvasError(
+            f"image {image.attrs.get('source', '')!s} fills {int(present.sum())} of the {len(canvas_bands)} canvas "
+            f"bands with a valid value (at least {MIN_CANVAS_BANDS} needed): every pixel of its canvas bands is "
+            "nodata or NaN, so a canvas model has nothing to answer from"
+        )
     return canvas, present
 
 

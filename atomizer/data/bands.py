@@ -42,6 +42,10 @@ from atomizer.core.config import Config, ConfigError
 from atomizer.core.paths import sensors_dir
 
 DOMAINS = ("optical", "thermal", "sar")
+#: Plausible centre wavelengths per domain (nm): reflective optical (VNIR to SWIR) and thermal infrared.
+#: The Atomizer's spectral anchors cover the optical range (``EncodingConfig.anchors``, 380-2220 nm by
+#: default); a thermal band gets its own channel, not an anchor code.
+PLAUSIBLE_NM = {"optical": (300.0, 2600.0), "thermal": (3000.0, 15000.0)}
 POLARISATIONS = ("VV", "VH", "HH", "HV")
 
 
@@ -90,6 +94,18 @@ class Band:
             raise SensorSpecError(f"{who}: domain must be one of {DOMAINS}, got {self.domain!r}")
         if self.wavelength_nm <= 0:
             raise SensorSpecError(f"{who}: wavelength_nm must be positive, got {self.wavelength_nm}")
+        lo, hi = PLAUSIBLE_NM.get(self.domain, (0.0, math.inf))
+        if not lo <= self.wavelength_nm <= hi:
+            w = self.wavelength_nm
+            hint = ""
+            if w * 1000 >= lo and w * 1000 <= hi:
+                hint = f" (it looks like micrometres: {w:g} um = {w * 1000:g} nm)"
+            elif self.domain == "optical" and PLAUSIBLE_NM["thermal"][0] <= w <= PLAUSIBLE_NM["thermal"][1]:
+                hint = " (a thermal-infrared band: declare it with domain: thermal)"
+            raise SensorSpecError(
+                f"{who}: wavelength_nm {w:g} cannot be a {self.domain} band's centre: {self.domain} "
+                f"bands lie within {lo:g}-{hi:g} nm{hint}"
+            )
         if self.gsd_m <= 0:
             raise SensorSpecError(f"{who}: gsd_m must be positive, got {self.gsd_m}")
         if self.domain == "sar":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from atomizer.atoms.canvas import CanvasSpec
+from atomizer.atoms.canvas import CANVAS_BANDS, CanvasBatch, CanvasSpec
 from atomizer.atoms.tokens import AtomBatch
 from atomizer.data.bands import Sensor
 from atomizer.data.modalities import load_modalities
@@ -27,8 +27,14 @@ def predict_image(
     sensor: str | Path | Sensor | None = None,
     chunk_size: int = 262144,
     device: str = "cpu",
+    notes: list[str] | None = None,
 ) -> dict[str, float]:
-    """Class probabilities (sigmoid for multi-label models, softmax otherwise) for one image."""
+    """Class probabilities (sigmoid for multi-label models, softmax otherwise) for one image.
+
+    ``notes``, when given, receives what the user should know about the input: for a canvas model, how
+    many of its canvas bands the image fills. An image with no valid value is refused by every model
+    (:class:`~atomizer.atoms.tokens.EmptyTokenSetError`, :class:`~atomizer.atoms.canvas.EmptyCanvasError`).
+    """
     payload = read_checkpoint(checkpoint)
     extra = payload["extra"]
     classes = extra.get("classes") or [f"class_{i}" for i in range(payload["config"]["num_classes"])]
@@ -40,6 +46,9 @@ def predict_image(
         mods = load_modalities(extra["train_modalities"])
         canvas = CanvasSpec(int(mods.source_size_px or 64), float(mods.source_gsd_m or 10.0))
     batch = model_input(image, kind, canvas).to(device)
+    if notes is not None and isinstance(batch, CanvasBatch):
+        filled = [b for b, ok in zip(CANVAS_BANDS, batch.present[0].tolist()) if ok]
+        notes.append(f"input fills {len(filled)} of the {len(CANVAS_BANDS)} canvas bands: {' '.join(filled)}")
     # atoms stream through the cross-attention in chunks: bounded memory whatever the image size
     logits = model(batch, chunk_size=chunk_size) if kind is AtomBatch else model(batch)
     multilabel = extra.get("multilabel", True)

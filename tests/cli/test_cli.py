@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -157,3 +158,39 @@ def test_train_config_types_from_yaml(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["lr"] == 0.001 and isinstance(saved["lr"], float)
+
+
+def test_every_model_refuses_an_input_with_no_valid_value(tiny_checkpoint, eurosat_paths, tmp_path):
+    """A 13-band GeoTIFF that is all nodata: the Atomizer and a canvas baseline both refuse it in one line;
+    on a real tile the canvas model says how many of its canvas bands the input fills."""
+    import rasterio
+
+    resnet = train(
+        TrainConfig.from_dict(
+            {
+                "model": "resnet",
+                "preset": "tiny",
+                "dataset": "eurosat",
+                "epochs": 1,
+                "max_steps": 1,
+                "batch_size": 4,
+                "train_limit": 4,
+                "val_limit": 4,
+                "device": "cpu",
+                "out_dir": str(tmp_path / "resnet"),
+            }
+        ),
+        progress=False,
+    )["best"]
+    with rasterio.open(eurosat_paths[0]) as src:
+        profile, shape = src.profile, (src.count, src.height, src.width)
+    empty = tmp_path / "empty.tif"
+    with rasterio.open(empty, "w", **profile) as dst:
+        dst.write(np.zeros(shape, dtype=profile["dtype"]))  # DN 0: Sentinel-2 nodata everywhere
+    for ckpt in (tiny_checkpoint, resnet):
+        r = run("predict", ckpt, empty)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and ("no valid" in r.stderr or "fills 0" in r.stderr)
+    r = run("predict", resnet, eurosat_paths[0], "--top", "1")
+    assert r.returncode == 0, r.stderr
+    assert "note: input fills 12 of the 12 canvas bands" in r.stdout

@@ -384,3 +384,22 @@ def test_sidecar_keys_and_types_go_through_the_config_base(tmp_path):
     unknown_band_key = {**VALID_SPEC, "bands": [{**VALID_SPEC["bands"][0], "fwhm": 3}]}
     with pytest.raises(SensorSpecError, match=r"band 'blue'.*fwhm"):
         get_sensor(_write(tmp_path, unknown_band_key, ".yaml"))
+
+
+@pytest.mark.parametrize(
+    ("band", "words"),
+    [
+        ({"name": "red", "wavelength_nm": 0.665, "bandwidth_nm": 30, "gsd_m": 3}, ["red", "micrometres", "665 nm"]),
+        ({"name": "mir", "wavelength_nm": 5000, "bandwidth_nm": 300, "gsd_m": 30}, ["mir", "domain: thermal"]),
+        ({"name": "uv", "wavelength_nm": 120, "bandwidth_nm": 20, "gsd_m": 30}, ["uv", "300-2600 nm"]),
+        (
+            {"name": "t", "wavelength_nm": 10.9, "bandwidth_nm": 500, "gsd_m": 100, "domain": "thermal"},
+            ["micrometres", "10900 nm"],
+        ),
+    ],
+)
+def test_implausible_wavelengths_are_refused_with_the_likely_unit(tmp_path, band, words):
+    with pytest.raises(SensorSpecError) as e:
+        get_sensor(_write(tmp_path, {"name": "cam", "bands": [band]}, ".yaml"))
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
