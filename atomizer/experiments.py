@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import xarray as xr
 import yaml
 
 from atomizer.core.config import Config
@@ -282,10 +283,12 @@ def run_landscape(
     ``landscape_predictions.nc`` into the run (skipped when both exist)."""
     run = Path(run_dir)
     table, per_image = run / LANDSCAPE_FILES["table"], run / LANDSCAPE_FILES["predictions"]
-    if table.exists() and per_image.exists():
-        return table
     cfg = TrainConfig.from_yaml(run / "config.yaml")
     mods = landscape_set(cfg.train_modalities, spec)
+    if table.exists() and per_image.exists():
+        with xr.open_dataset(per_image, engine="h5netcdf") as old:  # reuse only the same landscape
+            if [str(m) for m in old.modality.values] == mods.names:
+                return table
     res, preds = evaluate_checkpoint(
         run / "checkpoints" / "best.pt",
         mods,

@@ -1,4 +1,4 @@
-"""Write the fixed k-fold assignment of the embedded datasets: ``data/folds/<dataset>.csv`` (id, label, fold).
+"""Write the fixed k-fold assignment of the embedded datasets: ``data/folds/<dataset>.csv`` (id, stratum, fold).
 
 Stratified by class (EuroSAT: its label; BigEarthNet: the rarest of a patch's 19-class labels in the
 slice, so rare classes spread over the folds), shuffled with a fixed seed. The files are committed; run

@@ -81,6 +81,7 @@ class ResultsView(pn.viewable.Viewer):
                 "summary.json",
                 "failed.txt",
                 PREDICTIONS_FILE,
+                LANDSCAPE_PREDICTIONS,
                 *RESULT_FILES.values(),
             ):
                 p = d / name
@@ -258,7 +259,7 @@ class ResultsView(pn.viewable.Viewer):
             "group",
             ["difference", "neg", "pos"],
         ).opts(line_width=1.5)
-        sig = df[df["significant"]]
+        sig = df[df["significant"] & ((df["ci_low"] > 0) | (df["ci_high"] < 0))]  # as in stats.verdict
         marks = hv.Labels(
             [(g, hi + 1.0, "*") for g, hi in zip(sig["group"], sig["ci_high"])], ["group", "difference"], "text"
         ).opts(text_font_size="16pt", text_color="black")

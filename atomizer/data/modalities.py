@@ -362,7 +362,7 @@ def landscape_modalities(
     """A grid of modalities around the training set, for the generalisation landscape.
 
     * Geometry: every GSD of ``gsds`` x every fraction of the largest window the source allows at that
-      GSD (``size = round(fraction * source extent / gsd)``, at least 2 px), all with ``geometry_bands``;
+      GSD (``size = floor(fraction * source extent / gsd)``, at least 2 px), all with ``geometry_bands``;
       named ``g<gsd>_s<size>``.
     * Bands: every set of ``band_sets`` at the geometry ``band_geometry`` (size px, GSD m); named
       ``b_<key>``.

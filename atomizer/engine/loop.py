@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from atomizer.core.config import Config
 from atomizer.core.runtime import autocast, pick_device, tune_cpu_allocator
-from atomizer.core.storage import atomic_write_json, atomic_write_text
+from atomizer.core.storage import atomic_write_json, atomic_write_text, finite_json
 
 
 def lr_at(step: int, total: int, base_lr: float, warmup: int) -> float:
@@ -69,14 +69,15 @@ def state_hash(model: nn.Module) -> float:
 
 
 #: Options a resumed run may change: they do not change what the run computes.
-RESUMABLE_CHANGES = ("num_workers", "device")
+RESUMABLE_CHANGES = ("num_workers",)
 
 
 def start_run(out_dir: str | Path, config: Config, resume: bool, write: bool = True) -> Path:
     """The run directory ``out_dir`` with ``checkpoints/`` and the run's ``config.yaml`` (written atomically).
 
     A resumed run keeps the record of how its weights were trained: any option that changes the result
-    (all but :data:`RESUMABLE_CHANGES`) must be the one in ``config.yaml``, else the resume is refused.
+    (all but :data:`RESUMABLE_CHANGES`; the device does: fp32 on CPU, bf16 autocast on CUDA) must be the
+    one in ``config.yaml``, else the resume is refused; ``config.yaml`` is never rewritten.
 
     Raises:
         FileExistsError: ``out_dir`` already holds a run and ``resume`` is False.
@@ -102,7 +103,8 @@ def start_run(out_dir: str | Path, config: Config, resume: bool, write: bool = T
                     + "); start a new run (another out_dir) instead"
                 )
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        atomic_write_text(stored, config.to_yaml())
+        if not stored.exists():  # the record of how the weights were trained is written once
+            atomic_write_text(stored, config.to_yaml())
     return out
 
 
@@ -116,18 +118,28 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         if not self.enabled or not self.path.exists():
             return
-        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        keep = [ln for ln, r in self._parsed() if r["step"] <= step]
         atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
+
+    def _parsed(self) -> list[tuple[str, dict]]:
+        """(line, record) of every complete line (a half-written last line of a killed run is skipped)."""
+        out = []
+        for ln in self.path.read_text().splitlines():
+            try:
+                out.append((ln, json.loads(ln)))
+            except json.JSONDecodeError:
+                continue
+        return out
 
     def write(self, **record: Any) -> None:
         if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            with open(self.path, "a") as f:  # valid JSON: a diverged loss is written as null
+                f.write(json.dumps(finite_json(record), allow_nan=False) + "\n")
 
     def read(self) -> list[dict]:
         if not self.path.exists():
             return []
-        return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
+        return [r for _, r in self._parsed()]
 
 
 #: One optimiser step's input: the epoch it belongs to and its micro-batches (gradient accumulation).

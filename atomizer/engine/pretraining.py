@@ -233,7 +233,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
             loop.log.write(kind="eval", step=0, loss=evaluate(), time=time.time())
         loop.run(steps(), loss_of, after_step)
         final = evaluate()
-        loop.log.write(kind="eval", step=loop.step, loss=final, time=time.time())
+        if not any(r["kind"] == "eval" and r["step"] == loop.step for r in loop.log.read()):  # resumed at the end
+            loop.log.write(kind="eval", step=loop.step, loss=final, time=time.time())
         checkpoint(loop.last)
         evals = [r for r in loop.log.read() if r["kind"] == "eval"]
         return loop.finish(

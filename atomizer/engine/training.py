@@ -198,6 +198,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                 train_ds.assignment, batch_size, shuffle=True, seed=cfg.seed, drop_last=True
             )
         n_batches = len(batch_sampler) if batch_sampler is not None else len(sampler) // batch_size
+        if n_batches < cfg.grad_accum:
+            raise ValueError(
+                f"grad_accum {cfg.grad_accum} exceeds the {n_batches} batches of an epoch "
+                f"(batch_size {batch_size}): lower grad_accum or batch_size"
+            )
         per_epoch = max(1, n_batches // cfg.grad_accum)
         total_steps = cfg.epochs * per_epoch
         if cfg.max_steps is not None:
@@ -273,9 +278,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
 
         def after_step(epoch: int) -> None:
             nonlocal best
-            if loop.checkpoint_due():
-                checkpoint(loop.last)
             end_of_epoch = loop.step % per_epoch == 0 or loop.step >= total_steps
+            if loop.checkpoint_due() and not end_of_epoch:  # at an epoch's end, last.pt follows validation
+                checkpoint(loop.last)
             if end_of_epoch and cfg.val_every_epoch and loop.is_main and len(val_ds):
                 logits, targets = predict_dataset(
                     core, val_ds, cfg.batch_size, device, desc="validate", precision=cfg.precision

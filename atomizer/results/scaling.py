@@ -54,4 +54,5 @@ def _train_images(cfg: dict) -> int:
         cfg.get("dataset", "eurosat"), cfg.get("train_split", "train"), cfg.get("data_root"), fold=cfg.get("fold")
     )
     f = float(cfg.get("train_fraction", 1.0))
-    return len(stratified_fraction(ds, f, int(cfg.get("seed", 0)))) if f < 1.0 else len(ds)
+    n = len(stratified_fraction(ds, f, int(cfg.get("seed", 0)))) if f < 1.0 else len(ds)
+    return min(n, int(cfg["train_limit"])) if cfg.get("train_limit") else n

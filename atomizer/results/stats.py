@@ -5,8 +5,11 @@ cross-validation the folds of a seed are pooled, so every image is tested exactl
 score of a seed is the metric over all images (:func:`atomizer.results.store.collect_predictions`).
 
 * ``mean`` and ``sd``: over seeds (``sd`` is NaN for one seed); ``folds`` and ``seeds`` say what was run.
-* 95 % CI: :func:`scipy.stats.bootstrap` over the test images (BCa), the statistic being the seed-mean
-  metric on the resampled images, so both the image sample and the seeds enter the interval.
+* 95 % CI: :func:`scipy.stats.bootstrap` over the test images (BCa up to 5,000 images, percentile
+  beyond, where the jackknife of BCa would cost too much), the statistic being the seed-mean metric on the
+  resampled images. The interval is conditional on the trained seeds: it reflects the test-image sample;
+  the seed-to-seed spread is reported separately (``sd``, ``per_seed``). The paired test and the CI of a
+  difference pair the same images for both models.
 * Paired difference (model - reference), per modality: the same images resampled for both models
   (a paired bootstrap CI), and a paired permutation test over images
   (:func:`scipy.stats.permutation_test`, ``permutation_type="samples"``: per image, the two models'
@@ -32,6 +35,10 @@ from atomizer.engine.metrics import batched_average_precision
 
 METRICS = ("macro_map", "top1")
 ALPHA = 0.05
+#: Above this many test images the CI is a percentile interval (BCa's jackknife costs n evaluations).
+BCA_MAX_IMAGES = 5000
+#: Memory of one batch of resampled predictions.
+BATCH_BYTES = 512 * 2**20
 
 
 def metric_values(scores: np.ndarray, targets: np.ndarray, metric: str) -> np.ndarray:
@@ -51,9 +58,16 @@ def _seed_mean(preds: np.ndarray, targets: np.ndarray, idx: np.ndarray, metric: 
     return metric_values(p, t, metric).mean(axis=0)
 
 
-def _bootstrap(fn, n: int, n_resamples: int, seed: int) -> tuple[float, float]:
-    """BCa 95 % interval of ``fn(index resample)``; a degenerate bootstrap distribution (every resample
-    giving the same value, e.g. identical predictions) has that value as both bounds."""
+def batch_for(n: int, width: int) -> int:
+    """Resamples per batch so that one batch of gathered predictions (``width`` floats per image) stays
+    within :data:`BATCH_BYTES`."""
+    return int(max(1, min(200, BATCH_BYTES // max(1, n * width * 8))))
+
+
+def _bootstrap(fn, n: int, n_resamples: int, seed: int, width: int = 1) -> tuple[float, float]:
+    """95 % interval of ``fn(index resample)`` (BCa up to :data:`BCA_MAX_IMAGES` images, percentile above);
+    resamples are evaluated in batches sized to :data:`BATCH_BYTES`; a degenerate bootstrap distribution
+    (every resample giving the same value, e.g. identical predictions) has that value as both bounds."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         res = stats.bootstrap(
@@ -61,8 +75,8 @@ def _bootstrap(fn, n: int, n_resamples: int, seed: int) -> tuple[float, float]:
             lambda idx, axis=-1: fn(idx),
             vectorized=True,
             n_resamples=n_resamples,
-            batch=200,
-            method="BCa",
+            batch=batch_for(n, width),
+            method="BCa" if n <= BCA_MAX_IMAGES else "percentile",
             confidence_level=1 - ALPHA,
             random_state=np.random.default_rng(seed),
         )
@@ -92,7 +106,13 @@ def summarize(preds: xr.Dataset, metric: str = "macro_map", n_resamples: int = 2
             if not len(p):  # no seed covers every image (folds unfinished): nothing to report from
                 continue
             per_seed = metric_values(p, np.broadcast_to(targets, p.shape), metric)
-            lo, hi = _bootstrap(lambda idx, p=p: _seed_mean(p, targets, idx, metric), n, n_resamples, seed)
+            lo, hi = _bootstrap(
+                lambda idx, p=p: _seed_mean(p, targets, idx, metric),
+                n,
+                n_resamples,
+                seed,
+                width=p.shape[0] * p.shape[-1],
+            )
             rows.append(
                 {
                     "model": str(m),
@@ -130,7 +150,7 @@ def summarize_over_modalities(
             return metric_values(q, np.broadcast_to(targets[idx], q.shape), metric).mean(axis=(0, 1))
 
         per_seed = metric_values(p, np.broadcast_to(targets, p.shape), metric).mean(axis=1)
-        lo, hi = _bootstrap(stat, n, n_resamples, seed)
+        lo, hi = _bootstrap(stat, n, n_resamples, seed, width=p.shape[0] * p.shape[1] * p.shape[-1])
         rows.append(
             {
                 "model": str(m),
@@ -182,14 +202,14 @@ def paired_differences(
             def perm_stat(x, y, axis=-1, both=both):
                 return _seed_mean(both, t2, x, metric) - _seed_mean(both, t2, y, metric)
 
-            lo, hi = _bootstrap(diff_idx, n, n_resamples, seed)
+            lo, hi = _bootstrap(diff_idx, n, n_resamples, seed, width=2 * a.shape[0] * a.shape[-1])
             perm = stats.permutation_test(
                 (np.arange(n), np.arange(n) + n),
                 perm_stat,
                 permutation_type="samples",
                 vectorized=True,
                 n_resamples=n_resamples,
-                batch=200,
+                batch=batch_for(2 * n, a.shape[0] * a.shape[-1]),
                 alternative="two-sided",
                 random_state=np.random.default_rng(seed),
             )
@@ -217,7 +237,7 @@ def paired_differences(
 
 
 def mean_ci_table(summary: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
-    """``model x modality`` table of "mean ± half-width of the 95 % CI" strings, plus the mean over modalities."""
+    """``model x modality`` table of "mean [95 % CI]" strings, plus the mean over modalities."""
     fmt = summary.assign(
         text=[
             f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
