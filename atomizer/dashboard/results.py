@@ -192,9 +192,9 @@ class ResultsView(pn.viewable.Viewer):
 
     def _ci_chart(self):
         s = self.summary()
-        df = s.assign(group=[f"{mo} · {m}" for mo, m in zip(s["modality"], s["model"])])
+        df = s.assign(ci_group=[f"{mo} · {m}" for mo, m in zip(s["modality"], s["model"])])
         bars = hv.Bars(
-            df, "group", ["mean", "model", "modality", "ci_low", "ci_high", "seeds"], label="mean over seeds"
+            df, "ci_group", ["mean", "model", "modality", "ci_low", "ci_high", "seeds"], label="mean over seeds"
         ).opts(
             color="model",
             cmap="Category10",
@@ -207,19 +207,22 @@ class ResultsView(pn.viewable.Viewer):
             ylabel=f"{s['metric'].iloc[0]} (%)",
         )
         errs = hv.ErrorBars(
-            [(g, m, m - lo, hi - m) for g, m, lo, hi in zip(df["group"], df["mean"], df["ci_low"], df["ci_high"])],
-            "group",
+            [(g, m, m - lo, hi - m) for g, m, lo, hi in zip(df["ci_group"], df["mean"], df["ci_low"], df["ci_high"])],
+            "ci_group",
             ["mean", "neg", "pos"],
             label="95 % CI",
         ).opts(line_width=1.5)
         points = hv.Scatter(
-            [(g, v) for g, vals in zip(df["group"], df["per_seed"]) for v in vals], "group", "mean", label="each seed"
+            [(g, v) for g, vals in zip(df["ci_group"], df["per_seed"]) for v in vals],
+            "ci_group",
+            "mean",
+            label="each seed",
         ).opts(color="black", size=5, tools=["hover"])
         layers = [bars, errs, points]
         if s["metric"].iloc[0] == PAPER_METRIC:
             ref = [
                 (g, PAPER_TABLE1[base_model(m)][int(str(mo)[1:]) - 1])
-                for g, m, mo in zip(df["group"], df["model"], df["modality"])
+                for g, m, mo in zip(df["ci_group"], df["model"], df["modality"])
                 if base_model(m) in PAPER_TABLE1
                 and str(mo)[:1] == "T"
                 and str(mo)[1:].isdigit()
@@ -227,7 +230,7 @@ class ResultsView(pn.viewable.Viewer):
             ]
             if ref:
                 layers.append(
-                    hv.Scatter(ref, "group", "mean", label=PAPER_LABEL).opts(
+                    hv.Scatter(ref, "ci_group", "mean", label=PAPER_LABEL).opts(
                         marker="dash", size=28, line_width=3, color="crimson"
                     )
                 )
@@ -239,8 +242,8 @@ class ResultsView(pn.viewable.Viewer):
 
     def _difference_chart(self):
         d = self.differences()
-        df = d.assign(group=[f"{mo} · {o}" for mo, o in zip(d["modality"], d["other"])])
-        bars = hv.Bars(df, "group", ["difference", "other", "modality", "p_holm"]).opts(
+        df = d.assign(diff_group=[f"{mo} · {o}" for mo, o in zip(d["modality"], d["other"])])
+        bars = hv.Bars(df, "diff_group", ["difference", "other", "modality", "p_holm"]).opts(
             color="other",
             cmap="Category10",
             tools=["hover"],
@@ -254,14 +257,16 @@ class ResultsView(pn.viewable.Viewer):
         errs = hv.ErrorBars(
             [
                 (g, v, v - lo, hi - v)
-                for g, v, lo, hi in zip(df["group"], df["difference"], df["ci_low"], df["ci_high"])
+                for g, v, lo, hi in zip(df["diff_group"], df["difference"], df["ci_low"], df["ci_high"])
             ],
-            "group",
+            "diff_group",
             ["difference", "neg", "pos"],
         ).opts(line_width=1.5)
         sig = df[df["significant"] & ((df["ci_low"] > 0) | (df["ci_high"] < 0))]  # as in stats.verdict
         marks = hv.Labels(
-            [(g, hi + 1.0, "*") for g, hi in zip(sig["group"], sig["ci_high"])], ["group", "difference"], "text"
+            [(g, hi + 1.0, "*") for g, hi in zip(sig["diff_group"], sig["ci_high"])],
+            ["diff_group", "difference"],
+            "text",
         ).opts(text_font_size="16pt", text_color="black")
         zero = hv.HLine(0).opts(color="black", line_width=1)
         return (bars * errs * marks * zero).opts(
@@ -438,14 +443,13 @@ class ResultsView(pn.viewable.Viewer):
         m = self.training_curves()
         train = m[m["kind"] == "train"] if len(m) else m
         val = m[m["kind"] == "val"] if len(m) else m
-        loss = hv.Curve(train, "step", "loss", label="train loss").opts(color="steelblue", line_width=2)
-        if len(val):
-            loss = (
-                loss
-                * hv.Curve(val, "step", "loss", label="val loss").opts(color="orange", line_width=2)
-                * hv.Scatter(val, "step", "loss").opts(color="orange", size=6)
-            )
-        loss = loss.opts(
+        layers = [hv.Curve(train, "step", "loss", label="train loss").opts(color="steelblue", line_width=2)]
+        if len(val):  # a run without validation records has only the training curve (still an overlay)
+            layers += [
+                hv.Curve(val, "step", "loss", label="val loss").opts(color="orange", line_width=2),
+                hv.Scatter(val, "step", "loss").opts(color="orange", size=6),
+            ]
+        loss = hv.Overlay(layers).opts(
             width=PLOT_WIDTH // 2 + 60,
             height=PLOT_HEIGHT - 40,
             title=f"loss: {self.run}",

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from dashboard_support import evaluate_into, small_eurosat_root, train_tiny
+from dashboard_support import cv_store, evaluate_into, small_eurosat_root, train_tiny
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -227,3 +227,40 @@ def test_results_tab_shows_the_store(page, served):
         fh.write('{"kind": "train", "step": 4242, "loss": 0.5}\n')
     page.get_by_role("button", name="Refresh").click()
     page.get_by_role("cell", name="4242", exact=True).wait_for(timeout=15_000)
+
+
+def test_results_tab_shows_cis_and_follows_the_chosen_reference(page, tmp_path):
+    """A store of repeats (Atomizer and ResNet, 2 seeds, real tiny runs): error bars and per-seed points in
+    the page, the verdict against the reference, and choosing another reference in the Select redraws it."""
+    store, port, log = cv_store(tmp_path / "cv"), _free_port(), tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "atomizer", "serve", "--port", str(port), "--results", str(store), "--no-show"],
+            cwd=REPO_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_for_port(port, proc, log)
+        _open(page, {"url": f"http://localhost:{port}/"})
+        page.locator(".bk-tab", has_text="Results").wait_for(timeout=120_000)
+        _tab(page, "Results")
+        page.get_by_text("against resnet, atomizer is").wait_for(timeout=120_000)
+        page.wait_for_function(f"() => ({JS_COLUMN})('upper') !== null", timeout=30_000)  # the error bars
+        lower, upper = page.evaluate(JS_COLUMN, "lower"), page.evaluate(JS_COLUMN, "upper")
+        assert len(lower) == len(upper) >= 12 and all(lo <= hi for lo, hi in zip(lower, upper))
+        _visible_canvas(page)
+        means = page.evaluate(JS_COLUMN, "mean")
+        assert means is not None and len(means) >= 12
+        ARTIFACTS.mkdir(exist_ok=True)
+        _shot(page, "results_repeats")
+        select = page.locator(".bk-input-group", has=page.get_by_text("Reference model", exact=True)).locator("select")
+        select.select_option("resnet")
+        page.get_by_text("against atomizer, resnet is").wait_for(timeout=60_000)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
