@@ -111,8 +111,9 @@ class ResultsView(pn.viewable.Viewer):
         if self.metric not in self.param.metric.objects:
             self.metric = PAPER_METRIC if PAPER_METRIC in metrics else self.param.metric.objects[0]
         models = [str(m) for m in data["preds"].model.values] if data["preds"] is not None else []
-        self.param.reference.objects = models
-        if self.reference not in models:
+        if list(self.param.reference.objects) != models:  # re-setting the same (or no) options loops the Select
+            self.param.reference.objects = models
+        if self.reference not in models and models:
             self.reference = "atomizer" if "atomizer" in models else (models[0] if models else None)
         self._stats: dict = {}
         runs = list(data["runs"]["run"]) if len(data["runs"]) else []

@@ -238,7 +238,8 @@ def test_pretrained_encoder_initialises_classification_training(pretrained, tmp_
                 "train_limit": 8,
                 "val_limit": 4,
                 "batch_size": 4,
-                "max_steps": 0,
+                "max_steps": 1,  # a run of zero steps is refused; at lr 0 the one step changes no weight
+                "lr": 0.0,
                 "device": "cpu",
                 "out_dir": str(tmp_path / "ft"),
             }
