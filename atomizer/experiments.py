@@ -302,3 +302,13 @@ def run_landscape(
     save_results(preds, per_image, overwrite=True, records=False)
     save_results(res, table, overwrite=True)
     return table
+
+
+def param_list(value: Any, cast: Any = str) -> list:
+    """A notebook's list parameter as a list: papermill's ``-p`` passes ``"atomizer,resnet"`` or ``"[0, 1]"``
+    as strings and ``-p seeds 0`` as a scalar; a list passes through. Items are converted with ``cast``."""
+    if isinstance(value, str):
+        value = [x.strip() for x in value.strip("[]").replace("'", "").replace('"', "").split(",") if x.strip()]
+    elif not isinstance(value, (list, tuple)):
+        value = [value]
+    return [cast(x) for x in value]

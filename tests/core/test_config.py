@@ -90,3 +90,14 @@ def test_not_a_mapping(tmp_path):
     p.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         TrainConfig.from_yaml(p)
+
+
+def test_notebook_list_parameters():
+    from atomizer.experiments import param_list
+
+    assert param_list("atomizer,resnet") == ["atomizer", "resnet"]
+    assert (
+        param_list("[0, 1]", int) == [0, 1]
+        and param_list(0, int) == [0]
+        and param_list([10, 20], float) == [10.0, 20.0]
+    )
