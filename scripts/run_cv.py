@@ -47,6 +47,12 @@ def main() -> int:
         "--augment", type=json.loads, help='training augmentation, e.g. \'{"flips": true, "band_drop": 0.2}\''
     )
     p.add_argument("--model-overrides", type=json.loads, default={}, help="model config overrides (JSON)")
+    p.add_argument(
+        "--train-options",
+        type=json.loads,
+        default={},
+        help='other TrainConfig fields (JSON), e.g. \'{"weight_decay": 0.05, "patience": 3, "init": "ckpt.pt"}\'',
+    )
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     for seed in args.seeds:
@@ -74,6 +80,7 @@ def main() -> int:
                     train_fraction=args.train_fraction,
                     augment=args.augment,
                     model_overrides=args.model_overrides,
+                    **args.train_options,
                 )
                 print(f"{label} seed {seed} fold {fold}: {time.time() - t0:.0f} s -> {run}", flush=True)
     return 0

@@ -84,6 +84,7 @@ class TrainConfig(Config):
     num_workers: int = 0
     ckpt_every: int = 50  # steps
     val_every_epoch: bool = True
+    patience: int | None = None  # early stopping: stop after this many validations without a better macro mAP
     init: str | None = None  # checkpoint whose encoder weights initialise the model
     adapters: dict | None = None  # freeze the model, train only these adapters (atomizer.models.adapters.AdapterConfig)
     out_dir: str = "runs/default"
@@ -94,6 +95,8 @@ class TrainConfig(Config):
             raise ValueError(f"training config: train_fraction must be in (0, 1], got {self.train_fraction}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"training config: max_steps must be >= 1 (or null), got {self.max_steps}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"training config: patience must be >= 1 (or null), got {self.patience}")
         for name in ("epochs", "batch_size", "grad_accum", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"training config: {name} must be >= 1, got {getattr(self, name)}")
@@ -209,9 +212,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             total_steps = min(total_steps, cfg.max_steps)
         loop.attach(model, total_steps)
         best = -math.inf
+        stale = 0  # validations since the best one (early stopping)
         extra = loop.resume_from(lambda path: load_into(model, path))
         if extra is not None:
             best = float(extra["best"])
+            stale = int(extra.get("stale", 0))
+
+        def stopped() -> bool:
+            return cfg.patience is not None and stale >= cfg.patience
+
         if distributed:
             loop.model = model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[local_rank] if device.type == "cuda" else None
@@ -226,6 +235,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                     {
                         **loop.state(),
                         "best": best,
+                        "stale": stale,
                         "train_config": cfg.to_dict(),
                         "classes": probe.classes,
                         "multilabel": probe.multilabel,
@@ -236,7 +246,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                 )
 
         def steps():
-            while loop.step < total_steps:
+            while loop.step < total_steps and not stopped():
                 epoch = loop.step // per_epoch
                 skip = loop.step - epoch * per_epoch  # optimiser steps already done in this epoch
                 train_ds.set_epoch(epoch)
@@ -268,7 +278,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                 for _ in range(skip * cfg.grad_accum):  # fast-forward to where the interrupted run stopped
                     next(it)
                 for _ in range(skip, per_epoch):
-                    if loop.step >= total_steps:
+                    if loop.step >= total_steps or stopped():
                         break
                     yield epoch, (next(it) for _ in range(cfg.grad_accum))
 
@@ -277,7 +287,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             return loss_fn(logits, b["target"].to(device)), len(b["id"]), {}
 
         def after_step(epoch: int) -> None:
-            nonlocal best
+            nonlocal best, stale
             end_of_epoch = loop.step % per_epoch == 0 or loop.step >= total_steps
             if loop.checkpoint_due() and not end_of_epoch:  # at an epoch's end, last.pt follows validation
                 checkpoint(loop.last)
@@ -289,9 +299,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                 val["loss"] = float(loss_fn(logits, targets))
                 loop.log.write(kind="val", step=loop.step, epoch=epoch, time=time.time(), **val)
                 if val["macro_map"] > best:
-                    best = val["macro_map"]
+                    best, stale = val["macro_map"], 0
                     checkpoint(out / "checkpoints" / "best.pt", val=val)
+                else:
+                    stale += 1
                 model.train()
+            if end_of_epoch and distributed and cfg.patience is not None:  # every rank stops together
+                flag = [stale]
+                torch.distributed.broadcast_object_list(flag, src=0)
+                stale = int(flag[0])
             if end_of_epoch:
                 checkpoint(loop.last)
 
@@ -303,6 +319,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             "out_dir": str(out),
             "step": loop.step,
             "best_val_macro_map": best,
+            "stopped_early": stopped() and loop.step < total_steps,
             "weights_fingerprint": state_hash(core),
             "last": str(loop.last),
             "best": str(out / "checkpoints" / "best.pt"),

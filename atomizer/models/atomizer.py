@@ -23,7 +23,7 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 from atomizer.atoms.encodings import AtomEncoder, EncodingConfig
 from atomizer.atoms.tokens import AtomBatch
 from atomizer.core.config import Config
-from atomizer.models.layers import Attention, AttentionPool, FactorizedTokenProjection, FeedForward
+from atomizer.models.layers import Attention, AttentionPool, FactorizedTokenProjection, FeedForward, drop_path
 
 # --------------------------------------------------------------------------------------------------
 # Config
@@ -50,6 +50,7 @@ class AtomizerConfig(Config):
     prune_p: float = 0.5  # fraction of valid atoms dropped before each cross-attention (training only)
     attn_dropout: float = 0.0
     ff_dropout: float = 0.0
+    drop_path: float = 0.0  # stochastic depth: probability of skipping each residual branch per set (training)
     checkpoint_tokens: bool = False  # recompute atom keys/values in backward (memory ~ one block's atoms)
     encoding: EncodingConfig = field(default_factory=EncodingConfig)
     band_stats: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # z-score option
@@ -57,6 +58,9 @@ class AtomizerConfig(Config):
     def __post_init__(self) -> None:
         if not 0.0 <= self.prune_p < 1.0:
             raise ValueError(f"prune_p must be in [0, 1), got {self.prune_p}")
+        for name in ("attn_dropout", "ff_dropout", "drop_path"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if isinstance(self.encoding, Mapping):
             enc = dict(self.encoding)
             if "anchors" in enc:
@@ -66,12 +70,20 @@ class AtomizerConfig(Config):
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "AtomizerConfig":
-        """A named preset (:data:`PRESETS`) with ``overrides`` (validated like any config)."""
+        """A named preset (:data:`PRESETS`) with ``overrides`` (validated like any config).
+
+        A nested ``encoding`` override changes only the fields it names (``{"encoding": {"gsd_code": False}}``
+        keeps the preset's frequencies).
+        """
         if name not in PRESETS:
             raise KeyError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
         if not overrides:
             return PRESETS[name]
-        return cls.from_dict({**PRESETS[name].to_dict(), **overrides})
+        base = PRESETS[name].to_dict()
+        merged = {**base, **overrides}
+        if isinstance(overrides.get("encoding"), Mapping):  # a partial encoding overrides the preset's, field by field
+            merged["encoding"] = {**base["encoding"], **overrides["encoding"]}
+        return cls.from_dict(merged)
 
 
 PRESETS: dict[str, AtomizerConfig] = {
@@ -117,10 +129,11 @@ class SelfBlock(nn.Module):
         self.norm = nn.LayerNorm(cfg.latent_dim)
         self.attn = Attention(cfg.latent_dim, cfg.latent_heads, cfg.latent_dim_head, dropout=cfg.attn_dropout)
         self.ff = FeedForward(cfg.latent_dim, cfg.ff_mult, cfg.ff_dropout)
+        self.drop_path = cfg.drop_path
 
     def forward(self, z: Tensor) -> Tensor:
-        z = z + self.attn(self.norm(z))[0]
-        return z + self.ff(z)
+        z = z + drop_path(self.attn(self.norm(z))[0], self.drop_path, self.training)
+        return z + drop_path(self.ff(z), self.drop_path, self.training)
 
 
 class CrossBlock(nn.Module):
@@ -135,11 +148,12 @@ class CrossBlock(nn.Module):
             cfg.latent_dim, cfg.cross_heads, cfg.cross_dim_head, dropout=cfg.attn_dropout, external_kv=True
         )
         self.ff = FeedForward(cfg.latent_dim, cfg.ff_mult, cfg.ff_dropout)
+        self.drop_path = cfg.drop_path
 
     def forward(self, z: Tensor, kv: Tensor, mask: Tensor | None, return_weights: bool = False):
         out, w = self.attn(self.norm(z), kv=kv, mask=mask, return_weights=return_weights)
-        z = z + out
-        return z + self.ff(z), w
+        z = z + drop_path(out, self.drop_path, self.training)
+        return z + drop_path(self.ff(z), self.drop_path, self.training), w
 
     def forward_streaming(self, z: Tensor, chunks) -> Tensor:
         """Exact cross-attention over atoms delivered in chunks, with an online softmax.

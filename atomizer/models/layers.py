@@ -127,6 +127,17 @@ class GEGLU(nn.Module):
         return x * F.gelu(gate)
 
 
+def drop_path(x: Tensor, p: float, training: bool, generator: torch.Generator | None = None) -> Tensor:
+    """Stochastic depth: zero a residual branch ``x`` (S, ...) for a random ``p`` of the sets, rescale the rest.
+
+    Identity at evaluation or when ``p == 0``.
+    """
+    if not training or p == 0.0:
+        return x
+    keep = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, generator=generator) >= p
+    return x * keep.to(x.dtype) / (1.0 - p)
+
+
 class FeedForward(nn.Module):
     """Pre-LayerNorm GEGLU feed-forward."""
 
