@@ -48,6 +48,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     ds = open_image(args.path, sensor=args.sidecar or args.sensor)
     print(f"{args.path}  sensor={ds.attrs.get('sensor')}")
+    for key in ("product_level", "radiometry", "processing_baseline", "metadata_file", "qa_mask", "stac_item"):
+        if ds.attrs.get(key) not in (None, ""):
+            print(f"{key}: {ds.attrs[key]}")
     with _pd_wide():
         print(describe(ds).to_string(index=False))
     print(f"total atom tokens: {count_tokens(ds):,}")
@@ -246,7 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_sensors)
 
     s = sub.add_parser("inspect", help="bands, wavelengths, GSDs, grids and atom count of an input")
-    s.add_argument("path", help=".npz patch, GeoTIFF, or folder of per-band GeoTIFFs")
+    s.add_argument(
+        "path",
+        help=".npz patch, GeoTIFF, folder of per-band GeoTIFFs, Sentinel-2 .SAFE, Landsat C2 folder (MTL), STAC item.json",
+    )
     s.add_argument("--sensor", help="catalogued sensor of a GeoTIFF/folder (default: Sentinel-2 / EuroSAT)")
     s.add_argument("--sidecar", help="YAML/JSON description of the sensor's bands")
     s.set_defaults(func=_cmd_inspect)

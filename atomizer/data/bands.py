@@ -65,6 +65,10 @@ class Band:
         domain: ``"optical"`` (reflective, 350-2500 nm), ``"thermal"`` or ``"sar"``.
         polarisation: Radar polarisation (``"VV"``...) for SAR bands, else ``None``.
         source: Where the values come from.
+        dn_scale: This band's DN multiplier, where it differs from the sensor's (e.g. a thermal band in
+            kelvin beside reflective bands); ``None``: the sensor's.
+        dn_offset: This band's DN offset; ``None``: the sensor's.
+        nodata: This band's fill DN; ``None``: the sensor's (NaN: no fill value).
     """
 
     name: str
@@ -74,6 +78,9 @@ class Band:
     domain: str = "optical"
     polarisation: str | None = None
     source: str = ""
+    dn_scale: float | None = None
+    dn_offset: float | None = None
+    nodata: float | None = None
 
     def __post_init__(self) -> None:
         who = f"band {self.name!r}"
@@ -108,6 +115,19 @@ class Band:
             )
         if self.gsd_m <= 0:
             raise SensorSpecError(f"{who}: gsd_m must be positive, got {self.gsd_m}")
+        for attr in ("dn_scale", "dn_offset", "nodata"):
+            value = getattr(self, attr)
+            if value is None:
+                continue
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise SensorSpecError(f"{who}: {attr} must be a number, got {value!r}") from None
+            if attr != "nodata" and not math.isfinite(value):
+                raise SensorSpecError(f"{who}: {attr} is not finite ({value})")
+            object.__setattr__(self, attr, value)
+        if self.dn_scale is not None and self.dn_scale == 0:
+            raise SensorSpecError(f"{who}: dn_scale must not be 0")
         if self.domain == "sar":
             if self.polarisation not in POLARISATIONS:
                 raise SensorSpecError(
@@ -127,8 +147,9 @@ class Band:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if d["polarisation"] is None:
-            d.pop("polarisation")
+        for key in ("polarisation", "dn_scale", "dn_offset", "nodata"):
+            if d[key] is None:
+                d.pop(key)
         return d
 
 
@@ -145,6 +166,9 @@ class BandSpec(Config):
     domain: str = "optical"
     polarisation: str | None = None
     source: str | None = None  # default: the sidecar's
+    dn_scale: float | None = None  # default: the sidecar's (per-band calibration)
+    dn_offset: float | None = None
+    nodata: float | None = None
 
 
 @dataclass(frozen=True)
@@ -207,6 +231,14 @@ class Sensor:
             if b.name == name:
                 return b
         raise KeyError(f"sensor {self.name!r} has no band {name!r}; it has {self.band_names}")
+
+    def calibration(self, band: str | Band) -> tuple[float, float, float | None]:
+        """``(dn_scale, dn_offset, nodata)`` of a band: its own where it has them, else the sensor's."""
+        b = band if isinstance(band, Band) else self.band(band)
+        scale = self.dn_scale if b.dn_scale is None else b.dn_scale
+        offset = self.dn_offset if b.dn_offset is None else b.dn_offset
+        nodata = self.nodata if b.nodata is None else (None if math.isnan(b.nodata) else b.nodata)
+        return float(scale), float(offset), nodata
 
     def select(self, names: Iterable[str]) -> "Sensor":
         """A sensor restricted to ``names``, in that order."""

@@ -29,6 +29,15 @@ import numpy as np
 import xarray as xr
 
 from atomizer.data.bands import Band, Sensor, SensorSpecError, get_sensor
+from atomizer.data.metadata import (
+    QA_INVALID_BITS,
+    S2_BAND_FILE,
+    MetadataError,
+    landsat_metadata,
+    parse_s2_metadata,
+    stac_bands,
+    stac_sensor,
+)
 
 #: Band order inside an EuroSAT-MS "allBands" GeoTIFF (B8A is last; verified on the pixels).
 EUROSAT_BAND_ORDER = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A")
@@ -78,6 +87,7 @@ def nominal_gsd(pixel_size: float) -> float:
 
 
 def band_attrs(band: Band, sensor: Sensor, **overrides: object) -> dict:
+    scale, offset, nodata = sensor.calibration(band)
     attrs = {
         "band": band.name,
         "wavelength_nm": band.wavelength_nm,
@@ -85,9 +95,10 @@ def band_attrs(band: Band, sensor: Sensor, **overrides: object) -> dict:
         "gsd_m": band.gsd_m,
         "domain": band.domain,
         "polarisation": band.polarisation or "",
-        "dn_scale": sensor.dn_scale,
-        "dn_offset": sensor.dn_offset,
-        "nodata": np.nan if sensor.nodata is None else sensor.nodata,
+        "dn_scale": scale,
+        "dn_offset": offset,
+        "nodata": np.nan if nodata is None else nodata,
+        "calibration_source": f"catalogue ({sensor.name})",
     }
     attrs.update(overrides)
     return attrs
@@ -100,6 +111,7 @@ def build_image(
     origin_xy: tuple[float, float] = (0.0, 0.0),
     attrs: Mapping[str, object] | None = None,
     dn_offset: float | None = None,
+    calibration: Mapping[str, Mapping[str, object]] | None = None,
 ) -> xr.Dataset:
     """Assemble the image representation from per-band 2-D arrays with a common top-left corner.
 
@@ -110,6 +122,8 @@ def build_image(
         origin_xy: Coordinates (m) of the top-left corner (x grows east, y decreases south).
         attrs: Extra dataset attributes.
         dn_offset: Overrides the sensor's DN offset (processing-baseline offset).
+        calibration: Band name -> attributes that override the catalogue's for that band (``dn_scale``,
+            ``dn_offset``, ``nodata``, ``calibration_source``), from the product's own metadata.
     """
     if not arrays:
         raise ImageReadError("no bands to build an image from")
@@ -127,9 +141,11 @@ def build_image(
         ydim, xdim = grid_dims(g)
         h, w = arr.shape
         extents.add((round(h * g, 3), round(w * g, 3)))
-        over = {"gsd_m": g}
+        over: dict[str, object] = {"gsd_m": g}
         if dn_offset is not None and band.domain != "sar":
             over["dn_offset"] = float(dn_offset)
+            over["calibration_source"] = "product name (processing baseline)"
+        over.update((calibration or {}).get(name, {}))
         variables[band.name] = xr.DataArray(
             arr,
             dims=(ydim, xdim),
@@ -195,7 +211,8 @@ def count_tokens(ds: xr.Dataset) -> int:
 
 
 def describe(ds: xr.Dataset) -> "object":
-    """A pandas DataFrame with one row per band: wavelength, bandwidth, GSD, grid shape, tokens."""
+    """A pandas DataFrame with one row per band: wavelength, bandwidth, GSD, grid shape, tokens, and the
+    calibration (physical value = (DN + dn_offset) * dn_scale) with where it came from."""
     import pandas as pd
 
     rows = []
@@ -210,6 +227,10 @@ def describe(ds: xr.Dataset) -> "object":
                 "grid": "x".join(map(str, ds[name].shape)),
                 "dtype": str(ds[name].dtype),
                 "tokens": int(ds[name].size),
+                "dn_scale": f"{a.get('dn_scale', 1.0):.6g}",
+                "dn_offset": f"{a.get('dn_offset', 0.0):.6g}",
+                "nodata": a.get("nodata"),
+                "calibration": a.get("calibration_source", ""),
             }
         )
     return pd.DataFrame(rows)
@@ -357,25 +378,59 @@ def read_band_folder(
         raise ImageReadError(f"{folder}: no GeoTIFF for band(s) {sorted(missing)}")
     if not files:
         raise ImageReadError(f"{folder}: no GeoTIFF named after a band of sensor {sensor.name!r}")
-    arrays, gsd, origins, attrs = {}, {}, {}, {}
-    for name in sensor.band_names:
-        if name not in files:
-            continue
-        da = _open_raster(files[name])
-        if da.sizes["band"] != 1:
-            raise ImageReadError(f"{files[name]}: expected one band, found {da.sizes['band']}")
-        g, origin, attrs = _raster_meta(da)
-        arrays[name], gsd[name], origins[name] = da.values[0], g, origin
-    corners = set(origins.values())
     if dn_offset is None and sensor.name == "sentinel2":
         dn_offset = s2_dn_offset(folder.name)
+    return _read_band_files(
+        {n: (f, 0) for n, f in files.items()}, sensor, folder, dn_offset=dn_offset, single_band=True
+    )
+
+
+def _read_band_files(
+    files: Mapping[str, tuple[Path, int]],
+    sensor: Sensor,
+    source: Path,
+    dn_offset: float | None = None,
+    calibration: Mapping[str, Mapping[str, object]] | None = None,
+    attrs: Mapping[str, object] | None = None,
+    single_band: bool = False,
+) -> xr.Dataset:
+    """Read band name -> (raster file, channel) at each file's own grid into one image.
+
+    Raises:
+        ImageReadError: a file is unreadable, the bands' CRS differ, or bands of one grid are not aligned.
+    """
+    arrays, gsd, origins, crs = {}, {}, {}, {}
+    opened: dict[Path, xr.DataArray] = {}
+    order = [n for n in sensor.band_names if n in files] + [n for n in files if n not in sensor.band_names]
+    for name in order:
+        path, channel = files[name]
+        if path not in opened:
+            opened[path] = _open_raster(path)
+        da = opened[path]
+        if single_band and da.sizes["band"] != 1:
+            raise ImageReadError(f"{path}: expected one band, found {da.sizes['band']}")
+        if channel >= da.sizes["band"]:
+            raise ImageReadError(f"{path}: band {name!r} is channel {channel + 1}, the file has {da.sizes['band']}")
+        g, origin, meta = _raster_meta(da)
+        arrays[name], gsd[name], origins[name] = da.values[channel], g, origin
+        crs[name] = meta.get("crs")
+        if da.rio.nodata is not None and name not in (calibration or {}):
+            calibration = {**(calibration or {}), name: {"nodata": float(da.rio.nodata)}}
+    if len({c for c in crs.values()}) > 1:
+        by = {}
+        for n, c in crs.items():
+            by.setdefault(_crs_label(c), []).append(n)
+        raise ImageReadError(f"{source}: bands in different CRS: " + "; ".join(f"{k}: {v}" for k, v in by.items()))
+    corners = set(origins.values())
+    extra = {"crs": next(iter(crs.values()))} if next(iter(crs.values())) else {}
     ds = build_image(
         arrays,
         sensor,
         gsd=gsd,
         origin_xy=next(iter(corners)),
-        attrs={**attrs, "source": str(folder)},
+        attrs={**extra, "source": str(source), **(attrs or {})},
         dn_offset=dn_offset,
+        calibration=calibration,
     )
     if len(corners) > 1:  # bands with different corners: use each band's own coordinates
         grid_origin: dict[str, tuple[float, float]] = {}
@@ -383,12 +438,21 @@ def read_band_folder(
             ydim, xdim = ds[name].dims
             g0 = grid_origin.setdefault(ydim, (x0, y0))
             if not np.allclose(g0, (x0, y0), rtol=0.0, atol=1e-3):
-                raise ImageReadError(f"{folder}: bands on the {grid_name(gsd[name])} grid are not aligned")
+                raise ImageReadError(f"{source}: bands on the {grid_name(gsd[name])} grid are not aligned")
             h, w = ds[name].shape
             ds = ds.assign_coords(
                 {ydim: y0 - (np.arange(h) + 0.5) * gsd[name], xdim: x0 + (np.arange(w) + 0.5) * gsd[name]}
             )
     return ds
+
+
+def _crs_label(wkt: str | None) -> str:
+    if not wkt:
+        return "no CRS"
+    from rasterio.crs import CRS
+
+    crs = CRS.from_wkt(wkt)
+    return crs.to_string() if crs.to_epsg() is None else f"EPSG:{crs.to_epsg()}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -435,6 +499,316 @@ def read_bigearthnet_patch_folder(folder: str | Path, include_s1: bool = False) 
 
 
 # --------------------------------------------------------------------------------------------------
+# Products as delivered: Sentinel-2 SAFE, Landsat Collection 2, STAC items
+# --------------------------------------------------------------------------------------------------
+
+_RASTER_SUFFIXES = (".jp2", ".tif", ".tiff")
+
+
+def _safe_band_files(folder: Path, recursive: bool) -> dict[str, Path]:
+    """SAFE-named band files below ``folder``, one per band at its native resolution.
+
+    ``*_B02_10m.jp2`` / ``*_B8A_20m.tif`` (L2A) or ``*_B02.jp2`` (L1C). Where a band is stored at several
+    resolutions (L2A keeps resampled copies in R20m/R60m), the file at the band's native GSD is taken;
+    failing that, the finest. B08 and B8A are distinct names and never stand in for each other.
+    """
+    s2 = get_sensor("sentinel2")
+    found: dict[str, list[tuple[float, Path]]] = {}
+    files = folder.rglob("*") if recursive else folder.iterdir()
+    for f in sorted(files):
+        if f.suffix.lower() not in _RASTER_SUFFIXES or not f.is_file():
+            continue
+        m = S2_BAND_FILE.search(f.stem)
+        if not m:
+            continue
+        band = m.group("band")
+        native = s2.band(band).gsd_m
+        res = float(m.group("res")) if m.group("res") else native
+        found.setdefault(band, []).append((res, f))
+    out = {}
+    for band, options in found.items():
+        native = s2.band(band).gsd_m
+        exact = [f for r, f in options if r == native]
+        out[band] = exact[0] if exact else min(options, key=lambda o: o[0])[1]
+    return out
+
+
+def read_safe(path: str | Path, bands: Iterable[str] | None = None) -> xr.Dataset:
+    """Read a Sentinel-2 product as ESA delivers it: a ``.SAFE`` folder (Level-1C or Level-2A), or a folder of
+    band files named the SAFE way (``T33NZA_20220706T085611_B02_10m.jp2``, ``..._B8A_20m.tif``).
+
+    With ``MTD_MSIL1C.xml`` / ``MTD_MSIL2A.xml`` present, the bands are the image files it lists under
+    ``GRANULE/*/IMG_DATA`` (L1C) or ``GRANULE/*/IMG_DATA/R10m|R20m|R60m`` (L2A, each band at its native
+    resolution only), and the calibration is the metadata's: reflectance = (DN + ``BOA_ADD_OFFSET`` /
+    ``RADIO_ADD_OFFSET``) / quantification value. Without it, the processing baseline in the product name
+    decides the offset (:func:`s2_dn_offset`). The image records ``product_level`` (``L1C`` TOA / ``L2A``
+    BOA), ``processing_baseline`` and, per band, ``calibration_source``.
+
+    Raises:
+        ImageReadError: no band file, a band the metadata lists is not there, or the bands' CRS differ.
+        MetadataError: the metadata file is unreadable or lacks the quantification value.
+    """
+    folder = Path(path)
+    if folder.is_file() and folder.name.startswith("MTD_MSI"):
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ImageReadError(f"{folder}: not a folder")
+    mtd = sorted(folder.glob("MTD_MSIL*.xml"))
+    s2 = get_sensor("sentinel2")
+    wanted = set(bands) if bands is not None else None
+    attrs: dict[str, object] = {}
+    calibration: dict[str, dict[str, object]] = {}
+    if mtd:
+        meta = parse_s2_metadata(mtd[0])
+        files = _safe_band_files(folder / "GRANULE", recursive=True) if (folder / "GRANULE").is_dir() else {}
+        listed = {b for b, paths in meta.image_files.items()}
+        if listed:
+            if missing := sorted(listed - set(files), key=s2.band_names.index):
+                raise ImageReadError(f"{folder}: {mtd[0].name} lists band(s) {missing} but no image file holds them")
+        if not files:
+            raise ImageReadError(f"{folder}: no band image under GRANULE/*/IMG_DATA")
+        level = meta.level
+        where = mtd[0].name
+        attrs.update(
+            product_level=level,
+            radiometry="TOA reflectance" if level == "L1C" else "BOA reflectance",
+            processing_baseline=meta.baseline or "",
+            metadata_file=str(mtd[0]),
+        )
+        for b in files:
+            off = meta.offsets.get(b, 0.0)
+            calibration[b] = {
+                "dn_scale": 1.0 / meta.quantification,
+                "dn_offset": float(off),
+                "nodata": np.nan if meta.nodata is None else float(meta.nodata),
+                "calibration_source": f"{where} (quantification {meta.quantification:g}, offset {off:g})",
+            }
+        dn_offset = None
+    else:
+        files = _safe_band_files(folder, recursive=False)
+        if not files:
+            raise ImageReadError(
+                f"{folder}: no MTD_MSIL1C.xml / MTD_MSIL2A.xml and no band file named the SAFE way (*_B02_10m.jp2)"
+            )
+        name = folder.name if s2_baseline(folder.name) else next(iter(files.values())).stem
+        level = (
+            "L2A" if "MSIL2A" in folder.name or any(re.search(r"_\d\dm$", f.stem) for f in files.values()) else "L1C"
+        )
+        if "MSIL1C" in folder.name:
+            level = "L1C"
+        attrs.update(
+            product_level=level,
+            radiometry="TOA reflectance" if level == "L1C" else "BOA reflectance",
+            processing_baseline=f"{s2_baseline(name) or ''}",
+        )
+        dn_offset = s2_dn_offset(name)
+        if s2_baseline(name) is None:
+            calibration = {
+                b: {"calibration_source": "assumed: no MTD file and no processing baseline in the names (offset 0)"}
+                for b in files
+            }
+    if wanted is not None:
+        if missing := sorted(wanted - set(files)):
+            raise ImageReadError(f"{folder}: no image file for band(s) {missing}")
+        files = {b: f for b, f in files.items() if b in wanted}
+    return _read_band_files(
+        {b: (f, 0) for b, f in files.items()},
+        s2,
+        folder,
+        dn_offset=dn_offset,
+        calibration=calibration,
+        attrs=attrs,
+        single_band=True,
+    )
+
+
+def _landsat_mtl(folder: Path) -> Path | None:
+    found = sorted(folder.glob("*_MTL.json")) + sorted(folder.glob("*_MTL.txt"))
+    return found[0] if found else None
+
+
+def read_landsat(path: str | Path, mask_clouds: bool = True) -> xr.Dataset:
+    """Read a Landsat 8/9 Collection 2 product (Level-1 or Level-2) with its ``*_MTL.txt`` or ``*_MTL.json``.
+
+    Every band gets its own scale and offset from the MTL: ``REFLECTANCE_MULT/ADD_BAND_n`` (Level-2 surface
+    reflectance or Level-1 TOA reflectance), ``TEMPERATURE_MULT/ADD_BAND_ST_B10`` (Level-2 surface
+    temperature in kelvin), ``RADIANCE_MULT/ADD_BAND_n`` (Level-1 thermal radiance). Fill (DN 0) is nodata;
+    with ``mask_clouds`` the ``QA_PIXEL`` fill, dilated-cloud, cloud and cloud-shadow bits mark pixels
+    invalid too (their DN is set to the fill value; ``qa_masked_pixels`` counts them).
+
+    Raises:
+        ImageReadError: a file the MTL lists is not there; bands in different CRS.
+        MetadataError: the MTL is unreadable, or lacks a band's rescaling parameters.
+    """
+    folder = Path(path)
+    if folder.is_file():
+        folder = folder.parent
+    mtl = _landsat_mtl(folder)
+    if mtl is None:
+        raise ImageReadError(f"{folder}: no Landsat *_MTL.txt or *_MTL.json")
+    meta = landsat_metadata(mtl)
+    sensor = get_sensor(meta.sensor)
+    files: dict[str, tuple[Path, int]] = {}
+    for band, fname in meta.files.items():
+        f = folder / fname
+        if not f.is_file():
+            raise ImageReadError(f"{folder}: {mtl.name} lists {fname} for band {band}, and it is not there")
+        files[band] = (f, 0)
+    calibration = {
+        b: {
+            "dn_scale": mult,
+            "dn_offset": add / mult,
+            "nodata": meta.fill,
+            "calibration_source": f"{mtl.name}: {what}",
+        }
+        for b, (mult, add, what) in meta.calibration.items()
+    }
+    ds = _read_band_files(
+        files,
+        sensor,
+        folder,
+        calibration=calibration,
+        attrs={"product_level": meta.level, "metadata_file": str(mtl)},
+        single_band=True,
+    )
+    if mask_clouds and meta.qa_pixel and (folder / meta.qa_pixel).is_file():
+        qa_da = _open_raster(folder / meta.qa_pixel)
+        qa = qa_da.values[0].astype(np.uint16)
+        bad = np.zeros(qa.shape, bool)
+        for bit in QA_INVALID_BITS:
+            bad |= (qa >> bit) & 1 == 1
+        masked = 0
+        for b in image_bands(ds):
+            if ds[b].shape != qa.shape:
+                continue  # QA_PIXEL is on the 30 m grid; a 15 m panchromatic band keeps its own fill only
+            values = ds[b].values.copy()
+            values[bad] = meta.fill
+            ds[b].values = values
+            masked = int(bad.sum())
+        ds.attrs["qa_masked_pixels"] = masked
+        ds.attrs["qa_mask"] = (
+            f"{meta.qa_pixel}: bits {', '.join(map(str, QA_INVALID_BITS))} (fill, dilated cloud, cloud, shadow)"
+        )
+    return ds
+
+
+def read_stac_item(path: str | Path, sensor: str | Path | Sensor | None = None) -> xr.Dataset:
+    """Read a local STAC item (``item.json``) whose assets point at local GeoTIFFs / COGs / JPEG2000.
+
+    Each data asset's channels are bands. Their wavelength and width come from ``eo:bands``
+    (``center_wavelength``, ``full_width_half_max``, micrometres), their calibration from ``raster:bands``
+    (``scale``, ``offset``, ``nodata``): a STAC-described sensor needs no sidecar. Where ``eo:bands`` is
+    missing, the bands are matched by name (asset key or ``eo:bands`` name) to a catalogued sensor chosen by
+    ``sensor``, else by the item's ``platform`` / ``constellation``.
+
+    Raises:
+        MetadataError: not a STAC item; a band with neither wavelengths nor a catalogued match.
+    """
+    path = Path(path)
+    item, bands = stac_bands(path)
+    cat_name = sensor or stac_sensor(item)
+    catalogued = get_sensor(cat_name) if cat_name is not None else None
+    table: list[Band] = []
+    files: dict[str, tuple[Path, int]] = {}
+    calibration: dict[str, dict[str, object]] = {}
+    for sb in bands:
+        f = Path(sb.href)
+        if not f.is_file():
+            raise ImageReadError(f"{path}: asset {sb.asset!r} points at {sb.href}, which is not a local file")
+        source = "STAC"
+        if sb.wavelength_nm is not None and sb.bandwidth_nm is not None:
+            gsd = _file_gsd(f)
+            band = Band(sb.name, sb.wavelength_nm, sb.bandwidth_nm, gsd, source=f"STAC item {path.name}")
+        elif catalogued is not None:
+            try:
+                band = next(catalogued.band(n) for n in (sb.name, sb.asset) if _has_band(catalogued, n))
+            except StopIteration:
+                raise MetadataError(
+                    f"{path}: asset {sb.asset!r} has no eo:bands wavelengths and no band of sensor "
+                    f"{catalogued.name!r} is called {sb.name!r}"
+                ) from None
+            source = f"catalogue ({catalogued.name}, matched by platform)"
+        else:
+            raise MetadataError(
+                f"{path}: asset {sb.asset!r} has no eo:bands center_wavelength/full_width_half_max and the item's "
+                "platform/constellation names no catalogued sensor (pass sensor=...)"
+            )
+        if band.name in files:
+            raise MetadataError(f"{path}: band {band.name!r} appears in two assets")
+        table.append(band)
+        files[band.name] = (f, sb.channel)
+        cal: dict[str, object] = {"calibration_source": source}
+        if sb.scale is not None or sb.offset is not None:
+            scale = 1.0 if sb.scale is None else sb.scale
+            cal.update(dn_scale=scale, dn_offset=(sb.offset or 0.0) / scale, calibration_source="STAC raster:bands")
+        elif catalogued is None:
+            cal.update(dn_scale=1.0, dn_offset=0.0, calibration_source="STAC (no raster:bands: DN as stored)")
+        if sb.nodata is not None:
+            cal["nodata"] = sb.nodata
+        calibration[band.name] = cal
+    from_catalogue = catalogued is not None and all(c["calibration_source"] != "STAC" for c in calibration.values())
+    desc = Sensor(
+        name=catalogued.name if from_catalogue and catalogued is not None else f"stac:{item.id}",
+        bands=tuple(table),
+        dn_scale=catalogued.dn_scale if catalogued is not None else 1.0,
+        dn_offset=catalogued.dn_offset if catalogued is not None else 0.0,
+        nodata=catalogued.nodata if catalogued is not None else None,
+    )
+    attrs = {"stac_item": item.id}
+    if item.datetime is not None:
+        attrs["acquisition_date"] = item.datetime.date().isoformat()
+    return _read_band_files(files, desc, path, calibration=calibration, attrs=attrs)
+
+
+def _has_band(sensor: Sensor, name: str) -> bool:
+    try:
+        sensor.band(name)
+        return True
+    except KeyError:
+        return False
+
+
+def _file_gsd(path: Path) -> float:
+    import rasterio
+
+    try:
+        with rasterio.open(path) as src:
+            return nominal_gsd(abs(src.transform.a))
+    except rasterio.errors.RasterioIOError as e:
+        raise ImageReadError(f"{path}: not a readable raster ({e})") from None
+
+
+def product_kind(path: str | Path) -> str | None:
+    """``"safe"``, ``"safe_named"``, ``"landsat"`` or ``"stac"`` when ``path`` is such a product, else None."""
+    p = Path(path)
+    if p.is_file():
+        if p.suffix.lower() == ".json" and not p.name.endswith("_MTL.json"):
+            try:
+                doc = json.loads(p.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                return None
+            return "stac" if isinstance(doc, dict) and doc.get("type") == "Feature" else None
+        if p.name.startswith("MTD_MSIL") and p.suffix.lower() == ".xml":
+            return "safe"
+        if p.name.endswith(("_MTL.txt", "_MTL.json")):
+            return "landsat"
+        return None
+    if not p.is_dir():
+        return None
+    if p.suffix.upper() == ".SAFE" or any(p.glob("MTD_MSIL*.xml")):
+        return "safe"
+    if _landsat_mtl(p) is not None:
+        return "landsat"
+    if any(
+        S2_BAND_FILE.search(f.stem) and re.search(r"T\d{2}[A-Z]{3}_\d{8}T\d{6}_", f.name)
+        for f in p.iterdir()
+        if f.suffix.lower() in _RASTER_SUFFIXES
+    ):
+        return "safe_named"
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
 # Dispatch
 # --------------------------------------------------------------------------------------------------
 
@@ -446,6 +820,9 @@ def open_image(
 ) -> xr.Dataset:
     """Open any supported input as the image representation.
 
+    * a Sentinel-2 ``.SAFE`` folder, its ``MTD_MSIL*.xml``, or a folder of SAFE-named band files
+      (:func:`read_safe`); a Landsat Collection 2 folder with its MTL (:func:`read_landsat`); a STAC item
+      ``.json`` (:func:`read_stac_item`);
     * ``*.npz``: a BigEarthNet patch (:func:`read_bigearthnet_npz`);
     * a folder: per-band GeoTIFFs of ``sensor`` (default Sentinel-2) (:func:`read_band_folder`);
     * a GeoTIFF: with ``sensor`` (name or sidecar), a multi-band image of that sensor; without, a
@@ -454,6 +831,13 @@ def open_image(
     path = Path(path)
     if not path.exists():
         raise ImageReadError(f"{path}: no such file or folder")
+    kind = product_kind(path) if sensor is None or str(path).endswith(".json") else None
+    if kind in ("safe", "safe_named"):
+        return read_safe(path)
+    if kind == "landsat":
+        return read_landsat(path)
+    if kind == "stac":
+        return read_stac_item(path, sensor=sensor)
     if path.is_dir():
         return read_band_folder(path, sensor or "sentinel2")
     suffix = path.suffix.lower()

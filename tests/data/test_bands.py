@@ -403,3 +403,26 @@ def test_implausible_wavelengths_are_refused_with_the_likely_unit(tmp_path, band
         get_sensor(_write(tmp_path, {"name": "cam", "bands": [band]}, ".yaml"))
     for w in words:
         assert w in str(e.value), (w, str(e.value))
+
+
+def test_per_band_calibration_in_sidecar_and_catalogue(tmp_path):
+    """A thermal band and the reflective bands of one product each get their own scale, offset and fill."""
+    from atomizer.data.readers import band_attrs
+
+    side = tmp_path / "cam.yaml"
+    side.write_text(
+        "name: cam\ndn_scale: 0.0001\nnodata: 0\nbands:\n"
+        "  - {name: red, wavelength_nm: 660, bandwidth_nm: 30, gsd_m: 3}\n"
+        "  - {name: tir, wavelength_nm: 10900, bandwidth_nm: 600, gsd_m: 30, domain: thermal,"
+        " dn_scale: 0.01, dn_offset: 15000, nodata: 65535}\n"
+    )
+    cam = get_sensor(side)
+    assert cam.calibration("red") == (0.0001, 0.0, 0.0)
+    assert cam.calibration("tir") == (0.01, 15000.0, 65535.0)
+    assert band_attrs(cam.band("tir"), cam)["dn_scale"] == 0.01
+    l8 = get_sensor("landsat8")
+    scale, offset, _ = l8.calibration("ST_B10")  # Collection 2 ST_B10: K = DN * 0.00341802 + 149
+    assert (30000 + offset) * scale == pytest.approx(30000 * 0.00341802 + 149.0)
+    side.write_text(side.read_text().replace("dn_scale: 0.01", "dn_scale: hot"))
+    with pytest.raises(SensorSpecError, match="tir"):
+        get_sensor(side)

@@ -360,7 +360,20 @@ def test_majortom_georeferenced_coordinates(majortom, majortom_product_dir):
 
 def test_describe_table(majortom):
     df = describe(majortom)
-    assert list(df.columns) == ["band", "wavelength_nm", "bandwidth_nm", "gsd_m", "grid", "dtype", "tokens"]
+    assert list(df.columns) == [
+        "band",
+        "wavelength_nm",
+        "bandwidth_nm",
+        "gsd_m",
+        "grid",
+        "dtype",
+        "tokens",
+        "dn_scale",
+        "dn_offset",
+        "nodata",
+        "calibration",
+    ]
+    assert set(df["dn_offset"]) == {"-1000"}  # baseline N0400 in the product name
     assert len(df) == 12
     assert df["tokens"].sum() == count_tokens(majortom)
     row = df.set_index("band")
