@@ -107,6 +107,31 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_map(args: argparse.Namespace) -> int:
+    from atomizer.engine.mapping import predict_map
+
+    summary = predict_map(
+        args.checkpoint,
+        args.scene,
+        args.out,
+        window_m=args.window_m,
+        stride_m=args.stride_m,
+        batch_size=args.batch_size,
+        device=args.device,
+        sensor=args.sidecar or args.sensor,
+        resume=not args.restart,
+        progress=not args.quiet,
+    )
+    h, w = summary["shape"]
+    print(
+        f"map written to {summary['out']}: {w} x {h} px at {summary['gsd_m']:g} m, {len(summary['classes'])} class "
+        f"bands + argmax; {summary['windows']} windows of {summary['window_m']:g} m every {summary['stride_m']:g} m "
+        f"({summary['windows_skipped']} without valid data), {summary['seconds']:.1f} s, "
+        f"{summary['windows_per_s']:.1f} windows/s"
+    )
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from atomizer.engine.inference import predict_image
 
@@ -286,6 +311,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top", type=int, default=10, help="print the top-k classes")
     s.add_argument("--chunk-size", type=int, default=262144, help="atoms per cross-attention chunk")
     s.set_defaults(func=_cmd_predict)
+
+    s = sub.add_parser(
+        "map",
+        help="land-cover map of a whole scene: a georeferenced GeoTIFF of class probabilities + argmax",
+        description="Slide the classifier over the scene in windows of the ground extent it was trained on, "
+        "each tokenized at native resolution, and write one probability band per class plus the argmax "
+        "(CRS and transform of the scene; tiled, compressed, overviews). An interrupted run resumes.",
+    )
+    s.add_argument("checkpoint")
+    s.add_argument("scene", help="any readable input: .SAFE, Landsat C2 folder, STAC item, band folder, GeoTIFF")
+    s.add_argument("--out", required=True, help="output GeoTIFF")
+    s.add_argument("--window-m", type=float, help="window side in metres (default: the training extent)")
+    s.add_argument("--stride-m", type=float, help="distance between windows in metres (default: the window)")
+    s.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
+    s.add_argument("--device", default="cpu")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--sensor", help="catalogued sensor name")
+    g.add_argument("--sidecar", help="YAML/JSON sidecar describing the bands")
+    s.add_argument("--restart", action="store_true", help="discard an interrupted run's progress")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_map)
 
     s = sub.add_parser(
         "pretrain",

@@ -1,0 +1,340 @@
+"""Land-cover maps: a classifier slid over a whole scene, written as a georeferenced GeoTIFF.
+
+The scene is cut into windows of the ground extent the model was trained on (the largest extent of its
+training modalities unless ``window_m`` says otherwise), every window tokenized at native resolution
+(each band on its own grid, nothing resampled: :func:`atomizer.data.modalities.simulate` at the scene's
+finest GSD) and classified in batches. Each output pixel (the scene's finest grid) holds the class
+probabilities averaged over the windows that cover it (``stride_m < window_m`` overlaps them), plus
+the argmax class. Memory is bounded by the scene's width, not its size: windows are streamed one row at
+a time, and only the output rows not yet written (at most one 256-row tile strip plus a window) are held;
+finished strips go to disk. (The scene's DN are read whole by its reader: 2 bytes per pixel per band.)
+
+An interrupted run resumes where it stopped (``resume=True``, the default): the output is written to
+``<out>.partial.tif`` with a progress record ``<out>.progress.json`` updated atomically after each
+finished block of rows, and renamed to ``<out>`` once complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from atomizer.atoms.canvas import CanvasSpec, EmptyCanvasError
+from atomizer.atoms.tokens import EmptyTokenSetError
+from atomizer.core.storage import atomic_write_json
+from atomizer.data.bands import Sensor
+from atomizer.data.modalities import Modality, load_modalities, simulate
+from atomizer.data.readers import image_bands, open_image, valid_mask
+from atomizer.engine.loaders import model_input
+from atomizer.models.checkpoint import load_model, read_checkpoint
+from atomizer.models.registry import input_type
+
+_STRIP = 256  # output rows per write: the GeoTIFF's tile height
+
+#: Fill value of every band of a map (probabilities lie in [0, 1], the argmax band holds class indices).
+MAP_NODATA = -1.0
+
+
+class MapError(ValueError):
+    """A map cannot be made from these inputs (window larger than the scene, inconsistent options...)."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The scene's finest grid and the windows laid over it (pixel units of that grid)."""
+
+    gsd_m: float
+    width: int
+    height: int
+    left: float
+    top: float
+    window_px: int
+    xs: tuple[int, ...]  # window left columns
+    ys: tuple[int, ...]  # window top rows
+
+    @property
+    def n_windows(self) -> int:
+        return len(self.xs) * len(self.ys)
+
+
+def _offsets(size: int, window: int, stride: int) -> tuple[int, ...]:
+    """Window starts every ``stride`` px, plus one flush with the far edge so the whole size is covered."""
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] + window < size:
+        starts.append(size - window)
+    return tuple(starts)
+
+
+def scene_grid(image: xr.Dataset, window_m: float, stride_m: float) -> Grid:
+    """Lay windows of ``window_m`` every ``stride_m`` over the image's finest grid."""
+    if stride_m <= 0 or window_m <= 0:
+        raise MapError(f"window ({window_m:g} m) and stride ({stride_m:g} m) must be positive")
+    if stride_m > window_m:
+        raise MapError(f"stride {stride_m:g} m exceeds the window {window_m:g} m: the map would have gaps")
+    bands = image_bands(image)
+    finest = min(bands, key=lambda b: float(image[b].attrs["gsd_m"]))
+    g = float(image[finest].attrs["gsd_m"])
+    da = image[finest]
+    ydim, xdim = da.dims
+    height, width = da.sizes[ydim], da.sizes[xdim]
+    w = int(round(window_m / g))
+    s = max(1, int(round(stride_m / g)))
+    if w > width or w > height:
+        raise MapError(
+            f"the window ({window_m:g} m = {w} px at {g:g} m) is larger than the scene ({width} x {height} px); "
+            "pass a smaller --window-m"
+        )
+    left = float(da[xdim][0]) - g / 2
+    top = float(da[ydim][0]) + g / 2
+    return Grid(g, width, height, left, top, w, _offsets(width, w, s), _offsets(height, w, s))
+
+
+def default_window_m(extra: dict[str, Any]) -> float:
+    """The ground extent a checkpoint was trained on: the largest extent of its training modalities."""
+    name = extra.get("train_modalities")
+    if not name:
+        raise MapError("the checkpoint records no training modalities; pass --window-m")
+    return max(m.extent_m for m in load_modalities(name))
+
+
+def _fingerprint(checkpoint: Path, scene: Path, grid: Grid, bands: list[str]) -> str:
+    h = hashlib.sha256()
+    st = checkpoint.stat()
+    h.update(f"{checkpoint.resolve()}|{st.st_size}|{st.st_mtime_ns}|{scene.resolve()}".encode())
+    h.update(json.dumps([grid.gsd_m, grid.width, grid.height, grid.window_px, grid.xs, grid.ys, bands]).encode())
+    return h.hexdigest()[:16]
+
+
+def _scene_valid(image: xr.Dataset, grid: Grid) -> np.ndarray:
+    """True where any band of the finest grid holds a valid value (the map is nodata elsewhere)."""
+    ok = np.zeros((grid.height, grid.width), bool)
+    for b in image_bands(image):
+        if float(image[b].attrs["gsd_m"]) == grid.gsd_m:
+            ok |= valid_mask(image[b])
+    return ok
+
+
+def _open_output(path: Path, grid: Grid, n_bands: int, crs: str | None, names: list[str]):
+    import rasterio
+    from rasterio.transform import Affine
+
+    profile = {
+        "driver": "GTiff",
+        "width": grid.width,
+        "height": grid.height,
+        "count": n_bands,
+        "dtype": "float32",
+        "nodata": MAP_NODATA,
+        "transform": Affine(grid.gsd_m, 0.0, grid.left, 0.0, -grid.gsd_m, grid.top),
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
+        "predictor": 3,
+        "BIGTIFF": "IF_SAFER",
+    }
+    if crs:
+        profile["crs"] = rasterio.crs.CRS.from_wkt(crs)
+    dst = rasterio.open(path, "w", **profile)
+    for i, n in enumerate(names, 1):
+        dst.set_band_description(i, n)
+    return dst
+
+
+def predict_map(
+    checkpoint: str | Path,
+    scene: str | Path,
+    out: str | Path,
+    window_m: float | None = None,
+    stride_m: float | None = None,
+    batch_size: int = 16,
+    device: str = "cpu",
+    sensor: str | Path | Sensor | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    on_progress: Any = None,
+) -> dict[str, Any]:
+    """Classify every window of ``scene`` and write the map GeoTIFF ``out``; returns a summary.
+
+    Args:
+        checkpoint: Any model's checkpoint (Atomizer or a canvas baseline).
+        scene: Anything :func:`atomizer.data.readers.open_image` reads (SAFE, Landsat, STAC, band folder...).
+        out: The GeoTIFF to write: one float32 band per class (probabilities: sigmoid for multi-label
+            models, softmax otherwise), then the argmax class index; :data:`MAP_NODATA` where the scene has
+            no valid value or no window could be classified. Tiled, deflate-compressed, with overviews.
+        window_m: Window side (m); default: the checkpoint's training extent (:func:`default_window_m`).
+        stride_m: Distance between windows (m); default: the window (no overlap).
+        batch_size: Windows per forward pass.
+        resume: Continue an interrupted run of the same inputs; ``False`` starts over.
+        on_progress: Called with ``(windows_done, windows_total)`` after each batch (dashboards).
+
+    Raises:
+        MapError: the window does not fit the scene, or ``out`` exists.
+    """
+    checkpoint, scene, out = Path(checkpoint), Path(scene), Path(out)
+    if out.exists():
+        raise MapError(f"{out} exists; remove it or choose another --out")
+    payload = read_checkpoint(checkpoint)
+    extra = payload["extra"]
+    classes = list(extra.get("classes") or [f"class_{i}" for i in range(payload["config"]["num_classes"])])
+    multilabel = bool(extra.get("multilabel", True))
+    model = load_model(checkpoint).to(device).eval()
+    kind = input_type(model)
+    canvas = None
+    if extra.get("train_modalities"):
+        mods = load_modalities(extra["train_modalities"])
+        canvas = CanvasSpec(int(mods.source_size_px or 64), float(mods.source_gsd_m or 10.0))
+    window_m = float(window_m) if window_m else default_window_m(extra)
+    stride_m = float(stride_m) if stride_m else window_m
+    image = open_image(scene, sensor=sensor)
+    bands = image_bands(image)
+    grid = scene_grid(image, window_m, stride_m)
+    modality = Modality("map_window", grid.window_px, grid.gsd_m, tuple(bands))
+    scene_ok = _scene_valid(image, grid)
+    C, w = len(classes), grid.window_px
+
+    partial = out.with_name(out.name + ".partial.tif")
+    record = out.with_name(out.name + ".progress.json")
+    fp = _fingerprint(checkpoint, scene, grid, bands)
+    written, done, skipped = 0, 0, 0
+    if resume and record.exists() and partial.exists():
+        state = json.loads(record.read_text())
+        if state.get("fingerprint") == fp:
+            written, skipped = int(state["rows_written"]), int(state.get("windows_skipped", 0))
+    elif partial.exists():
+        partial.unlink()
+    import rasterio
+
+    if written:
+        dst = rasterio.open(partial, "r+")
+    else:
+        dst = _open_output(partial, grid, C + 1, image.attrs.get("crs"), [*classes, "argmax"])
+    t0 = time.perf_counter()
+    from tqdm.auto import tqdm
+
+    rows = [y for y in grid.ys if y + w > written]  # window rows that still touch unwritten output rows
+    done = (len(grid.ys) - len(rows)) * len(grid.xs)
+    bar = tqdm(total=grid.n_windows, initial=done, disable=not progress, desc="map", unit="window")
+    base = written  # absolute output row of acc[:, 0]
+    acc = np.zeros((C, w + max(1, (grid.ys[1] - grid.ys[0]) if len(grid.ys) > 1 else 1), grid.width), np.float32)
+    cnt = np.zeros(acc.shape[1:], np.float32)
+    try:
+        for ri, y0 in enumerate(rows):
+            probs, placed = _classify_row(
+                image, modality, grid, y0, kind, canvas, model, batch_size, multilabel, device
+            )
+            skipped += len(grid.xs) - len(placed)
+            need = y0 + w - base
+            if need > acc.shape[1]:  # grow (irregular last stride)
+                acc = np.concatenate([acc, np.zeros((C, need - acc.shape[1], grid.width), np.float32)], 1)
+                cnt = np.concatenate([cnt, np.zeros((need - cnt.shape[0], grid.width), np.float32)], 0)
+            lo = max(y0, base)  # rows above `base` are on disk already (a resumed run)
+            for x0, p in zip(placed, probs):
+                acc[:, lo - base : y0 + w - base, x0 : x0 + w] += p[:, None, None]
+                cnt[lo - base : y0 + w - base, x0 : x0 + w] += 1
+            done += len(grid.xs)
+            bar.update(len(grid.xs))
+            if on_progress is not None:
+                on_progress(done, grid.n_windows)
+            final = rows[ri + 1] if ri + 1 < len(rows) else grid.height  # rows no later window touches
+            # write whole 256-row tile strips (a compressed tile rewritten would grow the file), and the rest at the end
+            if final - base >= _STRIP or (final == grid.height and final > base):
+                _write_rows(dst, acc[:, : final - base], cnt[: final - base], scene_ok[base:final], base)
+                acc = np.concatenate([acc[:, final - base :], np.zeros((C, final - base, grid.width), np.float32)], 1)
+                cnt = np.concatenate([cnt[final - base :], np.zeros((final - base, grid.width), np.float32)], 0)
+                base = final
+                dst.close()  # flush, so the record never runs ahead of the file
+                atomic_write_json(
+                    record, {"fingerprint": fp, "rows_written": base, "windows_skipped": skipped, "out": str(out)}
+                )
+                if base < grid.height:
+                    dst = rasterio.open(partial, "r+")
+    finally:
+        bar.close()
+        if not dst.closed:
+            dst.close()
+    with rasterio.open(partial, "r+") as ds:
+        factors = [f for f in (2, 4, 8, 16, 32) if min(grid.width, grid.height) // f >= 64]
+        if factors:
+            ds.build_overviews(factors, rasterio.enums.Resampling.average)
+            ds.update_tags(ns="rio_overview", resampling="average")
+        ds.update_tags(
+            checkpoint=str(checkpoint),
+            scene=str(scene),
+            window_m=f"{window_m:g}",
+            stride_m=f"{stride_m:g}",
+            classes=json.dumps(classes),
+            multilabel=str(multilabel),
+        )
+    os.replace(partial, out)
+    record.unlink(missing_ok=True)
+    seconds = time.perf_counter() - t0
+    return {
+        "out": str(out),
+        "classes": classes,
+        "window_m": window_m,
+        "stride_m": stride_m,
+        "windows": grid.n_windows,
+        "windows_skipped": skipped,
+        "seconds": seconds,
+        "windows_per_s": grid.n_windows / seconds if seconds > 0 else math.inf,
+        "shape": (grid.height, grid.width),
+        "gsd_m": grid.gsd_m,
+    }
+
+
+def _windows(
+    image: xr.Dataset, modality: Modality, grid: Grid, y0: int, kind: type, canvas: CanvasSpec | None
+) -> Iterator[tuple[int, Any]]:
+    """The model inputs of one row of windows (a window with no valid value is left out)."""
+    for x0 in grid.xs:
+        try:
+            win = simulate(image, modality, offset_m=(x0 * grid.gsd_m, y0 * grid.gsd_m))
+            yield x0, model_input(win, kind, canvas)
+        except (EmptyTokenSetError, EmptyCanvasError):  # nothing valid in this window: left as nodata
+            continue
+
+
+@torch.no_grad()
+def _classify_row(image, modality, grid, y0, kind, canvas, model, batch_size, multilabel, device):
+    placed, probs, pending = [], [], []
+
+    def flush() -> None:
+        batch = kind.collate([b for _, b in pending]).to(device)
+        logits = model(batch).float()
+        p = logits.sigmoid() if multilabel else logits.softmax(-1)
+        probs.extend(p.cpu().numpy())
+        placed.extend(x for x, _ in pending)
+        pending.clear()
+
+    for x0, item in _windows(image, modality, grid, y0, kind, canvas):
+        pending.append((x0, item))
+        if len(pending) == batch_size:
+            flush()
+    if pending:
+        flush()
+    return probs, placed
+
+
+def _write_rows(dst, acc: np.ndarray, cnt: np.ndarray, ok: np.ndarray, row0: int) -> None:
+    """Write averaged probabilities and the argmax for output rows ``row0 ..`` (nodata where uncovered)."""
+    from rasterio.windows import Window
+
+    valid = (cnt > 0) & ok
+    mean = np.where(valid[None], acc / np.maximum(cnt, 1)[None], MAP_NODATA).astype(np.float32)
+    arg = np.where(valid, acc.argmax(0), MAP_NODATA).astype(np.float32)
+    h = acc.shape[1]
+    window = Window(0, row0, acc.shape[2], h)
+    dst.write(mean, indexes=list(range(1, acc.shape[0] + 1)), window=window)
+    dst.write(arg, indexes=acc.shape[0] + 1, window=window)

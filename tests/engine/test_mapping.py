@@ -1,0 +1,133 @@
+"""`atomizer map`: a classifier slid over a real scene, written as a georeferenced GeoTIFF.
+
+The scene is a real crop of the Major-TOM L2A product (pixels real; the crop is a band folder we write).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from atomizer.engine.mapping import MAP_NODATA, MapError, predict_map, scene_grid
+from atomizer.engine.training import TrainConfig, train
+from tests.data import product_fixtures as fx
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    out = {}
+    for model in ("atomizer", "resnet"):
+        d = tmp_path_factory.mktemp(model)
+        cfg = TrainConfig(
+            model=model,
+            preset="tiny",
+            dataset="eurosat",
+            epochs=1,
+            max_steps=1,
+            batch_size=4,
+            train_limit=4,
+            val_limit=4,
+            device="cpu",
+            out_dir=str(d / "run"),
+        )
+        out[model] = Path(train(cfg, progress=False)["best"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory, majortom_product_dir) -> Path:
+    """A 1,920 m x 1,920 m crop of the real scene, every band at native resolution, a nodata corner written."""
+    folder = tmp_path_factory.mktemp("scene") / "S2A_MSIL2A_20220706T085611_N0400_R007_T33NZA_20220706T153419"
+    for band, gsd in fx.NATIVE.items():
+        data, prof = fx.crop(majortom_product_dir, band, extent_m=1920)
+        n = 320 // gsd
+        data[:n, :n] = 0  # a 320 m nodata corner (DN 0 = Sentinel-2 nodata)
+        fx.write_raster(folder / f"{band}.tif", data, prof)
+    return folder
+
+
+def test_map_georeferenced_probabilities_and_nodata(checkpoints, scene, tmp_path):
+    out = tmp_path / "map.tif"
+    summary = predict_map(checkpoints["atomizer"], scene, out, stride_m=320, progress=False)
+    assert summary["window_m"] == 640  # the largest extent of eurosat_train
+    assert summary["windows"] == 25  # (1920 - 640) / 320 + 1 = 5 per axis
+    with rasterio.open(out) as m, rasterio.open(scene / "B02.tif") as src:
+        assert m.crs == src.crs
+        assert m.bounds == pytest.approx(src.bounds)
+        assert m.transform == src.transform
+        assert m.count == len(summary["classes"]) + 1
+        assert m.descriptions[-1] == "argmax" and m.descriptions[0] == summary["classes"][0]
+        assert m.nodata == MAP_NODATA and m.profile["compress"] == "deflate" and m.profile["tiled"]
+        assert m.overviews(1)  # 192 px: one overview level
+        probs, arg = m.read(list(range(1, m.count))), m.read(m.count)
+    assert np.all(probs[:, :32, :32] == MAP_NODATA) and np.all(arg[:32, :32] == MAP_NODATA)  # the nodata corner
+    valid = arg != MAP_NODATA
+    assert valid.mean() > 0.95
+    np.testing.assert_allclose(probs[:, valid].sum(0), 1.0, atol=1e-4)  # softmax (EuroSAT is single-label)
+    np.testing.assert_array_equal(arg[valid], probs[:, valid].argmax(0))
+    # overlapping windows average: the centre pixel (covered by 4 windows) differs from a corner window's value
+    assert not np.allclose(probs[:, 96, 96], probs[:, 40, 40])
+
+
+def test_map_interrupted_run_resumes_to_the_same_map(checkpoints, scene, tmp_path, monkeypatch):
+    ref = tmp_path / "ref.tif"
+    predict_map(checkpoints["atomizer"], scene, ref, window_m=640, stride_m=320, progress=False)
+    import atomizer.engine.mapping as mapping
+
+    out = tmp_path / "map.tif"
+    calls = {"n": 0}
+    real = mapping._classify_row
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(mapping, "_STRIP", 64)  # flush every 64 rows, so the kill lands after a flush
+    monkeypatch.setattr(mapping, "_classify_row", dying)
+    with pytest.raises(KeyboardInterrupt):
+        predict_map(checkpoints["atomizer"], scene, out, window_m=640, stride_m=320, progress=False)
+    record = json.loads(out.with_name("map.tif.progress.json").read_text())
+    assert 0 < record["rows_written"] < 192 and not out.exists()
+    monkeypatch.setattr(mapping, "_classify_row", real)
+    calls["n"] = 0
+    resumed = predict_map(checkpoints["atomizer"], scene, out, window_m=640, stride_m=320, progress=False)
+    assert resumed["windows"] == 25 and not out.with_name("map.tif.progress.json").exists()
+    with rasterio.open(ref) as a, rasterio.open(out) as b:
+        np.testing.assert_allclose(a.read(), b.read(), atol=1e-6)
+
+
+def test_map_canvas_baseline_and_errors(checkpoints, scene, tmp_path):
+    out = tmp_path / "resnet.tif"
+    s = predict_map(checkpoints["resnet"], scene, out, progress=False)
+    assert s["windows"] == 9  # 640 m windows, no overlap: 3 x 3
+    with rasterio.open(out) as m:
+        arg = m.read(m.count)
+    assert set(np.unique(arg[arg != MAP_NODATA])) <= set(range(len(s["classes"])))
+    with pytest.raises(MapError, match="exists"):
+        predict_map(checkpoints["resnet"], scene, out, progress=False)
+    with pytest.raises(MapError, match="larger than the scene"):
+        predict_map(checkpoints["resnet"], scene, tmp_path / "x.tif", window_m=5000, progress=False)
+
+
+def test_cli_map_one_line(checkpoints, scene, tmp_path, capsys):
+    from atomizer.cli import main
+
+    assert main(["map", str(checkpoints["atomizer"]), str(scene), "--out", str(tmp_path / "m.tif"), "--quiet"]) == 0
+    assert "9 windows of 640 m" in capsys.readouterr().out
+    assert main(["map", str(checkpoints["atomizer"]), str(scene), "--out", str(tmp_path / "m.tif")]) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_scene_grid_covers_edges(scene):
+    from atomizer.data.readers import open_image
+
+    g = scene_grid(open_image(scene), 640, 500)
+    assert g.xs == (0, 50, 100, 128) and g.window_px == 64  # the last window flush with the edge
+    with pytest.raises(MapError, match="gaps"):
+        scene_grid(open_image(scene), 640, 700)
