@@ -1,4 +1,4 @@
-"""The combined dashboard: the four apps as tabs (what ``atomizer serve`` and ``dashboards/app.py`` serve).
+"""The combined dashboard: the five apps as tabs (what ``atomizer serve`` and ``dashboards/app.py`` serve).
 
 :func:`serve` runs it on a local port; every browser session gets its own app. A missing results store
 or checkpoint is not an error: the tabs say what is missing.
@@ -11,11 +11,12 @@ from pathlib import Path
 import panel as pn
 
 from atomizer.dashboard.attention import AttentionMaps
+from atomizer.dashboard.maps import MapView
 from atomizer.dashboard.positional import PositionalEncodings
 from atomizer.dashboard.results import ResultsView
 from atomizer.dashboard.spectral import SpectralCoverage
 
-TAB_TITLES = ("Spectral coverage", "Positional encodings", "Attention maps", "Results")
+TAB_TITLES = ("Spectral coverage", "Positional encodings", "Attention maps", "Results", "Maps")
 
 
 def build_app(results_root: str | Path = "runs", checkpoint: str | Path | None = None) -> pn.Tabs:
@@ -30,13 +31,20 @@ def build_app(results_root: str | Path = "runs", checkpoint: str | Path | None =
     positional = PositionalEncodings()
     attention = AttentionMaps(checkpoint=str(checkpoint) if checkpoint else "")
     results = ResultsView(root=str(results_root))
+    maps = MapView(checkpoint=str(checkpoint) if checkpoint else "")
     tabs = pn.Tabs(
-        *zip(TAB_TITLES, (spectral, positional, attention, results)),
+        *zip(TAB_TITLES, (spectral, positional, attention, results, maps)),
         dynamic=True,
         sizing_mode="stretch_width",
         name="atomizer-dashboard",
     )
-    tabs.apps = {"spectral": spectral, "positional": positional, "attention": attention, "results": results}
+    tabs.apps = {
+        "spectral": spectral,
+        "positional": positional,
+        "attention": attention,
+        "results": results,
+        "maps": maps,
+    }
     return tabs
 
 

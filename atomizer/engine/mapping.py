@@ -83,11 +83,18 @@ def scene_grid(image: xr.Dataset, window_m: float, stride_m: float) -> Grid:
     if stride_m > window_m:
         raise MapError(f"stride {stride_m:g} m exceeds the window {window_m:g} m: the map would have gaps")
     bands = image_bands(image)
-    finest = min(bands, key=lambda b: float(image[b].attrs["gsd_m"]))
-    g = float(image[finest].attrs["gsd_m"])
-    da = image[finest]
-    ydim, xdim = da.dims
-    height, width = da.sizes[ydim], da.sizes[xdim]
+    g = min(float(image[b].attrs["gsd_m"]) for b in bands)
+    # the ground all bands cover (the frame of :func:`simulate`), on the finest grid
+    boxes = []
+    for b in bands:
+        da = image[b]
+        gb = float(da.attrs["gsd_m"])
+        ydim, xdim = da.dims
+        x0, y0 = float(da[xdim][0]) - gb / 2, float(da[ydim][0]) + gb / 2
+        boxes.append((x0, y0, x0 + da.sizes[xdim] * gb, y0 - da.sizes[ydim] * gb))
+    left, top = max(b[0] for b in boxes), min(b[1] for b in boxes)
+    right, bottom = min(b[2] for b in boxes), max(b[3] for b in boxes)
+    width, height = int(math.floor((right - left) / g + 1e-6)), int(math.floor((top - bottom) / g + 1e-6))
     w = int(round(window_m / g))
     s = max(1, int(round(stride_m / g)))
     if w > width or w > height:
@@ -95,8 +102,6 @@ def scene_grid(image: xr.Dataset, window_m: float, stride_m: float) -> Grid:
             f"the window ({window_m:g} m = {w} px at {g:g} m) is larger than the scene ({width} x {height} px); "
             "pass a smaller --window-m"
         )
-    left = float(da[xdim][0]) - g / 2
-    top = float(da[ydim][0]) + g / 2
     return Grid(g, width, height, left, top, w, _offsets(width, w, s), _offsets(height, w, s))
 
 
@@ -120,8 +125,15 @@ def _scene_valid(image: xr.Dataset, grid: Grid) -> np.ndarray:
     """True where any band of the finest grid holds a valid value (the map is nodata elsewhere)."""
     ok = np.zeros((grid.height, grid.width), bool)
     for b in image_bands(image):
-        if float(image[b].attrs["gsd_m"]) == grid.gsd_m:
-            ok |= valid_mask(image[b])
+        da = image[b]
+        if float(da.attrs["gsd_m"]) != grid.gsd_m:
+            continue
+        ydim, xdim = da.dims
+        r0 = int(round((float(da[ydim][0]) + grid.gsd_m / 2 - grid.top) / -grid.gsd_m))
+        c0 = int(round((float(da[xdim][0]) - grid.gsd_m / 2 - grid.left) / grid.gsd_m))
+        m = valid_mask(da)[max(0, -r0) :, max(0, -c0) :]
+        h, w = min(grid.height, m.shape[0]), min(grid.width, m.shape[1])
+        ok[:h, :w] |= m[:h, :w]
     return ok
 
 

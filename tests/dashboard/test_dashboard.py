@@ -294,15 +294,16 @@ def test_results_view_repeats_cis_and_paired_differences(tmp_path):
 # ------------------------------------------------------------------------------------------ app, entry, CLI
 
 
-def test_build_app_has_the_four_tabs(tiny_run):
+def test_build_app_has_the_five_tabs(tiny_run):
     tabs = build_app(results_root=tiny_run["store"], checkpoint=tiny_run["checkpoint"])
     assert isinstance(tabs, pn.Tabs)
     assert (
         list(tabs._names)
         == list(TAB_TITLES)
-        == ["Spectral coverage", "Positional encodings", "Attention maps", "Results"]
+        == ["Spectral coverage", "Positional encodings", "Attention maps", "Results", "Maps"]
     )
     assert tabs.apps["attention"].checkpoint == str(tiny_run["checkpoint"])
+    assert tabs.apps["maps"].checkpoint == str(tiny_run["checkpoint"]) and tabs.apps["maps"].scene
     assert tabs.apps["results"].table() is not None
 
 
@@ -324,3 +325,44 @@ def test_serve_subcommand_is_registered():
     assert args.command == "serve" and args.port == 5999 and args.results == "x" and args.show is False
     assert args.checkpoint is None
     assert cli.build_parser().parse_args(["serve"]).show is True
+
+
+# ------------------------------------------------------------------------------------------ maps
+
+
+def test_map_view_builds_in_background_and_draws_classes(tiny_run, tmp_path, majortom_product_dir):
+    """The Maps tab runs `predict_map` in a worker thread on a real scene crop, caches the GeoTIFF, and draws
+    the chosen class's probability over the RGB composite with the window grid and hover probabilities."""
+    import holoviews as hv
+
+    from atomizer.dashboard.maps import ARGMAX, MapView
+    from tests.data import product_fixtures as fx
+
+    scene = tmp_path / "S2A_MSIL2A_20220706T085611_N0400_R007_T33NZA_20220706T153419"
+    for band, _gsd in fx.NATIVE.items():
+        data, prof = fx.crop(majortom_product_dir, band, extent_m=1280)
+        fx.write_raster(scene / f"{band}.tif", data, prof)
+    view = MapView(checkpoint=str(tiny_run["checkpoint"]), scene=str(scene), cache_dir=str(tmp_path / "maps"))
+    assert view.plot().__class__.__name__ == "Alert"  # nothing built yet: a message, not an error
+    path = view.build(blocking=True)
+    assert path is not None and path.exists() and path.parent == tmp_path / "maps", view.status
+    assert view.status.startswith("Map:") and not view.progress.visible
+    classes = view.param.layer.objects[1:]
+    assert len(classes) == 10 and view.layer == ARGMAX
+    overlay = view.plot()
+    assert isinstance(overlay, hv.Overlay)
+    kinds = [type(el).__name__ for el in overlay]
+    assert kinds == ["RGB", "Image", "Path"]
+    assert len(overlay.Path.I.data) == 4  # 1,280 m scene, 640 m windows: 2 x 2
+    view.layer = classes[3]
+    img = view.plot().Image.I
+    values = img.dimension_values(f"p({classes[3]})")
+    assert np.nanmax(values) <= 1.0 and np.nanmin(values) >= 0.0
+    assert f"p({classes[0]})" in [d.name for d in img.vdims]  # every class under the cursor
+    # a second build of the same inputs loads the cached map without recomputing
+    mtime = path.stat().st_mtime_ns
+    assert view.build(blocking=True) == path and path.stat().st_mtime_ns == mtime
+    # a bad scene is a message in the page
+    view.scene = str(tmp_path / "nowhere")
+    view.build(blocking=True)
+    assert "no such file" in view.status
