@@ -261,3 +261,26 @@ def test_group_by_modality_batches_share_a_modality_and_resume_exactly(tmp_path,
     b = train(TrainConfig.from_dict({**cfg, "out_dir": str(tmp_path / "g2")}), progress=False)
     sa, sb = state(Path(a["last"])), state(Path(b["last"]))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_early_stopping_stops_and_records_it(tmp_path):
+    """patience=1 with lr 0: validation never improves after the first epoch, so training stops after the
+    second validation instead of running all epochs; the summary says so."""
+    cfg = TrainConfig(
+        model="atomizer",
+        preset="tiny",
+        dataset="eurosat",
+        epochs=5,
+        batch_size=4,
+        train_limit=8,
+        val_limit=4,
+        lr=0.0,
+        patience=1,
+        device="cpu",
+        out_dir=str(tmp_path / "run"),
+    )
+    s = train(cfg, progress=False)
+    assert s["stopped_early"] is True
+    assert s["step"] == 4  # 2 steps per epoch, stopped after epoch 2 of 5
+    with pytest.raises(ValueError, match="patience"):
+        TrainConfig(patience=0)
