@@ -132,6 +132,39 @@ def _cmd_map(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    import shutil
+    from pathlib import Path
+
+    from atomizer.data.lmdb_store import LMDB_DIR, prepare_bigearthnet, verify_lmdb
+
+    out = Path(args.out)
+    if not args.verify_only:
+        s = prepare_bigearthnet(
+            args.root, out, workers=args.workers, metadata=args.metadata, progress=not args.quiet, limit=args.limit
+        )
+        print(
+            f"{s['database']}: {s['written']} patches written, {s['skipped']} already there, {s['total']} in total; "
+            f"{s['seconds']:.1f} s ({s['patches_per_s']:.1f} patches/s with {args.workers} worker(s))"
+        )
+        if args.metadata:
+            for f in (
+                Path(args.metadata),
+                Path(args.metadata).parent / "metadata_for_patches_with_snow_cloud_or_shadow.parquet",
+            ):
+                if f.is_file() and not (out / f.name).exists():
+                    shutil.copy2(f, out / f.name)
+            if s["missing"]:
+                print(f"warning: {len(s['missing'])} metadata patches are not in the database, e.g. {s['missing'][:3]}")
+    if args.verify or args.verify_only:
+        v = verify_lmdb(out / LMDB_DIR, root=args.root)
+        for line in v["errors"][:20]:
+            print(f"error: {line}")
+        print(f"verified {v['checked']} patches: {len(v['errors'])} error(s)")
+        return 1 if v["errors"] else 0
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from atomizer.engine.inference import predict_image
 
@@ -332,6 +365,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--restart", action="store_true", help="discard an interrupted run's progress")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_map)
+
+    s = sub.add_parser(
+        "prepare",
+        help="convert the official BigEarthNet GeoTIFF folders (v1/v2) into the community LMDB form",
+        description="Read every patch folder below ROOT (in worker processes), encode it as rico-hdl does "
+        "(safetensors of the native bands, keyed by patch name) and write OUT/BigEarthNet-V2-LMDB. A rerun "
+        "after a kill skips the committed patches.",
+    )
+    s.add_argument("dataset", choices=["bigearthnet"])
+    s.add_argument("root", help="official layout, e.g. BigEarthNet-S2/ (v2: <tile>/<patch>/, v1: <patch>/)")
+    s.add_argument("--out", required=True, help="output root (gets BigEarthNet-V2-LMDB/ and the metadata)")
+    s.add_argument("--metadata", help="official metadata.parquet: copied beside the database, counts checked")
+    s.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="reader processes")
+    s.add_argument("--limit", type=int, help="first N patch folders only")
+    s.add_argument("--verify", action="store_true", help="then re-read every patch against its source")
+    s.add_argument("--verify-only", action="store_true", help="only verify an existing database")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_prepare)
 
     s = sub.add_parser(
         "pretrain",

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from atomizer.core.paths import data_dir, embedded_dir
-from atomizer.data.readers import read_band_folder, read_bigearthnet_npz, read_eurosat
+from atomizer.data.readers import bigearthnet_image, read_band_folder, read_bigearthnet_npz, read_eurosat
 
 EMBEDDED = {"bigearthnet": "bigearthnet", "eurosat": "eurosat"}
 
@@ -201,6 +201,77 @@ class BigEarthNetOfficial(_ImageDataset):
         return read_band_folder(r["path"], "sentinel2", dn_offset=0.0)
 
 
+class BigEarthNetLMDB(_ImageDataset):
+    """BigEarthNet v2 from the community LMDB (:mod:`atomizer.data.lmdb_store`) and the official metadata.
+
+    Labels, splits and Sentinel-1 twins (``s1_name``) come from ``metadata.parquet``; patches listed in
+    ``metadata_for_patches_with_snow_cloud_or_shadow.parquet`` (next to it, or ``exclude``) are dropped, as
+    in the official splits. Reading a patch costs one LMDB lookup and a safetensors decode.
+
+    Args:
+        root: Folder holding ``BigEarthNet-V2-LMDB/`` and ``metadata.parquet`` (what ``atomizer prepare``
+            writes, and the layout of the official release).
+        split: "train", "validation", "test" or None (all).
+        lmdb_path: The database folder, if not ``root/BigEarthNet-V2-LMDB``.
+        metadata: ``metadata.parquet``, if not in ``root``.
+        exclude: The snow/cloud/shadow list; default: the official file next to the metadata, if present.
+        include_s1: Add the Sentinel-1 twin's VV/VH.
+        max_per_class: The paper's class-balanced subset (:func:`balanced_subset`).
+        check_keys: Drop metadata patches that the database lacks (counted in :attr:`missing`).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str | None = None,
+        lmdb_path: str | Path | None = None,
+        metadata: str | Path | None = None,
+        exclude: str | Path | None = None,
+        include_s1: bool = False,
+        max_per_class: int | None = None,
+        seed: int = 0,
+        nomenclature: str | Path | None = None,
+        check_keys: bool = True,
+    ):
+        from atomizer.data.lmdb_store import LMDB_DIR, PatchReader
+
+        super().__init__()
+        self.root = Path(root)
+        self.classes = ben19_classes(nomenclature)
+        self.include_s1 = include_s1
+        meta_path = Path(metadata) if metadata else self.root / "metadata.parquet"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"BigEarthNet LMDB: no metadata.parquet at {meta_path}")
+        self.reader = PatchReader(Path(lmdb_path) if lmdb_path else self.root / LMDB_DIR)
+        df = pd.read_parquet(meta_path)
+        if split is not None:
+            if split not in set(df["split"]):
+                raise ValueError(f"unknown split {split!r}; {meta_path} has {sorted(set(df['split']))}")
+            df = df[df["split"] == split]
+        ex = Path(exclude) if exclude else meta_path.parent / "metadata_for_patches_with_snow_cloud_or_shadow.parquet"
+        if ex.is_file():
+            df = df[~df["patch_id"].isin(set(pd.read_parquet(ex, columns=["patch_id"])["patch_id"]))]
+        for row in df.itertuples(index=False):
+            self.records.append({"id": row.patch_id, "labels": list(row.labels), "s1": getattr(row, "s1_name", None)})
+        #: metadata patches absent from the database (a partial conversion); dropped with ``check_keys``
+        self.missing = 0
+        if check_keys:
+            have = set(self.reader.keys())
+            kept = [r for r in self.records if r["id"] in have]
+            self.missing, self.records = len(self.records) - len(kept), kept
+        if max_per_class is not None:
+            keep = balanced_subset([r["labels"] for r in self.records], max_per_class, seed)
+            self.records = [self.records[i] for i in keep]
+
+    def arrays(self, r: dict) -> dict[str, np.ndarray]:
+        """The patch's band arrays as stored (native grids), without building an image."""
+        return self.reader.get(r["id"])
+
+    def load(self, r: dict):
+        s1 = self.reader.get(r["s1"]) if self.include_s1 and r.get("s1") else None
+        return bigearthnet_image(self.arrays(r), f"lmdb:{r['id']}", r["id"], include_s1=self.include_s1, s1=s1)
+
+
 class EuroSAT(_ImageDataset):
     """EuroSAT-MS GeoTIFFs (``<Class>/<Class>_<n>.tif``), single label, 10 classes.
 
@@ -284,7 +355,8 @@ def stratified_fraction(ds: _ImageDataset, fraction: float, seed: int = 0) -> li
 def open_dataset(
     name: str, split: str | None = None, root: str | Path | None = None, fold: int | None = None
 ) -> _ImageDataset:
-    """A dataset by name: ``"eurosat"``, ``"bigearthnet"`` (npz), with an optional root.
+    """A dataset by name: ``"eurosat"``, ``"bigearthnet"`` (npz), ``"bigearthnet_lmdb"`` (the community LMDB
+    under ``root``), with an optional root.
 
     With ``fold``, the split comes from the shipped k-fold assignment (:func:`fold_split`) instead of the
     dataset's fixed split.
@@ -296,7 +368,11 @@ def open_dataset(
         return EuroSAT(root, split)
     if name in ("bigearthnet", "ben"):
         return BigEarthNetNpz(root, split)
-    raise KeyError(f"unknown dataset {name!r}; choose 'eurosat' or 'bigearthnet'")
+    if name == "bigearthnet_lmdb":
+        if root is None:
+            raise ValueError("dataset 'bigearthnet_lmdb' needs data_root: the folder with BigEarthNet-V2-LMDB/")
+        return BigEarthNetLMDB(root, split)
+    raise KeyError(f"unknown dataset {name!r}; choose 'eurosat', 'bigearthnet' or 'bigearthnet_lmdb'")
 
 
 @lru_cache(maxsize=1)

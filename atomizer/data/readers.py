@@ -475,19 +475,33 @@ def read_bigearthnet_npz(path: str | Path, include_s1: bool = False) -> xr.Datas
             data = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise ImageReadError(f"{path}: not a readable npz patch ({e})") from None
+    return bigearthnet_image(data, str(path), path.stem, include_s1=include_s1)
+
+
+def bigearthnet_image(
+    data: Mapping[str, np.ndarray],
+    source: str,
+    patch_id: str,
+    include_s1: bool = False,
+    s1: Mapping[str, np.ndarray] | None = None,
+) -> xr.Dataset:
+    """The image of a BigEarthNet patch from its band arrays (npz keys or an LMDB value): every band on its
+    native grid over the 1,200 m patch (``resampled_120`` patches: all bands on the 10 m grid)."""
+    data = dict(data)
     s2 = get_sensor("sentinel2")
     resampled = bool(data.pop("resampled_120", False))
     arrays = {k: v for k, v in data.items() if k in s2.band_names}
     if not arrays:
-        raise ImageReadError(f"{path}: no Sentinel-2 band arrays (keys: {sorted(data)})")
+        raise ImageReadError(f"{source}: no Sentinel-2 band arrays (keys: {sorted(data)})")
     extent = 1200.0
     gsd = {k: extent / v.shape[0] for k, v in arrays.items()}
     ds = build_image(
-        arrays, s2, gsd=gsd, attrs={"source": str(path), "patch_id": path.stem, "resampled_120": int(resampled)}
+        arrays, s2, gsd=gsd, attrs={"source": source, "patch_id": patch_id, "resampled_120": int(resampled)}
     )
-    if include_s1 and all(k in data for k in S1_BANDS):
-        s1 = get_sensor("sentinel1")
-        ds = xr.merge([ds, build_image({k: data[k] for k in S1_BANDS}, s1)], combine_attrs="override")
+    radar = s1 if s1 is not None else {k: data[k] for k in S1_BANDS if k in data}
+    if include_s1 and all(k in radar for k in S1_BANDS):
+        sensor1 = get_sensor("sentinel1")
+        ds = xr.merge([ds, build_image({k: radar[k] for k in S1_BANDS}, sensor1)], combine_attrs="override")
     return ds
 
 
