@@ -10,6 +10,12 @@ Cases (each measured in its own subprocess, so one case's memory never pollutes 
 3. ``scaling`` -- inference time per atom for 10^4 .. 10^6 atoms (crops of the Major-TOM scene).
 4. ``scene_inference`` -- the whole Major-TOM scene (6.3 M atoms) at native resolution, atoms
    streamed through each cross-attention in chunks (exact online softmax).
+5. ``loader`` -- the input pipeline on real BigEarthNet patches (the embedded v2 patches, written as
+   the official GeoTIFF folder layout, as npz and as the community LMDB): patches/s on one core from
+   each source including modality simulation (``bigearthnet_train``, random windows) and tokenization,
+   by the xarray path and the fast path (:class:`atomizer.data.light.LightImage`); then a DataLoader
+   with 0, 1 and 2 worker processes feeding a ``tiny`` train step, with the fraction of the step time
+   spent waiting for data.
 
 Peak memory: on CUDA, ``max_memory_allocated`` after a reset; on CPU, the rise of the process's peak
 RSS (VmHWM, reset through ``/proc/self/clear_refs``) above its RSS once the model, its gradient buffers
@@ -43,7 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
-CASES = ("encoder_train_step", "reference_train_step", "scaling", "scene_inference")
+CASES = ("encoder_train_step", "reference_train_step", "scaling", "scene_inference", "loader")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -329,6 +335,123 @@ def case_scene(device: torch.device, preset: str, reps: int, chunk: int, warmup:
     ]
 
 
+def _loader_sources(tmp: Path) -> dict[str, Any]:
+    """The embedded v2 patches as official GeoTIFF folders, npz and LMDB (real arrays, written under ``tmp``)."""
+    import pandas as pd
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from atomizer.data.datasets import BigEarthNetLMDB, BigEarthNetNpz, BigEarthNetOfficial
+    from atomizer.data.lmdb_store import LMDB_DIR, S2_BANDS, encode_patch, open_env
+
+    npz = BigEarthNetNpz(split=None)
+    npz.records = [r for r in npz.records if "N9999" in r["id"]]  # the v2 patches (native grids)
+    arrays = {}
+    for r in npz.records:
+        with np.load(r["path"]) as z:
+            arrays[r["id"]] = {b: z[b] for b in S2_BANDS}
+    meta = pd.DataFrame(
+        {"patch_id": list(arrays), "labels": [r["labels"] for r in npz.records], "split": "train", "s1_name": ""}
+    )
+    meta.to_parquet(tmp / "metadata.parquet")
+    env = open_env(tmp / LMDB_DIR, readonly=False, map_size=1 << 28)
+    with env.begin(write=True) as txn:
+        for pid, a in arrays.items():
+            txn.put(pid.encode(), encode_patch(a))
+    env.close()
+    tif_root = tmp / "BigEarthNet-S2"
+    for pid, a in arrays.items():
+        folder = tif_root / "_".join(pid.split("_")[:-2]) / pid
+        folder.mkdir(parents=True, exist_ok=True)
+        for band, arr in a.items():
+            g = 1200 / arr.shape[0]
+            with rasterio.open(
+                folder / f"{pid}_{band}.tif", "w", driver="GTiff", height=arr.shape[0], width=arr.shape[1],
+                count=1, dtype=arr.dtype, crs="EPSG:32633", transform=from_origin(500000, 5300000, g, g),
+            ) as dst:  # fmt: skip
+                dst.write(arr, 1)
+    return {
+        "geotiff": BigEarthNetOfficial(tif_root, "v2", tmp / "metadata.parquet"),
+        "npz": npz,
+        "lmdb": BigEarthNetLMDB(tmp, lmdb_path=tmp / LMDB_DIR, metadata=tmp / "metadata.parquet"),
+    }
+
+
+def case_loader(quick: bool) -> list[dict]:
+    """Patches/s per core of each source and path, and a DataLoader feeding a train step (see the module doc)."""
+    import tempfile
+
+    from atomizer.data.modalities import load_modalities
+    from atomizer.engine.loaders import ModalityDataset, collate_items
+
+    torch.set_num_threads(1)
+    mods = load_modalities("bigearthnet_train")
+    out: list[dict] = []
+    with tempfile.TemporaryDirectory() as d:
+        sources = _loader_sources(Path(d))
+        n = len(sources["lmdb"])
+        passes = 1 if quick else 5
+        for name, base in sources.items():
+            for fast in (False, True):
+                if name == "geotiff" and fast and quick:
+                    continue
+                ds = ModalityDataset(
+                    base, list(mods), np.arange(n) % len(mods), random_window=True, cache=False, fast=fast
+                )
+                ds[0]  # warm-up (imports, caches)
+                t = time.perf_counter()
+                for p in range(passes):
+                    ds.set_epoch(p)
+                    for i in range(n):
+                        ds[i]
+                sec = (time.perf_counter() - t) / (passes * n)
+                out.append(
+                    {
+                        "case": "loader",
+                        "source": name,
+                        "path": "fast" if ds.fast else "xarray",
+                        "batch": 1,
+                        "seconds_per_image": sec,
+                        "patches_per_second": 1.0 / sec,
+                    }
+                )
+        # a DataLoader feeding a tiny train step: how long the step waits for its batch
+        base = sources["lmdb"]
+        ds = ModalityDataset(base, list(mods), np.arange(n) % len(mods), random_window=True, cache=False)
+        model = _model("tiny", torch.device("cpu"), train=True)
+        target = torch.zeros(8, model.cfg.num_classes)
+        for workers in (0, 1) if quick else (0, 1, 2):
+            loader = torch.utils.data.DataLoader(
+                ds, batch_size=8, shuffle=True, collate_fn=collate_items, num_workers=workers, drop_last=True,
+                persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+            )  # fmt: skip
+            wait = compute = 0.0
+            steps = 0
+            for _ in range(1 if quick else 3):
+                t = time.perf_counter()
+                for batch in loader:
+                    t1 = time.perf_counter()
+                    wait += t1 - t
+                    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch["input"]), target)
+                    loss.backward()
+                    model.zero_grad()
+                    t = time.perf_counter()
+                    compute += t - t1
+                    steps += 1
+            out.append(
+                {
+                    "case": "loader",
+                    "source": "lmdb",
+                    "path": "fast",
+                    "workers": workers,
+                    "batch": 8,
+                    "seconds_per_image": (wait + compute) / (steps * 8),
+                    "data_wait_fraction": wait / (wait + compute),
+                }
+            )
+    return out
+
+
 def run_case(
     case: str,
     device: str,
@@ -353,6 +476,8 @@ def run_case(
         return case_scaling(dev, "tiny" if quick else "paper", 1 if quick else reps, sizes)
     if case == "scene_inference":
         return case_scene(dev, "tiny" if quick else "paper", 1, 262_144, warmup=not quick)
+    if case == "loader":
+        return case_loader(quick)
     raise KeyError(f"unknown case {case!r}; cases: {', '.join(CASES)}")
 
 
@@ -446,6 +571,11 @@ def format_table(records: list[dict]) -> str:
     cols = [
         "case",
         "device",
+        "source",
+        "path",
+        "workers",
+        "patches_per_second",
+        "data_wait_fraction",
         "preset",
         "precision",
         "batch",

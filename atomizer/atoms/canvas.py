@@ -42,6 +42,7 @@ from torch import Tensor
 
 from atomizer.atoms.encodings import normalize_values
 from atomizer.atoms.tokens import extra_channel
+from atomizer.data.light import LightImage
 from atomizer.data.readers import image_bands, physical_values
 
 #: A canvas model refuses an input filling fewer canvas bands than this with a valid value. One band is
@@ -187,8 +188,10 @@ class CanvasBatch:
         return CanvasBatch(*(torch.cat([getattr(b, f.name) for b in items]) for f in fields(cls)))
 
     @classmethod
-    def from_image(cls, image: xr.Dataset, canvas: CanvasSpec | None = None) -> "CanvasBatch":
+    def from_image(cls, image: xr.Dataset | LightImage, canvas: CanvasSpec | None = None) -> "CanvasBatch":
         """One image on the canvas ``canvas`` (default :class:`CanvasSpec`), as a batch of one."""
+        if isinstance(image, LightImage):
+            image = image.to_xarray()
         spec = canvas or CanvasSpec()
         x, present = to_canvas(image, size_px=spec.size_px, gsd_m=spec.gsd_m)
         return cls(x[None], torch.tensor([image_gsd(image)], dtype=torch.float32), present[None])

@@ -28,7 +28,7 @@ import torch
 import xarray as xr
 
 from atomizer.data.bands import POLARISATIONS, Band
-from atomizer.data.readers import image_bands, physical_values
+from atomizer.data.light import LightImage
 
 #: Atom indices are int32 (embedding lookups and gathers take them as they are): an atom is 17 bytes on
 #: the wire (value, three indices, mask) instead of 29 with int64, from DataLoader workers and to the GPU.
@@ -51,7 +51,7 @@ def extra_channel(domain: str, polarisation: str | None) -> float:
     return -1.0
 
 
-def acquisition_date(image: xr.Dataset) -> tuple[float, float]:
+def acquisition_date(image: xr.Dataset | LightImage) -> tuple[float, float]:
     """(day of year, year) from ``image.attrs["acquisition_date"]`` (ISO date), or NaNs."""
     text = str(image.attrs.get("acquisition_date", ""))
     try:
@@ -133,31 +133,34 @@ class AtomBatch:
         return tokenize(image)
 
 
-def tokenize(image: xr.Dataset, bands: Sequence[str] | None = None, drop_invalid: bool = False) -> AtomBatch:
+def tokenize(
+    image: xr.Dataset | LightImage, bands: Sequence[str] | None = None, drop_invalid: bool = False
+) -> AtomBatch:
     """Turn one image into an atom set (a batch of one).
 
     Args:
-        image: The image representation of :mod:`atomizer.data.readers` (any bands, any grids).
+        image: The image representation of :mod:`atomizer.data.readers` (any bands, any grids), or its
+            :class:`~atomizer.data.light.LightImage` (the loaders' fast path: the same atoms).
         bands: Bands to keep (default: all band variables).
         drop_invalid: Drop nodata/NaN atoms instead of keeping them masked.
 
     Raises:
         EmptyTokenSetError: no band, or no valid atom.
     """
-    names = list(bands) if bands is not None else image_bands(image)
+    if not isinstance(image, LightImage):
+        image = LightImage.from_xarray(image)
+    names = list(bands) if bands is not None else list(image.bands)
     if not names:
         raise EmptyTokenSetError("the image has no band to tokenize")
     # Image centre from the union of the band extents.
     lefts, rights, tops, bottoms = [], [], [], []
     for n in names:
-        da = image[n]
-        g = float(da.attrs["gsd_m"])
-        ydim, xdim = da.dims
-        xs, ys = da[xdim].values, da[ydim].values
-        lefts.append(xs.min() - g / 2)
-        rights.append(xs.max() + g / 2)
-        bottoms.append(ys.min() - g / 2)
-        tops.append(ys.max() + g / 2)
+        r = image.bands[n]
+        g = r.gsd
+        lefts.append(r.xs.min() - g / 2)
+        rights.append(r.xs.max() + g / 2)
+        bottoms.append(r.ys.min() - g / 2)
+        tops.append(r.ys.max() + g / 2)
     cx, cy = (min(lefts) + max(rights)) / 2, (min(bottoms) + max(tops)) / 2
 
     doy, year = acquisition_date(image)
@@ -170,19 +173,20 @@ def tokenize(image: xr.Dataset, bands: Sequence[str] | None = None, drop_invalid
     coord_y: list[np.ndarray] = []
     table: list[list[float]] = []
     domains: list[str] = []
+    nx = ny = 0
     for b, n in enumerate(names):
-        da = image[n]
-        a = da.attrs
-        ydim, xdim = da.dims
-        h, w = da.shape
-        v, ok = physical_values(da)
+        r = image.bands[n]
+        a = r.attrs
+        h, w = r.shape
+        v, ok = r.physical()
         values.append(v.ravel())
         valid.append(ok.ravel())
         band_idx.append(np.full(h * w, b, np.int32))
-        xi.append(np.tile(np.arange(w, dtype=np.int32) + sum(len(c) for c in coord_x), h))
-        yi.append(np.repeat(np.arange(h, dtype=np.int32) + sum(len(c) for c in coord_y), w))
-        coord_x.append((da[xdim].values - cx).astype(np.float32))
-        coord_y.append((da[ydim].values - cy).astype(np.float32))
+        xi.append(np.tile(np.arange(nx, nx + w, dtype=np.int32), h))
+        yi.append(np.repeat(np.arange(ny, ny + h, dtype=np.int32), w))
+        nx, ny = nx + w, ny + h
+        coord_x.append((r.xs - cx).astype(np.float32))
+        coord_y.append((r.ys - cy).astype(np.float32))
         domain = a.get("domain", "optical")
         table.append(
             [

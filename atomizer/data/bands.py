@@ -340,7 +340,12 @@ def _generate_bands(sensor: str, seg: Mapping[str, Any], source: str) -> list[Ba
 
 def list_sensors() -> list[str]:
     """Names of the catalogued sensors."""
-    return sorted(p.stem for p in sensors_dir().glob("*.yaml"))
+    return list(_catalogue_names())
+
+
+@cache
+def _catalogue_names() -> tuple[str, ...]:  # the package's tables do not change while it runs
+    return tuple(sorted(p.stem for p in sensors_dir().glob("*.yaml")))
 
 
 @cache

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from atomizer.core.paths import data_dir, embedded_dir
+from atomizer.data.light import LightImage, bigearthnet_light
 from atomizer.data.readers import bigearthnet_image, read_band_folder, read_bigearthnet_npz, read_eurosat
 
 EMBEDDED = {"bigearthnet": "bigearthnet", "eurosat": "eurosat"}
@@ -101,6 +102,15 @@ class _ImageDataset(torch.utils.data.Dataset):
         r = self.records[i]
         return {"image": self.load(r), "target": self.target(r), "id": r["id"]}
 
+    def load_light(self, r: dict) -> LightImage:
+        """The record's image as a :class:`~atomizer.data.light.LightImage` (the loaders' fast path)."""
+        return LightImage.from_xarray(self.load(r))
+
+    def light_item(self, i: int) -> dict:
+        """Item ``i`` with its image as a :class:`~atomizer.data.light.LightImage` (no xarray object)."""
+        r = self.records[i]
+        return {"image": self.load_light(r), "target": self.target(r), "id": r["id"]}
+
 
 class BigEarthNetNpz(_ImageDataset):
     """BigEarthNet patches stored as npz (the embedded slice, ``ben_real_mini``) with metadata.json.
@@ -129,6 +139,12 @@ class BigEarthNetNpz(_ImageDataset):
 
     def load(self, r: dict):
         return read_bigearthnet_npz(r["path"], include_s1=self.include_s1)
+
+    def load_light(self, r: dict) -> LightImage:
+        if self.include_s1:
+            return super().load_light(r)
+        with np.load(r["path"]) as z:
+            return bigearthnet_light({k: z[k] for k in z.files}, r["id"], str(r["path"]))
 
 
 class BigEarthNetOfficial(_ImageDataset):
@@ -266,6 +282,11 @@ class BigEarthNetLMDB(_ImageDataset):
     def arrays(self, r: dict) -> dict[str, np.ndarray]:
         """The patch's band arrays as stored (native grids), without building an image."""
         return self.reader.get(r["id"])
+
+    def load_light(self, r: dict) -> LightImage:
+        if self.include_s1:
+            return super().load_light(r)
+        return bigearthnet_light(self.arrays(r), r["id"], f"lmdb:{r['id']}")
 
     def load(self, r: dict):
         s1 = self.reader.get(r["s1"]) if self.include_s1 and r.get("s1") else None

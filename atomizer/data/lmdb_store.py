@@ -57,6 +57,9 @@ def open_env(path: str | Path, readonly: bool = True, map_size: int = 1 << 40):
         raise FileNotFoundError(f"no LMDB database at {path} (expected {path / 'data.mdb'})")
     if readonly:  # one environment per database and process (LMDB refuses a second one)
         key = (str(path.resolve()), os.getpid())
+        for k in [k for k in _READERS if k[0] == key[0] and k[1] != key[1]]:
+            # inherited through fork (a DataLoader worker): close this process's copy, open its own
+            _READERS.pop(k).close()
         if key not in _READERS:
             _READERS[key] = lmdb.open(
                 str(path), readonly=True, lock=False, readahead=False, meminit=False, max_readers=512

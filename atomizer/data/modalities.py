@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,8 @@ import xarray as xr
 import yaml
 
 from atomizer.core.paths import modality_sets_dir
-from atomizer.data.readers import grid_dims, image_bands, valid_mask
+from atomizer.data.light import LightImage, Raster
+from atomizer.data.readers import grid_dims
 
 
 class ModalityError(ValueError):
@@ -138,6 +140,40 @@ def overlap_matrix(src_edges: np.ndarray, dst_edges: np.ndarray) -> np.ndarray:
     return np.clip(hi - lo, 0, None) / np.diff(dst_edges)[:, None]
 
 
+@lru_cache(maxsize=4096)
+def _overlap(src0: float, g: float, n_src: int, dst0: float, target: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`overlap_matrix` of ``n_src`` cells of ``g`` from ``src0`` onto ``n`` cells of ``target`` from
+    ``dst0``, in banded form ``(index (n, K), weight (n, K))``: each target cell overlaps at most K source
+    cells, so averaging is K multiply-adds per cell instead of a dense product (cached: the windows of a
+    dataset repeat a few grids; read-only)."""
+    w = overlap_matrix(src0 + np.arange(n_src + 1) * g, dst0 + np.arange(n + 1) * target)
+    nz = w > 0
+    k = max(1, int(nz.sum(1).max()))
+    first = np.where(nz.any(1), nz.argmax(1), 0)
+    index = np.clip(first[:, None] + np.arange(k)[None, :], 0, n_src - 1)
+    weight = np.take_along_axis(w, index, 1) * (first[:, None] + np.arange(k)[None, :] < n_src)
+    index.setflags(write=False)
+    weight.setflags(write=False)
+    return index, weight
+
+
+def _banded_average(
+    values: np.ndarray, by: tuple[np.ndarray, np.ndarray], bx: tuple[np.ndarray, np.ndarray], valid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`area_average` with banded overlap matrices (see :func:`_overlap`); the same result up to
+    rounding (sums in a different order)."""
+    v = values.astype(np.float64)
+    m = valid.astype(np.float64)
+    x = np.stack([np.where(valid, v, 0.0) * m, m])  # (2, H, W)
+    iy, wy = by
+    ix, wx = bx
+    x = (x[:, iy, :] * wy[None, :, :, None]).sum(2)  # (2, h, W)
+    num, den = (x[:, :, ix] * wx[None, None, :, :]).sum(3)  # (2, h, w)
+    ok = den >= 0.5
+    out = np.where(ok, num / np.where(ok, den, 1.0), 0.0)
+    return out.astype(np.float32), ok
+
+
 def area_average(
     values: np.ndarray, wy: np.ndarray, wx: np.ndarray, valid: np.ndarray | None = None, min_valid: float = 0.5
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -150,23 +186,24 @@ def area_average(
         valid = np.isfinite(v)
     m = valid.astype(np.float64)
     v = np.where(valid, v, 0.0)
-    num = wy @ (v * m) @ wx.T
-    den = wy @ m @ wx.T
+    num, den = wy @ np.stack([v * m, m]) @ wx.T  # one batched product for numerator and denominator
     ok = den >= min_valid
     out = np.where(ok, num / np.where(ok, den, 1.0), 0.0)
     return out.astype(np.float32), ok
 
 
 def simulate(
-    image: xr.Dataset,
+    image: xr.Dataset | LightImage,
     modality: Modality,
     offset_m: tuple[float, float] | None = None,
     rng: np.random.Generator | None = None,
-) -> xr.Dataset:
+) -> xr.Dataset | LightImage:
     """Simulate ``modality`` from a finer ``image`` (the image representation of the readers).
 
     Args:
-        image: Source image, bands on their native grids.
+        image: Source image, bands on their native grids: an ``xarray.Dataset`` of the readers, or its
+            :class:`~atomizer.data.light.LightImage` (the loaders' fast path; the result is then light too,
+            with the same values, grids and attributes).
         modality: Target size, GSD and band subset.
         offset_m: ``(dx, dy)`` of the window's top-left corner from the image's top-left corner, in
             metres. Default: centred, or uniformly random (snapped to the finest grid) if ``rng``.
@@ -181,7 +218,18 @@ def simulate(
         ModalityError: a band is missing from the image, the window does not fit in the image, or a
             band has no pixel in the window.
     """
-    have = set(image_bands(image))
+    if isinstance(image, LightImage):
+        return _simulate(image, modality, offset_m, rng)
+    return _simulate(LightImage.from_xarray(image), modality, offset_m, rng).to_xarray()
+
+
+def _simulate(
+    image: LightImage,
+    modality: Modality,
+    offset_m: tuple[float, float] | None,
+    rng: np.random.Generator | None,
+) -> LightImage:
+    have = set(image.bands)
     missing = [b for b in modality.bands if b not in have]
     if missing:
         raise ModalityError(
@@ -190,12 +238,9 @@ def simulate(
     # Common frame: x east, y south, origin at the image's top-left corner (from the first band).
     bounds = []
     for b in modality.bands:
-        da = image[b]
-        g = float(da.attrs["gsd_m"])
-        ydim, xdim = da.dims
-        bounds.append(
-            (float(da[xdim][0]) - g / 2, float(da[ydim][0]) + g / 2, da.sizes[xdim] * g, da.sizes[ydim] * g, g)
-        )
+        r = image.bands[b]
+        g = r.gsd
+        bounds.append((float(r.xs[0]) - g / 2, float(r.ys[0]) + g / 2, len(r.xs) * g, len(r.ys) * g, g))
     left = max(b[0] for b in bounds)
     top = min(b[1] for b in bounds)
     width = min(b[0] + b[2] for b in bounds) - left
@@ -217,21 +262,18 @@ def simulate(
     if dx < -1e-6 or dy < -1e-6 or dx + ext > width + 1e-6 or dy + ext > height + 1e-6:
         raise ModalityError(f"window offset {offset_m} puts the {ext:g} m window outside the image")
     x0, y0 = left + dx, top - dy  # window top-left in image coordinates
-    out = {}
+    out: dict[str, Raster] = {}
     # Bands at (or coarser than) the modality GSD first: a band averaged to the modality GSD then lands
     # on the grid of a native band of that GSD instead of a shifted grid sharing its dimension names.
     on_target_grid = None
-    order = sorted(modality.bands, key=lambda b: float(image[b].attrs["gsd_m"]) < modality.gsd_m - 1e-9)
+    order = sorted(modality.bands, key=lambda b: image.bands[b].gsd < modality.gsd_m - 1e-9)
     for b in order:
-        da = image[b]
-        g = float(da.attrs["gsd_m"])
-        ydim, xdim = da.dims
-        xs = da[xdim].values
-        ys = da[ydim].values
-        attrs = dict(da.attrs)
+        r = image.bands[b]
+        g = r.gsd
+        ydim, xdim = r.dims
+        xs, ys = r.xs, r.ys
+        attrs = dict(r.attrs)
         nodata = attrs.get("nodata")
-        vals = da.values
-        valid = valid_mask(da)
         target = max(g, modality.gsd_m)
         if target <= g + 1e-9:  # coarser (or equal) band: keep its grid, crop by pixel centres
             # floor(ext / g) pixels centred on the window, whatever its position: the same shape for every
@@ -243,14 +285,12 @@ def simulate(
                 )
             i0x = int(math.floor((x0 + ext / 2 - xs[0]) / g - (n - 1) / 2 + 0.5 + 1e-6))
             i0y = int(math.floor((ys[0] - (y0 - ext / 2)) / g - (n - 1) / 2 + 0.5 + 1e-6))
-            ix = np.arange(min(max(i0x, 0), len(xs) - n), min(max(i0x, 0), len(xs) - n) + n)
-            iy = np.arange(min(max(i0y, 0), len(ys) - n), min(max(i0y, 0), len(ys) - n) + n)
-            sub = da.isel({ydim: iy, xdim: ix})
+            sx = min(max(i0x, 0), len(xs) - n)
+            sy = min(max(i0y, 0), len(ys) - n)
+            sub_x, sub_y = xs[sx : sx + n], ys[sy : sy + n]
             if math.isclose(g, modality.gsd_m):
-                on_target_grid = (float(sub[xdim][0]) - g / 2, float(sub[ydim][0]) + g / 2)
-            out[b] = xr.DataArray(
-                sub.values, dims=(ydim, xdim), coords={ydim: sub[ydim].values, xdim: sub[xdim].values}, attrs=attrs
-            )
+                on_target_grid = (float(sub_x[0]) - g / 2, float(sub_y[0]) + g / 2)
+            out[b] = Raster(r.values[sy : sy + n, sx : sx + n], sub_x, sub_y, (ydim, xdim), attrs)
             continue
         n = int(math.floor(ext / target + 1e-6))
         if n < 1:
@@ -259,26 +299,23 @@ def simulate(
         ox, oy = x0 + (ext - span) / 2, y0 - (ext - span) / 2
         if on_target_grid is not None:  # share the cells of the native band of this GSD
             ox, oy = on_target_grid
-        src_x = xs[0] - g / 2 + np.arange(len(xs) + 1) * g
-        src_y = -(ys[0] + g / 2) + np.arange(len(ys) + 1) * g  # flip y to increasing
-        dst_x = ox + np.arange(n + 1) * target
-        dst_y = -oy + np.arange(n + 1) * target
-        wx, wy = overlap_matrix(src_x, dst_x), overlap_matrix(src_y, dst_y)
-        avg, ok = area_average(vals, wy, wx, valid)
+        # src edges from the first pixel centre; y flipped to increasing
+        wx = _overlap(float(xs[0] - g / 2), g, len(xs), float(ox), target, n)
+        wy = _overlap(float(-(ys[0] + g / 2)), g, len(ys), float(-oy), target, n)
+        avg, ok = _banded_average(r.values, wy, wx, r.valid())
         fill = np.nan if nodata is None or (isinstance(nodata, float) and math.isnan(nodata)) else nodata
         avg[~ok] = fill
-        nydim, nxdim = grid_dims(target)
         attrs["gsd_m"] = float(target)
-        out[b] = xr.DataArray(
+        out[b] = Raster(
             avg,
-            dims=(nydim, nxdim),
-            coords={nydim: oy - (np.arange(n) + 0.5) * target, nxdim: ox + (np.arange(n) + 0.5) * target},
-            attrs=attrs,
+            ox + (np.arange(n) + 0.5) * target,
+            oy - (np.arange(n) + 0.5) * target,
+            grid_dims(target),
+            attrs,
         )
-    ds = xr.Dataset({b: out[b] for b in modality.bands})
-    ds.attrs.update(image.attrs)
-    ds.attrs.update({"modality": modality.name, "window_m": [x0, y0, ext]})
-    return ds
+    attrs = dict(image.attrs)
+    attrs.update({"modality": modality.name, "window_m": [x0, y0, ext]})
+    return LightImage({b: out[b] for b in modality.bands}, attrs)
 
 
 @dataclass(frozen=True)

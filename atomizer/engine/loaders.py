@@ -22,6 +22,7 @@ import xarray as xr
 from atomizer.atoms.canvas import CanvasSpec
 from atomizer.atoms.tokens import AtomBatch
 from atomizer.data.augment import AugmentConfig, augment
+from atomizer.data.light import LightImage
 from atomizer.data.modalities import Modality, simulate
 
 
@@ -60,6 +61,8 @@ class ModalityDataset(torch.utils.data.Dataset):
         seed: Base seed of the window positions.
         cache: Keep loaded source images in memory (small datasets).
         augment: Label-preserving augmentation after the simulation (:mod:`atomizer.data.augment`).
+        fast: Read and simulate images as :class:`~atomizer.data.light.LightImage` (no xarray object per
+            item; the same atoms, tested) where the base dataset offers ``light_item``.
     """
 
     def __init__(
@@ -73,8 +76,10 @@ class ModalityDataset(torch.utils.data.Dataset):
         seed: int = 0,
         cache: bool = True,
         augment: AugmentConfig | None = None,
+        fast: bool = True,
     ):
         self.base = base
+        self.fast = fast and hasattr(base, "light_item")
         self.modalities = list(modalities)
         self.assignment = (
             np.zeros(len(base), dtype=np.int64) if assignment is None else np.asarray(assignment, dtype=np.int64)
@@ -96,25 +101,28 @@ class ModalityDataset(torch.utils.data.Dataset):
         return len(self.base)
 
     def item(self, i: int) -> dict:
+        get = self.base.light_item if self.fast else self.base.__getitem__
         if self._cache is None:
-            return self.base[i]
+            return get(i)
         if i not in self._cache:
-            self._cache[i] = self.base[i]
+            self._cache[i] = get(i)
         return self._cache[i]
 
-    def simulated(self, i: int) -> xr.Dataset:
-        """Item ``i``'s image under its modality."""
+    def simulated(self, i: int, item: dict | None = None) -> xr.Dataset | LightImage:
+        """Item ``i``'s image under its modality (a :class:`LightImage` on the fast path)."""
         m = self.modalities[self.assignment[i]]
         rng = np.random.default_rng([self.seed, self.epoch, i]) if self.random_window else None
-        image = simulate(self.item(i)["image"], m, rng=rng)
+        image = simulate((item or self.item(i))["image"], m, rng=rng)
         if self.augment is not None:  # training only: a pure function of (seed, epoch, index)
+            if isinstance(image, LightImage):
+                image = image.to_xarray()
             image = augment(image, self.augment, np.random.default_rng([self.seed, self.epoch, i, 1]), m)
         return image
 
     def __getitem__(self, i: int) -> dict:
-        it = self.item(i)
+        it = self.item(i)  # read once (without a cache, simulated() would read it again)
         return {
-            "input": model_input(self.simulated(i), self.input_type, self.canvas),
+            "input": model_input(self.simulated(i, it), self.input_type, self.canvas),
             "target": it["target"],
             "id": it["id"],
             "modality": int(self.assignment[i]),
