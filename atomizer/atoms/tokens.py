@@ -157,10 +157,11 @@ def tokenize(
     for n in names:
         r = image.bands[n]
         g = r.gsd
-        lefts.append(r.xs.min() - g / 2)
-        rights.append(r.xs.max() + g / 2)
-        bottoms.append(r.ys.min() - g / 2)
-        tops.append(r.ys.max() + g / 2)
+        xs, ys = r.xs, r.ys  # pixel centres: x increasing, y decreasing (the readers' grids)
+        lefts.append(min(xs[0], xs[-1]) - g / 2)
+        rights.append(max(xs[0], xs[-1]) + g / 2)
+        bottoms.append(min(ys[0], ys[-1]) - g / 2)
+        tops.append(max(ys[0], ys[-1]) + g / 2)
     cx, cy = (min(lefts) + max(rights)) / 2, (min(bottoms) + max(tops)) / 2
 
     doy, year = acquisition_date(image)

@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from atomizer.data.bands import get_sensor
-from atomizer.data.readers import band_attrs, grid_dims
+from atomizer.data.readers import band_attrs, date_from_name, grid_dims
 
 
 @dataclass
@@ -93,39 +93,41 @@ class LightImage:
 
 
 @cache
-def _s2_attrs(name: str, gsd: float) -> tuple[tuple[str, Any], ...]:
+def _s2_grid(name: str, h: int, w: int) -> tuple[np.ndarray, np.ndarray, tuple[str, str], dict[str, Any]] | None:
+    """Coordinates, dimension names and attributes of a Sentinel-2 band of BigEarthNet stored at (h, w): what
+    :func:`atomizer.data.readers.build_image` gives it (cached; arrays read-only, attrs shared, never mutated
+    downstream: :func:`atomizer.data.modalities.simulate` copies them)."""
     s2 = get_sensor("sentinel2")
-    return tuple(band_attrs(s2.band(name), s2, gsd_m=gsd).items())
+    if name not in s2.band_names:
+        return None
+    g = 1200.0 / h
+    xs = 0.0 + (np.arange(w) + 0.5) * g
+    ys = 0.0 - (np.arange(h) + 0.5) * g
+    xs.setflags(write=False)
+    ys.setflags(write=False)
+    return xs, ys, grid_dims(g), band_attrs(s2.band(name), s2, gsd_m=g)
 
 
 def bigearthnet_light(arrays: Mapping[str, np.ndarray], patch_id: str, source: str = "") -> LightImage:
     """The :class:`LightImage` of a BigEarthNet patch's Sentinel-2 arrays: the same bands, grids, coordinates
     and attributes as :func:`atomizer.data.readers.bigearthnet_image` (tested equal), without xarray."""
-    s2 = get_sensor("sentinel2")
     bands = {}
-    resampled = bool(arrays.get("resampled_120", False))
-    for name in arrays:
-        if name not in s2.band_names:
+    for name, arr in arrays.items():
+        if name == "resampled_120":
             continue
-        arr = np.asarray(arrays[name])
-        h, w = arr.shape
-        g = 1200.0 / h
-        ydim, xdim = grid_dims(g)
-        bands[name] = Raster(
-            arr,
-            0.0 + (np.arange(w) + 0.5) * g,
-            0.0 - (np.arange(h) + 0.5) * g,
-            (ydim, xdim),
-            dict(_s2_attrs(name, g)),
-        )
+        arr = np.asarray(arr)
+        grid = _s2_grid(name, *arr.shape)
+        if grid is None:
+            continue
+        xs, ys, dims, attrs = grid
+        bands[name] = Raster(arr, xs, ys, dims, attrs)
+    resampled = bool(arrays.get("resampled_120", False))
     attrs: dict[str, Any] = {
         "sensor": "sentinel2",
         "source": source,
         "patch_id": patch_id,
         "resampled_120": int(resampled),
     }
-    from atomizer.data.readers import date_from_name
-
     if date := date_from_name(source):
         attrs["acquisition_date"] = date
     return LightImage(bands, attrs)

@@ -162,13 +162,19 @@ def _banded_average(
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`area_average` with banded overlap matrices (see :func:`_overlap`); the same result up to
     rounding (sums in a different order)."""
-    v = values.astype(np.float64)
-    m = valid.astype(np.float64)
-    x = np.stack([np.where(valid, v, 0.0) * m, m])  # (2, H, W)
     iy, wy = by
     ix, wx = bx
-    x = (x[:, iy, :] * wy[None, :, :, None]).sum(2)  # (2, h, W)
-    num, den = (x[:, :, ix] * wx[None, None, :, :]).sum(3)  # (2, h, w)
+    v = values.astype(np.float64)
+    if valid.all():  # the usual case: the denominator is the same sums over a field of ones, per axis
+        t = np.einsum("jk,jkw->jw", wy, v[iy, :])  # (h, W)
+        num = np.einsum("hwk,wk->hw", t[:, ix], wx)  # (h, w)
+        sy = np.einsum("jk,jk->j", wy, np.ones_like(wy))  # what the first step gives for a column of ones
+        den = np.einsum("hwk,wk->hw", np.broadcast_to(sy[:, None, None], (len(sy), *ix.shape)), wx)
+    else:
+        m = valid.astype(np.float64)
+        x = np.stack([np.where(valid, v, 0.0) * m, m])  # (2, H, W)
+        x = np.einsum("jk,cjkw->cjw", wy, x[:, iy, :])  # (2, h, W)
+        num, den = np.einsum("chwk,wk->chw", x[:, :, ix], wx)  # (2, h, w)
     ok = den >= 0.5
     out = np.where(ok, num / np.where(ok, den, 1.0), 0.0)
     return out.astype(np.float32), ok
