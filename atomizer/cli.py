@@ -87,8 +87,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from atomizer.core.runtime import ensure_process_group
     from atomizer.engine.evaluation import evaluate_checkpoint, save_results
 
+    rank, _ = ensure_process_group()  # under torchrun every rank scores a shard (gathered predictions)
     res = evaluate_checkpoint(
         args.checkpoint,
         args.modalities,
@@ -98,6 +100,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
     )
+    if rank != 0:
+        return 0
     table = res["score"].sel(model=res.model.values[0]).to_pandas()
     with _pd_wide():
         print(table.round(2).to_string())

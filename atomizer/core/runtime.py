@@ -74,12 +74,28 @@ def autocast(precision: str, device: torch.device):
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda`` (refused when there is no CUDA device)."""
+    """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda`` (refused when there is no CUDA device).
+
+    Under torchrun, ``cuda`` means this process's GPU (``cuda:LOCAL_RANK``).
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' requested but no CUDA device is available")
+    if name == "cuda" and dist_info()[1] > 1:
+        return torch.device("cuda", dist_info()[2])
     return torch.device(name)
+
+
+def ensure_process_group() -> tuple[int, int]:
+    """(rank, world size); under torchrun (``WORLD_SIZE`` > 1) the default process group is initialised
+    first if it is not yet (NCCL with CUDA, else gloo)."""
+    import torch
+
+    rank, world, _ = dist_info()
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return rank, world
 
 
 def dist_info() -> tuple[int, int, int]:

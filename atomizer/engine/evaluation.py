@@ -36,15 +36,36 @@ def predict_dataset(
     desc: str = "eval",
     precision: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, targets) of every item, in order, with the model in eval mode."""
+    """(logits, targets) of every item, in order, with the model in eval mode.
+
+    Under ``torch.distributed`` (world size > 1) every rank scores its shard (items ``rank, rank + world,
+    ...``: none padded, none twice) and the predictions are gathered, so every rank returns all of them
+    in dataset order and the metrics computed on them equal a single process's.
+    """
     model.eval()
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate_items)
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    world = torch.distributed.get_world_size() if distributed else 1
+    index = list(range(len(ds)))
+    if world > 1:
+        index = index[torch.distributed.get_rank() :: world]
+    part = ds if world == 1 else torch.utils.data.Subset(ds, index)
+    loader = torch.utils.data.DataLoader(part, batch_size=batch_size, shuffle=False, collate_fn=collate_items)
     logits, targets = [], []
     for b in tqdm(loader, desc=desc, leave=False, disable=None):
         with autocast(precision, device):
             logits.append(model(b["input"].to(device, non_blocking=True)).float().cpu())
         targets.append(b["target"])
-    return torch.cat(logits), torch.cat(targets)
+    if world == 1:
+        return torch.cat(logits), torch.cat(targets)
+    mine = (index, torch.cat(logits) if logits else None, torch.cat(targets) if targets else None)
+    parts: list = [None] * world
+    torch.distributed.all_gather_object(parts, mine)
+    order = torch.tensor([i for idx, _, _ in parts for i in idx])
+    all_logits = torch.cat([lg for _, lg, _ in parts if lg is not None])
+    all_targets = torch.cat([t for _, _, t in parts if t is not None])
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order))
+    return all_logits[inverse], all_targets[inverse]
 
 
 def predict_modalities(

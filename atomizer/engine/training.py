@@ -291,13 +291,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             end_of_epoch = loop.step % per_epoch == 0 or loop.step >= total_steps
             if loop.checkpoint_due() and not end_of_epoch:  # at an epoch's end, last.pt follows validation
                 checkpoint(loop.last)
-            if end_of_epoch and cfg.val_every_epoch and loop.is_main and len(val_ds):
+            if end_of_epoch and cfg.val_every_epoch and len(val_ds):
+                # every rank scores its shard; all get the gathered predictions, hence the same metrics
                 logits, targets = predict_dataset(
                     core, val_ds, cfg.batch_size, device, desc="validate", precision=cfg.precision
                 )
                 val = classification_metrics(logits, targets)
                 val["loss"] = float(loss_fn(logits, targets))
-                loop.log.write(kind="val", step=loop.step, epoch=epoch, time=time.time(), **val)
+                if loop.is_main:
+                    loop.log.write(kind="val", step=loop.step, epoch=epoch, time=time.time(), **val)
                 if val["macro_map"] > best:
                     best, stale = val["macro_map"], 0
                     checkpoint(out / "checkpoints" / "best.pt", val=val)
