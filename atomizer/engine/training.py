@@ -82,6 +82,7 @@ class TrainConfig(Config):
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     num_workers: int = 0
+    prefetch_factor: int | None = None  # batches each loader worker prepares ahead (default: torch's, 2)
     ckpt_every: int = 50  # steps
     val_every_epoch: bool = True
     patience: int | None = None  # early stopping: stop after this many validations without a better macro mAP
@@ -255,28 +256,24 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                 else:
                     sampler.generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
                 pin = device.type == "cuda"
+                # resuming mid-epoch: restore the sampler position (the epoch's index order is a pure function
+                # of the seed and epoch) instead of reading and discarding the batches already trained on
+                workers = {
+                    "num_workers": cfg.num_workers,
+                    "pin_memory": pin,
+                    "collate_fn": collate_items,
+                    **({"prefetch_factor": cfg.prefetch_factor} if cfg.num_workers and cfg.prefetch_factor else {}),
+                }
                 if batch_sampler is not None:
                     batch_sampler.set_epoch(epoch)
-                    loader = torch.utils.data.DataLoader(
-                        train_ds,
-                        batch_sampler=batch_sampler,
-                        collate_fn=collate_items,
-                        num_workers=cfg.num_workers,
-                        pin_memory=pin,
-                    )
+                    batches = list(batch_sampler)[skip * cfg.grad_accum :]
+                    loader = torch.utils.data.DataLoader(train_ds, batch_sampler=batches, **workers)
                 else:
+                    order = list(sampler)[skip * cfg.grad_accum * batch_size :]
                     loader = torch.utils.data.DataLoader(
-                        train_ds,
-                        batch_size=batch_size,
-                        sampler=sampler,
-                        collate_fn=collate_items,
-                        num_workers=cfg.num_workers,
-                        drop_last=True,
-                        pin_memory=pin,
+                        train_ds, batch_size=batch_size, sampler=order, drop_last=True, **workers
                     )
                 it = iter(loader)
-                for _ in range(skip * cfg.grad_accum):  # fast-forward to where the interrupted run stopped
-                    next(it)
                 for _ in range(skip, per_epoch):
                     if loop.step >= total_steps or stopped():
                         break
