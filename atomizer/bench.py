@@ -542,10 +542,10 @@ def run_all(
             # --quick on CPU: one run per case gives time and memory (glibc defaults; indicative only)
             single = quick and device == "cpu"
             timed = _subprocess_case(case, device, quick, batch, "single" if single else "time", precision)
-            if device == "cpu" and not quick:
+            if device == "cpu" and not quick and case != "loader":
                 mem = _subprocess_case(case, device, quick, batch, "memory", precision)
                 for rec, m in zip(timed, mem):
-                    rec.update({k: m[k] for k in MEMORY_FIELDS})
+                    rec.update({k: m[k] for k in MEMORY_FIELDS if k in m})
         except RuntimeError as e:
             records.append({"case": case, "device": device, "error": str(e)})
             continue

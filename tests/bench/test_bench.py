@@ -147,3 +147,20 @@ def test_flop_count_includes_cpu_attention():
     k = torch.randn(2, 1, 100, 16)
     flops = count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, k))
     assert flops == 2 * (2 * 1 * 8 * 100 * 16) * 2  # QK^T and PV, 2 FLOPs per multiply-add
+
+
+def test_loader_case_records_every_source_and_path():
+    """`bench --case loader --quick` in-process: one record per (source, path) with consistent timing
+    arithmetic, and the DataLoader records with a wait fraction in [0, 1]."""
+    from atomizer.bench import case_loader
+
+    recs = case_loader(quick=True)
+    pairs = {(r["source"], r["path"]) for r in recs if "workers" not in r}
+    assert pairs == {("geotiff", "xarray"), ("npz", "xarray"), ("npz", "fast"), ("lmdb", "xarray"), ("lmdb", "fast")}
+    for r in recs:
+        assert r["seconds_per_image"] > 0
+        if "patches_per_second" in r:
+            assert r["patches_per_second"] == pytest.approx(1 / r["seconds_per_image"])
+    waits = [r for r in recs if "workers" in r]
+    assert [r["workers"] for r in waits] == [0, 1]
+    assert all(0.0 <= r["data_wait_fraction"] <= 1.0 for r in waits)

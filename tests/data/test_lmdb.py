@@ -188,3 +188,17 @@ def test_prepare_cli_counts_against_metadata_and_verifies(geotiff_root, lmdb_roo
     assert main(["prepare", "bigearthnet", str(geotiff_root), "--out", str(out), "--verify-only"]) == 1
     assert "differs from its source" in capsys.readouterr().out
     assert main(["prepare", "bigearthnet", str(tmp_path / "nowhere"), "--out", str(out), "--quiet"]) == 2
+
+
+def test_prepare_the_real_official_v2_folder(tmp_path):
+    """The one patch of the official v2 GeoTIFF layout in ../shared/data (the rico-hdl integration fixture)."""
+    root = SHARED / "benv2_geotiff_real" / "BigEarthNet-S2"
+    if not root.is_dir():
+        pytest.skip("../shared/data/benv2_geotiff_real is not next to this checkout")
+    s = ls.prepare_bigearthnet(root, tmp_path, workers=1, progress=False)
+    assert s["written"] == 1 and s["total"] == 1
+    key = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_75_43"
+    arrays = ls.PatchReader(tmp_path / ls.LMDB_DIR).get(key)
+    assert arrays["B02"].shape == (120, 120) and arrays["B8A"].shape == (60, 60) and arrays["B01"].shape == (20, 20)
+    assert arrays["B02"].dtype == np.uint16
+    assert ls.verify_lmdb(tmp_path / ls.LMDB_DIR, root=root)["errors"] == []
