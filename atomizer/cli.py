@@ -54,6 +54,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     with _pd_wide():
         print(describe(ds).to_string(index=False))
     print(f"total atom tokens: {count_tokens(ds):,}")
+    import warnings
+
+    from atomizer.atoms.encodings import DEFAULT_ANCHORS, warn_uncovered
+    from atomizer.atoms.tokens import band_table_of
+
+    names, table = band_table_of(ds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for msg in warn_uncovered(table, DEFAULT_ANCHORS, names):
+            print(f"warning: {msg} (default anchors)")
     return 0
 
 

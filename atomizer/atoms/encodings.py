@@ -169,6 +169,50 @@ def rbf_spectral_encoding(
     return torch.cat([act, extra], -1).float()
 
 
+#: Below this strongest raw anchor response a band is "not covered": its L2-normalised code would be a
+#: confident-looking one-hot of an anchor more than ~2.1 sigma away (see :func:`anchor_coverage`).
+MIN_ANCHOR_RESPONSE = 0.1
+_WARNED: set[tuple[float, float]] = set()
+
+
+def anchor_coverage(
+    center_nm: Tensor, width_nm: Tensor, anchors: Sequence[Sequence[float]] = DEFAULT_ANCHORS, num_samples: int = 33
+) -> Tensor:
+    """(B,) strongest raw (un-normalised) anchor response of each band: 1 on an anchor's centre, about 0.1 at
+    2.1 sigma. A band whose value is below :data:`MIN_ANCHOR_RESPONSE` lies outside what the anchors cover:
+    give the encoding anchors there (``EncodingConfig.anchors``, e.g. ``model_overrides: {encoding:
+    {anchors: [...]}}``) or, for a thermal band, declare ``domain: thermal`` (its own channel)."""
+    mu, sigma = anchors_tensor(anchors)
+    c = center_nm.to(torch.float64)
+    w = width_nm.to(torch.float64).clamp_min(0)
+    lam = c[:, None] + w[:, None] * torch.linspace(-0.5, 0.5, num_samples, dtype=torch.float64)
+    return torch.exp(-((lam[:, :, None] - mu) ** 2) / (2 * sigma**2)).amax(1).amax(1)
+
+
+def warn_uncovered(band_table: Tensor, anchors: Sequence[Sequence[float]], names: Sequence[str] = ()) -> list[str]:
+    """Warn (once per band) about optical bands of ``band_table`` the anchors do not cover; returns the messages."""
+    import warnings
+
+    optical = band_table[:, 3] < 0
+    if not bool(optical.any()):
+        return []
+    cov = anchor_coverage(band_table[:, 0].cpu(), band_table[:, 1].cpu(), anchors)
+    out = []
+    for i in torch.nonzero(optical.cpu() & (cov < MIN_ANCHOR_RESPONSE)).flatten().tolist():
+        key = (float(band_table[i, 0]), float(band_table[i, 1]))
+        name = names[i] if i < len(names) else f"#{i}"
+        msg = (
+            f"band {name} ({key[0]:g} nm, {key[1]:g} nm wide) is not covered by the spectral anchors (strongest "
+            f"response {float(cov[i]):.3f} < {MIN_ANCHOR_RESPONSE}): add anchors there (EncodingConfig.anchors) or "
+            "declare a thermal band with domain: thermal"
+        )
+        out.append(msg)
+        if key not in _WARNED:
+            _WARNED.add(key)
+            warnings.warn(msg, stacklevel=3)
+    return out
+
+
 def gsd_encoding(gsd_m: Tensor, num_bands: int = 4, max_freq: float = 4.0) -> Tensor:
     """``gamma(log2(gsd / 10 m) / 4)``: (B,) -> (B, 2L+1)."""
     return fourier_features(torch.log2(gsd_m.float() / 10.0) / 4.0, num_bands, max_freq, include_raw=True)
@@ -251,7 +295,8 @@ class AtomEncoder(nn.Module):
     def coord_features(self, coords: Tensor) -> Tensor:
         return positional_encoding(coords, self.cfg.pos_bands, self.cfg.pos_max_freq, self.cfg.pos_ref_m)
 
-    def band_features(self, band_table: Tensor) -> Tensor:
+    def band_features(self, band_table: Tensor, names: Sequence[str] = ()) -> Tensor:
+        warn_uncovered(band_table, self.cfg.anchors, names)
         spec = rbf_spectral_encoding(
             band_table[:, 0].cpu(),
             band_table[:, 1].cpu(),
@@ -271,7 +316,7 @@ class AtomEncoder(nn.Module):
             self.value_features(batch),
             self.coord_features(batch.coord_x),
             self.coord_features(batch.coord_y),
-            self.band_features(batch.band_table),
+            self.band_features(batch.band_table, getattr(batch, "band_names", ())),
         )
 
     def materialize(self, batch) -> Tensor:

@@ -224,6 +224,28 @@ def tokenize(
     )
 
 
+def band_table_of(image: xr.Dataset | LightImage) -> tuple[list[str], torch.Tensor]:
+    """(band names, band table (B, 6)) of an image, as :func:`tokenize` builds them (no atoms)."""
+    if not isinstance(image, LightImage):
+        image = LightImage.from_xarray(image)
+    doy, year = acquisition_date(image)
+    rows = []
+    for r in image.bands.values():
+        a = r.attrs
+        dom = a.get("domain", "optical")
+        rows.append(
+            [
+                a["wavelength_nm"],
+                a["bandwidth_nm"],
+                a["gsd_m"],
+                extra_channel(dom, a.get("polarisation") or None),
+                doy,
+                year,
+            ]
+        )
+    return list(image.bands), torch.tensor(rows, dtype=torch.float32)
+
+
 def collate(sets: Sequence[AtomBatch], pad_to: int | None = None) -> AtomBatch:
     """Batch atom sets of different sizes (and different band tables) with a padding mask.
 

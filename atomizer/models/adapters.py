@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -125,8 +125,8 @@ class SpectralAdapterEncoder(AtomEncoder):
         nn.init.zeros_(self.mlp[2].weight)
         nn.init.zeros_(self.mlp[2].bias)
 
-    def band_features(self, band_table: Tensor) -> Tensor:
-        f = super().band_features(band_table)
+    def band_features(self, band_table: Tensor, names: Sequence[str] = ()) -> Tensor:
+        f = super().band_features(band_table, names)
         return f + self.mlp(f.to(self.mlp[0].weight.dtype))
 
 

@@ -365,7 +365,7 @@ class Atomizer(nn.Module):
     def _encode_streaming(self, batch: AtomBatch, chunk_size: int) -> Tensor:
         fx = self.encoder.coord_features(batch.coord_x)
         fy = self.encoder.coord_features(batch.coord_y)
-        fb = self.encoder.band_features(batch.band_table)
+        fb = self.encoder.band_features(batch.band_table, batch.band_names)
         n = batch.value.shape[1]
 
         def chunks(to_kv):

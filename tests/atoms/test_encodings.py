@@ -156,3 +156,39 @@ def test_acquisition_time_encoding_is_optional_and_per_image(ben_patch_paths):
     undated.attrs.pop("acquisition_date")
     assert torch.isnan(tokenize(undated).band_table[:, 4:]).all()
     assert torch.isfinite(AtomEncoder(on).band_features(tokenize(undated).band_table)).all()
+
+
+def test_bands_outside_the_anchors_are_flagged_once():
+    """A band far from every anchor gets a confident-looking normalised code; the encoder says so, naming it."""
+    import warnings
+
+    from atomizer.atoms.encodings import (
+        DEFAULT_ANCHORS,
+        MIN_ANCHOR_RESPONSE,
+        AtomEncoder,
+        EncodingConfig,
+        anchor_coverage,
+    )
+    from atomizer.data.bands import get_sensor
+
+    s2 = get_sensor("sentinel2")
+    cov = anchor_coverage(
+        torch.tensor([b.wavelength_nm for b in s2.bands]), torch.tensor([b.bandwidth_nm for b in s2.bands])
+    )
+    assert bool((cov >= MIN_ANCHOR_RESPONSE).all())  # every Sentinel-2 band is covered
+    far = anchor_coverage(torch.tensor([2480.0]), torch.tensor([10.0]))
+    assert float(far[0]) < MIN_ANCHOR_RESPONSE
+    enc = AtomEncoder(EncodingConfig())
+    table = torch.tensor([[664.6, 31.0, 10.0, -1.0, 0.0, 0.0], [2479.0, 10.0, 30.0, -1.0, 0.0, 0.0]])
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        enc.band_features(table, ["red", "swir3"])
+        enc.band_features(table, ["red", "swir3"])  # once per band
+    msgs = [str(x.message) for x in w if "not covered" in str(x.message)]
+    assert len(msgs) == 1 and "swir3" in msgs[0] and "2479 nm" in msgs[0] and "anchors" in msgs[0]
+    # with an anchor there, no warning
+    wider = EncodingConfig(anchors=(*DEFAULT_ANCHORS, (2480.0, 40.0)))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        AtomEncoder(wider).band_features(table + torch.tensor([[0, 0, 0, 0, 0, 0], [1.0, 0, 0, 0, 0, 0]]), ["r", "s"])
+    assert not [x for x in w if "not covered" in str(x.message)]

@@ -194,3 +194,32 @@ def test_every_model_refuses_an_input_with_no_valid_value(tiny_checkpoint, euros
     r = run("predict", resnet, eurosat_paths[0], "--top", "1")
     assert r.returncode == 0, r.stderr
     assert "note: input fills 12 of the 12 canvas bands" in r.stdout
+
+
+def test_inspect_warns_about_bands_outside_the_anchors(tmp_path, capsys):
+    """A sidecar band at 2,480 nm: accepted (it is optical), but inspect says the anchors do not cover it.
+    (The pixels of this 2-band file are written by the test: only the sidecar matters here.)"""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    tif = tmp_path / "two.tif"
+    with rasterio.open(
+        tif, "w", driver="GTiff", height=8, width=8, count=2, dtype="uint16", transform=from_origin(0, 80, 10, 10)
+    ) as dst:
+        dst.write(np.full((2, 8, 8), 1000, np.uint16))
+    side = tmp_path / "s.yaml"
+    side.write_text(
+        yaml.safe_dump(
+            {
+                "name": "swirish",
+                "bands": [
+                    {"name": "red", "wavelength_nm": 665, "bandwidth_nm": 30, "gsd_m": 10},
+                    {"name": "swir3", "wavelength_nm": 2480, "bandwidth_nm": 10, "gsd_m": 10},
+                ],
+            }
+        )
+    )
+    assert main(["inspect", str(tif), "--sidecar", str(side)]) == 0
+    out = capsys.readouterr().out
+    warned = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and "swir3" in warned[0] and "EncodingConfig.anchors" in warned[0]
