@@ -179,6 +179,20 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from atomizer.results.report import write_report
+
+    out = write_report(
+        args.store, args.out, reference=args.reference, n_resamples=args.resamples, figures_dir=args.figures
+    )
+    print(f"report written to {out} ({Path(out).stat().st_size / 1024:.0f} KiB, self-contained)")
+    if args.figures:
+        print(f"figures (PNG, SVG) in {args.figures}")
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from atomizer.engine.inference import predict_image
 
@@ -454,6 +468,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resamples", type=int, default=2000, help="bootstrap and permutation resamples")
     s.add_argument("--csv", help="write the summary and differences as CSV into this folder")
     s.set_defaults(func=_cmd_results)
+
+    s = sub.add_parser("report", help="one self-contained HTML file of a results store (tables, CIs, figures, configs)")
+    s.add_argument("store", help="results store (folder of runs with predictions.nc)")
+    s.add_argument("--out", required=True, help="the HTML file to write")
+    s.add_argument("--reference", default="atomizer", help="model compared with every other (paired)")
+    s.add_argument("--resamples", type=int, default=2000, help="bootstrap and permutation resamples")
+    s.add_argument("--figures", help="also write every figure as PNG and SVG into this folder")
+    s.set_defaults(func=_cmd_report)
 
     s = sub.add_parser("serve", help="serve the dashboard (spectral, positional, attention, results)")
     s.add_argument("--port", type=int, default=5006, help="local port (default 5006)")

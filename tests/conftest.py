@@ -49,3 +49,29 @@ def majortom_product_dir() -> Path:
     """The Major-TOM cell 0U_199R product folder (baseline N0400, one GeoTIFF per band)."""
     cell = find_data(EMBEDDED / "majortom" / "0U_199R", SHARED / "majortom_s2l2a" / "0U_199R", pattern="*/B02.tif")
     return sorted(p.parent for p in cell.glob("*/B02.tif"))[0]
+
+
+#: Debian's Chromium: the browser tests use it and never download one (``make chromium`` installs it).
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """pytest-playwright launches Debian's Chromium (dashboards, reports)."""
+    return {
+        **browser_type_launch_args,
+        "executable_path": str(CHROMIUM),
+        "args": [
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ],
+    }
+
+
+@pytest.fixture(scope="session")
+def browser_context_args(browser_context_args):
+    return {**browser_context_args, "viewport": {"width": 1400, "height": 1000}}

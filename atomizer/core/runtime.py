@@ -101,3 +101,41 @@ def ensure_process_group() -> tuple[int, int]:
 def dist_info() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's environment."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def git_commit(path: str | os.PathLike | None = None) -> str:
+    """The commit checked out at ``path`` (default: the checkout holding this package), with a note when the
+    tracked files have uncommitted changes; ``unknown`` outside a git work tree."""
+    import subprocess
+    from pathlib import Path
+
+    where = str(path or Path(__file__).resolve().parents[2])
+    try:
+        head = subprocess.run(
+            ["git", "-C", where, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", where, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + (" (with uncommitted changes)" if dirty else "")
+
+
+def provenance() -> dict:
+    """Where a run comes from: commit, library versions, host, start time (written once per run)."""
+    import platform
+    import time
+
+    import torch
+
+    return {
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }

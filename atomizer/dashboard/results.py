@@ -537,16 +537,31 @@ class ResultsView(pn.viewable.Viewer):
         if self._periodic is not None:
             self._periodic.period = self.refresh_s * 1000
 
+    def report_file(self):
+        """The self-contained HTML report of the store (:mod:`atomizer.results.report`), for the download button."""
+        import io
+
+        from atomizer.results.report import build_report
+
+        return io.BytesIO(
+            build_report(self.root, reference=self.reference or "atomizer", n_resamples=self.resamples).encode()
+        )
+
     def __panel__(self):
         w = pn.widgets
         button = w.Button(name="Refresh", button_type="primary", width=100)
         button.on_click(lambda _e: self.param.trigger("refresh"))
+        download = w.FileDownload(
+            callback=self.report_file, filename="atomizer_report.html", button_type="success", label="Report (HTML)",
+            width=140,
+        )  # fmt: skip
         controls = pn.Row(
             w.TextInput.from_param(self.param.root, name="Results store", width=360),
             w.Select.from_param(self.param.metric, name="Metric", width=160),
             w.Select.from_param(self.param.reference, name="Reference model", width=160),
             w.Select.from_param(self.param.run, name="Run (training curves)", width=280),
             pn.Column(pn.Spacer(height=18), button),
+            pn.Column(pn.Spacer(height=18), download),
         )
         if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
             pn.state.onload(self.start_polling)

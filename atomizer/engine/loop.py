@@ -36,7 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from atomizer.core.config import Config
-from atomizer.core.runtime import autocast, pick_device, tune_cpu_allocator
+from atomizer.core.runtime import autocast, pick_device, provenance, tune_cpu_allocator
 from atomizer.core.storage import atomic_write_json, atomic_write_text, finite_json
 
 
@@ -105,6 +105,8 @@ def start_run(out_dir: str | Path, config: Config, resume: bool, write: bool = T
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         if not stored.exists():  # the record of how the weights were trained is written once
             atomic_write_text(stored, config.to_yaml())
+        if not (out / "provenance.json").exists():  # and where they come from (commit, versions)
+            atomic_write_json(out / "provenance.json", provenance())
     return out
 
 
