@@ -199,14 +199,15 @@ class SpectralCoverage(pn.viewable.Viewer):
     def coverage_plot(self) -> hv.Overlay:
         """Anchors, bands, the selected band (red span) and the custom band (orange span)."""
         curves = self.anchor_curves()
+        # all anchors as one multi-line glyph (one renderer instead of K; its colour is a data spec, which the
+        # notebook comms round-trip cleanly, where K single-line glyphs echoed back failed Bokeh's validation)
+        wl = curves.index.values
         layers = [
-            hv.Curve(
-                (curves.index.values, curves[c].values),
-                "wavelength_nm",
-                "response",
-                label="RBF anchors" if i == 0 else "",
-            ).opts(color="slategray", line_width=1.5, show_legend=i == 0)
-            for i, c in enumerate(curves.columns)
+            hv.Path(
+                [np.column_stack([wl, curves[c].values]) for c in curves.columns],
+                ["wavelength_nm", "response"],
+                label="RBF anchors",
+            ).opts(color="slategray", line_width=1.5, show_legend=True)
         ]
         t = self.band_table()
         names = list(dict.fromkeys(t["sensor"]))
