@@ -188,18 +188,8 @@ def tokenize(
         nx, ny = nx + w, ny + h
         coord_x.append((r.xs - cx).astype(np.float32))
         coord_y.append((r.ys - cy).astype(np.float32))
-        domain = a.get("domain", "optical")
-        table.append(
-            [
-                a["wavelength_nm"],
-                a["bandwidth_nm"],
-                a["gsd_m"],
-                extra_channel(domain, a.get("polarisation") or None),
-                doy,
-                year,
-            ]
-        )
-        domains.append(domain)
+        table.append(band_row(a, doy, year))
+        domains.append(a.get("domain", "optical"))
     value = np.concatenate(values)
     mask = np.concatenate(valid)
     if not mask.any():
@@ -224,25 +214,19 @@ def tokenize(
     )
 
 
+def band_row(attrs: dict, doy: float, year: float) -> list[float]:
+    """One band-table row (:data:`BAND_TABLE_COLUMNS`) from a band's attributes and the acquisition date."""
+    domain = attrs.get("domain", "optical")
+    extra = extra_channel(domain, attrs.get("polarisation") or None)
+    return [attrs["wavelength_nm"], attrs["bandwidth_nm"], attrs["gsd_m"], extra, doy, year]
+
+
 def band_table_of(image: xr.Dataset | LightImage) -> tuple[list[str], torch.Tensor]:
     """(band names, band table (B, 6)) of an image, as :func:`tokenize` builds them (no atoms)."""
     if not isinstance(image, LightImage):
         image = LightImage.from_xarray(image)
     doy, year = acquisition_date(image)
-    rows = []
-    for r in image.bands.values():
-        a = r.attrs
-        dom = a.get("domain", "optical")
-        rows.append(
-            [
-                a["wavelength_nm"],
-                a["bandwidth_nm"],
-                a["gsd_m"],
-                extra_channel(dom, a.get("polarisation") or None),
-                doy,
-                year,
-            ]
-        )
+    rows = [band_row(r.attrs, doy, year) for r in image.bands.values()]
     return list(image.bands), torch.tensor(rows, dtype=torch.float32)
 
 
