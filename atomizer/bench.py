@@ -338,11 +338,9 @@ def case_scene(device: torch.device, preset: str, reps: int, chunk: int, warmup:
 def _loader_sources(tmp: Path) -> dict[str, Any]:
     """The embedded v2 patches as official GeoTIFF folders, npz and LMDB (real arrays, written under ``tmp``)."""
     import pandas as pd
-    import rasterio
-    from rasterio.transform import from_origin
 
     from atomizer.data.datasets import BigEarthNetLMDB, BigEarthNetNpz, BigEarthNetOfficial
-    from atomizer.data.lmdb_store import LMDB_DIR, S2_BANDS, encode_patch, open_env
+    from atomizer.data.lmdb_store import LMDB_DIR, S2_BANDS, encode_patch, open_env, write_patch_folder
 
     npz = BigEarthNetNpz(split=None)
     npz.records = [r for r in npz.records if "N9999" in r["id"]]  # the v2 patches (native grids)
@@ -361,15 +359,7 @@ def _loader_sources(tmp: Path) -> dict[str, Any]:
     env.close()
     tif_root = tmp / "BigEarthNet-S2"
     for pid, a in arrays.items():
-        folder = tif_root / "_".join(pid.split("_")[:-2]) / pid
-        folder.mkdir(parents=True, exist_ok=True)
-        for band, arr in a.items():
-            g = 1200 / arr.shape[0]
-            with rasterio.open(
-                folder / f"{pid}_{band}.tif", "w", driver="GTiff", height=arr.shape[0], width=arr.shape[1],
-                count=1, dtype=arr.dtype, crs="EPSG:32633", transform=from_origin(500000, 5300000, g, g),
-            ) as dst:  # fmt: skip
-                dst.write(arr, 1)
+        write_patch_folder(tif_root, pid, a)
     return {
         "geotiff": BigEarthNetOfficial(tif_root, "v2", tmp / "metadata.parquet"),
         "npz": npz,

@@ -92,6 +92,24 @@ class LightImage:
         return ds
 
 
+def common_frame(
+    image: LightImage, bands: list[str] | tuple[str, ...] | None = None
+) -> tuple[float, float, float, float, float]:
+    """``(left, top, width, height, finest gsd)`` in metres of the ground every one of ``bands`` (default all)
+    covers: the frame that :func:`atomizer.data.modalities.simulate` offsets its windows in."""
+    names = list(bands) if bands is not None else list(image.bands)
+    boxes = []
+    for b in names:
+        r = image.bands[b]
+        g = r.gsd
+        boxes.append((float(r.xs[0]) - g / 2, float(r.ys[0]) + g / 2, len(r.xs) * g, len(r.ys) * g, g))
+    left = max(b[0] for b in boxes)
+    top = min(b[1] for b in boxes)
+    width = min(b[0] + b[2] for b in boxes) - left
+    height = top - max(b[1] - b[3] for b in boxes)
+    return left, top, width, height, min(b[4] for b in boxes)
+
+
 @cache
 def _s2_grid(name: str, h: int, w: int) -> tuple[np.ndarray, np.ndarray, tuple[str, str], dict[str, Any]] | None:
     """Coordinates, dimension names and attributes of a Sentinel-2 band of BigEarthNet stored at (h, w): what

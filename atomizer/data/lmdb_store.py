@@ -135,6 +135,25 @@ def read_patch_folder(folder: str | Path) -> dict[str, np.ndarray]:
     return out
 
 
+def write_patch_folder(root: str | Path, patch_id: str, arrays: Mapping[str, np.ndarray]) -> Path:
+    """Write a patch's bands in the official v2 GeoTIFF layout, ``root/<tile>/<patch>/<patch>_<band>.tif``
+    (what :func:`read_patch_folder` reads; for benchmarks and tests of the converter). The georeferencing is
+    nominal (UTM 33N, the patch's 1,200 m on each band's grid)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    folder = Path(root) / "_".join(patch_id.split("_")[:-2]) / patch_id
+    folder.mkdir(parents=True, exist_ok=True)
+    for band, arr in arrays.items():
+        g = 1200 / arr.shape[0]
+        with rasterio.open(
+            folder / f"{patch_id}_{band}.tif", "w", driver="GTiff", height=arr.shape[0], width=arr.shape[1],
+            count=1, dtype=arr.dtype, crs="EPSG:32633", transform=from_origin(500000, 5300000, g, g),
+        ) as dst:  # fmt: skip
+            dst.write(arr, 1)
+    return folder
+
+
 def _encode_folder(folder: str) -> tuple[str, bytes]:
     return Path(folder).name, encode_patch(read_patch_folder(folder))
 

@@ -230,27 +230,25 @@ def landsat_metadata(path: str | Path) -> LandsatMetadata:
         except (KeyError, ValueError):
             raise MetadataError(f"{path}: {key} missing or not a number") from None
 
-    if level == "L2":
-        sr = meta.get("LEVEL2_SURFACE_REFLECTANCE_PARAMETERS", {})
-        st = meta.get("LEVEL2_SURFACE_TEMPERATURE_PARAMETERS", {})
-        for b in files:
-            n = b[1:]
-            if f"REFLECTANCE_MULT_BAND_{n}" in sr:
-                mult, add = num(sr, f"REFLECTANCE_MULT_BAND_{n}"), num(sr, f"REFLECTANCE_ADD_BAND_{n}")
-                cal[b] = (mult, add, f"REFLECTANCE_MULT/ADD_BAND_{n} (surface reflectance)")
-            elif f"TEMPERATURE_MULT_BAND_ST_B{n}" in st:
-                mult, add = num(st, f"TEMPERATURE_MULT_BAND_ST_B{n}"), num(st, f"TEMPERATURE_ADD_BAND_ST_B{n}")
-                cal[b] = (mult, add, f"TEMPERATURE_MULT/ADD_BAND_ST_B{n} (surface temperature, K)")
-    else:
-        rr = meta.get("LEVEL1_RADIOMETRIC_RESCALING", {})
-        for b in files:
-            n = b[1:]
-            if f"REFLECTANCE_MULT_BAND_{n}" in rr:
-                mult, add = num(rr, f"REFLECTANCE_MULT_BAND_{n}"), num(rr, f"REFLECTANCE_ADD_BAND_{n}")
-                cal[b] = (mult, add, f"REFLECTANCE_MULT/ADD_BAND_{n} (TOA reflectance)")
-            elif f"RADIANCE_MULT_BAND_{n}" in rr:
-                mult, add = num(rr, f"RADIANCE_MULT_BAND_{n}"), num(rr, f"RADIANCE_ADD_BAND_{n}")
-                cal[b] = (mult, add, f"RADIANCE_MULT/ADD_BAND_{n} (TOA radiance, W/(m2 sr um))")
+    # (MTL group, key prefix before the band number, what it calibrates to), first match per band wins
+    rules = {
+        "L2": [
+            ("LEVEL2_SURFACE_REFLECTANCE_PARAMETERS", "REFLECTANCE", "_BAND_", "surface reflectance"),
+            ("LEVEL2_SURFACE_TEMPERATURE_PARAMETERS", "TEMPERATURE", "_BAND_ST_B", "surface temperature, K"),
+        ],
+        "L1": [
+            ("LEVEL1_RADIOMETRIC_RESCALING", "REFLECTANCE", "_BAND_", "TOA reflectance"),
+            ("LEVEL1_RADIOMETRIC_RESCALING", "RADIANCE", "_BAND_", "TOA radiance, W/(m2 sr um)"),
+        ],
+    }[level]
+    for b in files:
+        n = b[1:]
+        for group, kind, infix, what in rules:
+            params = meta.get(group, {})
+            if f"{kind}_MULT{infix}{n}" in params:
+                mult, add = num(params, f"{kind}_MULT{infix}{n}"), num(params, f"{kind}_ADD{infix}{n}")
+                cal[b] = (mult, add, f"{kind}_MULT/ADD{infix}{n} ({what})")
+                break
     if missing := sorted(set(files) - set(cal), key=lambda b: int(b[1:])):
         raise MetadataError(f"{path}: no rescaling parameters for band(s) {missing}")
     qa = contents.get("FILE_NAME_QUALITY_L1_PIXEL")

@@ -28,7 +28,7 @@ import xarray as xr
 import yaml
 
 from atomizer.core.paths import modality_sets_dir
-from atomizer.data.light import LightImage, Raster
+from atomizer.data.light import LightImage, Raster, common_frame
 from atomizer.data.readers import grid_dims
 
 
@@ -241,17 +241,8 @@ def _simulate(
         raise ModalityError(
             f"modality {modality.name!r} needs band(s) {missing} that the image lacks (image bands: {sorted(have)})"
         )
-    # Common frame: x east, y south, origin at the image's top-left corner (from the first band).
-    bounds = []
-    for b in modality.bands:
-        r = image.bands[b]
-        g = r.gsd
-        bounds.append((float(r.xs[0]) - g / 2, float(r.ys[0]) + g / 2, len(r.xs) * g, len(r.ys) * g, g))
-    left = max(b[0] for b in bounds)
-    top = min(b[1] for b in bounds)
-    width = min(b[0] + b[2] for b in bounds) - left
-    height = top - max(b[1] - b[3] for b in bounds)
-    finest = min(b[4] for b in bounds)
+    # Common frame: x east, y south, origin at the top-left corner of the ground all the bands cover.
+    left, top, width, height, finest = common_frame(image, modality.bands)
     ext = modality.extent_m
     if ext > width + 1e-6 or ext > height + 1e-6:
         raise ModalityError(

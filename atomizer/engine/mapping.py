@@ -34,6 +34,7 @@ from atomizer.atoms.canvas import CanvasSpec, EmptyCanvasError
 from atomizer.atoms.tokens import EmptyTokenSetError
 from atomizer.core.storage import atomic_write_json
 from atomizer.data.bands import Sensor
+from atomizer.data.light import LightImage, common_frame
 from atomizer.data.modalities import Modality, load_modalities, simulate
 from atomizer.data.readers import image_bands, open_image, valid_mask
 from atomizer.engine.loaders import model_input
@@ -82,19 +83,9 @@ def scene_grid(image: xr.Dataset, window_m: float, stride_m: float) -> Grid:
         raise MapError(f"window ({window_m:g} m) and stride ({stride_m:g} m) must be positive")
     if stride_m > window_m:
         raise MapError(f"stride {stride_m:g} m exceeds the window {window_m:g} m: the map would have gaps")
-    bands = image_bands(image)
-    g = min(float(image[b].attrs["gsd_m"]) for b in bands)
     # the ground all bands cover (the frame of :func:`simulate`), on the finest grid
-    boxes = []
-    for b in bands:
-        da = image[b]
-        gb = float(da.attrs["gsd_m"])
-        ydim, xdim = da.dims
-        x0, y0 = float(da[xdim][0]) - gb / 2, float(da[ydim][0]) + gb / 2
-        boxes.append((x0, y0, x0 + da.sizes[xdim] * gb, y0 - da.sizes[ydim] * gb))
-    left, top = max(b[0] for b in boxes), min(b[1] for b in boxes)
-    right, bottom = min(b[2] for b in boxes), max(b[3] for b in boxes)
-    width, height = int(math.floor((right - left) / g + 1e-6)), int(math.floor((top - bottom) / g + 1e-6))
+    left, top, width_m, height_m, g = common_frame(LightImage.from_xarray(image))
+    width, height = int(math.floor(width_m / g + 1e-6)), int(math.floor(height_m / g + 1e-6))
     w = int(round(window_m / g))
     s = max(1, int(round(stride_m / g)))
     if w > width or w > height:

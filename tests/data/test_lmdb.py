@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
-from rasterio.transform import from_origin
 
 from atomizer.data import lmdb_store as ls
 from atomizer.data.datasets import BigEarthNetLMDB, BigEarthNetNpz, open_dataset
@@ -127,16 +126,7 @@ def geotiff_root(tmp_path) -> Path:
     """The official v2 folder layout, written from the real arrays of 6 embedded patches."""
     root = tmp_path / "BigEarthNet-S2"
     for m in v2_rows()[:6]:
-        pid = m["patch_id"]
-        folder = root / "_".join(pid.split("_")[:-2]) / pid
-        folder.mkdir(parents=True)
-        for band, arr in s2_arrays(pid).items():
-            g = 1200 / arr.shape[0]
-            with rasterio.open(
-                folder / f"{pid}_{band}.tif", "w", driver="GTiff", height=arr.shape[0], width=arr.shape[1],
-                count=1, dtype=arr.dtype, crs="EPSG:32633", transform=from_origin(500000, 5300000, g, g),
-            ) as dst:  # fmt: skip
-                dst.write(arr, 1)
+        ls.write_patch_folder(root, m["patch_id"], s2_arrays(m["patch_id"]))
     return root
 
 
