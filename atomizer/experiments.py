@@ -23,6 +23,7 @@ import json
 import re
 import time
 import traceback
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,13 @@ def run_sweep(
     if bands is None:  # every band the dataset's test modalities use
         bands = sorted({b for m in test for b in m.bands})
     mods = ModalitySet(f"sweep_{kind}", tuple(sweep_modalities(kind, size, gsd, bands, values)), size, gsd)
+    for m in mods:
+        if kind == "gsd" and m.extent_m < size * gsd - 1e-6:
+            warnings.warn(
+                f"GSD {m.gsd_m:g} m does not divide the {size * gsd:g} m source: the largest whole window that "
+                f"fits is used, {m.size_px} px ({m.extent_m:g} m)",
+                stacklevel=2,
+            )
     res, preds = evaluate_checkpoint(
         run / "checkpoints" / "best.pt",
         mods,
@@ -304,6 +312,24 @@ def run_landscape(
     return table
 
 
+def store_runs(store: str | Path, models: Sequence[str] = (), seeds: Sequence[int] = ()) -> list[Path]:
+    """The trained runs of a results store (those with ``checkpoints/best.pt``), filtered by label (empty:
+    every model) and seed (empty: every seed); what the sweep and landscape notebooks evaluate."""
+    from atomizer.results.store import find_run_dirs
+
+    if not Path(store).is_dir():
+        raise FileNotFoundError(f"results store {store} does not exist: train runs into it first (disjoint_modalities)")
+    runs = []
+    for d in find_run_dirs(store):
+        cfg = yaml.safe_load((d / "config.yaml").read_text()) or {}
+        label = cfg.get("label") or cfg.get("model")
+        if not (d / "checkpoints" / "best.pt").exists():
+            continue
+        if (not seeds or int(cfg.get("seed", 0)) in seeds) and (not models or label in models):
+            runs.append(d)
+    return runs
+
+
 def param_list(value: Any, cast: Any = str) -> list:
     """A notebook's list parameter as a list: papermill's ``-p`` passes ``"atomizer,resnet"`` or ``"[0, 1]"``
     as strings and ``-p seeds 0`` as a scalar; a list passes through. Items are converted with ``cast``."""
@@ -312,3 +338,144 @@ def param_list(value: Any, cast: Any = str) -> list:
     elif not isinstance(value, (list, tuple)):
         value = [value]
     return [cast(x) for x in value]
+
+
+# --------------------------------------------------------------------------------------------------
+# Notebook parameters
+# --------------------------------------------------------------------------------------------------
+
+
+class ParameterError(ValueError):
+    """A notebook parameter that cannot run; the message names the parameter and the value."""
+
+
+_TRAINING_KEYS = (
+    "dataset", "data_root", "train_modalities", "test_modalities", "preset", "epochs", "batch_size", "lr",
+    "seed", "device", "num_workers",
+)  # fmt: skip
+_POSITIVE = ("epochs", "batch_size", "n_resamples", "pretrain_steps", "pretrain_batch_size", "finetune_epochs",
+             "adapt_epochs", "size_px")  # fmt: skip
+_NON_NEGATIVE = ("max_steps", "train_limit", "val_limit", "num_workers", "pretrain_limit", "threads")
+
+
+def check_parameters(params: Mapping[str, Any], sweep: str | None = None) -> None:
+    """Refuse a notebook's parameters that cannot run, before anything is trained or written.
+
+    Each notebook calls this on its parameters (``check_parameters(globals())``: names that are not
+    notebook parameters are ignored), so a bad value stops the run at once with one line naming the
+    parameter, its value and what would be accepted, instead of failing minutes later.
+
+    Args:
+        params: The notebook's parameters by name (papermill's injected values included).
+        sweep: ``"gsd"`` or ``"size"`` for the sweep notebooks: ``values`` must each give a window inside
+            the test modalities' source image (a GSD whose extent does not divide the source takes the
+            largest whole window that fits).
+
+    Raises:
+        ParameterError: Naming the first bad parameter.
+    """
+    from atomizer.core.runtime import pick_device
+    from atomizer.data.bands import get_sensor
+    from atomizer.data.datasets import folds_table
+    from atomizer.models.registry import architectures, config_class
+
+    def bad(name: str, why: str) -> ParameterError:
+        return ParameterError(f"notebook parameter {name!r} = {params[name]!r}: {why}")
+
+    def as_list(name: str, cast: Any = str) -> list:
+        try:
+            return param_list(params[name], cast)
+        except (TypeError, ValueError):
+            raise bad(name, f"expected a list of {cast.__name__}") from None
+
+    p = {k: params[k] for k in params if not k.startswith("_")}
+    for name in _POSITIVE + _NON_NEGATIVE:
+        if name in p:
+            v = p[name]
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise bad(name, "expected an integer")
+            if v < (1 if name in _POSITIVE else 0):
+                raise bad(name, f"must be >= {1 if name in _POSITIVE else 0}")
+    for name in ("lr", "pretrain_lr", "gsd_m"):
+        if name in p and not (isinstance(p[name], (int, float)) and p[name] > 0):
+            raise bad(name, "must be a positive number")
+    if "mask_ratio" in p and not (isinstance(p["mask_ratio"], (int, float)) and 0 < p["mask_ratio"] < 1):
+        raise bad("mask_ratio", "must be in (0, 1)")
+    if "device" in p:
+        try:
+            pick_device(str(p["device"]))
+        except (RuntimeError, ValueError) as e:
+            raise bad("device", str(e)) from None
+    models = as_list("models") if "models" in p else []
+    if p.get("model"):
+        models.append(str(p["model"]))
+    for m in models:
+        if m not in architectures():
+            raise bad(
+                "models" if "models" in p else "model", f"unknown model {m!r}; choose from {', '.join(architectures())}"
+            )
+    if "preset" in p:
+        for m in models or ["atomizer"]:
+            try:
+                config_class(m).preset(str(p["preset"]), num_classes=2)
+            except (KeyError, ValueError) as e:
+                raise bad("preset", f"{m}: {e.args[0] if e.args else e}") from None
+    if "reference" in p and models and p["reference"] not in models:
+        raise bad("reference", f"not one of the models {models}")
+    if "metric" in p and p["metric"] not in ("macro_map", "top1", "micro_map", "overall_accuracy"):
+        raise bad("metric", "choose macro_map, top1, micro_map or overall_accuracy")
+    if "maskings" in p:
+        from atomizer.atoms.masking import MASKINGS
+
+        for k in as_list("maskings"):
+            if k not in MASKINGS:
+                raise bad("maskings", f"unknown masking {k!r}; choose from {', '.join(MASKINGS)}")
+    if "sensors" in p:
+        for s in as_list("sensors"):
+            try:
+                get_sensor(s)
+            except (KeyError, ValueError, OSError) as e:
+                raise bad("sensors", str(e.args[0] if e.args else e)) from None
+    sets = {}
+    for name in ("train_modalities", "test_modalities", "pretrain_modalities"):
+        if p.get(name):
+            try:
+                sets[name] = load_modalities(str(p[name]))
+            except (OSError, ValueError, KeyError) as e:
+                raise bad(name, str(e.args[0] if e.args else e)) from None
+    seeds = as_list("seeds", int) if "seeds" in p else []
+    if "seeds" in p and not seeds:
+        raise bad("seeds", "give at least one seed")
+    if p.get("folds"):
+        folds = as_list("folds", int)
+        try:
+            table = folds_table(str(p.get("dataset", "eurosat")))
+        except (OSError, KeyError, ValueError) as e:
+            raise bad("folds", str(e.args[0] if e.args else e)) from None
+        known = sorted(int(f) for f in table["fold"].unique())
+        if any(f not in known for f in folds):
+            raise bad("folds", f"the shipped assignment has folds {known}")
+    training = {k: p[k] for k in _TRAINING_KEYS if k in p and p[k] not in ("", None)}
+    if training and (models or "dataset" in p):
+        try:
+            TrainConfig.from_dict({"model": (models or ["atomizer"])[0], **training, "out_dir": "unused"})
+        except (TypeError, ValueError, KeyError) as e:
+            raise ParameterError(f"notebook parameters: {e.args[0] if e.args else e}") from None
+    for name in ("gsds", "size_fractions"):
+        if name in p:
+            vals = as_list(name, float)
+            if not vals or min(vals) <= 0 or (name == "size_fractions" and max(vals) > 1):
+                raise bad(name, "expected positive numbers" + (" <= 1" if name == "size_fractions" else ""))
+    if sweep is not None and "values" in p:
+        values = as_list("values", float)
+        test = sets.get("test_modalities")
+        if not values:
+            raise bad("values", "give at least one value")
+        if test is not None:
+            extent = test.source_size_px * test.source_gsd_m
+            limit = test.source_size_px if sweep == "size" else extent
+            too_big = [v for v in values if v <= 0 or v > limit]
+            if too_big:
+                unit = "px" if sweep == "size" else "m"
+                raise bad("values", f"{too_big} outside (0, {limit:g}] {unit}: the source image is "
+                          f"{test.source_size_px} px at {test.source_gsd_m:g} m ({extent:g} m)")  # fmt: skip
