@@ -321,7 +321,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from atomizer.dashboard.app import serve
 
-    serve(port=args.port, results_root=args.results, checkpoint=args.checkpoint, show=args.show)
+    serve(
+        port=args.port,
+        results_root=args.results,
+        checkpoint=args.checkpoint,
+        show=args.show,
+        warm=args.warm,
+        threads=args.threads,
+    )
     return 0
 
 
@@ -483,6 +490,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", help="Atomizer checkpoint for the attention maps")
     s.add_argument(
         "--show", action=argparse.BooleanOptionalAction, default=True, help="open a browser tab (default: --show)"
+    )
+    s.add_argument(
+        "--warm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="render every tab once before serving, so the first visitor waits no longer than the next (default)",
+    )
+    s.add_argument(
+        "--threads",
+        type=int,
+        default=4,
+        help="callbacks of the sessions run in this many threads (0: on the event loop)",
     )
     s.set_defaults(func=_cmd_serve)
     return p

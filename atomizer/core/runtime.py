@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import os
 import sys
 
@@ -47,6 +48,25 @@ def tune_cpu_allocator() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _tuned = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
     return _tuned
+
+
+def release_memory() -> bool:
+    """Collect garbage and hand the C heap's free pages back to the system (glibc ``malloc_trim``).
+
+    A long-lived server (the dashboard) calls it when a session ends, so its resident memory falls back
+    after many users leave instead of staying at its peak. Returns True where ``malloc_trim`` released
+    something (False elsewhere: not glibc, or nothing to give back).
+    """
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return bool(trim(0))
 
 
 def check_precision(precision: str) -> None:

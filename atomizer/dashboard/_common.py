@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from pathlib import Path
+from typing import Any
+
 import holoviews as hv
 import holoviews.plotting.bokeh  # registers the bokeh backend and makes it current
 import panel as pn
+
+from atomizer.core.runtime import release_memory
 
 hv.Store.set_current_backend("bokeh")
 
@@ -22,3 +30,88 @@ def error_text(exc: BaseException) -> str:
     """One line describing ``exc`` (the message of the library's errors already names the input)."""
     msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
     return f"{type(exc).__name__}: {msg}"
+
+
+# --------------------------------------------------------------------------------------------------
+# What every session of a served dashboard shares
+# --------------------------------------------------------------------------------------------------
+
+
+class SharedCache:
+    """A process-wide, bounded (least recently used out), thread-safe cache for what sessions share.
+
+    Models, checkpoints, a results store's tables and their statistics are the same for every browser
+    session: computed once (other sessions asking for the same key meanwhile wait for that computation
+    instead of repeating it) and kept while among the ``maxsize`` most recently used of their kind. Keys
+    carry what makes a value stale (a file's modification time, a store's signature), so a changed file
+    is read again.
+    """
+
+    def __init__(self, maxsize: int):
+        self.maxsize = maxsize
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self._key_locks: dict = {}
+
+    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """The value of ``key``, computed by ``compute()`` if absent (exceptions propagate, nothing cached)."""
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in self._items:  # computed by another session while this one waited
+                    self._items.move_to_end(key)
+                    return self._items[key]
+            try:
+                value = compute()
+            finally:
+                with self._lock:
+                    self._key_locks.pop(key, None)
+            with self._lock:
+                self._items[key] = value
+                while len(self._items) > self.maxsize:
+                    self._items.popitem(last=False)
+            return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+#: Loaded models by (checkpoint path, modification time).
+MODELS = SharedCache(maxsize=4)
+#: Results stores read from disk by (root, signature of its files).
+STORES = SharedCache(maxsize=4)
+#: Derived tables (statistics, attention results) by what they were computed from.
+TABLES = SharedCache(maxsize=32)
+
+
+def file_key(path: str | Path) -> tuple[str, float | None]:
+    """(resolved path, modification time or None): a cache key that changes when the file does."""
+    p = Path(path).expanduser()
+    try:
+        return str(p.resolve()), p.stat().st_mtime
+    except OSError:
+        return str(p), None
+
+
+def on_session_end(view: Any, cleanup: Callable[[], None]) -> None:
+    """Run ``cleanup`` (stop periodic callbacks, drop per-session state) when the served session of the
+    current document is destroyed, then give freed memory back to the system; nothing outside a server."""
+    doc = pn.state.curdoc
+    if doc is None or doc.session_context is None:
+        return
+
+    def _destroyed(_ctx: Any) -> None:
+        try:
+            cleanup()
+        finally:
+            release_memory()
+
+    pn.state.on_session_destroyed(_destroyed)

@@ -21,7 +21,6 @@ notebook::
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import holoviews as hv
@@ -31,7 +30,7 @@ import panel as pn
 import param
 import xarray as xr
 
-from atomizer.dashboard._common import PLOT_HEIGHT, PLOT_WIDTH, alert, error_text
+from atomizer.dashboard._common import MODELS, PLOT_HEIGHT, PLOT_WIDTH, TABLES, alert, error_text, file_key
 from atomizer.data.datasets import embedded_items
 from atomizer.data.modalities import Modality, load_modalities, simulate
 from atomizer.data.readers import open_image
@@ -74,15 +73,19 @@ class AttentionMaps(pn.viewable.Viewer):
     def _model_entry(self):
         """(model, extra) for the current checkpoint, cached by path and modification time."""
         path = Path(self.checkpoint).expanduser()
-        key = (str(path), os.path.getmtime(path) if path.is_file() else None)
+        key = file_key(path)
         if key not in self._models:
-            payload = read_checkpoint(path)  # CheckpointError (a ValueError) names the problem
-            if payload.get("arch") != "atomizer":
-                raise TypeError(
-                    f"{path} holds a {payload.get('arch')!r} model: attention maps need an Atomizer checkpoint"
-                )
-            model = load_model(path)
-            self._models = {key: (model, payload.get("extra", {}))}
+
+            def load():
+                payload = read_checkpoint(path)  # CheckpointError (a ValueError) names the problem
+                if payload.get("arch") != "atomizer":
+                    raise TypeError(
+                        f"{path} holds a {payload.get('arch')!r} model: attention maps need an Atomizer checkpoint"
+                    )
+                return load_model(path), payload.get("extra", {})
+
+            # one model in memory for every session that opens this checkpoint
+            self._models = {key: MODELS.get(("attention", *key), load)}
         return self._models[key]
 
     @param.depends("checkpoint", watch=True)
@@ -148,12 +151,18 @@ class AttentionMaps(pn.viewable.Viewer):
             raise FileNotFoundError("no checkpoint: give the path of an Atomizer checkpoint")
         model, extra = self._model_entry()
         p = self.input_path()
-        key = (self.checkpoint, id(model), p, self.sensor, self.modality)
+        key = (*file_key(self.checkpoint), id(model), p, self.sensor, self.modality)
         if key not in self._results:
-            img = self.image()
-            res = compute_attention(model, img, extra.get("classes"), bool(extra.get("multilabel", True)))
-            self._results = {key: res}
+
+            def compute() -> AttentionResult:
+                return compute_attention(model, self.image(), extra.get("classes"), bool(extra.get("multilabel", True)))
+
+            self._results = {key: TABLES.get(("attention", *key), compute)}  # shared by sessions
         return self._results[key]
+
+    def close(self) -> None:
+        """Drop this session's references (the shared model and results stay cached, bounded)."""
+        self._models, self._results = {}, {}
 
     # ------------------------------------------------------------------ derived data
     def band_maps(self) -> dict[str, np.ndarray]:

@@ -109,6 +109,13 @@ class MapView(pn.viewable.Viewer):
             self._periodic = pn.state.add_periodic_callback(self._poll, period=500)
         return None
 
+    def close(self) -> None:
+        """Stop following a build and drop the map held for this session (the GeoTIFF stays cached)."""
+        if self._periodic is not None:
+            self._periodic.stop()
+            self._periodic = None
+        self._map = None
+
     def _poll(self) -> None:
         d, t = self._done
         if t:

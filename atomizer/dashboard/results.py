@@ -28,7 +28,7 @@ import param
 import xarray as xr
 import yaml
 
-from atomizer.dashboard._common import PLOT_HEIGHT, PLOT_WIDTH, alert
+from atomizer.dashboard._common import PLOT_HEIGHT, PLOT_WIDTH, STORES, TABLES, alert
 from atomizer.results import stats
 from atomizer.results.landscape import LANDSCAPE_PREDICTIONS
 from atomizer.results.landscape import landscape as landscape_table
@@ -47,6 +47,20 @@ from atomizer.results.store import (
 def base_model(name: str) -> str:
     """``"atomizer (runs/x)"`` -> ``"atomizer"`` (collect() appends the run when models repeat)."""
     return str(name).split(" (")[0].strip().lower()
+
+
+def read_store(root: Path) -> dict:
+    """Runs, merged results of each kind and pooled per-image predictions of a store (an ``error`` entry
+    instead of raising: a half-written or foreign file must not break the page)."""
+    data: dict = {"runs": pd.DataFrame(), "table": None, "gsd": None, "size": None, "preds": None, "error": None}
+    try:
+        data["runs"] = find_runs(root)
+        for kind in RESULT_FILES:
+            data[kind] = collect(root, kind)
+        data["preds"] = collect_predictions(root)
+    except Exception as e:  # noqa: BLE001
+        data["error"] = f"{type(e).__name__}: {e}"
+    return data
 
 
 class ResultsView(pn.viewable.Viewer):
@@ -96,16 +110,9 @@ class ResultsView(pn.viewable.Viewer):
     def reload(self) -> None:
         """Re-read the store and redraw."""
         root = Path(self.root).expanduser()
-        data: dict = {"runs": pd.DataFrame(), "table": None, "gsd": None, "size": None, "preds": None, "error": None}
-        try:
-            data["runs"] = find_runs(root)
-            for kind in RESULT_FILES:
-                data[kind] = collect(root, kind)
-            data["preds"] = collect_predictions(root)
-        except Exception as e:  # noqa: BLE001  (a half-written or foreign file must not break the page)
-            data["error"] = f"{type(e).__name__}: {e}"
-        self._data = data
         self._signature = self.store_signature()
+        # every session of a served dashboard reads a store once (by its files' signature), not once each
+        data = self._data = STORES.get((str(root.resolve()), self._signature), lambda: read_store(root))
         metrics = sorted({str(m) for k in RESULT_FILES if data[k] is not None for m in data[k].metric.values})
         self.param.metric.objects = metrics or [PAPER_METRIC]
         if self.metric not in self.param.metric.objects:
@@ -166,6 +173,13 @@ class ResultsView(pn.viewable.Viewer):
         """Per-image predictions of every (model, seed) pooled over folds, or None."""
         return self._data.get("preds")
 
+    def _shared_stat(self, key: tuple, compute):
+        """A statistic of this store version, computed once for every session (and kept for this one)."""
+        if key not in self._stats:
+            root = str(Path(self.root).expanduser().resolve())
+            self._stats[key] = TABLES.get((root, self._signature, *key), compute)
+        return self._stats[key]
+
     def _stat_metric(self) -> str:
         return self.metric if self.metric in stats.METRICS else "macro_map"
 
@@ -175,9 +189,7 @@ class ResultsView(pn.viewable.Viewer):
         if preds is None:
             return None
         key = ("summary", self._stat_metric(), self.resamples)
-        if key not in self._stats:
-            self._stats[key] = stats.summarize(preds, self._stat_metric(), n_resamples=self.resamples)
-        return self._stats[key]
+        return self._shared_stat(key, lambda: stats.summarize(preds, self._stat_metric(), n_resamples=self.resamples))
 
     def differences(self) -> pd.DataFrame | None:
         """``reference`` minus every other model: paired difference, CI, Holm-corrected p (cached)."""
@@ -185,11 +197,12 @@ class ResultsView(pn.viewable.Viewer):
         if preds is None or self.reference is None or preds.sizes["model"] < 2:
             return None
         key = ("diff", self._stat_metric(), self.reference, self.resamples)
-        if key not in self._stats:
-            self._stats[key] = stats.paired_differences(
+        return self._shared_stat(
+            key,
+            lambda: stats.paired_differences(
                 preds, self.reference, metric=self._stat_metric(), n_resamples=self.resamples
-            )
-        return self._stats[key]
+            ),
+        )
 
     def _ci_chart(self):
         s = self.summary()
@@ -280,13 +293,12 @@ class ResultsView(pn.viewable.Viewer):
         runs = self.runs()
         if runs.empty or not any((Path(p) / LANDSCAPE_PREDICTIONS).exists() for p in runs["path"]):
             return None
-        key = ("landscape", self._stat_metric(), self.resamples)
-        if key not in self._stats:
-            cfg = yaml.safe_load((Path(runs["path"].iloc[0]) / "config.yaml").read_text()) or {}
-            self._stats[key] = landscape_table(
-                self.root, cfg.get("train_modalities", "eurosat_train"), self._stat_metric(), n_resamples=self.resamples
-            )
-        return self._stats[key]
+        cfg = yaml.safe_load((Path(runs["path"].iloc[0]) / "config.yaml").read_text()) or {}
+        train = cfg.get("train_modalities", "eurosat_train")
+        return self._shared_stat(
+            ("landscape", train, self._stat_metric(), self.resamples),
+            lambda: landscape_table(self.root, train, self._stat_metric(), n_resamples=self.resamples),
+        )
 
     def _landscape_chart(self):
         df = self.landscape()
@@ -532,6 +544,13 @@ class ResultsView(pn.viewable.Viewer):
         if self._periodic is None:
             self._periodic = pn.state.add_periodic_callback(self.poll, period=self.refresh_s * 1000)
 
+    def close(self) -> None:
+        """Stop polling and drop this session's references to the store (its shared copy stays cached)."""
+        if self._periodic is not None:
+            self._periodic.stop()
+            self._periodic = None
+        self._data, self._stats = {}, {}
+
     @param.depends("refresh_s", watch=True)
     def _set_period(self) -> None:
         if self._periodic is not None:
@@ -568,16 +587,16 @@ class ResultsView(pn.viewable.Viewer):
         return pn.Column(
             controls,
             "### Runs",
-            pn.param.ParamMethod(self.runs_view, loading_indicator=True),
+            pn.param.ParamMethod(self.runs_view, loading_indicator=True, lazy=True),
             "### Test modalities: repeats, confidence intervals, paired differences",
-            pn.param.ParamMethod(self.repeats_view, loading_indicator=True),
+            pn.param.ParamMethod(self.repeats_view, loading_indicator=True, lazy=True),
             "### Generalisation landscape: score against distance from the training modalities",
-            pn.param.ParamMethod(self.landscape_view, loading_indicator=True),
+            pn.param.ParamMethod(self.landscape_view, loading_indicator=True, lazy=True),
             "### Test modalities: every run",
-            pn.param.ParamMethod(self.table_view, loading_indicator=True),
+            pn.param.ParamMethod(self.table_view, loading_indicator=True, lazy=True),
             "### Sweeps",
-            pn.param.ParamMethod(self.sweeps_view, loading_indicator=True),
+            pn.param.ParamMethod(self.sweeps_view, loading_indicator=True, lazy=True),
             "### Training curves",
-            pn.param.ParamMethod(self.curves_view, loading_indicator=True),
+            pn.param.ParamMethod(self.curves_view, loading_indicator=True, lazy=True),
             sizing_mode="stretch_width",
         )

@@ -307,6 +307,51 @@ def test_build_app_has_the_five_tabs(tiny_run):
     assert tabs.apps["results"].table() is not None
 
 
+def test_sessions_share_models_store_and_statistics_and_free_their_own(tiny_run):
+    """Two sessions of one server: one model object, one store read, one statistics table; a closed
+    session drops its references (the shared copies stay in the bounded caches)."""
+    a = build_app(results_root=tiny_run["store"], checkpoint=tiny_run["checkpoint"])
+    b = build_app(results_root=tiny_run["store"], checkpoint=tiny_run["checkpoint"])
+    ra, rb = a.apps["results"], b.apps["results"]
+    assert ra._data is rb._data  # read once
+    assert a.apps["attention"]._model_entry()[0] is b.apps["attention"]._model_entry()[0]
+    assert a.apps["attention"].result() is b.apps["attention"].result()
+    if ra.predictions() is not None:
+        assert ra.summary() is rb.summary()
+    ra.close()
+    a.apps["attention"].close()
+    assert ra._data == {} and a.apps["attention"]._models == {}
+    assert rb.table() is not None  # the other session is untouched
+
+
+def test_shared_cache_computes_once_under_concurrency_and_stays_bounded():
+    import threading
+    import time
+
+    from atomizer.dashboard._common import SharedCache
+
+    cache, calls = SharedCache(maxsize=2), []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.2)
+        return object()
+
+    got: list = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get("k", slow))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len({id(g) for g in got}) == 1  # six sessions, one computation
+    cache.get("x", object)
+    cache.get("y", object)
+    assert len(cache) == 2 and cache.get("k", lambda: "again") == "again"  # least recently used went out
+    with pytest.raises(ZeroDivisionError):
+        cache.get("bad", lambda: 1 / 0)
+    assert cache.get("bad", lambda: 5) == 5  # a failure is not cached
+
+
 def test_servable_entry_reads_its_arguments(tiny_run, monkeypatch):
     monkeypatch.setattr(
         sys,
@@ -325,6 +370,7 @@ def test_serve_subcommand_is_registered():
     assert args.command == "serve" and args.port == 5999 and args.results == "x" and args.show is False
     assert args.checkpoint is None
     assert cli.build_parser().parse_args(["serve"]).show is True
+    assert cli.build_parser().parse_args(["serve"]).warm is True and args.threads == 4
 
 
 # ------------------------------------------------------------------------------------------ maps
