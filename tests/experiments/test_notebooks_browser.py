@@ -63,7 +63,14 @@ def lab(tmp_path_factory):
         proc.kill()
 
 
-def test_explore_encodings_renders_offline_and_a_widget_changes_a_plot(lab, page):
+UIS = {  # JupyterLab, and the classic Notebook interface (Notebook 7, served by the same Jupyter server)
+    "jupyterlab": "/lab/tree/notebooks/explore_encodings.ipynb",
+    "notebook": "/notebooks/notebooks/explore_encodings.ipynb",
+}
+
+
+@pytest.mark.parametrize("ui", list(UIS))
+def test_explore_encodings_renders_offline_and_a_widget_changes_a_plot(lab, page, ui):
     base, token = lab
     external: list[str] = []
 
@@ -73,13 +80,16 @@ def test_explore_encodings_renders_offline_and_a_widget_changes_a_plot(lab, page
 
     page.route(re.compile(r"^(?!http://localhost|ws://localhost|data:|blob:).*"), block)  # the internet is gone
     page.set_default_timeout(120_000)
-    page.goto(f"{base}/lab/tree/notebooks/explore_encodings.ipynb?token={token}")
+    page.goto(f"{base}{UIS[ui]}?token={token}")
     page.locator(".jp-Notebook").first.wait_for()
-    page.get_by_text(re.compile(r"\| Idle")).first.wait_for()  # the kernel has started (status bar)
+    if ui == "jupyterlab":
+        page.get_by_text(re.compile(r"\| Idle")).first.wait_for()  # the kernel has started (status bar)
+    else:
+        page.get_by_text("Python 3 (ipykernel)").first.wait_for()  # the kernel is chosen (Notebook's toolbar)
     SHOTS.mkdir(exist_ok=True)
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_text("Run All Cells", exact=True).click()
-    page.screenshot(path=str(SHOTS / "jupyterlab_run_all.png"))
+    page.screenshot(path=str(SHOTS / f"{ui}_run_all.png"))
     # every code cell has run: no "[*]" prompt left and the last cell has an execution count
     page.wait_for_function(
         """() => {
@@ -92,7 +102,7 @@ def test_explore_encodings_renders_offline_and_a_widget_changes_a_plot(lab, page
     roots.first.wait_for()
     assert roots.count() >= 2  # the spectral and positional viewers drew their plots
     assert not page.get_by_text("Bokeh or Panel library is missing").count()
-    page.screenshot(path=str(SHOTS / "jupyterlab_explore_encodings.png"), full_page=True)
+    page.screenshot(path=str(SHOTS / f"{ui}_explore_encodings.png"), full_page=True)
     # the spectral viewer's band-width slider (its second), moved from the keyboard: its plots change
     handle = page.locator(".jp-OutputArea-output .noUi-handle").nth(1)
     handle.scroll_into_view_if_needed()
@@ -107,7 +117,7 @@ def test_explore_encodings_renders_offline_and_a_widget_changes_a_plot(lab, page
     while time.monotonic() < deadline and after == before:
         time.sleep(0.5)
         after = [plots.nth(i).screenshot() for i in range(3)]
-    page.screenshot(path=str(SHOTS / "jupyterlab_after_slider.png"), full_page=True)
+    page.screenshot(path=str(SHOTS / f"{ui}_after_slider.png"), full_page=True)
     assert handle.get_attribute("aria-valuenow") != start
     assert after != before, "moving the slider did not change any plot"
     # no Python error came back through the notebook comms (Bokeh validation, callbacks)
