@@ -29,7 +29,7 @@ DEMO := runs/embedded_demo
 
 demo: setup
 	$(PY) -m atomizer experiment run experiments/embedded_demo.yaml
-	$(PY) -m atomizer serve --port $(PORT) --results $(DEMO) --no-show \
+	PYTHONMALLOC=malloc $(PY) -m atomizer serve --port $(PORT) --results $(DEMO) --no-show \
 	  --checkpoint $(DEMO)/run/atomizer/seed-0_fold-0/checkpoints/best.pt
 
 # ruff (lint and format check) and mypy (the configured packages, see pyproject.toml)

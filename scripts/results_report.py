@@ -1,6 +1,8 @@
 """Tables and figures of a cross-validated results store for ``docs/results.md``.
 
     python scripts/results_report.py runs/eurosat_cv --out docs/results
+    python scripts/results_report.py runs/eurosat_recipe --out docs/results/recipe \
+        --models atomizer-tiny resnet vit scalemae perceiver --reference atomizer-tiny
 
 Writes CSV tables (summary per model and modality, paired differences of Atomizer against every baseline,
 ablations, data scaling, landscape) and PNG figures into ``--out``; prints the main tables. Everything
@@ -36,13 +38,15 @@ def main() -> int:
     p.add_argument("--out", default="docs/results")
     p.add_argument("--resamples", type=int, default=2000)
     p.add_argument("--train-modalities", default="eurosat_train")
+    p.add_argument("--models", nargs="+", default=MODELS, help="models of the main tables (labels in the store)")
+    p.add_argument("--reference", default="atomizer", help="the model every other is paired with")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     preds = collect_predictions(args.store)
     have = [str(m) for m in preds.model.values]
-    main_models = [m for m in MODELS if m in have]
+    main_models = [m for m in args.models if m in have]
     base = preds.sel(model=main_models)
     pd.set_option("display.width", 250)
     for metric in ("macro_map", "top1"):
@@ -51,10 +55,10 @@ def main() -> int:
         print(f"\n== {metric}: mean [95 % CI] over seeds x 5 folds ({base.sizes['image']} test images)")
         print(stats.mean_ci_table(s).to_string())
         print("seeds:", s.groupby("model")["seeds"].max().to_dict())
-        d = stats.paired_differences(base, "atomizer", metric=metric, n_resamples=args.resamples)
+        d = stats.paired_differences(base, args.reference, metric=metric, n_resamples=args.resamples)
         d.to_csv(out / f"differences_{metric}.csv", index=False)
         table, words = stats.verdict(d)
-        print(f"-- atomizer minus baseline ({metric})\n{table.to_string()}\nVerdict: {words}")
+        print(f"-- {args.reference} minus baseline ({metric})\n{table.to_string()}\nVerdict: {words}")
         if metric == "macro_map":
             plots.save(
                 plots.ci_bars(s, metric, title="EuroSAT, 5 folds: macro mAP per test modality"), out / "table1_ci.png"
@@ -82,7 +86,7 @@ def main() -> int:
         print(ab.groupby("model")[["variant_mean_over_modalities", "reference_mean_over_modalities"]].first().round(1))
     sc = scaling(args.store, n_resamples=args.resamples)
     if sc is not None:
-        sc = sc[sc.base_model.isin(["atomizer", "resnet"])]
+        sc = sc[sc.base_model.isin(args.models)]
         sc.to_csv(out / "scaling.csv", index=False)
         plots.save(
             plots.scaling_plot(sc, title="data scaling on EuroSAT (mean of T1-T6, 95 % CI)"), out / "scaling.png"
@@ -90,6 +94,7 @@ def main() -> int:
         print("\n== data scaling\n", sc[["model", "train_images", "mean", "ci_low", "ci_high", "seeds"]].round(1))
     land = landscape(args.store, args.train_modalities, n_resamples=args.resamples)
     if land is not None:
+        land = land[land.model.isin(args.models)]
         land.to_csv(out / "landscape.csv", index=False)
         plots.save(plots.landscape_plot(land), out / "landscape.png")
         bins = pd.cut(

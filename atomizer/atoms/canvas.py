@@ -42,8 +42,7 @@ from torch import Tensor
 
 from atomizer.atoms.encodings import normalize_values
 from atomizer.atoms.tokens import extra_channel
-from atomizer.data.light import LightImage
-from atomizer.data.readers import image_bands, physical_values
+from atomizer.data.light import LightImage, Raster
 
 #: A canvas model refuses an input filling fewer canvas bands than this with a valid value. One band is
 #: the floor: the landscape and the test modalities include inputs of 1-3 bands, which the canvas models
@@ -60,11 +59,10 @@ class EmptyCanvasError(ValueError):
 CANVAS_BANDS: tuple[str, ...] = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
 
 
-def _normalised_band(da: xr.DataArray) -> tuple[Tensor, bool]:
-    """One band of the image representation -> ((h, w) float32 normalised values, invalid pixels 0;
-    whether any pixel is valid)."""
-    a = da.attrs
-    phys, ok = physical_values(da)
+def _normalised_band(band: Raster) -> tuple[Tensor, bool]:
+    """One band -> ((h, w) float32 normalised values, invalid pixels 0; whether any pixel is valid)."""
+    a = band.attrs
+    phys, ok = band.physical()
     ec = extra_channel(a.get("domain", "optical"), a.get("polarisation") or None)
     v = torch.from_numpy(np.ascontiguousarray(phys, dtype=np.float32))
     out = normalize_values(v, torch.full_like(v, ec))
@@ -82,12 +80,13 @@ def _place(band: Tensor, size_px: int) -> Tensor:
 
 
 def to_canvas(
-    image: xr.Dataset, canvas_bands: Sequence[str] = CANVAS_BANDS, size_px: int = 120, gsd_m: float = 10.0
+    image: xr.Dataset | LightImage, canvas_bands: Sequence[str] = CANVAS_BANDS, size_px: int = 120, gsd_m: float = 10.0
 ) -> tuple[Tensor, Tensor]:
     """Lay an image out on the baselines' fixed canvas (protocol in the module docstring).
 
     Args:
-        image: The image representation of :mod:`atomizer.data.readers` (any bands, native grids).
+        image: The image representation of :mod:`atomizer.data.readers` (any bands, native grids), or its
+            :class:`~atomizer.data.light.LightImage` (the loaders' fast path: the same canvas, tested).
         canvas_bands: Band names of the canvas channels, in order; bands of the image not listed are
             ignored.
         size_px: Side of the canvas in pixels.
@@ -105,7 +104,9 @@ def to_canvas(
     if int(size_px) < 1 or not float(gsd_m) > 0:
         raise ValueError(f"size_px and gsd_m must be positive, got {size_px} and {gsd_m}")
     size_px, gsd_m = int(size_px), float(gsd_m)
-    have = set(image_bands(image))
+    if not isinstance(image, LightImage):
+        image = LightImage.from_xarray(image)
+    have = set(image.bands)
     present = torch.tensor([b in have for b in canvas_bands], dtype=torch.bool)
     if not bool(present.any()):
         raise ValueError(
@@ -116,9 +117,9 @@ def to_canvas(
     for c, name in enumerate(canvas_bands):
         if name not in have:
             continue
-        da = image[name]
-        g = float(da.attrs["gsd_m"])
-        band, any_valid = _normalised_band(da)  # (h, w)
+        raster = image.bands[name]
+        g = raster.gsd
+        band, any_valid = _normalised_band(raster)  # (h, w)
         present[c] = any_valid  # a band of nodata only fills nothing
         h, w = band.shape
         th, tw = max(1, round(h * g / gsd_m)), max(1, round(w * g / gsd_m))
@@ -134,14 +135,16 @@ def to_canvas(
     return canvas, present
 
 
-def image_gsd(image: xr.Dataset, canvas_bands: Sequence[str] = CANVAS_BANDS) -> float:
+def image_gsd(image: xr.Dataset | LightImage, canvas_bands: Sequence[str] = CANVAS_BANDS) -> float:
     """The modality GSD of an image: the finest GSD among its canvas bands.
 
     :func:`atomizer.data.modalities.simulate` brings every band finer than the modality GSD to that GSD and
     keeps coarser bands on their own grids, so the finest present band is at the modality GSD (a
     native BigEarthNet patch: 10 m). The coarsest band would say 60 m for any image holding B01.
     """
-    gsds = [float(image[b].attrs["gsd_m"]) for b in canvas_bands if b in set(image_bands(image))]
+    if not isinstance(image, LightImage):
+        image = LightImage.from_xarray(image)
+    gsds = [image.bands[b].gsd for b in canvas_bands if b in image.bands]
     if not gsds:
         raise ValueError(f"image {image.attrs.get('source', '')!s} has none of the canvas bands")
     return min(gsds)
@@ -190,8 +193,8 @@ class CanvasBatch:
     @classmethod
     def from_image(cls, image: xr.Dataset | LightImage, canvas: CanvasSpec | None = None) -> "CanvasBatch":
         """One image on the canvas ``canvas`` (default :class:`CanvasSpec`), as a batch of one."""
-        if isinstance(image, LightImage):
-            image = image.to_xarray()
+        if not isinstance(image, LightImage):
+            image = LightImage.from_xarray(image)  # once, for the canvas and its GSD
         spec = canvas or CanvasSpec()
         x, present = to_canvas(image, size_px=spec.size_px, gsd_m=spec.gsd_m)
         return cls(x[None], torch.tensor([image_gsd(image)], dtype=torch.float32), present[None])

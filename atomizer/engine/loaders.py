@@ -108,21 +108,26 @@ class ModalityDataset(torch.utils.data.Dataset):
             self._cache[i] = get(i)
         return self._cache[i]
 
-    def simulated(self, i: int, item: dict | None = None) -> xr.Dataset | LightImage:
-        """Item ``i``'s image under its modality (a :class:`LightImage` on the fast path)."""
+    def simulated(self, i: int, item: dict | None = None, epoch: int | None = None) -> xr.Dataset | LightImage:
+        """Item ``i``'s image under its modality (a :class:`LightImage` on the fast path), for ``epoch``
+        (default: the dataset's, :meth:`set_epoch`)."""
+        epoch = self.epoch if epoch is None else epoch
         m = self.modalities[self.assignment[i]]
-        rng = np.random.default_rng([self.seed, self.epoch, i]) if self.random_window else None
+        rng = np.random.default_rng([self.seed, epoch, i]) if self.random_window else None
         image = simulate((item or self.item(i))["image"], m, rng=rng)
         if self.augment is not None:  # training only: a pure function of (seed, epoch, index)
             if isinstance(image, LightImage):
                 image = image.to_xarray()
-            image = augment(image, self.augment, np.random.default_rng([self.seed, self.epoch, i, 1]), m)
+            image = augment(image, self.augment, np.random.default_rng([self.seed, epoch, i, 1]), m)
         return image
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Item ``key``: an index (at the dataset's epoch) or ``(epoch, index)``, which lets one loader
+        with long-lived workers serve every epoch (the workers' copies never need :meth:`set_epoch`)."""
+        epoch, i = key if isinstance(key, tuple) else (None, key)
         it = self.item(i)  # read once (without a cache, simulated() would read it again)
         return {
-            "input": model_input(self.simulated(i, it), self.input_type, self.canvas),
+            "input": model_input(self.simulated(i, it, epoch), self.input_type, self.canvas),
             "target": it["target"],
             "id": it["id"],
             "modality": int(self.assignment[i]),

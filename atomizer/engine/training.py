@@ -246,38 +246,45 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                     },
                 )
 
+        def epoch_batches(epoch: int) -> list[list[int]]:
+            """The batches of ``epoch``, a pure function of the seed and the epoch."""
+            if batch_sampler is not None:
+                batch_sampler.set_epoch(epoch)
+                return list(batch_sampler)
+            if distributed:
+                sampler.set_epoch(epoch)
+            else:
+                sampler.generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+            order = list(sampler)
+            return [order[k : k + batch_size] for k in range(0, len(order) - batch_size + 1, batch_size)]
+
+        def plan(start: int):
+            """Every batch from optimiser step ``start`` to the end, as lists of ``(epoch, index)``: resuming
+            mid-epoch restores the position (nothing already trained on is read), and each item carries its
+            epoch, so ONE loader (its workers alive for the whole run) serves every epoch."""
+            step = start
+            while step < total_steps:
+                epoch = step // per_epoch
+                skip = step - epoch * per_epoch
+                batches = epoch_batches(epoch)[skip * cfg.grad_accum : per_epoch * cfg.grad_accum]
+                for b in batches:
+                    yield [(epoch, i) for i in b]
+                step = (epoch + 1) * per_epoch
+
         def steps():
+            loader = torch.utils.data.DataLoader(
+                train_ds,
+                batch_sampler=plan(loop.step),
+                num_workers=cfg.num_workers,
+                pin_memory=device.type == "cuda",
+                collate_fn=collate_items,
+                **({"prefetch_factor": cfg.prefetch_factor} if cfg.num_workers and cfg.prefetch_factor else {}),
+            )
+            it = iter(loader)
             while loop.step < total_steps and not stopped():
                 epoch = loop.step // per_epoch
-                skip = loop.step - epoch * per_epoch  # optimiser steps already done in this epoch
-                train_ds.set_epoch(epoch)
-                if distributed:
-                    sampler.set_epoch(epoch)
-                else:
-                    sampler.generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-                pin = device.type == "cuda"
-                # resuming mid-epoch: restore the sampler position (the epoch's index order is a pure function
-                # of the seed and epoch) instead of reading and discarding the batches already trained on
-                workers = {
-                    "num_workers": cfg.num_workers,
-                    "pin_memory": pin,
-                    "collate_fn": collate_items,
-                    **({"prefetch_factor": cfg.prefetch_factor} if cfg.num_workers and cfg.prefetch_factor else {}),
-                }
-                if batch_sampler is not None:
-                    batch_sampler.set_epoch(epoch)
-                    batches = list(batch_sampler)[skip * cfg.grad_accum :]
-                    loader = torch.utils.data.DataLoader(train_ds, batch_sampler=batches, **workers)
-                else:
-                    order = list(sampler)[skip * cfg.grad_accum * batch_size :]
-                    loader = torch.utils.data.DataLoader(
-                        train_ds, batch_size=batch_size, sampler=order, drop_last=True, **workers
-                    )
-                it = iter(loader)
-                for _ in range(skip, per_epoch):
-                    if loop.step >= total_steps or stopped():
-                        break
-                    yield epoch, (next(it) for _ in range(cfg.grad_accum))
+                train_ds.set_epoch(epoch)  # what the dataset reports; each item carries its own epoch
+                yield epoch, (next(it) for _ in range(cfg.grad_accum))
 
         def loss_of(b: dict):
             logits = model(b["input"].to(device, non_blocking=True))

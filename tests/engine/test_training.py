@@ -334,3 +334,14 @@ def test_distributed_evaluation_equals_single_process(tmp_path):
     a, b = xr.open_dataset(tmp_path / "single.nc"), xr.open_dataset(tmp_path / "dist.nc")
     np.testing.assert_allclose(a["score"].values, b["score"].values, rtol=0, atol=1e-9)
     assert a["score"].size > 0
+
+
+def test_one_loader_with_worker_processes_serves_every_epoch_exactly(tmp_path):
+    """Two worker processes, alive across the epochs (each item carries its epoch, so the workers' copies of
+    the dataset never need set_epoch): the same random windows, so the same weights as reading in-process."""
+    kw = dict(epochs=3, max_steps=None, train_limit=8, batch_size=4, ckpt_every=100)
+    train(TrainConfig.from_dict(smoke_config(tmp_path / "w0", num_workers=0, **kw)), progress=False)
+    train(TrainConfig.from_dict(smoke_config(tmp_path / "w2", num_workers=2, **kw)), progress=False)
+    a, b = state(tmp_path / "w0" / "checkpoints" / "last.pt"), state(tmp_path / "w2" / "checkpoints" / "last.pt")
+    assert read_checkpoint(tmp_path / "w2" / "checkpoints" / "last.pt")["extra"]["step"] == 6  # 3 epochs x 2 steps
+    assert all(torch.equal(a[k], b[k]) for k in a)
