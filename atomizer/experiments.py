@@ -406,7 +406,9 @@ def check_parameters(params: Mapping[str, Any], sweep: str | None = None) -> Non
             pick_device(str(p["device"]))
         except (RuntimeError, ValueError) as e:
             raise bad("device", str(e)) from None
-    models = as_list("models") if "models" in p else []
+    # ``models`` names architectures to train, except where a notebook reads a results store: there they
+    # are the labels of its runs (``atomizer-tiny``, ``resnet@25%``), which the store itself checks
+    models = as_list("models") if "models" in p and "store" not in p else []
     if p.get("model"):
         models.append(str(p["model"]))
     for m in models:

@@ -65,6 +65,15 @@ def test_sweep_values_outside_the_source_image_are_refused():
         check_parameters({**defaults(ROOT / "notebooks" / "beyond_the_paper.ipynb"), "maskings": ["blocks"]})
 
 
+def test_store_notebooks_take_run_labels_as_models():
+    land = defaults(ROOT / "notebooks" / "generalisation_landscape.ipynb")
+    check_parameters({**land, "models": "atomizer-tiny,resnet@25%"})  # labels of a store's runs
+    sweep = defaults(ROOT / "notebooks" / "resolution_sweep.ipynb")
+    check_parameters({**sweep, "models": ["atomizer-nogsd"]}, sweep="gsd")
+    with pytest.raises(ParameterError, match="unknown model 'resnett'"):
+        check_parameters({**sweep, "model": "resnett"}, sweep="gsd")  # the model it would train
+
+
 def test_a_missing_store_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="results store .* does not exist"):
         store_runs(tmp_path / "nothing_here")
