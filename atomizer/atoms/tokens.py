@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -133,6 +134,17 @@ class AtomBatch:
         return tokenize(image)
 
 
+@lru_cache(maxsize=1024)
+def _grid_index(nx: int, ny: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-major x and y indices of an (h, w) grid whose coordinates start at ``nx``, ``ny`` in the coordinate
+    tables (cached: a dataset's modalities repeat a few grids; read-only, concatenated into the batch)."""
+    gx = np.tile(np.arange(nx, nx + w, dtype=np.int32), h)
+    gy = np.repeat(np.arange(ny, ny + h, dtype=np.int32), w)
+    gx.setflags(write=False)
+    gy.setflags(write=False)
+    return gx, gy
+
+
 def tokenize(
     image: xr.Dataset | LightImage, bands: Sequence[str] | None = None, drop_invalid: bool = False
 ) -> AtomBatch:
@@ -183,8 +195,9 @@ def tokenize(
         values.append(v.ravel())
         valid.append(ok.ravel())
         band_idx.append(np.full(h * w, b, np.int32))
-        xi.append(np.tile(np.arange(nx, nx + w, dtype=np.int32), h))
-        yi.append(np.repeat(np.arange(ny, ny + h, dtype=np.int32), w))
+        gx, gy = _grid_index(nx, ny, h, w)
+        xi.append(gx)
+        yi.append(gy)
         nx, ny = nx + w, ny + h
         coord_x.append((r.xs - cx).astype(np.float32))
         coord_y.append((r.ys - cy).astype(np.float32))

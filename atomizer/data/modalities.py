@@ -157,6 +157,23 @@ def _overlap(src0: float, g: float, n_src: int, dst0: float, target: float, n: i
     return index, weight
 
 
+def _den(wy: np.ndarray, wx: np.ndarray) -> np.ndarray:
+    """Covered fraction of each target cell when every source pixel is valid, ``outer(wy.sum(1), wx.sum(1))``
+    (cached per pair of banded grids, which the windows of a dataset repeat; read-only)."""
+    key = (id(wy), id(wx))
+    hit = _DEN.get(key)
+    if hit is None or hit[0] is not wy or hit[1] is not wx:
+        den = np.einsum("jk->j", wy)[:, None] * np.einsum("wk->w", wx)[None, :]
+        den.setflags(write=False)
+        if len(_DEN) > 4096:
+            _DEN.clear()
+        hit = _DEN[key] = (wy, wx, den)
+    return hit[2]
+
+
+_DEN: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
 def _banded_average(
     values: np.ndarray, by: tuple[np.ndarray, np.ndarray], bx: tuple[np.ndarray, np.ndarray], valid: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -164,13 +181,12 @@ def _banded_average(
     rounding (sums in a different order)."""
     iy, wy = by
     ix, wx = bx
-    v = values.astype(np.float64)
     if valid.all():  # the usual case: the denominator is the same sums over a field of ones, per axis
-        t = np.einsum("jk,jkw->jw", wy, v[iy, :])  # (h, W)
+        t = np.einsum("jk,jkw->jw", wy, values[iy, :].astype(np.float64))  # (h, W): the window's rows only
         num = np.einsum("hwk,wk->hw", t[:, ix], wx)  # (h, w)
-        sy = np.einsum("jk,jk->j", wy, np.ones_like(wy))  # what the first step gives for a column of ones
-        den = np.einsum("hwk,wk->hw", np.broadcast_to(sy[:, None, None], (len(sy), *ix.shape)), wx)
+        den = _den(wy, wx)  # the same two steps over a field of ones: an outer product of the weight sums
     else:
+        v = values.astype(np.float64)
         m = valid.astype(np.float64)
         x = np.stack([np.where(valid, v, 0.0) * m, m])  # (2, H, W)
         x = np.einsum("jk,cjkw->cjw", wy, x[:, iy, :])  # (2, h, W)
