@@ -8,6 +8,7 @@ data are read from the page's Bokeh document. Screenshots of each tab go to ``te
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -124,7 +125,7 @@ def _open(page, served) -> None:
 
 
 def _tab(page, name: str) -> None:
-    page.locator(".bk-tab", has_text=name).click()
+    page.locator(".bk-tab", has_text=re.compile(rf"^{re.escape(name)}$")).click()  # "Maps" is not "Attention maps"
 
 
 def _shot(page, name: str) -> None:
@@ -243,3 +244,49 @@ def test_results_tab_shows_cis_and_follows_the_chosen_reference(page, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_maps_tab_builds_a_map_in_the_background_and_switches_classes(page, served, tmp_path, majortom_product_dir):
+    """The Maps tab on a real scene crop (1,280 m of the Major-TOM bands, written as GeoTIFFs): Build map runs
+    in the background, the map is drawn over the RGB composite with every class's probability under the
+    cursor, and choosing a class redraws the layer."""
+    from tests.data import product_fixtures as fx
+
+    scene = tmp_path / "S2A_MSIL2A_20220706T085611_N0400_R007_T33NZA_20220706T153419"
+    for band, _gsd in fx.NATIVE.items():
+        data, prof = fx.crop(majortom_product_dir, band, extent_m=1280)
+        fx.write_raster(scene / f"{band}.tif", data, prof)
+    _open(page, served)
+    _tab(page, "Maps")
+    box = page.locator(".bk-input-group", has=page.get_by_text("Scene", exact=True)).locator("input")
+    box.fill(str(scene))
+    box.press("Enter")
+    page.get_by_role("button", name="Build map").click()
+    page.get_by_text("Map:").wait_for(timeout=120_000)  # built in a worker thread; the page kept polling
+    hover = "p_left_parenthesis_Forest_right_parenthesis"  # Bokeh's column for the vdim p(Forest)
+    layer_range = """(col) => {
+      for (const doc of Bokeh.documents) for (const m of doc.all_models) {
+        const d = m.data;
+        if (!d || typeof d !== 'object') continue;
+        const get = (k) => (d instanceof Map ? d.get(k) : d[k]);
+        if (!get(col)) continue;
+        let lo = Infinity, hi = -Infinity, n = 0;
+        for (const a of get('image')) for (const x of a) if (x === x) { lo = Math.min(lo, x); hi = Math.max(hi, x); n++; }
+        const p = Array.from(get(col)[0]).filter((x) => x === x);
+        return {lo, hi, n, plo: Math.min(...p), phi: Math.max(...p)};
+      }
+      return null;
+    }"""
+    page.wait_for_function(f"() => ({layer_range})('{hover}') !== null", timeout=30_000)
+    _visible_canvas(page)
+    shown = page.evaluate(layer_range, hover)  # the argmax layer: class indices of 10 EuroSAT classes
+    assert shown["n"] > 0 and shown["lo"] >= 0 and shown["hi"] <= 9 and float(shown["hi"]).is_integer(), shown
+    assert 0.0 <= shown["plo"] <= shown["phi"] <= 1.0, shown  # p(Forest) under the cursor
+    layer = page.locator(".bk-input-group", has=page.get_by_text("Layer", exact=True)).locator("select")
+    titles = """() => { const t = []; for (const doc of Bokeh.documents) for (const m of doc.all_models)
+      if (typeof m.text === 'string' && m.text.endsWith('over the RGB composite')) t.push(m.text); return t; }"""
+    assert page.evaluate(titles) == ["argmax (most probable class) over the RGB composite"]
+    layer.select_option("Forest")
+    page.wait_for_function(f"() => ({titles})().includes('Forest over the RGB composite')", timeout=30_000)
+    assert page.evaluate(layer_range, hover) is not None  # the hover columns are still every class's
+    _shot(page, "maps")
