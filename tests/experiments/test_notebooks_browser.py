@@ -109,14 +109,19 @@ def test_explore_encodings_renders_offline_and_a_widget_changes_a_plot(lab, page
     start = handle.get_attribute("aria-valuenow")
     plots = page.locator(".jp-OutputArea-output .bk-Canvas")
     before = [plots.nth(i).screenshot() for i in range(3)]
-    handle.focus()
-    for _ in range(10):
-        page.keyboard.press("ArrowRight")
-    deadline = time.monotonic() + 30
     after = before
-    while time.monotonic() < deadline and after == before:
-        time.sleep(0.5)
-        after = [plots.nth(i).screenshot() for i in range(3)]
+    # Under load the kernel's Panel comm can still be opening when the first key events arrive (seen once
+    # in a fresh-clone CI run: the slider moved, no plot changed): move it again, up to three times.
+    for _attempt in range(3):
+        handle.focus()
+        for _ in range(10):
+            page.keyboard.press("ArrowRight")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and after == before:
+            time.sleep(0.5)
+            after = [plots.nth(i).screenshot() for i in range(3)]
+        if after != before:
+            break
     page.screenshot(path=str(SHOTS / f"{ui}_after_slider.png"), full_page=True)
     assert handle.get_attribute("aria-valuenow") != start
     assert after != before, "moving the slider did not change any plot"
