@@ -101,7 +101,7 @@ def file_key(path: str | Path) -> tuple[str, float | None]:
         return str(p), None
 
 
-def on_session_end(view: Any, cleanup: Callable[[], None]) -> None:
+def on_session_end(cleanup: Callable[[], None]) -> None:
     """Run ``cleanup`` (stop periodic callbacks, drop per-session state) when the served session of the
     current document is destroyed, then give freed memory back to the system; nothing outside a server."""
     doc = pn.state.curdoc

@@ -55,7 +55,7 @@ def build_app(results_root: str | Path = "runs", checkpoint: str | Path | None =
                 app.close()
         tabs.apps = {}
 
-    on_session_end(tabs, close)
+    on_session_end(close)
     return tabs
 
 
