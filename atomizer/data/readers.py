@@ -17,6 +17,7 @@ Use :func:`open_image` for anything readable; the specific readers document thei
 
 from __future__ import annotations
 
+import contextvars
 import json
 import math
 import re
@@ -132,7 +133,8 @@ def build_image(
     extents = set()
     for name, arr in arrays.items():
         band = sensor.band(name)
-        arr = np.asarray(arr)
+        if not hasattr(arr, "dask"):  # a dask array (lazy reads) stays lazy
+            arr = np.asarray(arr)
         if arr.ndim != 2:
             raise ImageReadError(f"band {name!r} must be 2-D, got shape {arr.shape}")
         if 0 in arr.shape:
@@ -273,6 +275,11 @@ def s2_dn_offset(product_name: str, metadata_offset: float | None = None) -> flo
 # --------------------------------------------------------------------------------------------------
 
 
+#: Set by ``open_image(..., lazy=True)``: rasters stay on disk (dask arrays of row blocks) until a slice is read.
+_LAZY: contextvars.ContextVar[bool] = contextvars.ContextVar("atomizer_lazy_reads", default=False)
+_LAZY_ROWS = 512  # rows per block of a lazily read raster
+
+
 def _open_raster(path: Path) -> xr.DataArray:
     import rasterio
     import rioxarray  # noqa: F401  (registers the engine)
@@ -280,6 +287,10 @@ def _open_raster(path: Path) -> xr.DataArray:
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
     try:
+        if _LAZY.get():  # windowed reads later, block by block: the scene is never in memory at once
+            return rioxarray.open_rasterio(
+                path, masked=False, cache=False, chunks={"band": 1, "y": _LAZY_ROWS, "x": -1}
+            )
         da = rioxarray.open_rasterio(path, masked=False, cache=False)
         da = da.load()
     except (rasterio.errors.RasterioIOError, rasterio.errors.RasterioError, OSError, ValueError) as e:
@@ -412,7 +423,7 @@ def _read_band_files(
         if channel >= da.sizes["band"]:
             raise ImageReadError(f"{path}: band {name!r} is channel {channel + 1}, the file has {da.sizes['band']}")
         g, origin, meta = _raster_meta(da)
-        arrays[name], gsd[name], origins[name] = da.values[channel], g, origin
+        arrays[name], gsd[name], origins[name] = (da.data if _LAZY.get() else da.values)[channel], g, origin
         crs[name] = meta.get("crs")
         if da.rio.nodata is not None and name not in (calibration or {}):
             calibration = {**(calibration or {}), name: {"nodata": float(da.rio.nodata)}}
@@ -831,8 +842,13 @@ def open_image(
     path: str | Path,
     sensor: str | Path | Sensor | None = None,
     band_names: Sequence[str] | None = None,
+    lazy: bool = False,
 ) -> xr.Dataset:
     """Open any supported input as the image representation.
+
+    With ``lazy``, the bands of GeoTIFF/JPEG2000 files are dask arrays of row blocks: nothing is read until
+    a slice is computed (``atomizer map`` reads a whole scene one strip of windows at a time). Landsat's
+    QA_PIXEL masking and the npz and EuroSAT readers read their arrays whatever ``lazy`` says.
 
     * a Sentinel-2 ``.SAFE`` folder, its ``MTD_MSIL*.xml``, or a folder of SAFE-named band files
       (:func:`read_safe`); a Landsat Collection 2 folder with its MTL (:func:`read_landsat`); a STAC item
@@ -842,7 +858,14 @@ def open_image(
     * a GeoTIFF: with ``sensor`` (name or sidecar), a multi-band image of that sensor; without, a
       13-band file is read as EuroSAT-MS, anything else is refused with a hint.
     """
-    path = Path(path)
+    token = _LAZY.set(lazy)
+    try:
+        return _open_image(Path(path), sensor, band_names)
+    finally:
+        _LAZY.reset(token)
+
+
+def _open_image(path: Path, sensor: str | Path | Sensor | None, band_names: Sequence[str] | None) -> xr.Dataset:
     if not path.exists():
         raise ImageReadError(f"{path}: no such file or folder")
     kind = product_kind(path) if sensor is None or str(path).endswith(".json") else None

@@ -5,9 +5,10 @@ training modalities unless ``window_m`` says otherwise), every window tokenized 
 (each band on its own grid, nothing resampled: :func:`atomizer.data.modalities.simulate` at the scene's
 finest GSD) and classified in batches. Each output pixel (the scene's finest grid) holds the class
 probabilities averaged over the windows that cover it (``stride_m < window_m`` overlaps them), plus
-the argmax class. Memory is bounded by the scene's width, not its size: windows are streamed one row at
-a time, and only the output rows not yet written (at most one 256-row tile strip plus a window) are held;
-finished strips go to disk. (The scene's DN are read whole by its reader: 2 bytes per pixel per band.)
+the argmax class. Memory is bounded by the scene's width, not its size: the scene is opened lazily (``open_image(...,
+lazy=True)``) and read one strip of windows at a time (:func:`strip`), windows are streamed one row at a
+time, and only the output rows not yet written (at most one 256-row tile strip plus a window) are held;
+finished strips go to disk.
 
 An interrupted run resumes where it stopped (``resume=True``, the default): the output is written to
 ``<out>.partial.tif`` with a progress record ``<out>.progress.json`` updated atomically after each
@@ -34,7 +35,7 @@ from atomizer.atoms.canvas import CanvasSpec, EmptyCanvasError
 from atomizer.atoms.tokens import EmptyTokenSetError
 from atomizer.core.storage import atomic_write_json
 from atomizer.data.bands import Sensor
-from atomizer.data.light import LightImage, common_frame
+from atomizer.data.light import LightImage, Raster, common_frame
 from atomizer.data.modalities import Modality, load_modalities, simulate
 from atomizer.data.readers import image_bands, open_image, valid_mask
 from atomizer.engine.loaders import model_input
@@ -42,6 +43,7 @@ from atomizer.models.checkpoint import load_model, read_checkpoint
 from atomizer.models.registry import input_type
 
 _STRIP = 256  # output rows per write: the GeoTIFF's tile height
+_GDAL_CACHE_MB = 64  # GDAL block cache while a map is read and written
 
 #: Fill value of every band of a map (probabilities lie in [0, 1], the argmax band holds class indices).
 MAP_NODATA = -1.0
@@ -77,6 +79,40 @@ def _offsets(size: int, window: int, stride: int) -> tuple[int, ...]:
     return tuple(starts)
 
 
+def _frame_only(image: xr.Dataset) -> LightImage:
+    """The bands' grids without their values (nothing read from a lazy image), for :func:`common_frame`."""
+    bands = {}
+    for b in image_bands(image):
+        da = image[b]
+        ydim, xdim = da.dims
+        bands[b] = Raster(
+            np.empty((0, 0)), np.asarray(da[xdim].values), np.asarray(da[ydim].values), (ydim, xdim), da.attrs
+        )
+    return LightImage(bands, dict(image.attrs))
+
+
+def strip(image: xr.Dataset, grid: Grid, y0: int) -> tuple[LightImage, float]:
+    """The rows of every band under the window row starting at grid row ``y0`` (plus one pixel of the band
+    above and below), read now (a lazy image reads only these), and the ``dy`` offset of the window top from
+    the strip's frame: what :func:`simulate` needs to cut that row's windows exactly as from the whole
+    scene (every column is kept, so ``dx`` is unchanged)."""
+    top_m = grid.top - y0 * grid.gsd_m
+    bottom_m = top_m - grid.window_px * grid.gsd_m
+    out = {}
+    for b in image_bands(image):
+        da = image[b]
+        ydim, xdim = da.dims
+        g = float(da.attrs["gsd_m"])
+        ys = np.asarray(da[ydim].values)  # pixel centres, decreasing
+        r0 = max(0, int(math.floor((float(ys[0]) + g / 2 - top_m) / g + 1e-6)) - 1)
+        r1 = min(len(ys), int(math.ceil((float(ys[0]) + g / 2 - bottom_m) / g - 1e-6)) + 1)
+        part = da.isel({ydim: slice(r0, r1)})
+        out[b] = Raster(np.asarray(part.values), np.asarray(da[xdim].values), ys[r0:r1], (ydim, xdim), dict(da.attrs))
+    light = LightImage(out, dict(image.attrs))
+    strip_top = common_frame(light)[1]
+    return light, strip_top - top_m
+
+
 def scene_grid(image: xr.Dataset, window_m: float, stride_m: float) -> Grid:
     """Lay windows of ``window_m`` every ``stride_m`` over the image's finest grid."""
     if stride_m <= 0 or window_m <= 0:
@@ -84,7 +120,7 @@ def scene_grid(image: xr.Dataset, window_m: float, stride_m: float) -> Grid:
     if stride_m > window_m:
         raise MapError(f"stride {stride_m:g} m exceeds the window {window_m:g} m: the map would have gaps")
     # the ground all bands cover (the frame of :func:`simulate`), on the finest grid
-    left, top, width_m, height_m, g = common_frame(LightImage.from_xarray(image))
+    left, top, width_m, height_m, g = common_frame(_frame_only(image))
     width, height = int(math.floor(width_m / g + 1e-6)), int(math.floor(height_m / g + 1e-6))
     w = int(round(window_m / g))
     s = max(1, int(round(stride_m / g)))
@@ -112,9 +148,11 @@ def _fingerprint(checkpoint: Path, scene: Path, grid: Grid, bands: list[str]) ->
     return h.hexdigest()[:16]
 
 
-def _scene_valid(image: xr.Dataset, grid: Grid) -> np.ndarray:
-    """True where any band of the finest grid holds a valid value (the map is nodata elsewhere)."""
-    ok = np.zeros((grid.height, grid.width), bool)
+def _scene_valid(image: xr.Dataset, grid: Grid, row0: int = 0, row1: int | None = None) -> np.ndarray:
+    """True where any band of the finest grid holds a valid value, for output rows ``row0:row1`` (the map is
+    nodata elsewhere); only those rows are read."""
+    row1 = grid.height if row1 is None else row1
+    ok = np.zeros((row1 - row0, grid.width), bool)
     for b in image_bands(image):
         da = image[b]
         if float(da.attrs["gsd_m"]) != grid.gsd_m:
@@ -122,8 +160,9 @@ def _scene_valid(image: xr.Dataset, grid: Grid) -> np.ndarray:
         ydim, xdim = da.dims
         r0 = int(round((float(da[ydim][0]) + grid.gsd_m / 2 - grid.top) / -grid.gsd_m))
         c0 = int(round((float(da[xdim][0]) - grid.gsd_m / 2 - grid.left) / grid.gsd_m))
-        m = valid_mask(da)[max(0, -r0) :, max(0, -c0) :]
-        h, w = min(grid.height, m.shape[0]), min(grid.width, m.shape[1])
+        part = da.isel({ydim: slice(max(0, row0 - r0), max(0, row1 - r0)), xdim: slice(max(0, -c0), None)})
+        m = valid_mask(part)
+        h, w = min(row1 - row0, m.shape[0]), min(grid.width, m.shape[1])
         ok[:h, :w] |= m[:h, :w]
     return ok
 
@@ -185,6 +224,30 @@ def predict_map(
     Raises:
         MapError: the window does not fit the scene, or ``out`` exists.
     """
+    import rasterio
+
+    # GDAL's block cache would otherwise grow to 5 % of the machine's memory while the map's tiles are
+    # written and its overviews built
+    with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB):
+        return _predict_map(
+            checkpoint, scene, out, window_m, stride_m, batch_size, device, sensor, resume, progress, on_progress
+        )
+
+
+def _predict_map(
+    checkpoint: str | Path,
+    scene: str | Path,
+    out: str | Path,
+    window_m: float | None = None,
+    stride_m: float | None = None,
+    batch_size: int = 16,
+    device: str = "cpu",
+    sensor: str | Path | Sensor | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    on_progress: Any = None,
+) -> dict[str, Any]:
+    """:func:`predict_map` inside its GDAL and dask settings."""
     checkpoint, scene, out = Path(checkpoint), Path(scene), Path(out)
     if out.exists():
         raise MapError(f"{out} exists; remove it or choose another --out")
@@ -200,11 +263,10 @@ def predict_map(
         canvas = CanvasSpec(int(mods.source_size_px or 64), float(mods.source_gsd_m or 10.0))
     window_m = float(window_m) if window_m else default_window_m(extra)
     stride_m = float(stride_m) if stride_m else window_m
-    image = open_image(scene, sensor=sensor)
+    image = open_image(scene, sensor=sensor, lazy=True)  # read one strip of windows at a time
     bands = image_bands(image)
     grid = scene_grid(image, window_m, stride_m)
     modality = Modality("map_window", grid.window_px, grid.gsd_m, tuple(bands))
-    scene_ok = _scene_valid(image, grid)
     C, w = len(classes), grid.window_px
 
     partial = out.with_name(out.name + ".partial.tif")
@@ -253,7 +315,9 @@ def predict_map(
             final = rows[ri + 1] if ri + 1 < len(rows) else grid.height  # rows no later window touches
             # write whole 256-row tile strips (a compressed tile rewritten would grow the file), and the rest at the end
             if final - base >= _STRIP or (final == grid.height and final > base):
-                _write_rows(dst, acc[:, : final - base], cnt[: final - base], scene_ok[base:final], base)
+                _write_rows(
+                    dst, acc[:, : final - base], cnt[: final - base], _scene_valid(image, grid, base, final), base
+                )
                 acc = np.concatenate([acc[:, final - base :], np.zeros((C, final - base, grid.width), np.float32)], 1)
                 cnt = np.concatenate([cnt[final - base :], np.zeros((final - base, grid.width), np.float32)], 0)
                 base = final
@@ -301,9 +365,10 @@ def _windows(
     image: xr.Dataset, modality: Modality, grid: Grid, y0: int, kind: type, canvas: CanvasSpec | None
 ) -> Iterator[tuple[int, Any]]:
     """The model inputs of one row of windows (a window with no valid value is left out)."""
+    light, dy = strip(image, grid, y0)
     for x0 in grid.xs:
         try:
-            win = simulate(image, modality, offset_m=(x0 * grid.gsd_m, y0 * grid.gsd_m))
+            win = simulate(light, modality, offset_m=(x0 * grid.gsd_m, dy))
             yield x0, model_input(win, kind, canvas)
         except (EmptyTokenSetError, EmptyCanvasError):  # nothing valid in this window: left as nodata
             continue

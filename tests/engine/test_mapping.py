@@ -131,3 +131,46 @@ def test_scene_grid_covers_edges(scene):
     assert g.xs == (0, 50, 100, 128) and g.window_px == 64  # the last window flush with the edge
     with pytest.raises(MapError, match="gaps"):
         scene_grid(open_image(scene), 640, 700)
+
+
+@pytest.mark.parametrize("model", ["atomizer", "resnet"])
+def test_strips_read_lazily_give_exactly_the_windows_of_the_whole_scene(checkpoints, scene, tmp_path, model):
+    """The map reads the scene one strip of windows at a time (dask-backed bands, nothing else in memory);
+    each window's probabilities equal the model on the same window simulated from the whole scene read at
+    once (no overlap: a window's pixels hold its own probabilities)."""
+    import torch
+
+    from atomizer.data.modalities import Modality, simulate
+    from atomizer.data.readers import image_bands, open_image
+    from atomizer.engine.loaders import model_input
+    from atomizer.engine.mapping import strip
+    from atomizer.models.checkpoint import load_model
+    from atomizer.models.registry import input_type
+
+    lazy = open_image(scene, lazy=True)
+    assert all(hasattr(lazy[b].data, "dask") for b in image_bands(lazy))  # nothing read yet
+    out = tmp_path / "map.tif"
+    predict_map(checkpoints[model], scene, out, window_m=640, progress=False)
+    whole = open_image(scene)
+    grid = scene_grid(whole, 640, 640)
+    mod = Modality("w", grid.window_px, grid.gsd_m, tuple(image_bands(whole)))
+    net = load_model(checkpoints[model]).eval()
+    with rasterio.open(out) as m:
+        probs = m.read(list(range(1, m.count)))
+    for y0, x0 in [(grid.ys[1], grid.xs[1]), (grid.ys[-1], grid.xs[0]), (grid.ys[1], grid.xs[-1])]:
+        win = simulate(whole, mod, offset_m=(x0 * grid.gsd_m, y0 * grid.gsd_m))
+        with torch.no_grad():
+            p = net(model_input(win, input_type(net), None if model == "atomizer" else _canvas(checkpoints[model])))
+        expected = p.float().softmax(-1)[0].numpy()
+        np.testing.assert_allclose(probs[:, y0 + 5, x0 + 5], expected, atol=1e-5)
+        light, dy = strip(lazy, grid, y0)
+        assert len(light.bands["B02"].ys) < grid.height  # only the strip's rows were read
+
+
+def _canvas(ckpt):
+    from atomizer.atoms.canvas import CanvasSpec
+    from atomizer.data.modalities import load_modalities
+    from atomizer.models.checkpoint import read_checkpoint
+
+    mods = load_modalities(read_checkpoint(ckpt)["extra"]["train_modalities"])
+    return CanvasSpec(int(mods.source_size_px or 64), float(mods.source_gsd_m or 10.0))
