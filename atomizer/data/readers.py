@@ -698,17 +698,16 @@ def read_landsat(path: str | Path, mask_clouds: bool = True) -> xr.Dataset:
     )
     if mask_clouds and meta.qa_pixel and (folder / meta.qa_pixel).is_file():
         qa_da = _open_raster(folder / meta.qa_pixel)
-        qa = qa_da.values[0].astype(np.uint16)
-        bad = np.zeros(qa.shape, bool)
-        for bit in QA_INVALID_BITS:
-            bad |= (qa >> bit) & 1 == 1
+        qa = (qa_da.data if _LAZY.get() else qa_da.values)[0].astype(np.uint16)  # lazy: masked block by block
+        bad = ((qa >> QA_INVALID_BITS[0]) & 1) == 1
+        for bit in QA_INVALID_BITS[1:]:
+            bad = bad | (((qa >> bit) & 1) == 1)
         masked = 0
         for b in image_bands(ds):
             if ds[b].shape != qa.shape:
                 continue  # QA_PIXEL is on the 30 m grid; a 15 m panchromatic band keeps its own fill only
-            values = ds[b].values.copy()
-            values[bad] = meta.fill
-            ds[b].values = values
+            arr = ds[b].data
+            ds[b] = ds[b].copy(data=np.where(bad, np.asarray(meta.fill).astype(arr.dtype), arr))
             masked = int(bad.sum())
         ds.attrs["qa_masked_pixels"] = masked
         ds.attrs["qa_mask"] = (
@@ -847,8 +846,9 @@ def open_image(
     """Open any supported input as the image representation.
 
     With ``lazy``, the bands of GeoTIFF/JPEG2000 files are dask arrays of row blocks: nothing is read until
-    a slice is computed (``atomizer map`` reads a whole scene one strip of windows at a time). Landsat's
-    QA_PIXEL masking and the npz and EuroSAT readers read their arrays whatever ``lazy`` says.
+    a slice is computed (``atomizer map`` reads a whole scene one strip of windows at a time); Landsat's
+    QA_PIXEL mask is applied block by block too. The npz and EuroSAT readers read their arrays whatever
+    ``lazy`` says.
 
     * a Sentinel-2 ``.SAFE`` folder, its ``MTD_MSIL*.xml``, or a folder of SAFE-named band files
       (:func:`read_safe`); a Landsat Collection 2 folder with its MTL (:func:`read_landsat`); a STAC item
