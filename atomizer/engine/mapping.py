@@ -17,6 +17,7 @@ finished block of rows, and renamed to ``<out>`` once complete.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -194,6 +195,21 @@ def _open_output(path: Path, grid: Grid, n_bands: int, crs: str | None, names: l
     return dst
 
 
+def _bounded_gdal_cache(fn):
+    """Run ``fn`` with GDAL's block cache capped: by default it grows to 5 % of the machine's memory while
+    a map's tiles are written and its overviews built."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        import rasterio
+
+        with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+@_bounded_gdal_cache
 def predict_map(
     checkpoint: str | Path,
     scene: str | Path,
@@ -224,30 +240,6 @@ def predict_map(
     Raises:
         MapError: the window does not fit the scene, or ``out`` exists.
     """
-    import rasterio
-
-    # GDAL's block cache would otherwise grow to 5 % of the machine's memory while the map's tiles are
-    # written and its overviews built
-    with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB):
-        return _predict_map(
-            checkpoint, scene, out, window_m, stride_m, batch_size, device, sensor, resume, progress, on_progress
-        )
-
-
-def _predict_map(
-    checkpoint: str | Path,
-    scene: str | Path,
-    out: str | Path,
-    window_m: float | None = None,
-    stride_m: float | None = None,
-    batch_size: int = 16,
-    device: str = "cpu",
-    sensor: str | Path | Sensor | None = None,
-    resume: bool = True,
-    progress: bool = True,
-    on_progress: Any = None,
-) -> dict[str, Any]:
-    """:func:`predict_map` inside its GDAL and dask settings."""
     checkpoint, scene, out = Path(checkpoint), Path(scene), Path(out)
     if out.exists():
         raise MapError(f"{out} exists; remove it or choose another --out")
