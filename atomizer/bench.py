@@ -13,9 +13,12 @@ Cases (each measured in its own subprocess, so one case's memory never pollutes 
 5. ``loader`` -- the input pipeline on real BigEarthNet patches (the embedded v2 patches, written as
    the official GeoTIFF folder layout, as npz and as the community LMDB): patches/s on one core from
    each source including modality simulation (``bigearthnet_train``, random windows) and tokenization,
-   by the xarray path and the fast path (:class:`atomizer.data.light.LightImage`); then a DataLoader
-   with 0, 1 and 2 worker processes feeding a ``tiny`` train step, with the fraction of the step time
-   spent waiting for data.
+   by the xarray path and the fast path (:class:`atomizer.data.light.LightImage`); the atoms' two
+   layouts for a batch of 64 (``wire full``: every index, float32 values, 17 bytes an atom; ``wire
+   compact``: index runs and uint16 DN where the modality keeps integers, :mod:`atomizer.atoms.tokens`):
+   bytes, collate time, pinning and the copy to the device with the rebuild; then a DataLoader with 0,
+   1, 2 and all cores' worker processes feeding a ``tiny`` train step on the device, with the fraction
+   of the step time spent waiting for data.
 
 Peak memory: on CUDA, ``max_memory_allocated`` after a reset; on CPU, the rise of the process's peak
 RSS (VmHWM, reset through ``/proc/self/clear_refs``) above its RSS once the model, its gradient buffers
@@ -367,8 +370,64 @@ def _loader_sources(tmp: Path) -> dict[str, Any]:
     }
 
 
-def case_loader(quick: bool) -> list[dict]:
-    """Patches/s per core of each source and path, and a DataLoader feeding a train step (see the module doc)."""
+def _tensor_bytes(batch: Any) -> int:
+    """Bytes of a batch's tensors: what a worker puts in shared memory and ``.to(device)`` copies."""
+    return sum(v.numel() * v.element_size() for v in vars(batch).values() if isinstance(v, torch.Tensor))
+
+
+def _wire_records(base: Any, mods: list, device: torch.device, quick: bool, batch: int = 64) -> list[dict]:
+    """The atoms' two layouts (:mod:`atomizer.atoms.tokens`) for a batch of ``batch`` patches: bytes on
+    the wire, collate time (worker side), pinning and the copy to ``device`` with the rebuild (training
+    process side), for the native grids (uint16 DN kept) and for the training modalities (averaged)."""
+    from atomizer.atoms.tokens import AtomBatch
+    from atomizer.data.lmdb_store import S2_BANDS
+    from atomizer.data.modalities import Modality
+    from atomizer.engine.loaders import ModalityDataset, collate_items
+
+    n = len(base)
+    native = [Modality("native", 120, 10.0, tuple(S2_BANDS))]  # 1,200 m: every band on its own grid
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    out = []
+    for label, ms in (("native", native), ("bigearthnet_train", mods)):
+        for wire in ("full", "compact"):
+            ds = ModalityDataset(base, ms, np.arange(n) % len(ms), AtomBatch, random_window=True, wire=wire)
+            items = [ds[i % n] for i in range(batch)]
+            times: dict[str, list[float]] = {"collate": [], "pin": [], "to_device": []}
+            for _ in range(2 if quick else 6):  # the first is a warm-up
+                t = time.perf_counter()
+                b = collate_items(items)["input"]
+                t1 = time.perf_counter()
+                if device.type == "cuda":
+                    b = b.pin_memory()
+                t2 = time.perf_counter()
+                sync()
+                on = b.to(device, non_blocking=True)
+                sync()
+                t3 = time.perf_counter()
+                for k, dt in zip(times, (t1 - t, t2 - t1, t3 - t2)):
+                    times[k].append(dt)
+                del on
+            atoms = b.value.numel()
+            rec: dict[str, Any] = {
+                "case": "loader",
+                "source": "lmdb",
+                "path": f"wire {wire}",
+                "modalities": label,
+                "batch": batch,
+                "atoms": atoms,
+                "wire_bytes": _tensor_bytes(b),
+                "bytes_per_atom": _tensor_bytes(b) / atoms,
+                "values": str(b.value.dtype).removeprefix("torch."),
+            }
+            rec.update({f"{k}_seconds": float(np.median(v[1:])) for k, v in times.items()})
+            rec["seconds_per_image"] = sum(rec[f"{k}_seconds"] for k in times) / batch  # collate, pin, copy
+            out.append(rec)
+    return out
+
+
+def case_loader(quick: bool, device: torch.device | None = None) -> list[dict]:
+    """Patches/s per core of each source and path, the atoms' wire layouts, and a DataLoader feeding a
+    train step (see the module doc)."""
     import tempfile
 
     from atomizer.data.modalities import load_modalities
@@ -376,6 +435,7 @@ def case_loader(quick: bool) -> list[dict]:
 
     torch.set_num_threads(1)
     mods = load_modalities("bigearthnet_train")
+    device = device or torch.device("cpu")
     out: list[dict] = []
     with tempfile.TemporaryDirectory() as d:
         sources = _loader_sources(Path(d))
@@ -405,15 +465,20 @@ def case_loader(quick: bool) -> list[dict]:
                         "patches_per_second": 1.0 / sec,
                     }
                 )
-        # a DataLoader feeding a tiny train step: how long the step waits for its batch
         base = sources["lmdb"]
-        ds = ModalityDataset(base, list(mods), np.arange(n) % len(mods), random_window=True, cache=False)
-        model = _model("tiny", torch.device("cpu"), train=True)
-        target = torch.zeros(8, model.cfg.num_classes)
-        for workers in (0, 1) if quick else (0, 1, 2):
+        out += _wire_records(base, list(mods), device, quick)
+        # a DataLoader feeding a tiny train step on ``device``: how long the step waits for its batch.
+        # Worker processes send compact atoms (what training's wire "auto" does), in-process reading full ones.
+        model = _model("tiny", device, train=True)
+        target = torch.zeros(8, model.cfg.num_classes, device=device)
+        cores = os.cpu_count() or 1
+        for workers in (0, 1) if quick else sorted({0, 1, 2, cores}):
+            wire = "compact" if workers or device.type == "cuda" else "full"
+            ds = ModalityDataset(base, list(mods), np.arange(n) % len(mods), random_window=True, cache=False, wire=wire)
             loader = torch.utils.data.DataLoader(
                 ds, batch_size=8, shuffle=True, collate_fn=collate_items, num_workers=workers, drop_last=True,
                 persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+                pin_memory=device.type == "cuda",
             )  # fmt: skip
             wait = compute = 0.0
             steps = 0
@@ -422,9 +487,12 @@ def case_loader(quick: bool) -> list[dict]:
                 for batch in loader:
                     t1 = time.perf_counter()
                     wait += t1 - t
-                    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch["input"]), target)
+                    logits = model(batch["input"].to(device, non_blocking=True))
+                    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
                     loss.backward()
                     model.zero_grad()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
                     t = time.perf_counter()
                     compute += t - t1
                     steps += 1
@@ -432,7 +500,7 @@ def case_loader(quick: bool) -> list[dict]:
                 {
                     "case": "loader",
                     "source": "lmdb",
-                    "path": "fast",
+                    "path": f"fast, wire {wire}",
                     "workers": workers,
                     "batch": 8,
                     "seconds_per_image": (wait + compute) / (steps * 8),
@@ -467,7 +535,7 @@ def run_case(
     if case == "scene_inference":
         return case_scene(dev, "tiny" if quick else "paper", 1, 262_144, warmup=not quick)
     if case == "loader":
-        return case_loader(quick)
+        return case_loader(quick, dev)
     raise KeyError(f"unknown case {case!r}; cases: {', '.join(CASES)}")
 
 
@@ -564,6 +632,13 @@ def format_table(records: list[dict]) -> str:
         "source",
         "path",
         "workers",
+        "modalities",
+        "values",
+        "bytes_per_atom",
+        "wire_bytes",
+        "collate_seconds",
+        "pin_seconds",
+        "to_device_seconds",
         "patches_per_second",
         "data_wait_fraction",
         "preset",

@@ -15,6 +15,19 @@ Shapes (S images in a batch, N tokens after padding, B bands, X/Y coordinate-tab
     band_table (B, 6) float32   wavelength_nm, bandwidth_nm, gsd_m, extra channel (-1 optical),
                                 day of year and year of acquisition (NaN when unknown)
     coord_x, coord_y (X,), (Y,) float32   metres from the image centre (x east, y north)
+    runs   (S, R, 6) int32 or None   on the wire only (below)
+    dn_scaling (B, 2) float32 or None   on the wire only (below)
+
+**On the wire.** Batches that cross a process or device boundary (loader workers to the training
+process, host to GPU) are built with ``wire="compact"`` (:func:`tokenize`, :meth:`AtomBatch.from_image`).
+The per-atom indices are then not sent: every band is a row-major grid, so ``runs`` lists, per band of
+each set, ``(first atom, atoms, band row, first coord_x row, first coord_y row, width)`` and ``band``,
+``xi``, ``yi`` are empty (S, 0) until rebuilt. Where every band still holds its stored unsigned integers
+(the modality kept the native grid, cropping only; not SAR), ``value`` carries those uint16 DN and
+``dn_scaling`` each band's ``(dn_offset, dn_scale)``. An atom then costs 3 bytes (uint16 value, mask),
+or 5 with float32 values, instead of 17. :meth:`AtomBatch.to` rebuilds on arrival
+(:meth:`AtomBatch.decoded`) with the arithmetic of :meth:`~atomizer.data.light.Raster.physical`, so the
+model reads bit-identical atoms (tested).
 """
 
 from __future__ import annotations
@@ -35,6 +48,10 @@ from atomizer.data.light import LightImage
 #: the wire (value, three indices, mask) instead of 29 with int64, from DataLoader workers and to the GPU.
 INDEX_DTYPE = torch.int32
 BAND_TABLE_COLUMNS = ("wavelength_nm", "bandwidth_nm", "gsd_m", "extra_channel", "day_of_year", "year")
+#: How :func:`tokenize` lays atoms out: every index materialised, or runs and DN (module docstring).
+WIRE_FORMATS = ("full", "compact")
+#: ``runs`` columns.
+RUN_COLUMNS = ("start", "length", "band", "x0", "y0", "width")
 #: Bands off the optical RBF axis get a one-hot code in these extra spectral channels.
 EXTRA_CHANNELS = (*POLARISATIONS, "thermal")
 
@@ -79,10 +96,60 @@ class AtomBatch:
     coord_y: torch.Tensor
     band_names: list[str] = field(default_factory=list)
     band_domains: list[str] = field(default_factory=list)
+    runs: torch.Tensor | None = None
+    dn_scaling: torch.Tensor | None = None
 
     @property
     def num_sets(self) -> int:
         return self.value.shape[0]
+
+    @property
+    def compact(self) -> bool:
+        """True while indices travel as runs or values as DN (the wire form; see the module docstring)."""
+        return self.runs is not None or self.dn_scaling is not None
+
+    def decoded(self) -> "AtomBatch":
+        """The batch with every index and physical float32 values (itself when not :attr:`compact`): the
+        atoms :func:`tokenize` gives with ``wire="full"``, computed where the batch is."""
+        if not self.compact:
+            return self
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.runs is not None and _on_host(self.runs):  # one host pass over the runs
+            kw["band"], kw["xi"], kw["yi"], kw["value"] = _rebuild_on_host(
+                self.runs, self.value, self.mask, self.dn_scaling
+            )
+        else:
+            if self.runs is not None:
+                kw["band"], kw["xi"], kw["yi"] = _expand_runs_vectorised(self.runs, self.value.shape[1])
+            if self.dn_scaling is not None:
+                band = kw["band"].reshape(-1)
+                offset, scale = (c.index_select(0, band).view_as(self.value) for c in self.dn_scaling.T.contiguous())
+                v = (self.value.to(torch.float32) + offset) * scale  # per-band constants gathered per atom
+                kw["value"] = torch.where(self.mask, v, torch.zeros((), dtype=v.dtype, device=v.device))
+        kw.update(runs=None, dn_scaling=None)
+        return AtomBatch(**kw)
+
+    def physical(self) -> "AtomBatch":
+        """The batch with float32 physical values, indices left as they are (runs stay runs)."""
+        if self.dn_scaling is None:
+            return self
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        full = self.decoded()
+        kw.update(value=full.value, dn_scaling=None)
+        return AtomBatch(**kw)
+
+    def __getstate__(self) -> dict:
+        # torch pickles uint16 tensors for worker processes (shared memory) but not through plain pickle:
+        # an int16 view of the same bits travels both ways.
+        state = dict(self.__dict__)
+        if state["value"].dtype == torch.uint16:
+            state["value"] = state["value"].view(torch.int16)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if state.get("dn_scaling") is not None and state["value"].dtype == torch.int16:
+            state["value"] = state["value"].view(torch.uint16)
+        self.__dict__.update(state)
 
     @property
     def num_tokens(self) -> torch.Tensor:
@@ -90,11 +157,12 @@ class AtomBatch:
         return self.mask.sum(1)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "AtomBatch":
+        """The batch on ``device``, rebuilt there if it travelled compact (:meth:`decoded`)."""
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
         for k, v in kw.items():
             if isinstance(v, torch.Tensor):
                 kw[k] = v.to(device, non_blocking=non_blocking)
-        return AtomBatch(**kw)
+        return AtomBatch(**kw).decoded()
 
     def pin_memory(self) -> "AtomBatch":
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -109,6 +177,8 @@ class AtomBatch:
 
     def select(self, index: torch.Tensor, mask: torch.Tensor | None = None) -> "AtomBatch":
         """The atoms at ``index`` (S, K) of each set, with ``mask`` (S, K) (default: gathered mask)."""
+        if self.compact:
+            return self.decoded().select(index, mask)
         g = lambda t: torch.gather(t, 1, index)  # noqa: E731
         return AtomBatch(
             g(self.value),
@@ -129,9 +199,10 @@ class AtomBatch:
         return collate(items)
 
     @classmethod
-    def from_image(cls, image: xr.Dataset, canvas: object = None) -> "AtomBatch":
-        """One image as a batch of one (:func:`tokenize`); ``canvas`` is ignored: atoms need no grid."""
-        return tokenize(image)
+    def from_image(cls, image: xr.Dataset | LightImage, canvas: object = None, wire: str = "full") -> "AtomBatch":
+        """One image as a batch of one (:func:`tokenize`, ``wire`` as there); ``canvas`` is ignored: atoms
+        need no grid."""
+        return tokenize(image, wire=wire)
 
 
 @lru_cache(maxsize=1024)
@@ -146,7 +217,10 @@ def _grid_index(nx: int, ny: int, h: int, w: int) -> tuple[np.ndarray, np.ndarra
 
 
 def tokenize(
-    image: xr.Dataset | LightImage, bands: Sequence[str] | None = None, drop_invalid: bool = False
+    image: xr.Dataset | LightImage,
+    bands: Sequence[str] | None = None,
+    drop_invalid: bool = False,
+    wire: str = "full",
 ) -> AtomBatch:
     """Turn one image into an atom set (a batch of one).
 
@@ -155,15 +229,26 @@ def tokenize(
             :class:`~atomizer.data.light.LightImage` (the loaders' fast path: the same atoms).
         bands: Bands to keep (default: all band variables).
         drop_invalid: Drop nodata/NaN atoms instead of keeping them masked.
+        wire: ``"full"`` (every index, physical values) or ``"compact"`` (index runs, and uint16 DN where
+            every band keeps its stored integers; rebuilt by :meth:`AtomBatch.to`, see the module docstring).
 
     Raises:
         EmptyTokenSetError: no band, or no valid atom.
+        ValueError: an unknown ``wire``, or ``"compact"`` with ``drop_invalid`` (runs need every atom).
     """
+    if wire not in WIRE_FORMATS:
+        raise ValueError(f"wire must be one of {WIRE_FORMATS}, got {wire!r}")
+    if wire == "compact" and drop_invalid:
+        raise ValueError("wire='compact' keeps every atom (its indices are runs): it cannot drop_invalid")
     if not isinstance(image, LightImage):
         image = LightImage.from_xarray(image)
     names = list(bands) if bands is not None else list(image.bands)
     if not names:
         raise EmptyTokenSetError("the image has no band to tokenize")
+    as_dn = wire == "compact" and all(
+        image.bands[n].values.dtype in (np.uint8, np.uint16) and image.bands[n].attrs.get("domain", "optical") != "sar"
+        for n in names
+    )
     # Image centre from the union of the band extents.
     lefts, rights, tops, bottoms = [], [], [], []
     for n in names:
@@ -179,6 +264,7 @@ def tokenize(
     doy, year = acquisition_date(image)
     values: list[np.ndarray] = []
     band_idx: list[np.ndarray] = []
+    runs: list[tuple[int, int, int, int, int, int]] = []
     xi: list[np.ndarray] = []
     yi: list[np.ndarray] = []
     valid: list[np.ndarray] = []
@@ -186,19 +272,25 @@ def tokenize(
     coord_y: list[np.ndarray] = []
     table: list[list[float]] = []
     domains: list[str] = []
-    nx = ny = 0
+    nx = ny = start = 0
     for b, n in enumerate(names):
         r = image.bands[n]
         a = r.attrs
         h, w = r.shape
-        v, ok = r.physical()
+        if as_dn:
+            v, ok = r.values.astype(np.uint16, copy=False), r.valid()
+        else:
+            v, ok = r.physical()
         values.append(v.ravel())
         valid.append(ok.ravel())
-        band_idx.append(np.full(h * w, b, np.int32))
-        gx, gy = _grid_index(nx, ny, h, w)
-        xi.append(gx)
-        yi.append(gy)
-        nx, ny = nx + w, ny + h
+        if wire == "compact":
+            runs.append((start, h * w, b, nx, ny, w))
+        else:
+            band_idx.append(np.full(h * w, b, np.int32))
+            gx, gy = _grid_index(nx, ny, h, w)
+            xi.append(gx)
+            yi.append(gy)
+        nx, ny, start = nx + w, ny + h, start + h * w
         coord_x.append((r.xs - cx).astype(np.float32))
         coord_y.append((r.ys - cy).astype(np.float32))
         table.append(band_row(a, doy, year))
@@ -209,10 +301,18 @@ def tokenize(
         raise EmptyTokenSetError(
             f"image {image.attrs.get('source', '')!s} has no valid atom: every pixel of bands {names} is nodata or NaN"
         )
-    cols = [value, np.concatenate(band_idx), np.concatenate(xi), np.concatenate(yi), mask]
+    if wire == "compact":
+        none = np.zeros(0, np.int32)
+        cols = [value, none, none, none, mask]
+    else:
+        cols = [value, np.concatenate(band_idx), np.concatenate(xi), np.concatenate(yi), mask]
     if drop_invalid:
         cols = [c[mask] for c in cols]
     t = [torch.from_numpy(np.ascontiguousarray(c))[None] for c in cols]
+    scaling = None
+    if as_dn:
+        rows = [(image.bands[n].attrs.get("dn_offset", 0.0), image.bands[n].attrs.get("dn_scale", 1.0)) for n in names]
+        scaling = torch.tensor(rows, dtype=torch.float32)
     return AtomBatch(
         value=t[0],
         band=t[1],
@@ -224,7 +324,69 @@ def tokenize(
         coord_y=torch.from_numpy(np.concatenate(coord_y)),
         band_names=list(names),
         band_domains=domains,
+        runs=torch.tensor([runs], dtype=torch.int32) if wire == "compact" else None,
+        dn_scaling=scaling,
     )
+
+
+def _on_host(t: torch.Tensor) -> bool:
+    """Rebuild compact atoms by a host loop over the runs (CPU) rather than in vectorised tensor ops."""
+    return t.device.type == "cpu"
+
+
+def expand_runs(runs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(band, xi, yi)`` (S, n) int32 of the atoms that ``runs`` (S, R, 6) describe (module docstring), on
+    the device of ``runs``; atoms past a set's last run (padding) get 0. On CPU the runs are filled from the
+    cached grids of :func:`tokenize`; elsewhere one vectorised pass (the same indices, tested)."""
+    if not _on_host(runs):
+        return _expand_runs_vectorised(runs, n)
+    none = torch.zeros(runs.shape[0], n, dtype=torch.bool)
+    return _rebuild_on_host(runs, none.to(torch.float32), none, None)[:3]
+
+
+def _rebuild_on_host(
+    runs: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, dn_scaling: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(band, xi, yi, value)`` of a compact CPU batch in one pass over its runs: index slices copied from
+    the cached grids, DN converted band by band with the arithmetic of
+    :meth:`~atomizer.data.light.Raster.physical` (float32 ``(DN + offset) * scale``), masked atoms 0."""
+    S, n = value.shape
+    band, xi, yi = (np.zeros((S, n), np.int32) for _ in range(3))
+    dn = value.numpy()
+    out = np.zeros((S, n), np.float32) if dn_scaling is not None else dn
+    scaling = dn_scaling.numpy() if dn_scaling is not None else None
+    for s, rows in enumerate(runs.tolist()):
+        for start, length, b, x0, y0, w in rows:
+            if not length:
+                continue
+            gx, gy = _grid_index(0, 0, length // w, w)
+            sl = slice(start, start + length)
+            band[s, sl] = b
+            np.add(gx, x0, out=xi[s, sl])
+            np.add(gy, y0, out=yi[s, sl])
+            if scaling is not None:
+                v = out[s, sl]
+                v[:] = dn[s, sl]  # uint16 -> float32, exact
+                v += scaling[b, 0]
+                v *= scaling[b, 1]
+    if scaling is not None:
+        out[~mask.numpy()] = 0.0
+    return (*(torch.from_numpy(a) for a in (band, xi, yi)), torch.from_numpy(out) if scaling is not None else value)  # type: ignore[return-value]
+
+
+def _expand_runs_vectorised(runs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`expand_runs` in one pass of tensor ops (no host loop: the device's way)."""
+    r = runs.to(torch.int64)
+    start, length, band, x0, y0, width = r.unbind(-1)  # (S, R) each
+    pos = torch.arange(n, device=runs.device).expand(runs.shape[0], n)
+    k = (torch.searchsorted(start.contiguous(), pos.contiguous(), right=True) - 1).clamp_min(0)  # run of each atom
+    g = lambda t: torch.gather(t, 1, k)  # noqa: E731
+    off = pos - g(start)
+    inside = off < g(length)
+    w = g(width).clamp_min(1)
+    zero = torch.zeros((), dtype=torch.int64, device=runs.device)
+    out = (g(band), g(x0) + off % w, g(y0) + off // w)
+    return tuple(torch.where(inside, t, zero).to(INDEX_DTYPE) for t in out)  # type: ignore[return-value]
 
 
 def band_row(attrs: dict, doy: float, year: float) -> list[float]:
@@ -248,9 +410,14 @@ def collate(sets: Sequence[AtomBatch], pad_to: int | None = None) -> AtomBatch:
 
     Band tables and coordinate tables are concatenated; indices are shifted accordingly. Padding atoms
     have ``mask == False`` and indices 0, so they can be gathered safely and are ignored by attention.
+    Compact sets (module docstring) stay compact: runs when every set has runs, DN values when every set
+    has DN (a mix of DN and physical values is batched as physical values).
     """
     if not sets:
         raise EmptyTokenSetError("cannot collate an empty list of atom sets")
+    as_runs = all(s.runs is not None for s in sets)
+    as_dn = as_runs and all(s.dn_scaling is not None for s in sets)
+    sets = [s if as_dn else s.physical() if as_runs else s.decoded() for s in sets]
     rows = [(s, i) for s in sets for i in range(s.num_sets)]
     n = max(s.value.shape[1] for s in sets)
     if pad_to is not None:
@@ -258,24 +425,40 @@ def collate(sets: Sequence[AtomBatch], pad_to: int | None = None) -> AtomBatch:
             raise ValueError(f"pad_to={pad_to} is smaller than the largest set ({n} atoms)")
         n = pad_to
     S = len(rows)
-    value = torch.zeros(S, n, dtype=torch.float32)
-    band = torch.zeros(S, n, dtype=INDEX_DTYPE)
-    xi = torch.zeros(S, n, dtype=INDEX_DTYPE)
-    yi = torch.zeros(S, n, dtype=INDEX_DTYPE)
+    value = torch.zeros(S, n, dtype=torch.uint16 if as_dn else torch.float32)
+    ni = 0 if as_runs else n
+    band = torch.zeros(S, ni, dtype=INDEX_DTYPE)
+    xi = torch.zeros(S, ni, dtype=INDEX_DTYPE)
+    yi = torch.zeros(S, ni, dtype=INDEX_DTYPE)
     mask = torch.zeros(S, n, dtype=torch.bool)
-    tables, cxs, cys, names, domains = [], [], [], [], []
+    runs = None
+    if as_runs:  # padding runs: empty, after every atom of the set, width 1
+        nr = max(s.runs.shape[1] for s in sets)  # type: ignore[union-attr]
+        runs = torch.zeros(S, nr, len(RUN_COLUMNS), dtype=torch.int32)
+        runs[:, :, RUN_COLUMNS.index("width")] = 1
+    tables, cxs, cys, names, domains, scalings = [], [], [], [], [], []
     ob = ox = oy = 0
     row = 0
+    shift = torch.zeros(len(RUN_COLUMNS), dtype=torch.int32)
     for s in sets:
         m = s.value.shape[1]
+        if runs is not None:
+            shift[2:5] = torch.tensor([ob, ox, oy], dtype=torch.int32)
         for i in range(s.num_sets):
             value[row, :m] = s.value[i]
-            band[row, :m] = s.band[i] + ob
-            xi[row, :m] = s.xi[i] + ox
-            yi[row, :m] = s.yi[i] + oy
             mask[row, :m] = s.mask[i]
+            if runs is not None:
+                r = s.runs[i]  # type: ignore[index]
+                runs[row, : r.shape[0]] = r + shift
+                runs[row, r.shape[0] :, 0] = m
+            else:
+                band[row, :m] = s.band[i] + ob
+                xi[row, :m] = s.xi[i] + ox
+                yi[row, :m] = s.yi[i] + oy
             row += 1
         tables.append(s.band_table)
+        if s.dn_scaling is not None:
+            scalings.append(s.dn_scaling)
         cxs.append(s.coord_x)
         cys.append(s.coord_y)
         names += s.band_names
@@ -283,7 +466,10 @@ def collate(sets: Sequence[AtomBatch], pad_to: int | None = None) -> AtomBatch:
         ob += s.band_table.shape[0]
         ox += s.coord_x.shape[0]
         oy += s.coord_y.shape[0]
-    return AtomBatch(value, band, xi, yi, mask, torch.cat(tables), torch.cat(cxs), torch.cat(cys), names, domains)
+    scaling = torch.cat(scalings) if as_dn else None
+    return AtomBatch(
+        value, band, xi, yi, mask, torch.cat(tables), torch.cat(cxs), torch.cat(cys), names, domains, runs, scaling
+    )
 
 
 def bands_from_table(batch: AtomBatch) -> list[Band]:

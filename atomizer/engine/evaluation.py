@@ -21,7 +21,7 @@ from atomizer.core.runtime import autocast, pick_device
 from atomizer.core.storage import atomic_write_bytes, atomic_write_json
 from atomizer.data.datasets import open_dataset
 from atomizer.data.modalities import Modality, ModalitySet, load_modalities
-from atomizer.engine.loaders import InMemory, ModalityDataset, collate_items
+from atomizer.engine.loaders import InMemory, ModalityDataset, collate_items, wire_for
 from atomizer.engine.metrics import classification_metrics, metric_names
 from atomizer.models.checkpoint import load_model, read_checkpoint
 from atomizer.models.registry import input_type
@@ -88,7 +88,7 @@ def predict_modalities(
     source = InMemory(dataset)  # read every image once, whatever the number of modalities
     logits, targets = [], None
     for m in modalities:
-        ds = ModalityDataset(source, [m], None, input_type(model), canvas, cache=False)
+        ds = ModalityDataset(source, [m], None, input_type(model), canvas, cache=False, wire=wire_for("auto", dev))
         lg, targets = predict_dataset(model, ds, batch_size, dev, desc=f"{model_name} {m.name}")
         logits.append(lg)
     lg = torch.stack(logits)  # (M, n, C)

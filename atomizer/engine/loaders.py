@@ -20,7 +20,7 @@ import torch
 import xarray as xr
 
 from atomizer.atoms.canvas import CanvasSpec
-from atomizer.atoms.tokens import AtomBatch
+from atomizer.atoms.tokens import WIRE_FORMATS, AtomBatch
 from atomizer.data.augment import AugmentConfig, augment
 from atomizer.data.light import LightImage
 from atomizer.data.modalities import Modality, simulate
@@ -41,9 +41,26 @@ class InMemory(torch.utils.data.Dataset):
         return self.items[i]
 
 
-def model_input(image: xr.Dataset, input_type: type, canvas: CanvasSpec | None = None) -> Any:
-    """One (simulated) image as a batch of one of ``input_type`` (:class:`AtomBatch` or :class:`CanvasBatch`)."""
+def model_input(
+    image: xr.Dataset | LightImage, input_type: type, canvas: CanvasSpec | None = None, wire: str = "full"
+) -> Any:
+    """One (simulated) image as a batch of one of ``input_type`` (:class:`AtomBatch` or :class:`CanvasBatch`);
+    ``wire="compact"`` lays atoms out for the trip to the model (:mod:`atomizer.atoms.tokens`; canvases,
+    resampled and normalised floats, have one form)."""
+    if input_type is AtomBatch:
+        return AtomBatch.from_image(image, canvas, wire=wire)
     return input_type.from_image(image, canvas)
+
+
+def wire_for(setting: str, device: torch.device, num_workers: int = 0) -> str:
+    """The atoms' layout for a loader (``ModalityDataset(wire=...)``): ``"auto"`` is ``"compact"`` where
+    batches cross a process (worker processes) or a device (GPU) boundary, else ``"full"``, which spares
+    the CPU-only, in-process case the rebuild."""
+    if setting == "auto":
+        return "compact" if num_workers > 0 or device.type != "cpu" else "full"
+    if setting not in WIRE_FORMATS:
+        raise ValueError(f"wire must be auto, compact or full, got {setting!r}")
+    return setting
 
 
 class ModalityDataset(torch.utils.data.Dataset):
@@ -63,6 +80,10 @@ class ModalityDataset(torch.utils.data.Dataset):
         augment: Label-preserving augmentation after the simulation (:mod:`atomizer.data.augment`).
         fast: Read and simulate images as :class:`~atomizer.data.light.LightImage` (no xarray object per
             item; the same atoms, tested) where the base dataset offers ``light_item``.
+        wire: ``"compact"``: atoms as index runs and, where the modality keeps the stored integers, uint16
+            DN, rebuilt by ``batch.to(device)`` (3-5 bytes per atom instead of 17 from worker processes and
+            to the GPU; the same atoms, tested); ``"full"``: every index materialised
+            (:mod:`atomizer.atoms.tokens`).
     """
 
     def __init__(
@@ -77,8 +98,10 @@ class ModalityDataset(torch.utils.data.Dataset):
         cache: bool = True,
         augment: AugmentConfig | None = None,
         fast: bool = True,
+        wire: str = "full",
     ):
         self.base = base
+        self.wire = wire
         self.fast = fast and hasattr(base, "light_item")
         self.modalities = list(modalities)
         self.assignment = (
@@ -127,7 +150,7 @@ class ModalityDataset(torch.utils.data.Dataset):
         epoch, i = key if isinstance(key, tuple) else (None, key)
         it = self.item(i)  # read once (without a cache, simulated() would read it again)
         return {
-            "input": model_input(self.simulated(i, it, epoch), self.input_type, self.canvas),
+            "input": model_input(self.simulated(i, it, epoch), self.input_type, self.canvas, self.wire),
             "target": it["target"],
             "id": it["id"],
             "modality": int(self.assignment[i]),

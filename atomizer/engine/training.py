@@ -27,14 +27,14 @@ import torch.distributed as dist
 from torch import nn
 
 from atomizer.atoms.canvas import CanvasSpec
-from atomizer.atoms.tokens import ModalityBatchSampler
+from atomizer.atoms.tokens import WIRE_FORMATS, ModalityBatchSampler
 from atomizer.core.config import Config
 from atomizer.core.runtime import check_precision, dist_info, pick_device
 from atomizer.data.augment import AugmentConfig
 from atomizer.data.datasets import open_dataset, stratified_fraction
 from atomizer.data.modalities import Assignment, load_modalities
 from atomizer.engine.evaluation import predict_dataset
-from atomizer.engine.loaders import ModalityDataset, collate_items
+from atomizer.engine.loaders import ModalityDataset, collate_items, wire_for
 from atomizer.engine.loop import Loop, state_hash
 from atomizer.engine.metrics import classification_metrics
 from atomizer.models.adapters import adapter_report, apply_adapters, save_adapters
@@ -83,6 +83,7 @@ class TrainConfig(Config):
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     num_workers: int = 0
     prefetch_factor: int | None = None  # batches each loader worker prepares ahead (default: torch's, 2)
+    wire: str = "auto"  # atoms to the model: compact (index runs, uint16 DN; exact) | full | auto (compact with workers or a GPU)
     ckpt_every: int = 50  # steps
     val_every_epoch: bool = True
     patience: int | None = None  # early stopping: stop after this many validations without a better macro mAP
@@ -98,6 +99,8 @@ class TrainConfig(Config):
             raise ValueError(f"training config: max_steps must be >= 1 (or null), got {self.max_steps}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"training config: patience must be >= 1 (or null), got {self.patience}")
+        if self.wire not in ("auto", *WIRE_FORMATS):
+            raise ValueError(f"training config: wire must be auto, compact or full, got {self.wire!r}")
         for name in ("epochs", "batch_size", "grad_accum", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"training config: {name} must be >= 1, got {getattr(self, name)}")
@@ -118,8 +121,9 @@ def canvas_for(modality_file) -> CanvasSpec:
     return CanvasSpec(int(modality_file.source_size_px or 64), float(modality_file.source_gsd_m or 10.0))
 
 
-def build_datasets(cfg: TrainConfig, batch_type: type):
-    """(train, validation) :class:`ModalityDataset` under the training modalities, and the base train set."""
+def build_datasets(cfg: TrainConfig, batch_type: type, wire: str = "full"):
+    """(train, validation) :class:`ModalityDataset` under the training modalities, and the base train set;
+    ``wire`` as :class:`ModalityDataset`'s."""
     train_mods = load_modalities(cfg.train_modalities)
     canvas = canvas_for(train_mods)
     base_tr = open_dataset(cfg.dataset, cfg.train_split, cfg.data_root, fold=cfg.fold)
@@ -141,6 +145,7 @@ def build_datasets(cfg: TrainConfig, batch_type: type):
         random_window=cfg.random_window,
         seed=cfg.seed,
         augment=cfg.augment,
+        wire=wire,
     )
     va = ModalityDataset(
         base_va,
@@ -150,6 +155,7 @@ def build_datasets(cfg: TrainConfig, batch_type: type):
         canvas,
         random_window=False,
         seed=cfg.seed,
+        wire=wire,
     )
     return tr, va, base_tr
 
@@ -186,7 +192,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         if cfg.adapters is not None:  # frozen base, only the adapters train (saved apart: adapters.pt)
             adapters = apply_adapters(model, cfg.adapters, head_loaded=head_loaded).to_dict()
         # ---- data
-        train_ds, val_ds, _ = build_datasets(cfg, input_type(model))
+        train_ds, val_ds, _ = build_datasets(cfg, input_type(model), wire_for(cfg.wire, device, cfg.num_workers))
         if distributed:
             sampler = torch.utils.data.DistributedSampler(
                 train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True

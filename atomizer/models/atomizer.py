@@ -298,6 +298,7 @@ class Atomizer(nn.Module):
         ``prune`` overrides token pruning (default: in training mode when ``cfg.prune_p > 0``).
         Returns ``z`` or, with ``return_attention``, ``(z, [weights per block])``.
         """
+        batch = batch.decoded()  # a batch still in its wire form (runs, DN) is rebuilt where it is
         if batch.value.shape[1] == 0 or not bool(batch.mask.any(1).all()):
             raise ValueError("empty token set: every set in the batch needs at least one valid atom")
         if chunk_size is not None and not self.training and not return_attention:

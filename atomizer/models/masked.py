@@ -53,6 +53,7 @@ class MaskedAtomModel(nn.Module):
 
     def forward(self, visible: AtomBatch, targets: AtomBatch) -> tuple[Tensor, Tensor]:
         z = self.atomizer.encode(visible, prune=self.prune_visible and self.training)
+        targets = targets.decoded()
         enc = self.atomizer.encoder
         fx, fy = enc.coord_features(targets.coord_x), enc.coord_features(targets.coord_y)
         fb = enc.band_features(targets.band_table)

@@ -1,11 +1,13 @@
 """Tokenizer: exact atom counts on native grids, masks, batching and the modality sampler."""
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
 
 from atomizer.atoms.tokens import EmptyTokenSetError, ModalityBatchSampler, bands_from_table, collate, tokenize
-from atomizer.data.modalities import load_modalities, simulate
+from atomizer.data.modalities import Modality, load_modalities, simulate
 from atomizer.data.readers import open_image
 
 
@@ -113,3 +115,85 @@ def test_atoms_travel_as_17_bytes_with_int32_indices(ben_patch_paths):
     # int32 indices address the tables exactly as int64 ones would
     x64 = batch.coord_x[batch.xi.long()]
     assert torch.equal(batch.coord_x[batch.xi], x64)
+
+
+def _same_atoms(a, b) -> None:
+    for k in ("value", "band", "xi", "yi", "mask", "band_table", "coord_x", "coord_y"):
+        x, y = getattr(a, k), getattr(b, k)
+        assert x.dtype == y.dtype and x.shape == y.shape, k
+        torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True, msg=k)
+    assert a.band_names == b.band_names and a.band_domains == b.band_domains
+
+
+class _Compact(torch.utils.data.Dataset):
+    """Real patches tokenized for the wire inside worker processes."""
+
+    def __init__(self, paths):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        return tokenize(open_image(self.paths[i]), wire="compact")
+
+
+def test_compact_wire_is_3_bytes_an_atom_and_rebuilds_exactly(ben_patch_paths):
+    """Native BigEarthNet patches (uint16 DN on their own grids): runs + DN + mask on the wire, through
+    worker processes (shared memory) and plain pickle, rebuilt to the atoms of the full layout."""
+    paths = ben_patch_paths[:4]
+    full = collate([tokenize(open_image(p)) for p in paths])
+    loader = torch.utils.data.DataLoader(_Compact(paths), batch_size=4, num_workers=2, collate_fn=collate)
+    (wire,) = list(loader)
+    assert wire.value.dtype == torch.uint16 and wire.dn_scaling.shape == (48, 2) and wire.runs.shape == (4, 12, 6)
+    per_atom = (wire.value.element_size() + wire.mask.element_size(), wire.runs.numel() * 4 / wire.value.numel())
+    assert per_atom[0] == 3 and per_atom[1] < 0.01
+    _same_atoms(wire.to("cpu"), full)
+    _same_atoms(pickle.loads(pickle.dumps(wire)).decoded(), full)
+    # the gathers of training (token pruning, masking) read the same atoms
+    idx = torch.randint(0, full.value.shape[1], (4, 100), generator=torch.Generator().manual_seed(0))
+    _same_atoms(wire.select(idx), full.select(idx))
+
+
+def test_compact_wire_with_nodata_padding_and_mixed_layouts(ben_patch_paths):
+    img = open_image(ben_patch_paths[0])[["B02", "B05", "B01"]].copy(deep=True)
+    img["B02"].values[:7, :] = 0  # nodata of Sentinel-2: masked, value 0 once decoded
+    small = img[["B01"]]
+    sets_full = [tokenize(img), tokenize(small), tokenize(img[["B05"]])]
+    sets_wire = [tokenize(img, wire="compact"), tokenize(small, wire="compact"), tokenize(img[["B05"]])]
+    ref = collate(sets_full, pad_to=40_000)
+    _same_atoms(collate(sets_wire[:2] + sets_full[2:], pad_to=40_000).to("cpu"), ref)  # mixed: full layout
+    both = collate(sets_wire[:2], pad_to=40_000)
+    assert both.runs is not None and both.value.dtype == torch.uint16
+    _same_atoms(both.to("cpu"), collate(sets_full[:2], pad_to=40_000))
+    assert int((~both.to("cpu").mask[0, : 120 * 120]).sum()) == 7 * 120
+    # physical values with runs kept: what a batch mixing integer and averaged modalities carries
+    averaged = simulate(img, Modality("avg", 30, 40.0, ("B02", "B05")))  # 30 px of 40 m: float32 DN
+    mixed = collate([tokenize(img, wire="compact"), tokenize(averaged, wire="compact")])
+    assert mixed.runs is not None and mixed.value.dtype == torch.float32 and mixed.dn_scaling is None
+    _same_atoms(mixed.to("cpu"), collate([tokenize(img), tokenize(averaged)]))
+
+
+def test_compact_wire_refuses_what_it_cannot_carry(ben_patch_paths):
+    img = open_image(ben_patch_paths[0])[["B02"]]
+    with pytest.raises(ValueError, match="drop_invalid"):
+        tokenize(img, wire="compact", drop_invalid=True)
+    with pytest.raises(ValueError, match="wire must be one of"):
+        tokenize(img, wire="uint8")
+
+
+def test_device_rebuild_equals_host_rebuild(ben_patch_paths, monkeypatch):
+    """The vectorised rebuild a GPU runs (searchsorted over the runs, gathered DN scaling), run here on
+    CPU, gives the atoms of the host loop and of the full layout, padding included."""
+    import atomizer.atoms.tokens as tokens
+
+    img = open_image(ben_patch_paths[1])
+    crops = [img, img[["B02", "B11"]], simulate(img, Modality("c", 20, 20.0, ("B05", "B8A", "B01")))]
+    wire = collate([tokenize(c, wire="compact") for c in crops[:2]] + [tokenize(crops[2], wire="compact")])
+    ref = collate([tokenize(c) for c in crops])
+    assert wire.dn_scaling is not None  # every crop kept its integers
+    host = wire.decoded()
+    monkeypatch.setattr(tokens, "_on_host", lambda t: False)
+    device = wire.decoded()
+    _same_atoms(host, ref)
+    _same_atoms(device, ref)

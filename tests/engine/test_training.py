@@ -338,10 +338,17 @@ def test_distributed_evaluation_equals_single_process(tmp_path):
 
 def test_one_loader_with_worker_processes_serves_every_epoch_exactly(tmp_path):
     """Two worker processes, alive across the epochs (each item carries its epoch, so the workers' copies of
-    the dataset never need set_epoch): the same random windows, so the same weights as reading in-process."""
+    the dataset never need set_epoch): the same random windows, so the same weights as reading in-process.
+    With workers the atoms travel compact (wire "auto": index runs, uint16 DN), in-process in full: the
+    rebuilt atoms are the same, so are the weights; and so with the compact wire forced in-process."""
     kw = dict(epochs=3, max_steps=None, train_limit=8, batch_size=4, ckpt_every=100)
     train(TrainConfig.from_dict(smoke_config(tmp_path / "w0", num_workers=0, **kw)), progress=False)
     train(TrainConfig.from_dict(smoke_config(tmp_path / "w2", num_workers=2, **kw)), progress=False)
+    train(TrainConfig.from_dict(smoke_config(tmp_path / "c0", num_workers=0, wire="compact", **kw)), progress=False)
     a, b = state(tmp_path / "w0" / "checkpoints" / "last.pt"), state(tmp_path / "w2" / "checkpoints" / "last.pt")
+    c = state(tmp_path / "c0" / "checkpoints" / "last.pt")
     assert read_checkpoint(tmp_path / "w2" / "checkpoints" / "last.pt")["extra"]["step"] == 6  # 3 epochs x 2 steps
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    with pytest.raises(ValueError, match="wire must be auto, compact or full"):
+        TrainConfig.from_dict(smoke_config(tmp_path / "x", wire="uint16"))

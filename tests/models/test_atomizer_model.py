@@ -60,6 +60,18 @@ def test_batch_of_mixed_sets_equals_sets_alone(patch, small_set):
     assert torch.allclose(both[0], a[0], atol=1e-5) and torch.allclose(both[1], b[0], atol=1e-5)
 
 
+def test_a_batch_in_its_wire_form_reads_the_same(patch):
+    """A compact batch handed to the model without ``.to()`` (index runs, uint16 DN) is rebuilt first:
+    the same logits, bit for bit, and streaming evaluation too."""
+    model = tiny(num_classes=5)
+    crop = simulate(patch, Modality("c", 40, 10, ("B02", "B03", "B04", "B08")))  # native grid: DN travel
+    wire = tokenize(crop, wire="compact")
+    assert wire.value.dtype == torch.uint16 and wire.runs is not None
+    with torch.no_grad():
+        assert torch.equal(model(wire), model(tokenize(crop)))
+        assert torch.equal(model(wire, chunk_size=1000), model(tokenize(crop), chunk_size=1000))
+
+
 def test_permutation_invariance_at_evaluation(small_set):
     model = tiny()
     perm = torch.randperm(small_set.value.shape[1], generator=torch.Generator().manual_seed(0))[None]
