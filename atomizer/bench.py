@@ -16,7 +16,8 @@ Cases (each measured in its own subprocess, so one case's memory never pollutes 
    by the xarray path and the fast path (:class:`atomizer.data.light.LightImage`); the atoms' two
    layouts for a batch of 64 (``wire full``: every index, float32 values, 17 bytes an atom; ``wire
    compact``: index runs and uint16 DN where the modality keeps integers, :mod:`atomizer.atoms.tokens`):
-   bytes, collate time, pinning and the copy to the device with the rebuild; then a DataLoader with 0,
+   bytes, collate time, the handoff between processes (shared memory), pinning and the copy to the
+   device with the rebuild; then a DataLoader with 0,
    1, 2 and all cores' worker processes feeding a ``tiny`` train step on the device, with the fraction
    of the step time spent waiting for data.
 
@@ -377,8 +378,13 @@ def _tensor_bytes(batch: Any) -> int:
 
 def _wire_records(base: Any, mods: list, device: torch.device, quick: bool, batch: int = 64) -> list[dict]:
     """The atoms' two layouts (:mod:`atomizer.atoms.tokens`) for a batch of ``batch`` patches: bytes on
-    the wire, collate time (worker side), pinning and the copy to ``device`` with the rebuild (training
-    process side), for the native grids (uint16 DN kept) and for the training modalities (averaged)."""
+    the wire, collate time and the handoff to the training process (worker side: tensors to shared memory,
+    pickled and unpickled), pinning and the copy to ``device`` with the rebuild (training process side),
+    for the native grids (uint16 DN kept) and for the training modalities (averaged)."""
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401  (registers torch's shared-memory reductions, as workers use)
+
     from atomizer.atoms.tokens import AtomBatch
     from atomizer.data.lmdb_store import S2_BANDS
     from atomizer.data.modalities import Modality
@@ -392,10 +398,13 @@ def _wire_records(base: Any, mods: list, device: torch.device, quick: bool, batc
         for wire in ("full", "compact"):
             ds = ModalityDataset(base, ms, np.arange(n) % len(ms), AtomBatch, random_window=True, wire=wire)
             items = [ds[i % n] for i in range(batch)]
-            times: dict[str, list[float]] = {"collate": [], "pin": [], "to_device": []}
+            times: dict[str, list[float]] = {"collate": [], "handoff": [], "pin": [], "to_device": []}
             for _ in range(2 if quick else 6):  # the first is a warm-up
                 t = time.perf_counter()
                 b = collate_items(items)["input"]
+                t0 = time.perf_counter()
+                # a worker's handoff: its tensors moved to shared memory, pickled, unpickled by the trainer
+                b = ForkingPickler.loads(ForkingPickler.dumps(b))
                 t1 = time.perf_counter()
                 if device.type == "cuda":
                     b = b.pin_memory()
@@ -404,7 +413,7 @@ def _wire_records(base: Any, mods: list, device: torch.device, quick: bool, batc
                 on = b.to(device, non_blocking=True)
                 sync()
                 t3 = time.perf_counter()
-                for k, dt in zip(times, (t1 - t, t2 - t1, t3 - t2)):
+                for k, dt in zip(times, (t0 - t, t1 - t0, t2 - t1, t3 - t2)):
                     times[k].append(dt)
                 del on
             atoms = b.value.numel()
@@ -420,7 +429,7 @@ def _wire_records(base: Any, mods: list, device: torch.device, quick: bool, batc
                 "values": str(b.value.dtype).removeprefix("torch."),
             }
             rec.update({f"{k}_seconds": float(np.median(v[1:])) for k, v in times.items()})
-            rec["seconds_per_image"] = sum(rec[f"{k}_seconds"] for k in times) / batch  # collate, pin, copy
+            rec["seconds_per_image"] = sum(rec[f"{k}_seconds"] for k in times) / batch  # the whole trip
             out.append(rec)
     return out
 
@@ -442,11 +451,11 @@ def case_loader(quick: bool, device: torch.device | None = None) -> list[dict]:
         n = len(sources["lmdb"])
         passes = 1 if quick else 5
         for name, base in sources.items():
-            for fast in (False, True):
-                if name == "geotiff" and fast and quick:
+            for fast, wire in ((False, "full"), (True, "full"), (True, "compact")):
+                if (name == "geotiff" and fast and quick) or (wire == "compact" and name != "lmdb"):
                     continue
                 ds = ModalityDataset(
-                    base, list(mods), np.arange(n) % len(mods), random_window=True, cache=False, fast=fast
+                    base, list(mods), np.arange(n) % len(mods), random_window=True, cache=False, fast=fast, wire=wire
                 )
                 ds[0]  # warm-up (imports, caches)
                 t = time.perf_counter()
@@ -459,7 +468,7 @@ def case_loader(quick: bool, device: torch.device | None = None) -> list[dict]:
                     {
                         "case": "loader",
                         "source": name,
-                        "path": "fast" if ds.fast else "xarray",
+                        "path": ("fast" if ds.fast else "xarray") + (", wire compact" if wire == "compact" else ""),
                         "batch": 1,
                         "seconds_per_image": sec,
                         "patches_per_second": 1.0 / sec,
@@ -637,6 +646,7 @@ def format_table(records: list[dict]) -> str:
         "bytes_per_atom",
         "wire_bytes",
         "collate_seconds",
+        "handoff_seconds",
         "pin_seconds",
         "to_device_seconds",
         "patches_per_second",
