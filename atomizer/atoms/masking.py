@@ -71,7 +71,7 @@ def mask_atoms(
     S, N = batch.mask.shape
     hidden = torch.zeros(S, N, dtype=torch.bool)
     mask = batch.mask.cpu()
-    cpu = batch.to("cpu") if batch.value.device.type != "cpu" else batch
+    cpu = batch.to("cpu") if batch.value.device.type != "cpu" else batch.decoded()  # indices of a compact batch
     for s in range(S):
         atoms = mask[s].nonzero().squeeze(1)
         n = atoms.numel()
