@@ -17,6 +17,7 @@ import sys
 import time
 
 import pytest
+from playwright.sync_api import Error as PlaywrightError
 
 from tests.conftest import CHROMIUM, REPO_ROOT
 
@@ -61,6 +62,15 @@ def lab(tmp_path_factory):
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def _shots(plots) -> list[bytes] | None:
+    """Screenshots of the first three plots, or None while one is being redrawn (Bokeh replaces a changed
+    plot's canvas, so the element can leave the DOM between finding it and taking its picture)."""
+    try:
+        return [plots.nth(i).screenshot(timeout=10_000) for i in range(3)]
+    except PlaywrightError:
+        return None
 
 
 UIS = {  # JupyterLab, and the classic Notebook interface (Notebook 7, served by the same Jupyter server)
@@ -108,7 +118,10 @@ def test_explore_encodings_renders_offline_and_a_widget_changes_a_plot(lab, page
     handle.scroll_into_view_if_needed()
     start = handle.get_attribute("aria-valuenow")
     plots = page.locator(".jp-OutputArea-output .bk-Canvas")
-    before = [plots.nth(i).screenshot() for i in range(3)]
+    before = None
+    for _ in range(10):  # the plots may still be settling from their first render
+        before = before or _shots(plots)
+    assert before is not None, "the plots never held still long enough for a screenshot"
     after = before
     # Under load the kernel's Panel comm can still be opening when the first key events arrive (seen once
     # in a fresh-clone CI run: the slider moved, no plot changed): move it again, up to three times.
@@ -119,7 +132,7 @@ def test_explore_encodings_renders_offline_and_a_widget_changes_a_plot(lab, page
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and after == before:
             time.sleep(0.5)
-            after = [plots.nth(i).screenshot() for i in range(3)]
+            after = _shots(plots) or after
         if after != before:
             break
     page.screenshot(path=str(SHOTS / f"{ui}_after_slider.png"), full_page=True)
