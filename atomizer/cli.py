@@ -109,6 +109,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         batch_size=args.batch_size,
         device=args.device,
+        num_workers=args.workers,
     )
     if rank != 0:
         return 0
@@ -366,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test")
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--device", default="auto")
+    s.add_argument("--workers", type=int, default=0, help="loader processes (0: read in this one)")
     s.add_argument("--out", help="write results (netCDF + JSON) here")
     s.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     s.set_defaults(func=_cmd_evaluate)

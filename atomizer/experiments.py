@@ -66,6 +66,7 @@ def train_and_evaluate(
             device=cfg.device,
             model_name=cfg.label or model,
             predictions=True,
+            num_workers=cfg.num_workers,
         )
         save_results(preds, per_image, overwrite=True, records=False)
         save_results(res, table, overwrite=True)
@@ -108,6 +109,7 @@ def run_sweep(
         device=device,
         model_name=cfg.label or cfg.model,
         predictions=True,
+        num_workers=cfg.num_workers,
     )
     res.attrs["sweep"] = kind
     out = run / RESULT_FILES[kind]
@@ -306,6 +308,7 @@ def run_landscape(
         device=device,
         model_name=cfg.label or cfg.model,
         predictions=True,
+        num_workers=cfg.num_workers,
     )
     save_results(preds, per_image, overwrite=True, records=False)
     save_results(res, table, overwrite=True)

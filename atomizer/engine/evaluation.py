@@ -26,6 +26,9 @@ from atomizer.engine.metrics import classification_metrics, metric_names
 from atomizer.models.checkpoint import load_model, read_checkpoint
 from atomizer.models.registry import input_type
 
+#: :func:`predict_modalities` keeps a dataset of at most this many images in memory across modalities.
+IN_MEMORY_MAX_IMAGES = 20_000
+
 
 @torch.no_grad()
 def predict_dataset(
@@ -35,8 +38,10 @@ def predict_dataset(
     device: torch.device,
     desc: str = "eval",
     precision: str = "auto",
+    num_workers: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, targets) of every item, in order, with the model in eval mode.
+    """(logits, targets) of every item, in order, with the model in eval mode; ``num_workers`` loader
+    processes read and tokenize (batches pinned for a GPU).
 
     Under ``torch.distributed`` (world size > 1) every rank scores its shard (items ``rank, rank + world,
     ...``: none padded, none twice) and the predictions are gathered, so every rank returns all of them
@@ -49,7 +54,14 @@ def predict_dataset(
     if world > 1:
         index = index[torch.distributed.get_rank() :: world]
     part = ds if world == 1 else torch.utils.data.Subset(ds, index)
-    loader = torch.utils.data.DataLoader(part, batch_size=batch_size, shuffle=False, collate_fn=collate_items)
+    loader = torch.utils.data.DataLoader(
+        part,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=collate_items,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
     logits, targets = [], []
     for b in tqdm(loader, desc=desc, leave=False, disable=None):
         with autocast(precision, device):
@@ -76,8 +88,13 @@ def predict_modalities(
     batch_size: int = 16,
     device: str = "auto",
     model_name: str = "model",
+    num_workers: int = 0,
 ) -> xr.Dataset:
     """Per-image class probabilities of ``model`` on ``dataset`` under each modality.
+
+    A dataset of at most :data:`IN_MEMORY_MAX_IMAGES` images is read once and kept for every modality;
+    a larger one (the full BigEarthNet test split: 125,188 patches, about 20 GB of DN) is read again per
+    modality, by ``num_workers`` loader processes.
 
     Returns a Dataset with ``probability`` (modality, image, class) (sigmoid for multi-label, softmax
     otherwise), ``target`` (image, class) 0/1, and ``logit`` (modality, image, class); coordinates: image
@@ -85,11 +102,14 @@ def predict_modalities(
     """
     dev = pick_device(device)
     model = model.to(dev).eval()
-    source = InMemory(dataset)  # read every image once, whatever the number of modalities
+    source = InMemory(dataset) if len(dataset) <= IN_MEMORY_MAX_IMAGES else dataset
+    wire = wire_for("auto", dev, num_workers)
     logits, targets = [], None
     for m in modalities:
-        ds = ModalityDataset(source, [m], None, input_type(model), canvas, cache=False, wire=wire_for("auto", dev))
-        lg, targets = predict_dataset(model, ds, batch_size, dev, desc=f"{model_name} {m.name}")
+        ds = ModalityDataset(source, [m], None, input_type(model), canvas, cache=False, wire=wire)
+        lg, targets = predict_dataset(
+            model, ds, batch_size, dev, desc=f"{model_name} {m.name}", num_workers=num_workers
+        )
         logits.append(lg)
     lg = torch.stack(logits)  # (M, n, C)
     probs = lg.sigmoid() if dataset.multilabel else lg.softmax(-1)
@@ -134,9 +154,10 @@ def evaluate_model(
     batch_size: int = 16,
     device: str = "auto",
     model_name: str = "model",
+    num_workers: int = 0,
 ) -> xr.Dataset:
     """Scores of ``model`` on ``dataset`` under each modality (every image gets that modality)."""
-    preds = predict_modalities(model, dataset, modalities, canvas, batch_size, device, model_name)
+    preds = predict_modalities(model, dataset, modalities, canvas, batch_size, device, model_name, num_workers)
     return scores_of(preds, modalities)
 
 
@@ -167,12 +188,14 @@ def evaluate_checkpoint(
     device: str = "auto",
     model_name: str | None = None,
     predictions: bool = False,
+    num_workers: int = 0,
 ):
     """Evaluate a training checkpoint on every modality of a modality file.
 
     A run trained on a cross-validation fold (``fold`` in its training config) is evaluated on that
     fold's test images. Returns the results Dataset, or ``(results, per-image predictions)`` with
     ``predictions=True`` (:func:`predict_modalities`); both carry the run's ``seed`` and ``fold``.
+    ``num_workers`` loader processes read and tokenize.
     """
     payload = read_checkpoint(checkpoint)
     tc = payload["extra"].get("train_config", {})
@@ -185,7 +208,7 @@ def evaluate_checkpoint(
     model = load_model(checkpoint)
     canvas = CanvasSpec(int(mods.source_size_px or 64), float(mods.source_gsd_m or 10.0))
     name = model_name or payload["arch"]
-    preds = predict_modalities(model, ds, mods.modalities, canvas, batch_size, device, name)
+    preds = predict_modalities(model, ds, mods.modalities, canvas, batch_size, device, name, num_workers)
     res = scores_of(preds, mods.modalities)
     attrs = {
         "checkpoint": str(checkpoint),

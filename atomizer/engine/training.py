@@ -304,7 +304,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             if end_of_epoch and cfg.val_every_epoch and len(val_ds):
                 # every rank scores its shard; all get the gathered predictions, hence the same metrics
                 logits, targets = predict_dataset(
-                    core, val_ds, cfg.batch_size, device, desc="validate", precision=cfg.precision
+                    core,
+                    val_ds,
+                    cfg.batch_size,
+                    device,
+                    desc="validate",
+                    precision=cfg.precision,
+                    num_workers=cfg.num_workers,
                 )
                 val = classification_metrics(logits, targets)
                 val["loss"] = float(loss_fn(logits, targets))
