@@ -21,13 +21,10 @@ from atomizer.core.runtime import autocast, pick_device
 from atomizer.core.storage import atomic_write_bytes, atomic_write_json
 from atomizer.data.datasets import open_dataset
 from atomizer.data.modalities import Modality, ModalitySet, load_modalities
-from atomizer.engine.loaders import InMemory, ModalityDataset, collate_items, wire_for
+from atomizer.engine.loaders import InMemory, ModalityDataset, collate_items, keep_in_memory, wire_for
 from atomizer.engine.metrics import classification_metrics, metric_names
 from atomizer.models.checkpoint import load_model, read_checkpoint
 from atomizer.models.registry import input_type
-
-#: :func:`predict_modalities` keeps a dataset of at most this many images in memory across modalities.
-IN_MEMORY_MAX_IMAGES = 20_000
 
 
 @torch.no_grad()
@@ -92,7 +89,7 @@ def predict_modalities(
 ) -> xr.Dataset:
     """Per-image class probabilities of ``model`` on ``dataset`` under each modality.
 
-    A dataset of at most :data:`IN_MEMORY_MAX_IMAGES` images is read once and kept for every modality;
+    A small dataset (:func:`~atomizer.engine.loaders.keep_in_memory`) is read once and kept for every modality;
     a larger one (the full BigEarthNet test split: 125,188 patches, about 20 GB of DN) is read again per
     modality, by ``num_workers`` loader processes.
 
@@ -102,7 +99,7 @@ def predict_modalities(
     """
     dev = pick_device(device)
     model = model.to(dev).eval()
-    source = InMemory(dataset) if len(dataset) <= IN_MEMORY_MAX_IMAGES else dataset
+    source = InMemory(dataset) if keep_in_memory(dataset) else dataset
     wire = wire_for("auto", dev, num_workers)
     logits, targets = [], None
     for m in modalities:
