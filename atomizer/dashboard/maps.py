@@ -128,8 +128,9 @@ class MapView(pn.viewable.Viewer):
             if self._error:
                 self.status = self._error
             elif self.map_path is not None:
-                self._load()
-                self.status = f"Map: {self.map_path}"
+                with param.parameterized.batch_call_watchers(self):  # the plot is drawn once, not per change
+                    self._load()
+                    self.status = f"Map: {self.map_path}"
 
     def _load(self) -> None:
         import json

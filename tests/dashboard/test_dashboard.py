@@ -390,7 +390,10 @@ def test_map_view_builds_in_background_and_draws_classes(tiny_run, tmp_path, maj
         fx.write_raster(scene / f"{band}.tif", data, prof)
     view = MapView(checkpoint=str(tiny_run["checkpoint"]), scene=str(scene), cache_dir=str(tmp_path / "maps"))
     assert view.plot().__class__.__name__ == "Alert"  # nothing built yet: a message, not an error
+    redraws = []  # what the plot depends on: one batch of changes when the map arrives, so one redraw
+    view.param.watch(lambda *events: redraws.append(events), ["layer", "status"])
     path = view.build(blocking=True)
+    assert len(redraws) == 2  # "Building the map...", then the map (its layer list, layer and status at once)
     assert path is not None and path.exists() and path.parent == tmp_path / "maps", view.status
     assert view.status.startswith("Map:") and not view.progress.visible
     classes = view.param.layer.objects[1:]

@@ -285,7 +285,8 @@ def test_maps_tab_builds_a_map_in_the_background_and_switches_classes(page, serv
     layer = page.locator(".bk-input-group", has=page.get_by_text("Layer", exact=True)).locator("select")
     titles = """() => { const t = []; for (const doc of Bokeh.documents) for (const m of doc.all_models)
       if (typeof m.text === 'string' && m.text.endsWith('over the RGB composite')) t.push(m.text); return t; }"""
-    assert page.evaluate(titles) == ["argmax (most probable class) over the RGB composite"]
+    # every plot titled so shows the argmax (a replaced plot can linger in the document's models a moment)
+    assert set(page.evaluate(titles)) == {"argmax (most probable class) over the RGB composite"}
     layer.select_option("Forest")
     page.wait_for_function(f"() => ({titles})().includes('Forest over the RGB composite')", timeout=30_000)
     assert page.evaluate(layer_range, hover) is not None  # the hover columns are still every class's
