@@ -114,28 +114,27 @@ class AtomBatch:
         if not self.compact:
             return self
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
-        if self.runs is not None and _on_host(self.runs):  # one host pass over the runs
-            kw["band"], kw["xi"], kw["yi"], kw["value"] = _rebuild_on_host(
-                self.runs, self.value, self.mask, self.dn_scaling
-            )
-        else:
-            if self.runs is not None:
-                kw["band"], kw["xi"], kw["yi"] = _expand_runs_vectorised(self.runs, self.value.shape[1])
-            if self.dn_scaling is not None:
-                band = kw["band"].reshape(-1)
-                offset, scale = (c.index_select(0, band).view_as(self.value) for c in self.dn_scaling.T.contiguous())
-                v = (self.value.to(torch.float32) + offset) * scale  # per-band constants gathered per atom
-                kw["value"] = torch.where(self.mask, v, torch.zeros((), dtype=v.dtype, device=v.device))
-        kw.update(runs=None, dn_scaling=None)
-        return AtomBatch(**kw)
+        if self.runs is not None:
+            kw["band"], kw["xi"], kw["yi"] = expand_runs(self.runs, self.value.shape[1])
+            if _on_host(self.runs):  # values run by run, then the runs can go
+                kw["value"] = self.physical().value
+                kw["dn_scaling"] = None
+            kw["runs"] = None
+        return AtomBatch(**kw).physical()  # elsewhere: DN scaled through the rebuilt band index
 
     def physical(self) -> "AtomBatch":
         """The batch with float32 physical values, indices left as they are (runs stay runs)."""
         if self.dn_scaling is None:
             return self
+        if self.runs is not None and _on_host(self.runs):  # run by run: no per-atom band index needed
+            value = _host_values(self.runs, self.value, self.mask, self.dn_scaling)
+        else:
+            band = (expand_runs(self.runs, self.value.shape[1])[0] if self.runs is not None else self.band).reshape(-1)
+            offset, scale = (c.index_select(0, band).view_as(self.value) for c in self.dn_scaling.T.contiguous())
+            v = (self.value.to(torch.float32) + offset) * scale  # per-band constants gathered per atom
+            value = torch.where(self.mask, v, torch.zeros((), dtype=v.dtype, device=v.device))
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
-        full = self.decoded()
-        kw.update(value=full.value, dn_scaling=None)
+        kw.update(value=value, dn_scaling=None)
         return AtomBatch(**kw)
 
     def __getstate__(self) -> dict:
@@ -338,40 +337,36 @@ def expand_runs(runs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor,
     """``(band, xi, yi)`` (S, n) int32 of the atoms that ``runs`` (S, R, 6) describe (module docstring), on
     the device of ``runs``; atoms past a set's last run (padding) get 0. On CPU the runs are filled from the
     cached grids of :func:`tokenize`; elsewhere one vectorised pass (the same indices, tested)."""
-    if not _on_host(runs):
-        return _expand_runs_vectorised(runs, n)
-    none = torch.zeros(runs.shape[0], n, dtype=torch.bool)
-    return _rebuild_on_host(runs, none.to(torch.float32), none, None)[:3]
+    return _host_indices(runs, n) if _on_host(runs) else _expand_runs_vectorised(runs, n)
 
 
-def _rebuild_on_host(
-    runs: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, dn_scaling: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(band, xi, yi, value)`` of a compact CPU batch in one pass over its runs: index slices copied from
-    the cached grids, DN converted band by band with the arithmetic of
-    :meth:`~atomizer.data.light.Raster.physical` (float32 ``(DN + offset) * scale``), masked atoms 0."""
-    S, n = value.shape
-    band, xi, yi = (np.zeros((S, n), np.int32) for _ in range(3))
-    dn = value.numpy()
-    out = np.zeros((S, n), np.float32) if dn_scaling is not None else dn
-    scaling = dn_scaling.numpy() if dn_scaling is not None else None
+def _host_indices(runs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`expand_runs` on CPU: each run's index slices copied from the cached grids of :func:`tokenize`."""
+    band, xi, yi = (np.zeros((runs.shape[0], n), np.int32) for _ in range(3))
     for s, rows in enumerate(runs.tolist()):
         for start, length, b, x0, y0, w in rows:
-            if not length:
-                continue
-            gx, gy = _grid_index(0, 0, length // w, w)
-            sl = slice(start, start + length)
-            band[s, sl] = b
-            np.add(gx, x0, out=xi[s, sl])
-            np.add(gy, y0, out=yi[s, sl])
-            if scaling is not None:
-                v = out[s, sl]
-                v[:] = dn[s, sl]  # uint16 -> float32, exact
-                v += scaling[b, 0]
-                v *= scaling[b, 1]
-    if scaling is not None:
-        out[~mask.numpy()] = 0.0
-    return (*(torch.from_numpy(a) for a in (band, xi, yi)), torch.from_numpy(out) if scaling is not None else value)  # type: ignore[return-value]
+            if length:
+                gx, gy = _grid_index(0, 0, length // w, w)
+                sl = slice(start, start + length)
+                band[s, sl] = b
+                np.add(gx, x0, out=xi[s, sl])
+                np.add(gy, y0, out=yi[s, sl])
+    return torch.from_numpy(band), torch.from_numpy(xi), torch.from_numpy(yi)
+
+
+def _host_values(runs: torch.Tensor, dn: torch.Tensor, mask: torch.Tensor, dn_scaling: torch.Tensor) -> torch.Tensor:
+    """Physical values of a CPU batch of DN, run by run (one band's constants per run) with the arithmetic of
+    :meth:`~atomizer.data.light.Raster.physical`: float32 ``(DN + offset) * scale``; masked atoms 0."""
+    raw, scaling = dn.numpy(), dn_scaling.numpy()
+    out = np.zeros(raw.shape, np.float32)
+    for s, rows in enumerate(runs.tolist()):
+        for start, length, b, *_ in rows:
+            v = out[s, start : start + length]
+            v[:] = raw[s, start : start + length]  # uint16 -> float32, exact
+            v += scaling[b, 0]
+            v *= scaling[b, 1]
+    out[~mask.numpy()] = 0.0
+    return torch.from_numpy(out)
 
 
 def _expand_runs_vectorised(runs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
