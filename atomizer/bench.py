@@ -440,7 +440,7 @@ def case_loader(quick: bool, device: torch.device | None = None) -> list[dict]:
     import tempfile
 
     from atomizer.data.modalities import load_modalities
-    from atomizer.engine.loaders import ModalityDataset, collate_items
+    from atomizer.engine.loaders import ModalityDataset, collate_items, wire_for
 
     torch.set_num_threads(1)
     mods = load_modalities("bigearthnet_train")
@@ -482,7 +482,7 @@ def case_loader(quick: bool, device: torch.device | None = None) -> list[dict]:
         target = torch.zeros(8, model.cfg.num_classes, device=device)
         cores = os.cpu_count() or 1
         for workers in (0, 1) if quick else sorted({0, 1, 2, cores}):
-            wire = "compact" if workers or device.type == "cuda" else "full"
+            wire = wire_for("auto", device, workers)
             ds = ModalityDataset(base, list(mods), np.arange(n) % len(mods), random_window=True, cache=False, wire=wire)
             loader = torch.utils.data.DataLoader(
                 ds, batch_size=8, shuffle=True, collate_fn=collate_items, num_workers=workers, drop_last=True,

@@ -191,8 +191,12 @@ class CanvasBatch:
         return CanvasBatch(*(torch.cat([getattr(b, f.name) for b in items]) for f in fields(cls)))
 
     @classmethod
-    def from_image(cls, image: xr.Dataset | LightImage, canvas: CanvasSpec | None = None) -> "CanvasBatch":
-        """One image on the canvas ``canvas`` (default :class:`CanvasSpec`), as a batch of one."""
+    def from_image(
+        cls, image: xr.Dataset | LightImage, canvas: CanvasSpec | None = None, wire: str = "full"
+    ) -> "CanvasBatch":
+        """One image on the canvas ``canvas`` (default :class:`CanvasSpec`), as a batch of one. ``wire`` is
+        accepted for the model-input protocol and has no effect: a canvas, resampled and normalised floats,
+        travels in its one form."""
         if not isinstance(image, LightImage):
             image = LightImage.from_xarray(image)  # once, for the canvas and its GSD
         spec = canvas or CanvasSpec()

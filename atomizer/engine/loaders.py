@@ -55,11 +55,9 @@ def model_input(
     image: xr.Dataset | LightImage, input_type: type, canvas: CanvasSpec | None = None, wire: str = "full"
 ) -> Any:
     """One (simulated) image as a batch of one of ``input_type`` (:class:`AtomBatch` or :class:`CanvasBatch`);
-    ``wire="compact"`` lays atoms out for the trip to the model (:mod:`atomizer.atoms.tokens`; canvases,
-    resampled and normalised floats, have one form)."""
-    if input_type is AtomBatch:
-        return AtomBatch.from_image(image, canvas, wire=wire)
-    return input_type.from_image(image, canvas)
+    ``wire="compact"`` lays atoms out for the trip to the model (:mod:`atomizer.atoms.tokens`; a canvas has
+    one form)."""
+    return input_type.from_image(image, canvas, wire=wire)
 
 
 def wire_for(setting: str, device: torch.device, num_workers: int = 0) -> str:
