@@ -59,3 +59,32 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     """Valid JSON only: non-finite floats are written as null (never ``NaN`` or ``-Infinity``)."""
     text = json.dumps(finite_json(obj), indent=2, sort_keys=True, default=str, allow_nan=False)
     return atomic_write_text(path, text + "\n")
+
+
+class LockedError(RuntimeError):
+    """A run folder or results store is being written by another process."""
+
+
+@contextmanager
+def locked(folder: str | Path, what: str = "run folder") -> Iterator[Path]:
+    """Hold ``folder``'s write lock (``<folder>/.lock``, an OS file lock via :mod:`filelock`) while the block runs.
+
+    A second writer, in this process or another, is refused at once with a one-line :class:`LockedError`
+    naming the folder; the lock is released when the block ends or the process dies (no stale lock).
+    """
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / ".lock"), timeout=0, is_singleton=False, thread_local=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise LockedError(
+            f"{what} {folder.name!r} is being written by another process (its .lock is held); "
+            "wait for it to finish or use another folder"
+        ) from None
+    try:
+        yield folder
+    finally:
+        lock.release()
