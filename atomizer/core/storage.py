@@ -66,8 +66,8 @@ class LockedError(RuntimeError):
 
 
 @contextmanager
-def locked(folder: str | Path, what: str = "run folder") -> Iterator[Path]:
-    """Hold ``folder``'s write lock (``<folder>/.lock``, an OS file lock via :mod:`filelock`) while the block runs.
+def locked(folder: str | Path, what: str = "run folder", name: str = ".lock") -> Iterator[Path]:
+    """Hold ``folder``'s write lock (``<folder>/<name>``, default ``.lock``; an OS file lock via :mod:`filelock`) while the block runs.
 
     A second writer, in this process or another, is refused at once with a one-line :class:`LockedError`
     naming the folder; the lock is released when the block ends or the process dies (no stale lock).
@@ -76,12 +76,12 @@ def locked(folder: str | Path, what: str = "run folder") -> Iterator[Path]:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(folder / ".lock"), timeout=0, is_singleton=False, thread_local=False)
+    lock = FileLock(str(folder / name), timeout=0, is_singleton=False, thread_local=False)
     try:
         lock.acquire()
     except Timeout:
         raise LockedError(
-            f"{what} {folder.name!r} is being written by another process (its .lock is held); "
+            f"{what} {folder.name!r} is being written by another process (its {name} is held); "
             "wait for it to finish or use another folder"
         ) from None
     try:

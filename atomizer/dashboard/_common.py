@@ -115,3 +115,96 @@ def on_session_end(cleanup: Callable[[], None]) -> None:
             release_memory()
 
     pn.state.on_session_destroyed(_destroyed)
+
+
+# --------------------------------------------------------------------------------------------------
+# What a served dashboard may read, and how it shows strings
+# --------------------------------------------------------------------------------------------------
+
+
+def escape_text(value: Any) -> str:
+    """``str(value)`` with HTML's special characters escaped: every string from a file, a store, an error or a
+    user goes through this before it reaches a Markdown, HTML or Alert pane."""
+    import html
+
+    return html.escape(str(value), quote=True)
+
+
+class OutsideRootsError(ValueError):
+    """A path the dashboard was asked to read lies outside the roots it was started with."""
+
+
+class Roots:
+    """The folders a served dashboard may read, fixed when it starts; every path a view touches goes through it.
+
+    ``resolve(text)`` takes a path as a user typed or chose it (relative to the first root, or absolute) and
+    returns the resolved path if it lies under one of the roots (symbolic links resolved first), else raises
+    :class:`OutsideRootsError` with a message that names neither the resolved path nor whether it exists.
+    ``display(path)`` is how a path is shown: relative to its root, prefixed with the root's label; never an
+    absolute server path. ``files(patterns)`` lists what lies under the roots, for selection widgets.
+    """
+
+    def __init__(self, roots: dict[str, str | Path] | list[str | Path] | tuple[str | Path, ...]):
+        items = roots.items() if isinstance(roots, dict) else ((Path(r).name or str(r), r) for r in roots)
+        self._roots: list[tuple[str, Path]] = []
+        for label, r in items:
+            p = Path(r).expanduser().resolve()
+            if all(p != q for _, q in self._roots):
+                self._roots.append((str(label), p))
+
+    def __iter__(self):
+        return iter(p for _, p in self._roots)
+
+    def __len__(self) -> int:
+        return len(self._roots)
+
+    def __repr__(self) -> str:
+        return f"Roots({[label for label, _ in self._roots]})"
+
+    def contains(self, path: str | Path) -> bool:
+        p = Path(path).resolve()
+        return any(p == r or p.is_relative_to(r) for _, r in self._roots)
+
+    def resolve(self, text: str | Path, what: str = "path") -> Path:
+        """The real path of ``text`` if it lies under a root; :class:`OutsideRootsError` otherwise."""
+        raw = str(text).strip()
+        if not raw:
+            raise OutsideRootsError(f"no {what} given")
+        if "\x00" in raw or "://" in raw or raw.startswith("/vsi"):
+            raise OutsideRootsError(f"the {what} is not a file under the dashboard's folders")
+        p = Path(raw).expanduser()
+        candidates = [p] if p.is_absolute() else [r / p for _, r in self._roots]
+        for c in candidates:
+            real = c.resolve()
+            if self.contains(real) and (real.exists() or c is candidates[-1]):
+                return real
+        raise OutsideRootsError(
+            f"the {what} is not under the folders this dashboard serves ({', '.join(lb for lb, _ in self._roots)})"
+        )
+
+    def display(self, path: str | Path) -> str:
+        """``label/relative/path`` for a path under a root; the bare file name otherwise (never an absolute path)."""
+        p = Path(path).resolve()
+        for label, r in self._roots:
+            if p == r:
+                return label
+            if p.is_relative_to(r):
+                return f"{label}/{p.relative_to(r).as_posix()}"
+        return p.name
+
+    def files(self, *patterns: str, limit: int = 500) -> list[Path]:
+        """Files (or folders) under the roots matching any glob ``pattern`` (recursive ``**`` allowed), sorted,
+        at most ``limit``; links that leave the roots are skipped."""
+        out: list[Path] = []
+        seen: set[Path] = set()
+        for _, r in self._roots:
+            for pat in patterns:
+                for f in sorted(r.glob(pat)):
+                    real = f.resolve()
+                    if real in seen or not self.contains(real):
+                        continue
+                    seen.add(real)
+                    out.append(real)
+                    if len(out) >= limit:
+                        return out
+        return out
