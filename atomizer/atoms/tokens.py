@@ -15,7 +15,7 @@ Shapes (S images in a batch, N tokens after padding, B bands, X/Y coordinate-tab
     band_table (B, 6) float32   wavelength_nm, bandwidth_nm, gsd_m, extra channel (-1 optical),
                                 day of year and year of acquisition (NaN when unknown)
     coord_x, coord_y (X,), (Y,) float32   metres from the image centre (x east, y north)
-    runs   (S, R, 6) int32 or None   on the wire only (below)
+    runs   (S, R, 6) int64 or None   on the wire only (below): atom offsets past 2^31 fit
     dn_scaling (B, 2) float32 or None   on the wire only (below)
 
 **On the wire.** Batches that cross a process or device boundary (loader workers to the training
@@ -52,6 +52,9 @@ BAND_TABLE_COLUMNS = ("wavelength_nm", "bandwidth_nm", "gsd_m", "extra_channel",
 WIRE_FORMATS = ("full", "compact")
 #: ``runs`` columns.
 RUN_COLUMNS = ("start", "length", "band", "x0", "y0", "width")
+#: ``runs`` are int64: a run's first atom and length (and a batch's cumulative atom offsets) can pass 2^31 on
+#: a large scene, where int32 would wrap; a run row is 48 bytes whatever the image size.
+RUN_DTYPE = torch.int64
 #: Bands off the optical RBF axis get a one-hot code in these extra spectral channels.
 EXTRA_CHANNELS = (*POLARISATIONS, "thermal")
 
@@ -263,7 +266,6 @@ def tokenize(
     doy, year = acquisition_date(image)
     values: list[np.ndarray] = []
     band_idx: list[np.ndarray] = []
-    runs: list[tuple[int, int, int, int, int, int]] = []
     xi: list[np.ndarray] = []
     yi: list[np.ndarray] = []
     valid: list[np.ndarray] = []
@@ -271,7 +273,7 @@ def tokenize(
     coord_y: list[np.ndarray] = []
     table: list[list[float]] = []
     domains: list[str] = []
-    nx = ny = start = 0
+    nx = ny = 0
     for b, n in enumerate(names):
         r = image.bands[n]
         a = r.attrs
@@ -282,14 +284,12 @@ def tokenize(
             v, ok = r.physical()
         values.append(v.ravel())
         valid.append(ok.ravel())
-        if wire == "compact":
-            runs.append((start, h * w, b, nx, ny, w))
-        else:
+        if wire != "compact":
             band_idx.append(np.full(h * w, b, np.int32))
             gx, gy = _grid_index(nx, ny, h, w)
             xi.append(gx)
             yi.append(gy)
-        nx, ny, start = nx + w, ny + h, start + h * w
+        nx, ny = nx + w, ny + h
         coord_x.append((r.xs - cx).astype(np.float32))
         coord_y.append((r.ys - cy).astype(np.float32))
         table.append(band_row(a, doy, year))
@@ -323,9 +323,20 @@ def tokenize(
         coord_y=torch.from_numpy(np.concatenate(coord_y)),
         band_names=list(names),
         band_domains=domains,
-        runs=torch.tensor([runs], dtype=torch.int32) if wire == "compact" else None,
+        runs=band_runs([image.bands[n].shape for n in names])[None] if wire == "compact" else None,
         dn_scaling=scaling,
     )
+
+
+def band_runs(shapes: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """(R, 6) ``runs`` (:data:`RUN_COLUMNS`, int64) of bands of grid ``shapes`` (h, w) laid out one after the
+    other, as :func:`tokenize` lays their atoms: each run starts where the previous ended, its coordinate rows
+    after the previous band's."""
+    rows, start, nx, ny = [], 0, 0, 0
+    for b, (h, w) in enumerate(shapes):
+        rows.append((start, h * w, b, nx, ny, w))
+        start, nx, ny = start + h * w, nx + w, ny + h
+    return torch.tensor(rows, dtype=RUN_DTYPE).reshape(len(rows), len(RUN_COLUMNS))
 
 
 def _on_host(t: torch.Tensor) -> bool:
@@ -392,12 +403,15 @@ def band_row(attrs: dict, doy: float, year: float) -> list[float]:
 
 
 def band_table_of(image: xr.Dataset | LightImage) -> tuple[list[str], torch.Tensor]:
-    """(band names, band table (B, 6)) of an image, as :func:`tokenize` builds them (no atoms)."""
-    if not isinstance(image, LightImage):
-        image = LightImage.from_xarray(image)
+    """(band names, band table (B, 6)) of an image, as :func:`tokenize` builds them (no atoms: from the bands'
+    attributes only, so a lazily opened image is not read)."""
     doy, year = acquisition_date(image)
-    rows = [band_row(r.attrs, doy, year) for r in image.bands.values()]
-    return list(image.bands), torch.tensor(rows, dtype=torch.float32)
+    if isinstance(image, LightImage):
+        attrs = {n: r.attrs for n, r in image.bands.items()}
+    else:
+        attrs = {str(n): da.attrs for n, da in image.data_vars.items() if "wavelength_nm" in da.attrs}
+    rows = [band_row(a, doy, year) for a in attrs.values()]
+    return list(attrs), torch.tensor(rows, dtype=torch.float32)
 
 
 def collate(sets: Sequence[AtomBatch], pad_to: int | None = None) -> AtomBatch:
@@ -429,16 +443,16 @@ def collate(sets: Sequence[AtomBatch], pad_to: int | None = None) -> AtomBatch:
     runs = None
     if as_runs:  # padding runs: empty, after every atom of the set, width 1
         nr = max(s.runs.shape[1] for s in sets)  # type: ignore[union-attr]
-        runs = torch.zeros(S, nr, len(RUN_COLUMNS), dtype=torch.int32)
+        runs = torch.zeros(S, nr, len(RUN_COLUMNS), dtype=RUN_DTYPE)
         runs[:, :, RUN_COLUMNS.index("width")] = 1
     tables, cxs, cys, names, domains, scalings = [], [], [], [], [], []
     ob = ox = oy = 0
     row = 0
-    shift = torch.zeros(len(RUN_COLUMNS), dtype=torch.int32)
+    shift = torch.zeros(len(RUN_COLUMNS), dtype=RUN_DTYPE)
     for s in sets:
         m = s.value.shape[1]
         if runs is not None:
-            shift[2:5] = torch.tensor([ob, ox, oy], dtype=torch.int32)
+            shift[2:5] = torch.tensor([ob, ox, oy], dtype=RUN_DTYPE)
         for i in range(s.num_sets):
             value[row, :m] = s.value[i]
             mask[row, :m] = s.mask[i]

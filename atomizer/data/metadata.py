@@ -266,7 +266,8 @@ QA_INVALID_BITS = (0, 1, 3, 4)
 
 @dataclass(frozen=True)
 class StacBand:
-    """One band of a STAC asset: where it is and what the item says about it."""
+    """One band of a STAC asset: where it is (``href`` as the item writes it: relative to the item's folder,
+    absolute, or a URL) and what the item says about it."""
 
     asset: str
     href: str
@@ -315,7 +316,7 @@ def stac_bands(item_path: str | Path) -> tuple[Any, list[StacBand]]:
         roles = asset.roles or []
         if roles and "data" not in roles:
             continue
-        href = asset.get_absolute_href() or asset.href
+        href = asset.href  # as written: the reader resolves it against the item's folder, and confines it
         if not str(href).lower().endswith((".tif", ".tiff", ".jp2")):
             continue
         eo, raster = _band_lists(asset)

@@ -20,11 +20,14 @@ from __future__ import annotations
 import contextvars
 import json
 import math
+import os
 import re
 import zipfile
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -277,24 +280,122 @@ def s2_dn_offset(product_name: str, metadata_offset: float | None = None) -> flo
 
 #: Set by ``open_image(..., lazy=True)``: rasters stay on disk (dask arrays of row blocks) until a slice is read.
 _LAZY: contextvars.ContextVar[bool] = contextvars.ContextVar("atomizer_lazy_reads", default=False)
+#: Set by ``open_image(..., allow_remote=True)``: URLs and GDAL virtual paths may be read, with GDAL's network.
+_REMOTE: contextvars.ContextVar[bool] = contextvars.ContextVar("atomizer_remote_reads", default=False)
 _LAZY_ROWS = 512  # rows per block of a lazily read raster
 
+#: The GDAL driver each raster file suffix is opened with, and the only drivers the readers use: GeoTIFF (a COG
+#: is a GeoTIFF) and JPEG 2000 (Sentinel-2 SAFE). A file is read as what its name says; any other format GDAL
+#: knows (a VRT, which can point at URLs or at other files, HDF, netCDF...) is refused whatever its name.
+RASTER_DRIVERS = {".tif": "GTiff", ".tiff": "GTiff", ".jp2": "JP2OpenJPEG"}
+_FORMAT_NAMES = {"GTiff": "GeoTIFF", "JP2OpenJPEG": "JPEG 2000"}
 
-def _open_raster(path: Path) -> xr.DataArray:
+#: GDAL settings while the readers open local files: the network file systems (``/vsicurl/``, ``/vsis3/``...)
+#: find no file (only names with this never-used extension would be fetched), and no directory is listed, so
+#: no sidecar (``.ovr``, ``.msk``, ``.aux.xml``, world file) is looked for next to a raster.
+GDAL_LOCAL_ONLY = {
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".atomizer-network-disabled",
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "GDAL_HTTP_MAX_RETRY": "0",
+}
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:/")  # http://, s3://, file:/ ... (also a Path's "http:/")
+
+
+def is_remote(path: str | Path) -> bool:
+    """True for a URL (``scheme://...``) or a GDAL virtual path (``/vsicurl/...``, ``/vsizip/...``)."""
+    text = str(path).replace("\\", "/")
+    return text.startswith("/vsi") or _SCHEME.match(text) is not None
+
+
+def check_local(path: str | Path, what: str | None = None, allow_remote: bool = False) -> None:
+    """Refuse a URL or GDAL virtual path in one line unless ``allow_remote`` (or ``open_image(...,
+    allow_remote=True)`` around the call) allows it."""
+    if is_remote(path) and not (allow_remote or _REMOTE.get()):
+        raise ImageReadError(
+            f"{what or path}: a URL or GDAL virtual path (/vsi...) is not read unless allowed explicitly "
+            "(open_image(..., allow_remote=True))"
+        )
+
+
+def raster_driver(path: str | Path) -> str:
+    """The GDAL driver the readers open ``path`` with (:data:`RASTER_DRIVERS`), from its suffix."""
+    suffix = Path(str(path).split("?", 1)[0]).suffix.lower()
+    if suffix not in RASTER_DRIVERS:
+        raise ImageReadError(f"{path}: not a raster file the readers open (expected {', '.join(RASTER_DRIVERS)})")
+    return RASTER_DRIVERS[suffix]
+
+
+@contextmanager
+def gdal_env(allow_remote: bool = False) -> Iterator[None]:
+    """GDAL configured for reading: :data:`GDAL_LOCAL_ONLY` unless remote reads are allowed."""
+    import rasterio
+
+    with rasterio.Env(**({} if allow_remote or _REMOTE.get() else GDAL_LOCAL_ONLY)):
+        yield
+
+
+def _gdal_name(path: str | Path) -> str:
+    """The name handed to GDAL: a local path never parsed as a URL (``zip:x.tif`` -> ``./zip:x.tif``)."""
+    if is_remote(path):
+        return str(path)
+    text = os.fspath(path)
+    return text if text.startswith(("/", ".")) or ":" not in text else "./" + text
+
+
+@contextmanager
+def open_raster(path: str | Path, allow_remote: bool = False) -> Iterator[Any]:
+    """``rasterio.open`` for reading, the one way the library opens a raster it did not write: the driver of
+    the file's suffix only (:data:`RASTER_DRIVERS`), a local file unless ``allow_remote``, GDAL's network off
+    (:func:`gdal_env`). Yields the rasterio dataset.
+
+    Raises:
+        ImageReadError: a URL or /vsi path not allowed, no such file, or not a file of the suffix's format.
+    """
+    import rasterio
+
+    check_local(path, allow_remote=allow_remote)
+    driver = raster_driver(path)
+    if not is_remote(path) and not Path(path).is_file():
+        raise ImageReadError(f"{path}: no such file")
+    with gdal_env(allow_remote):
+        try:
+            src = rasterio.open(_gdal_name(path), driver=driver)
+        except (rasterio.errors.RasterioIOError, rasterio.errors.RasterioError, OSError, ValueError) as e:
+            raise _unreadable(path, driver, e) from None
+        with src:
+            yield src
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def _unreadable(path: str | Path, driver: str, e: BaseException) -> ImageReadError:
+    return ImageReadError(
+        f"{path}: not a readable {_FORMAT_NAMES[driver]} file (opened with GDAL's {driver} driver only: {_one_line(e)})"
+    )
+
+
+def _open_raster(path: Path | str) -> xr.DataArray:
     import rasterio
     import rioxarray  # noqa: F401  (registers the engine)
 
-    if not path.is_file():
+    check_local(path)
+    driver = raster_driver(path)
+    if not is_remote(path) and not path.is_file():
         raise ImageReadError(f"{path}: no such file")
     try:
-        if _LAZY.get():  # windowed reads later, block by block: the scene is never in memory at once
-            return rioxarray.open_rasterio(
-                path, masked=False, cache=False, chunks={"band": 1, "y": _LAZY_ROWS, "x": -1}
-            )
-        da = rioxarray.open_rasterio(path, masked=False, cache=False)
-        da = da.load()
+        with gdal_env():
+            name = _gdal_name(path)
+            if _LAZY.get():  # windowed reads later, block by block: the scene is never in memory at once
+                return rioxarray.open_rasterio(
+                    name, masked=False, cache=False, chunks={"band": 1, "y": _LAZY_ROWS, "x": -1}, driver=driver
+                )
+            da = rioxarray.open_rasterio(name, masked=False, cache=False, driver=driver)
+            da = da.load()
     except (rasterio.errors.RasterioIOError, rasterio.errors.RasterioError, OSError, ValueError) as e:
-        raise ImageReadError(f"{path}: not a readable GeoTIFF ({e})") from None
+        raise _unreadable(path, driver, e) from None
     return da
 
 
@@ -325,15 +426,16 @@ def read_multiband_geotiff(
         SensorSpecError: the channel count does not match the band list.
         ImageReadError: the file is missing, corrupt or truncated.
     """
-    path = Path(path)
+    path = path if isinstance(path, str) and is_remote(path) else Path(path)
     sensor = get_sensor(sensor)
-    da = _open_raster(path)
+    da = _open_raster(path)  # type: ignore[arg-type]
     names = list(band_names) if band_names is not None else sensor.band_names
     sub = sensor.select(names) if band_names is not None else sensor
     sub.check_channels(da.sizes["band"], what=str(path))
     gsd, origin, attrs = _raster_meta(da)
     nodata = da.rio.nodata
-    arrays = {n: da.values[i] for i, n in enumerate(names)}
+    values = da.data if _LAZY.get() else da.values
+    arrays = {n: values[i] for i, n in enumerate(names)}
     ds = build_image(
         arrays,
         sensor,
@@ -482,11 +584,53 @@ def read_bigearthnet_npz(path: str | Path, include_s1: bool = False) -> xr.Datas
     """
     path = Path(path)
     try:
-        with np.load(path) as z:
-            data = {k: z[k] for k in z.files}
+        if _LAZY.get():  # shapes from the arrays' headers; values read when computed
+            data = _lazy_npz(path)
+        else:
+            with np.load(path) as z:
+                data = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise ImageReadError(f"{path}: not a readable npz patch ({e})") from None
+        raise ImageReadError(f"{path}: not a readable npz patch ({_one_line(e)})") from None
     return bigearthnet_image(data, str(path), path.stem, include_s1=include_s1)
+
+
+def npz_headers(path: str | Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """``{key: (shape, dtype)}`` of the arrays of an ``.npz``, from their headers: no array is read (a
+    compressed member's size says nothing of what it inflates to; its header does)."""
+    out = {}
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with z.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"member {info.filename}: npy format version {version} not supported")
+            out[info.filename[: -len(".npy")]] = (tuple(shape), dtype)
+    return out
+
+
+def _npz_member(path: Path, key: str) -> np.ndarray:
+    with np.load(path) as z:
+        return z[key]
+
+
+def _lazy_npz(path: Path) -> dict[str, Any]:
+    """The arrays of an npz as dask arrays of their header's shape (scalars read at once)."""
+    import dask
+    import dask.array as dsa
+
+    data: dict[str, Any] = {}
+    for key, (shape, dtype) in npz_headers(path).items():
+        if len(shape) < 2:
+            data[key] = _npz_member(path, key)
+        else:
+            data[key] = dsa.from_delayed(dask.delayed(_npz_member)(path, key), shape, dtype=dtype)
+    return data
 
 
 def bigearthnet_image(
@@ -674,6 +818,9 @@ def read_landsat(path: str | Path, mask_clouds: bool = True) -> xr.Dataset:
     meta = landsat_metadata(mtl)
     sensor = get_sensor(meta.sensor)
     files: dict[str, tuple[Path, int]] = {}
+    for band, fname in [*meta.files.items(), *([("QA_PIXEL", meta.qa_pixel)] if meta.qa_pixel else [])]:
+        if is_remote(fname) or not _inside(folder / fname, folder):  # MTL names are bare file names
+            raise ImageReadError(f"{folder}: {mtl.name} lists {fname} for band {band}, outside the product folder")
     for band, fname in meta.files.items():
         f = folder / fname
         if not f.is_file():
@@ -716,8 +863,17 @@ def read_landsat(path: str | Path, mask_clouds: bool = True) -> xr.Dataset:
     return ds
 
 
-def read_stac_item(path: str | Path, sensor: str | Path | Sensor | None = None) -> xr.Dataset:
+def read_stac_item(
+    path: str | Path,
+    sensor: str | Path | Sensor | None = None,
+    allow_outside: bool = False,
+    allow_remote: bool = False,
+) -> xr.Dataset:
     """Read a local STAC item (``item.json``) whose assets point at local GeoTIFFs / COGs / JPEG2000.
+
+    Asset hrefs must resolve inside the item's folder (relative hrefs without ``../`` escapes, symbolic links
+    followed): an absolute path or ``..`` leading elsewhere is refused unless ``allow_outside``, a URL or
+    ``/vsi`` href unless ``allow_remote`` (then read with GDAL's network on).
 
     Each data asset's channels are bands. Their wavelength and width come from ``eo:bands``
     (``center_wavelength``, ``full_width_half_max``, micrometres), their calibration from ``raster:bands``
@@ -727,8 +883,10 @@ def read_stac_item(path: str | Path, sensor: str | Path | Sensor | None = None) 
 
     Raises:
         MetadataError: not a STAC item; a band with neither wavelengths nor a catalogued match.
+        ImageReadError: an asset outside the item's folder, remote, or not a file.
     """
     path = Path(path)
+    allow_remote = allow_remote or _REMOTE.get()
     item, bands = stac_bands(path)
     cat_name = sensor or stac_sensor(item)
     catalogued = get_sensor(cat_name) if cat_name is not None else None
@@ -736,9 +894,7 @@ def read_stac_item(path: str | Path, sensor: str | Path | Sensor | None = None) 
     files: dict[str, tuple[Path, int]] = {}
     calibration: dict[str, dict[str, object]] = {}
     for sb in bands:
-        f = Path(sb.href)
-        if not f.is_file():
-            raise ImageReadError(f"{path}: asset {sb.asset!r} points at {sb.href}, which is not a local file")
+        f = stac_asset_path(path, sb.asset, sb.href, allow_outside=allow_outside, allow_remote=allow_remote)
         source = "STAC"
         if sb.wavelength_nm is not None and sb.bandwidth_nm is not None:
             gsd = _file_gsd(f)
@@ -781,7 +937,41 @@ def read_stac_item(path: str | Path, sensor: str | Path | Sensor | None = None) 
     attrs = {"stac_item": item.id}
     if item.datetime is not None:
         attrs["acquisition_date"] = item.datetime.date().isoformat()
-    return _read_band_files(files, desc, path, calibration=calibration, attrs=attrs)
+    token = _REMOTE.set(allow_remote)
+    try:
+        return _read_band_files(files, desc, path, calibration=calibration, attrs=attrs)
+    finally:
+        _REMOTE.reset(token)
+
+
+def stac_asset_path(
+    item_path: Path, asset: str, href: str, allow_outside: bool = False, allow_remote: bool = False
+) -> Path:
+    """The file a STAC asset's ``href`` names, relative to the item's folder; refused in one line naming the
+    asset when it is a URL or ``/vsi`` path (unless ``allow_remote``), or resolves outside the item's folder
+    (an absolute path, a ``../`` escape, a link leading out; unless ``allow_outside``), or is not a file."""
+    if is_remote(href):
+        if not allow_remote:
+            raise ImageReadError(
+                f"{item_path}: asset {asset!r} points at a URL or GDAL virtual path ({href}); remote assets are "
+                "read only when allowed explicitly (allow_remote=True)"
+            )
+        return href  # type: ignore[return-value]  # GDAL reads it (open_raster allows it)
+    folder = item_path.parent
+    target = folder / href  # an absolute href stays absolute
+    if not allow_outside and not _inside(target, folder):
+        raise ImageReadError(
+            f"{item_path}: asset {asset!r} points at {href}, outside the item's folder; assets elsewhere are "
+            "read only when allowed explicitly (allow_outside=True)"
+        )
+    if not target.is_file():
+        raise ImageReadError(f"{item_path}: asset {asset!r} points at {href}, which is not a local file")
+    return target
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """True when ``path`` (symbolic links followed) lies in ``folder``."""
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def _has_band(sensor: Sensor, name: str) -> bool:
@@ -792,14 +982,9 @@ def _has_band(sensor: Sensor, name: str) -> bool:
         return False
 
 
-def _file_gsd(path: Path) -> float:
-    import rasterio
-
-    try:
-        with rasterio.open(path) as src:
-            return nominal_gsd(abs(src.transform.a))
-    except rasterio.errors.RasterioIOError as e:
-        raise ImageReadError(f"{path}: not a readable raster ({e})") from None
+def _file_gsd(path: Path | str) -> float:
+    with open_raster(path) as src:
+        return nominal_gsd(abs(src.transform.a))
 
 
 def product_kind(path: str | Path) -> str | None:
@@ -842,13 +1027,20 @@ def open_image(
     sensor: str | Path | Sensor | None = None,
     band_names: Sequence[str] | None = None,
     lazy: bool = False,
+    allow_outside: bool = False,
+    allow_remote: bool = False,
 ) -> xr.Dataset:
     """Open any supported input as the image representation.
 
     With ``lazy``, the bands of GeoTIFF/JPEG2000 files are dask arrays of row blocks: nothing is read until
     a slice is computed (``atomizer map`` reads a whole scene one strip of windows at a time); Landsat's
-    QA_PIXEL mask is applied block by block too. The npz and EuroSAT readers read their arrays whatever
-    ``lazy`` says.
+    QA_PIXEL mask is applied block by block too; an npz patch's arrays are read from their headers only. So
+    ``count_tokens(open_image(path, lazy=True))`` counts an input's atoms before any pixel is read.
+
+    Rasters are opened with the GDAL driver of their suffix only (:data:`RASTER_DRIVERS`: GeoTIFF/COG,
+    JPEG 2000), GDAL's network off. ``path`` must be a local file or folder, and a STAC item's assets must lie
+    in the item's folder; ``allow_outside=True`` accepts assets anywhere on this machine, ``allow_remote=True``
+    URLs and GDAL virtual paths (``/vsicurl/...``) as ``path`` or asset, read with GDAL's network on.
 
     * a Sentinel-2 ``.SAFE`` folder, its ``MTD_MSIL*.xml``, or a folder of SAFE-named band files
       (:func:`read_safe`); a Landsat Collection 2 folder with its MTL (:func:`read_landsat`); a STAC item
@@ -858,14 +1050,27 @@ def open_image(
     * a GeoTIFF: with ``sensor`` (name or sidecar), a multi-band image of that sensor; without, a
       13-band file is read as EuroSAT-MS, anything else is refused with a hint.
     """
-    token = _LAZY.set(lazy)
+    check_local(path, allow_remote=allow_remote)
+    token, remote = _LAZY.set(lazy), _REMOTE.set(allow_remote)
     try:
-        return _open_image(Path(path), sensor, band_names)
+        if is_remote(path):  # allowed: one raster, as GDAL names it
+            return _open_image(str(path), sensor, band_names, allow_outside)  # type: ignore[arg-type]
+        return _open_image(Path(path), sensor, band_names, allow_outside)
     finally:
         _LAZY.reset(token)
+        _REMOTE.reset(remote)
 
 
-def _open_image(path: Path, sensor: str | Path | Sensor | None, band_names: Sequence[str] | None) -> xr.Dataset:
+def _open_image(
+    path: Path, sensor: str | Path | Sensor | None, band_names: Sequence[str] | None, allow_outside: bool = False
+) -> xr.Dataset:
+    if isinstance(path, str):  # a URL or /vsi path (allowed by open_image)
+        suffix = Path(path.split("?", 1)[0]).suffix.lower()
+        if suffix not in RASTER_DRIVERS:
+            raise ImageReadError(f"{path}: a remote input must be a GeoTIFF/COG or JPEG 2000 file")
+        if sensor is None:
+            raise SensorSpecError(f"{path}: pass the sensor of a remote raster")
+        return read_multiband_geotiff(path, sensor, band_names=band_names)
     if not path.exists():
         raise ImageReadError(f"{path}: no such file or folder")
     kind = product_kind(path) if sensor is None or str(path).endswith(".json") else None
@@ -874,7 +1079,7 @@ def _open_image(path: Path, sensor: str | Path | Sensor | None, band_names: Sequ
     if kind == "landsat":
         return read_landsat(path)
     if kind == "stac":
-        return read_stac_item(path, sensor=sensor)
+        return read_stac_item(path, sensor=sensor, allow_outside=allow_outside)
     if path.is_dir():
         return read_band_folder(path, sensor or "sentinel2")
     suffix = path.suffix.lower()
@@ -883,11 +1088,12 @@ def _open_image(path: Path, sensor: str | Path | Sensor | None, band_names: Sequ
     if suffix in (".tif", ".tiff"):
         if sensor is not None:
             return read_multiband_geotiff(path, sensor, band_names=band_names)
-        da = _open_raster(path)
-        if da.sizes["band"] == len(EUROSAT_BAND_ORDER):
+        with open_raster(path) as src:  # the header only: how many channels
+            channels = src.count
+        if channels == len(EUROSAT_BAND_ORDER):
             return read_eurosat(path)
         raise SensorSpecError(
-            f"{path}: {da.sizes['band']} channels and no sensor given; pass a catalogued sensor name or "
+            f"{path}: {channels} channels and no sensor given; pass a catalogued sensor name or "
             "a .yaml/.json sidecar describing its bands"
         )
     raise ImageReadError(f"{path}: unsupported input (expected .npz, .tif or a folder of GeoTIFFs)")

@@ -12,9 +12,10 @@ import torch
 
 from atomizer.atoms.canvas import CANVAS_BANDS, CanvasBatch, CanvasSpec
 from atomizer.atoms.tokens import AtomBatch
+from atomizer.core.limits import check_atoms
 from atomizer.data.bands import Sensor
 from atomizer.data.modalities import load_modalities
-from atomizer.data.readers import open_image
+from atomizer.data.readers import count_tokens, open_image
 from atomizer.engine.loaders import model_input
 from atomizer.models.checkpoint import load_model, read_checkpoint
 from atomizer.models.registry import input_type
@@ -34,12 +35,19 @@ def predict_image(
     ``notes``, when given, receives what the user should know about the input: for a canvas model, how
     many of its canvas bands the image fills. An image with no valid value is refused by every model
     (:class:`~atomizer.atoms.tokens.EmptyTokenSetError`, :class:`~atomizer.atoms.canvas.EmptyCanvasError`).
+
+    The image is opened lazily and its atom count (every band's pixels on its native grid: what is read and
+    tokenized) checked against :func:`atomizer.core.limits.max_atoms` (``ATOMIZER_MAX_ATOMS``) from the
+    headers, before any pixel is read or the model loaded: above the limit,
+    :class:`~atomizer.core.limits.InputTooLargeError` names the count and the limit.
     """
+    image = open_image(path, sensor=sensor, lazy=True)  # headers only, so far
+    check_atoms(count_tokens(image), what=str(path))
     payload = read_checkpoint(checkpoint)
     extra = payload["extra"]
     classes = extra.get("classes") or [f"class_{i}" for i in range(payload["config"]["num_classes"])]
     model = load_model(checkpoint).to(device)
-    image = open_image(path, sensor=sensor)
+    image = image.load()  # within the limit: read it
     kind = input_type(model)
     canvas = None
     if extra.get("train_modalities"):

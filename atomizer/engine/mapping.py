@@ -38,7 +38,7 @@ from atomizer.core.storage import atomic_write_json
 from atomizer.data.bands import Sensor
 from atomizer.data.light import LightImage, Raster, common_frame
 from atomizer.data.modalities import Modality, load_modalities, simulate
-from atomizer.data.readers import image_bands, open_image, valid_mask
+from atomizer.data.readers import GDAL_LOCAL_ONLY, image_bands, open_image, valid_mask
 from atomizer.engine.loaders import model_input
 from atomizer.models.checkpoint import load_model, read_checkpoint
 from atomizer.models.registry import input_type
@@ -196,14 +196,15 @@ def _open_output(path: Path, grid: Grid, n_bands: int, crs: str | None, names: l
 
 
 def _bounded_gdal_cache(fn):
-    """Run ``fn`` with GDAL's block cache capped: by default it grows to 5 % of the machine's memory while
-    a map's tiles are written and its overviews built."""
+    """Run ``fn`` with GDAL's block cache capped (by default it grows to 5 % of the machine's memory while
+    a map's tiles are written and its overviews built) and its network off while the scene is read strip by
+    strip (:data:`atomizer.data.readers.GDAL_LOCAL_ONLY`, what the readers open it under)."""
 
     @functools.wraps(fn)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         import rasterio
 
-        with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB):
+        with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB, **GDAL_LOCAL_ONLY):
             return fn(*args, **kwargs)
 
     return wrapped

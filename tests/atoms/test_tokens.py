@@ -146,8 +146,9 @@ def test_compact_wire_is_3_bytes_an_atom_and_rebuilds_exactly(ben_patch_paths):
     loader = torch.utils.data.DataLoader(_Compact(paths), batch_size=4, num_workers=2, collate_fn=collate)
     (wire,) = list(loader)
     assert wire.value.dtype == torch.uint16 and wire.dn_scaling.shape == (48, 2) and wire.runs.shape == (4, 12, 6)
-    per_atom = (wire.value.element_size() + wire.mask.element_size(), wire.runs.numel() * 4 / wire.value.numel())
-    assert per_atom[0] == 3 and per_atom[1] < 0.01
+    runs_bytes = wire.runs.numel() * wire.runs.element_size()  # int64 runs: 48 bytes a band
+    per_atom = (wire.value.element_size() + wire.mask.element_size(), runs_bytes / wire.value.numel())
+    assert wire.runs.dtype == torch.int64 and per_atom[0] == 3 and per_atom[1] < 0.02
     _same_atoms(wire.to("cpu"), full)
     _same_atoms(pickle.loads(pickle.dumps(wire)).decoded(), full)
     # the gathers of training (token pruning, masking) read the same atoms
@@ -197,3 +198,35 @@ def test_device_rebuild_equals_host_rebuild(ben_patch_paths, monkeypatch):
     device = wire.decoded()
     _same_atoms(host, ref)
     _same_atoms(device, ref)
+
+
+def test_run_offsets_past_2_31_atoms_are_exact():
+    """Run metadata of a scene of 3 bands of 40,000 x 40,000 px (4.8 billion atoms; none materialised): the
+    runs :func:`tokenize` would lay out hold every first atom and length exactly (int32 would wrap past 2^31)."""
+    from atomizer.atoms.tokens import RUN_COLUMNS, band_runs
+
+    side = 40_000
+    runs = band_runs([(side, side)] * 3)
+    assert runs.dtype == torch.int64 and runs.shape == (3, len(RUN_COLUMNS))
+    starts = runs[:, RUN_COLUMNS.index("start")].tolist()
+    assert starts == [0, side * side, 2 * side * side] and starts[2] > 2**31 > starts[1]
+    assert runs[:, RUN_COLUMNS.index("length")].tolist() == [side * side] * 3
+    assert runs[:, RUN_COLUMNS.index("x0")].tolist() == [0, side, 2 * side]
+    # the same run layout, as tokenize builds it, for a small image
+    img = _small_uint16_image()
+    wire = tokenize(img, wire="compact")
+    assert torch.equal(wire.runs[0], band_runs([img[b].shape for b in img.data_vars]))
+
+
+def _small_uint16_image():
+    from atomizer.data.bands import get_sensor
+    from atomizer.data.readers import build_image
+
+    rng = np.random.default_rng(0)
+    return build_image(
+        {
+            "B02": rng.integers(1, 5000, (6, 6)).astype(np.uint16),
+            "B05": rng.integers(1, 5000, (3, 3)).astype(np.uint16),
+        },
+        get_sensor("sentinel2"),
+    )

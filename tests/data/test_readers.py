@@ -712,3 +712,19 @@ def test_band_folder_bands_with_different_corners_keep_their_own_coordinates(tmp
     _write_tif(folder / "B03.tif", z["B03"], from_origin(600_005, 5_500_000, 10, 10))  # half a pixel off
     with pytest.raises(ImageReadError, match="not aligned"):
         read_band_folder(folder)
+
+
+def test_lazy_npz_and_geotiff_read_nothing_until_computed_and_equal_the_eager_read(ben_patch_paths, eurosat_paths):
+    """``open_image(..., lazy=True)`` of an npz patch (shapes from its headers) and of a EuroSAT GeoTIFF: every
+    band a dask array, the same atom count, attributes and values as the eager read."""
+    from atomizer.data.readers import count_tokens, npz_headers, open_image
+
+    for path in (ben_patch_paths[0], eurosat_paths[0]):
+        eager, lazy = open_image(path), open_image(path, lazy=True)
+        assert count_tokens(lazy) == count_tokens(eager) and lazy.attrs == eager.attrs
+        for b in eager.data_vars:
+            assert hasattr(lazy[b].data, "dask"), b
+            assert lazy[b].attrs == eager[b].attrs and lazy[b].dtype == eager[b].dtype
+            np.testing.assert_array_equal(lazy[b].values, eager[b].values)
+    with np.load(ben_patch_paths[0]) as z:
+        assert npz_headers(ben_patch_paths[0]) == {k: (z[k].shape, z[k].dtype) for k in z.files}

@@ -93,7 +93,10 @@ def test_compact_wire_gives_the_full_atoms_under_every_modality(name):
         assert (wire.dn_scaling is not None) == integers  # averaged bands and SAR dB travel as float32
         dn_batches += integers
         assert wire.value.dtype == (torch.uint16 if integers else torch.float32)
-        assert _wire_bytes(wire) < (0.2 if integers else 0.32) * _wire_bytes(ref)  # 3 or 5 bytes an atom, not 17
+        runs = wire.runs.numel() * wire.runs.element_size()  # int64 runs: 48 bytes per band of a set
+        assert wire.runs.dtype == torch.int64 and runs == 48 * wire.runs.shape[0] * wire.runs.shape[1]
+        # 3 or 5 bytes an atom, not 17 (plus the runs: a few bands' worth, whatever the image size)
+        assert _wire_bytes(wire) - runs < (0.2 if integers else 0.32) * _wire_bytes(ref)
         arrived = pickle.loads(pickle.dumps(wire)).to("cpu")
         assert not arrived.compact
         assert_same(arrived, ref)
