@@ -21,6 +21,8 @@ notebook::
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import holoviews as hv
@@ -30,12 +32,121 @@ import panel as pn
 import param
 import xarray as xr
 
-from atomizer.dashboard._common import MODELS, PLOT_HEIGHT, PLOT_WIDTH, TABLES, alert, error_text, file_key
+from atomizer.core.limits import check_atoms, max_atoms
+from atomizer.core.paths import data_dir
+from atomizer.dashboard._common import (
+    MODELS,
+    PLOT_HEIGHT,
+    PLOT_WIDTH,
+    TABLES,
+    Roots,
+    alert,
+    error_text,
+    escape_text,
+    file_key,
+)
+from atomizer.data.bands import list_sensors
 from atomizer.data.datasets import embedded_items
 from atomizer.data.modalities import Modality, load_modalities, simulate
 from atomizer.data.readers import open_image
-from atomizer.engine.attention import NATIVE, RGB_BANDS, AttentionResult, Grid, compute_attention, rgb_composite
+from atomizer.engine.attention import (
+    NATIVE,
+    RGB_BANDS,
+    AttentionResult,
+    Grid,
+    compute_attention,
+    input_atoms,
+    rgb_composite,
+)
 from atomizer.models.checkpoint import load_model, read_checkpoint
+
+#: Largest input (atoms) the Attention tab computes: the result keeps every atom's weight in every block
+#: (about 0.7 GB per million atoms with the tiny model), so an input above it is refused before it is read.
+DASHBOARD_MAX_ATOMS = 1_000_000
+
+# --------------------------------------------------------------------------------------------------
+# Paths under the served roots, and messages without server paths
+# --------------------------------------------------------------------------------------------------
+
+
+def default_roots(*given: str | Path | None) -> Roots:
+    """The roots of a view made without ``roots`` (a notebook): the embedded data, ``./runs``, and the folders
+    of the paths the program itself passed (``given``). A served dashboard passes its own roots instead."""
+    roots: list[tuple[str, Path]] = []
+    try:
+        roots.append(("data", data_dir()))
+    except OSError:  # no embedded data on this machine
+        pass
+    roots.append(("runs", Path.cwd() / "runs"))
+    for g in given:
+        if g is not None and str(g).strip():
+            parent = Path(str(g).strip()).expanduser().resolve().parent
+            roots.append((parent.name or "root", parent))
+    return Roots(dict(_unique_labels(roots)))
+
+
+def _unique_labels(items: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
+    out: list[tuple[str, Path]] = []
+    for label, p in items:
+        base, n = label, 2
+        while any(lb == label for lb, _ in out):
+            label, n = f"{base}-{n}", n + 1
+        out.append((label, p))
+    return out
+
+
+def resolve_path(roots: Roots, text: str | Path, what: str) -> Path:
+    """``text`` as a real path under ``roots``: an absolute path, one relative to a root, or a path as
+    :meth:`Roots.display` shows it (``label/relative``); :class:`OutsideRootsError` otherwise."""
+    raw = str(text).strip()
+    head, _, rest = raw.partition("/")
+    if rest and not Path(raw).is_absolute():
+        for r in roots:
+            if roots.display(r) == head and (r / rest).exists():
+                return roots.resolve(str(r / rest), what)
+    return roots.resolve(raw, what)
+
+
+_ABSOLUTE = re.compile(r"(?<![\w.~])/(?:[^\s'\":,()\[\]/]+/)+([^\s'\":,()\[\]/]*)")
+
+
+def safe_error(exc: BaseException, roots: Roots) -> str:
+    """One escaped line describing ``exc`` for an HTML pane: its first line only (a parser's echo of the file's
+    contents is left out), paths under the roots shown as :meth:`Roots.display` shows them and any other
+    absolute path cut to its last component, at most 300 characters."""
+    lines = error_text(exc).strip().splitlines()
+    line = lines[0] if lines else type(exc).__name__
+    for r in sorted(roots, key=lambda p: len(str(p)), reverse=True):
+        line = line.replace(str(r) + os.sep, roots.display(r) + "/").replace(str(r), roots.display(r))
+    line = _ABSOLUTE.sub(r"\1", line)
+    if len(line) > 300:
+        line = line[:299] + "\u2026"
+    return escape_text(line)
+
+
+def path_choices(roots: Roots, *patterns: str, parent: bool = False, limit: int = 200) -> list[str]:
+    """What lies under ``roots`` matching the globs, as :meth:`Roots.display` shows it (the folder holding each
+    match with ``parent``): the options of a selection widget, which :func:`resolve_path` reads back."""
+    out: dict[str, None] = {}
+    for f in roots.files(*patterns, limit=limit):
+        p = f.parent if parent else f
+        if roots.contains(p):
+            out[roots.display(p)] = None
+    return list(out)
+
+
+def choice_select(view: param.Parameterized, name: str, choices: list[str], label: str) -> pn.widgets.Select:
+    """A Select of ``choices`` that sets ``view.<name>`` (a text parameter a text box also edits)."""
+    current = getattr(view, name)
+    select = pn.widgets.Select(name=label, options=["", *choices], value=current if current in choices else "")
+
+    def chosen(event: param.parameterized.Event) -> None:
+        if event.new:
+            setattr(view, name, event.new)
+
+    select.param.watch(chosen, "value")
+    return select
+
 
 # --------------------------------------------------------------------------------------------------
 # The app
@@ -59,8 +170,18 @@ class AttentionMaps(pn.viewable.Viewer):
     )
     block = param.Integer(default=0, bounds=(0, 0), doc="Cross-attention block.")
     latent = param.Integer(default=0, bounds=(0, 0), doc="Latent whose attention is mapped.")
+    roots = param.ClassSelector(
+        class_=Roots, default=None, allow_None=True, doc="The folders whose files this view may read."
+    )
+    max_atoms = param.Integer(
+        default=DASHBOARD_MAX_ATOMS,
+        bounds=(1, None),
+        doc="Largest input (atoms) whose attention is computed (never above ATOMIZER_MAX_ATOMS).",
+    )
 
     def __init__(self, **params):
+        if params.get("roots") is None:
+            params["roots"] = default_roots(params.get("checkpoint"), params.get("path"), params.get("sensor"))
         super().__init__(**params)
         self.param.source.objects = embedded_items()
         self._models: dict[tuple, tuple] = {}
@@ -70,17 +191,22 @@ class AttentionMaps(pn.viewable.Viewer):
         self._on_checkpoint()
 
     # ------------------------------------------------------------------ model and input
+    def _resolve(self, text: str | Path, what: str) -> Path:
+        return resolve_path(self.roots, text, what)
+
     def _model_entry(self):
         """(model, extra) for the current checkpoint, cached by path and modification time."""
-        path = Path(self.checkpoint).expanduser()
+        path = self._resolve(self.checkpoint, "checkpoint")  # OutsideRootsError names no server path
         key = file_key(path)
         if key not in self._models:
+            shown = self.roots.display(path)
 
             def load():
                 payload = read_checkpoint(path)  # CheckpointError (a ValueError) names the problem
                 if payload.get("arch") != "atomizer":
                     raise TypeError(
-                        f"{path} holds a {payload.get('arch')!r} model: attention maps need an Atomizer checkpoint"
+                        f"{shown} holds a {str(payload.get('arch'))[:40]!r} model: attention maps need an "
+                        "Atomizer checkpoint"
                     )
                 return load_model(path), payload.get("extra", {})
 
@@ -99,7 +225,7 @@ class AttentionMaps(pn.viewable.Viewer):
         try:
             model, extra = self._model_entry()
         except Exception as e:  # noqa: BLE001  (shown in the page)
-            self.model_error = error_text(e)
+            self.model_error = safe_error(e, self.roots)
             self.param.modality.objects = [NATIVE]
             self.modality = NATIVE
             return
@@ -112,8 +238,8 @@ class AttentionMaps(pn.viewable.Viewer):
         files = [tc.get("test_modalities"), extra.get("train_modalities") or tc.get("train_modalities")]
         for f in dict.fromkeys(x for x in files if x):
             try:
-                mset = load_modalities(f)
-            except (OSError, ValueError):
+                mset = load_modalities(self._modality_file(f))
+            except (OSError, ValueError, TypeError):  # unreadable, or outside the roots: not offered
                 continue
             for m in mset:
                 self._modalities[f"{mset.name} {m.name}: {m.size_px}px @ {m.gsd_m:g} m, {len(m.bands)} bands"] = m
@@ -128,19 +254,41 @@ class AttentionMaps(pn.viewable.Viewer):
             if first is not None:
                 self.source = items[first]
 
+    def _modality_file(self, name: object) -> str | Path:
+        """A checkpoint's modality set: a shipped set by name, else a file under the roots."""
+        text = str(name)
+        if not Path(text).suffix and "/" not in text and "\\" not in text and text not in ("", ".", ".."):
+            return text  # a shipped set (atomizer/data/modality_sets/<name>.yaml)
+        return self._resolve(text, "modality file")
+
+    def _sensor(self) -> str | Path | None:
+        """The sensor: a catalogued name, or a sidecar file under the roots."""
+        text = self.sensor.strip()
+        if not text:
+            return None
+        if text in list_sensors():
+            return text
+        return self._resolve(text, "sensor sidecar")
+
     def input_path(self) -> str | None:
+        """The input's real path (under the roots), or None when there is none to show."""
         if self.path.strip():
-            return str(Path(self.path.strip()).expanduser())
+            return str(self._resolve(self.path, "input"))
         if self.source is None:
-            return next(iter(embedded_items().values()), None)
-        return self.source
+            first = next(iter(embedded_items().values()), None)
+            return None if first is None else str(self._resolve(first, "input"))
+        return str(self._resolve(self.source, "input"))
 
     def image(self) -> xr.Dataset:
-        """The input image under the chosen modality (raises on unreadable input or impossible modality)."""
+        """The input image under the chosen modality (raises on unreadable input, an input above
+        ``max_atoms``, or an impossible modality); the atom count is read from headers before any pixel."""
         p = self.input_path()
         if p is None:
             raise FileNotFoundError("no input: choose an embedded item or give a path")
-        img = open_image(p, sensor=self.sensor.strip() or None)
+        sensor = self._sensor()
+        limit = min(self.max_atoms, max_atoms())
+        check_atoms(input_atoms(p, sensor=sensor), f"the input {self.roots.display(p)}", limit=limit)
+        img = open_image(p, sensor=sensor)
         if self.modality != NATIVE:
             img = simulate(img, self._modalities[self.modality])
         return img
@@ -151,7 +299,7 @@ class AttentionMaps(pn.viewable.Viewer):
             raise FileNotFoundError("no checkpoint: give the path of an Atomizer checkpoint")
         model, extra = self._model_entry()
         p = self.input_path()
-        key = (*file_key(self.checkpoint), id(model), p, self.sensor, self.modality)
+        key = (*file_key(self._resolve(self.checkpoint, "checkpoint")), id(model), p, self.sensor, self.modality)
         if key not in self._results:
 
             def compute() -> AttentionResult:
@@ -200,7 +348,7 @@ class AttentionMaps(pn.viewable.Viewer):
         try:
             self.result()
         except Exception as e:  # noqa: BLE001
-            return error_text(e)
+            return safe_error(e, self.roots)
         return None
 
     # ------------------------------------------------------------------ plots
@@ -306,14 +454,14 @@ class AttentionMaps(pn.viewable.Viewer):
                 if rgb is not None:
                     parts.append(pn.pane.HoloViews(rgb))
             except Exception as e:  # noqa: BLE001
-                parts.append(alert(f"Cannot read the input: {error_text(e)}"))
+                parts.append(alert(f"Cannot read the input: {safe_error(e, self.roots)}"))
             return pn.Column(*parts)
         if self.model_error:
-            return alert(f"Cannot use checkpoint {self.checkpoint!r}: {self.model_error}")
+            return alert(f"Cannot use the checkpoint: {self.model_error}")
         try:
             res = self.result()
         except Exception as e:  # noqa: BLE001
-            return alert(f"Cannot compute attention maps: {error_text(e)}")
+            return alert(f"Cannot compute attention maps: {safe_error(e, self.roots)}")
         top = res.probabilities().head(5)
         pred = pd.DataFrame({"class": top.index, "probability": top.values.round(3)})
         rgb = self._rgb_plot(res.image, res.grids())
@@ -325,14 +473,16 @@ class AttentionMaps(pn.viewable.Viewer):
         first_row.append(pn.pane.HoloViews(self._pixel_plot(res), name="pixel_map"))
         n_atoms = int(res.batch.mask.sum())
         info = pn.pane.Markdown(
-            f"**{len(res.bands)} bands, {n_atoms:,} atoms** (input {Path(self.input_path() or '').name}, "
-            f"modality {self.modality.split(':')[0]}). Weights averaged over heads; each latent's weights "
-            f"sum to 1 over all atoms.",
+            f"**{len(res.bands)} bands, {n_atoms:,} atoms** (input {escape_text(Path(self.input_path() or '').name)}, "
+            f"modality {escape_text(self.modality.split(':')[0])}). Weights averaged over heads; each latent's "
+            f"weights sum to 1 over all atoms.",
             sizing_mode="stretch_width",
         )
         return pn.Column(
             info,
-            pn.Row(*first_row, pn.Column("**Top classes**", pn.pane.DataFrame(pred, index=False, width=260))),
+            pn.Row(
+                *first_row, pn.Column("**Top classes**", pn.pane.DataFrame(pred, index=False, width=260, escape=True))
+            ),
             pn.Row(
                 pn.pane.HoloViews(self._mass_bars(), name="band_mass"),
                 pn.pane.HoloViews(self._latent_heatmap(), name="latent_heatmap"),
@@ -345,7 +495,8 @@ class AttentionMaps(pn.viewable.Viewer):
         w = pn.widgets
         controls = pn.Column(
             "### Model",
-            w.TextInput.from_param(self.param.checkpoint, name="Checkpoint (.pt)"),
+            choice_select(self, "checkpoint", path_choices(self.roots, "**/*.pt"), "Checkpoints"),
+            w.TextInput.from_param(self.param.checkpoint, name="Or a checkpoint path (.pt)"),
             "### Input",
             w.Select.from_param(self.param.source, name="Embedded input"),
             w.TextInput.from_param(self.param.path, name="Or a path (GeoTIFF, .npz, folder)"),

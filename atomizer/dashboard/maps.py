@@ -1,43 +1,257 @@
 """Maps: a land-cover map of a whole scene over its RGB composite, built in the background.
 
 The map is :func:`atomizer.engine.mapping.predict_map` (the same function as ``atomizer map``); this view
-starts it in a worker thread (the page stays responsive, a progress bar follows it), caches the GeoTIFF
-per (checkpoint, scene, window, stride) under ``cache_dir``, and draws the chosen class's probability
-(or the argmax class) over the scene's RGB composite, with the window grid and the probabilities of every
-class under the cursor. Use in a notebook::
+runs it in the server's map pool (a few workers for every session; the page stays responsive, a progress
+bar follows it), caches the GeoTIFF per (checkpoint, scene, window, stride) under ``cache_dir``, and draws
+the chosen class's probability (or the argmax class) over the scene's RGB composite, with the window grid
+and the probabilities of every class under the cursor. Use in a notebook::
 
     from atomizer.dashboard.maps import MapView
     view = MapView(checkpoint="runs/x/checkpoints/best.pt", scene="data/embedded/majortom/...")
     view.build(blocking=True)      # writes the map, returns its path
     view                           # the interactive view
+
+What one user can ask of a served dashboard is bounded:
+
+* paths: the checkpoint and the scene are read only under the view's ``roots``;
+* windows: a map has at most ``max_windows`` windows, and no more than a stride of an eighth of the window
+  would give on that scene (:func:`window_cap`); above, the build is refused in one line with the count and
+  the cap;
+* work: builds run in one process-wide pool of :data:`MAP_WORKERS` threads; sessions asking for the same
+  map (same checkpoint file, scene, window, stride and cache folder) share one build, and a build is
+  cancelled (between rows of windows) when every session that asked for it has closed;
+* disk: the cache folder is kept under ``cache_max_bytes``, least recently used maps out first
+  (:func:`evict`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
+import os
+import tempfile
 import threading
+import time
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import holoviews as hv
 import numpy as np
 import panel as pn
 import param
+import xarray as xr
 
 from atomizer.core.paths import data_dir
-from atomizer.dashboard._common import PLOT_WIDTH, alert, error_text
+from atomizer.core.storage import locked
+from atomizer.dashboard._common import PLOT_WIDTH, Roots, alert, escape_text, file_key
+from atomizer.dashboard.attention import choice_select, default_roots, path_choices, resolve_path, safe_error
 from atomizer.data.readers import open_image
-from atomizer.engine.attention import rgb_composite
-from atomizer.engine.mapping import MAP_NODATA, predict_map
+from atomizer.engine.attention import RGB_BANDS, rgb_composite
+from atomizer.engine.mapping import MAP_NODATA, MapError, default_window_m, predict_map, scene_grid
+from atomizer.models.checkpoint import read_checkpoint
 
 ARGMAX = "argmax (most probable class)"
 
+#: Threads building maps for every session of the process together.
+MAP_WORKERS = 2
+#: Default cap on the windows of one map.
+DEFAULT_MAX_WINDOWS = 10_000
+#: The stride may not go below the window divided by this (at most this^2 windows cover a pixel).
+MIN_STRIDE_DIVISOR = 8
+#: Default size bound of the map cache folder (bytes).
+DEFAULT_CACHE_BYTES = 2 * 1024**3
+#: Longest side (px) of what the page draws: the map and the RGB composite are read decimated to it.
+SCREEN_PX = 400
 
-def _default_scene() -> str:
+
+def default_cache_dir() -> Path:
+    """Where maps are cached when the caller names no folder: ``ATOMIZER_MAP_CACHE``, else a per-user folder
+    in the system's temporary directory (never the working directory or the checkout)."""
+    env = os.environ.get("ATOMIZER_MAP_CACHE")
+    if env:
+        return Path(env).expanduser()
+    uid = os.getuid() if hasattr(os, "getuid") else os.getlogin()
+    return Path(tempfile.gettempdir()) / f"atomizer-maps-{uid}"
+
+
+def _default_scene(roots: Roots) -> str:
+    """The embedded Major-TOM scene, as the roots show it ("" when absent or not under the roots)."""
     try:
         found = sorted((data_dir() / "embedded" / "majortom").glob("*/*/B02.tif"))
-    except Exception:  # noqa: BLE001  (no embedded data: the user types a path)
+    except OSError:  # no embedded data: the user chooses a scene
         return ""
-    return str(found[0].parent) if found else ""
+    return roots.display(found[0].parent) if found and roots.contains(found[0].parent) else ""
+
+
+class MapBuildCancelled(RuntimeError):
+    """A map build stopped because every session that asked for it has closed."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Builds: one pool, one build per target, cancelled when nobody waits for it
+# --------------------------------------------------------------------------------------------------
+
+_POOL = ThreadPoolExecutor(max_workers=MAP_WORKERS, thread_name_prefix="atomizer-map")
+_BUILDS: dict[str, _Build] = {}
+_LOCK = threading.RLock()
+_STARTED = [0]  # predict_map calls made by the pool (a shared build counts once)
+
+
+def builds_started() -> int:
+    """How many maps the pool has started computing in this process (cached and shared builds not counted)."""
+    return _STARTED[0]
+
+
+@dataclass(eq=False)
+class _Build:
+    out: Path
+    views: set = field(default_factory=set)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    done: tuple[int, int] = (0, 0)
+    future: Future | None = None
+
+    def progress(self, done: int, total: int) -> None:
+        """predict_map's per-row callback: record progress, tell the views, stop if nobody waits any more."""
+        self.done = (done, total)
+        with _LOCK:
+            views = list(self.views)
+        for v in views:
+            v._on_build_progress(done, total)
+        if self.cancel.is_set():
+            raise MapBuildCancelled("the map build was cancelled: its sessions closed")
+
+
+def window_cap(image: xr.Dataset, window_m: float, max_windows: int) -> int:
+    """The most windows a map of ``image`` may have: ``max_windows``, and no more than windows of
+    ``window_m`` every ``window_m / MIN_STRIDE_DIVISOR`` would give on this scene."""
+    return min(int(max_windows), scene_grid(image, window_m, window_m / MIN_STRIDE_DIVISOR).n_windows)
+
+
+def check_windows(checkpoint: Path, scene: Path, window_m: float, stride_m: float, max_windows: int) -> None:
+    """Refuse a map of more windows than :func:`window_cap` allows, in one line with the count and the cap
+    (only headers are read: the checkpoint's training extent, the scene's grid)."""
+    window = float(window_m) if window_m else default_window_m(read_checkpoint(checkpoint)["extra"])
+    stride = float(stride_m) if stride_m else window
+    image = open_image(scene, lazy=True)
+    n = scene_grid(image, window, stride).n_windows
+    cap = window_cap(image, window, max_windows)
+    if n > cap:
+        raise MapError(
+            f"a map with a {window:g} m window every {stride:g} m has {n:,} windows on this scene, above the cap "
+            f"of {cap:,} (at most {int(max_windows):,}, and a stride of at least {window / MIN_STRIDE_DIVISOR:g} m); "
+            "choose a larger stride"
+        )
+
+
+def evict(folder: str | Path, max_bytes: int, keep: tuple[Path, ...] = ()) -> list[Path]:
+    """Delete the least recently used files of the map cache ``folder`` until it holds at most ``max_bytes``;
+    files of builds in progress and ``keep`` stay. Returns what was deleted."""
+    folder = Path(folder)
+    with _LOCK:
+        busy = {b.out.name for b in _BUILDS.values()}
+    files = []
+    for f in folder.glob("map_*"):
+        try:
+            st = f.lstat()
+        except OSError:
+            continue
+        if f.is_file() and not f.is_symlink():
+            files.append((st.st_atime, st.st_size, f))
+    total = sum(size for _, size, _ in files)
+    gone: list[Path] = []
+    for _, size, f in sorted(files, key=lambda t: t[0]):
+        if total <= max_bytes:
+            break
+        if f in keep or f.name.endswith(".lock") or any(f.name.startswith(b) for b in busy):
+            continue
+        try:
+            f.unlink()
+        except OSError:
+            continue
+        total -= size
+        gone.append(f)
+    return gone
+
+
+def _touch(path: Path) -> None:
+    """Mark a cached map as used now (access time; its modification time stays)."""
+    try:
+        st = path.stat()
+        os.utime(path, ns=(time.time_ns(), st.st_mtime_ns))
+    except OSError:
+        pass
+
+
+def _cache_folder(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if hasattr(os, "getuid") and folder.stat().st_uid != os.getuid():
+        raise MapError(f"the map cache folder {folder.name!r} belongs to another user; configure another one")
+    return folder
+
+
+def _run(build: _Build, checkpoint: Path, scene: Path, window_m: float, stride_m: float, max_windows: int,
+         cache_bytes: int) -> Path:  # fmt: skip
+    out = build.out
+    if build.cancel.is_set():
+        raise MapBuildCancelled("the map build was cancelled: its sessions closed")
+    _cache_folder(out.parent)
+    if not out.exists():
+        check_windows(checkpoint, scene, window_m, stride_m, max_windows)
+        with locked(out.parent, what="map", name=out.name + ".lock"):  # another process building it: refused
+            if not out.exists():
+                with _LOCK:
+                    _STARTED[0] += 1
+                predict_map(
+                    checkpoint,
+                    scene,
+                    out,
+                    window_m=window_m or None,
+                    stride_m=stride_m or None,
+                    progress=False,
+                    on_progress=build.progress,
+                )
+    _touch(out)
+    evict(out.parent, cache_bytes, keep=(out,))
+    return out
+
+
+def _forget(build: _Build) -> None:
+    with _LOCK:
+        if _BUILDS.get(str(build.out)) is build:
+            del _BUILDS[str(build.out)]
+
+
+def _start(view: MapView, out: Path, *args: Any) -> _Build:
+    """The build of ``out``: the one in progress (shared) or a new one in the pool; ``view`` follows it."""
+    with _LOCK:
+        build = _BUILDS.get(str(out))
+        if build is not None and build.future is not None and not build.future.done():
+            build.views.add(view)
+            build.cancel.clear()  # a build its last session was leaving: wanted again
+            return build
+        build = _Build(out)
+        _BUILDS[str(out)] = build
+        build.views.add(view)
+        build.future = _POOL.submit(_run, build, *args)
+        build.future.add_done_callback(lambda _f: _forget(build))
+        return build
+
+
+def _leave(view: MapView, build: _Build) -> None:
+    """``view`` no longer follows ``build``: the last one to leave cancels it."""
+    with _LOCK:
+        build.views.discard(view)
+        if not build.views and build.future is not None and not build.future.done():
+            build.cancel.set()
+            build.future.cancel()  # not started yet: never runs
+
+
+# --------------------------------------------------------------------------------------------------
+# The view
+# --------------------------------------------------------------------------------------------------
 
 
 class MapView(pn.viewable.Viewer):
@@ -48,61 +262,70 @@ class MapView(pn.viewable.Viewer):
     window_m = param.Number(default=0.0, bounds=(0, None), doc="Window side in m (0: the training extent).")
     stride_m = param.Number(default=0.0, bounds=(0, None), doc="Stride in m (0: the window, no overlap).")
     layer = param.Selector(default=ARGMAX, objects=[ARGMAX], doc="Class probability (or argmax) shown.")
-    cache_dir = param.String(default="runs/maps", doc="Where built maps are kept.")
-    status = param.String(default="", doc="What the view is doing.")
+    cache_dir = param.String(default="", doc="Where built maps are kept (empty: default_cache_dir()).")
+    cache_max_bytes = param.Integer(default=DEFAULT_CACHE_BYTES, bounds=(0, None), doc="Size bound of the cache.")
+    max_windows = param.Integer(default=DEFAULT_MAX_WINDOWS, bounds=(1, None), doc="Most windows of one map.")
+    roots = param.ClassSelector(
+        class_=Roots, default=None, allow_None=True, doc="The folders whose files this view may read."
+    )
+    status = param.String(default="", doc="What the view is doing (escaped: shown as Markdown).")
 
     def __init__(self, **params):
+        if params.get("cache_dir") is not None:
+            params["cache_dir"] = str(params["cache_dir"])
+        if params.get("roots") is None:
+            params["roots"] = default_roots(params.get("checkpoint"), params.get("scene"))
         if not params.get("scene"):
-            params["scene"] = _default_scene()
+            params["scene"] = _default_scene(params["roots"])
         super().__init__(**params)
         self.progress = pn.indicators.Progress(value=0, max=100, visible=False, sizing_mode="stretch_width")
         self.button = pn.widgets.Button(name="Build map", button_type="primary")
         self.button.on_click(lambda _event: self.build())
-        self._thread: threading.Thread | None = None
+        self._build: _Build | None = None
         self._done = (0, 0)
-        self._error: str | None = None
         self.map_path: Path | None = None
         self._map: tuple | None = None  # (probs (C,H,W), classes, transform bounds)
+        self._rgb: tuple | None = None  # (scene, composite)
         self._periodic = None
 
     # ------------------------------------------------------------------ building
-    def target(self) -> Path:
-        """The cached map of the current inputs."""
-        key = f"{Path(self.checkpoint).resolve()}|{Path(self.scene).resolve()}|{self.window_m:g}|{self.stride_m:g}"
-        return Path(self.cache_dir) / f"map_{hashlib.sha256(key.encode()).hexdigest()[:12]}.tif"
+    def _paths(self) -> tuple[Path, Path]:
+        return resolve_path(self.roots, self.checkpoint, "checkpoint"), resolve_path(self.roots, self.scene, "scene")
 
-    def _run(self) -> None:
-        try:
-            out = self.target()
-            out.parent.mkdir(parents=True, exist_ok=True)
-            if not out.exists():
-                predict_map(
-                    self.checkpoint,
-                    self.scene,
-                    out,
-                    window_m=self.window_m or None,
-                    stride_m=self.stride_m or None,
-                    progress=False,
-                    on_progress=lambda d, t: setattr(self, "_done", (d, t)),
-                )
-            self.map_path = out
-        except Exception as e:  # noqa: BLE001  (shown in the page)
-            self._error = error_text(e)
+    def target(self) -> Path:
+        """The cached map of the current inputs (the checkpoint file's version is part of the key)."""
+        ckpt, scene = self._paths()
+        key = f"{file_key(ckpt)}|{scene}|{self.window_m:g}|{self.stride_m:g}"
+        folder = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+        return folder.expanduser().resolve() / f"map_{hashlib.sha256(key.encode()).hexdigest()[:16]}.tif"
+
+    def _on_build_progress(self, done: int, total: int) -> None:
+        self._done = (done, total)
 
     def build(self, blocking: bool = False) -> Path | None:
-        """Build (or load from the cache) the map of the current inputs in a worker thread."""
-        if self._thread is not None and self._thread.is_alive():
+        """Build (or load from the cache) the map of the current inputs in the server's map pool."""
+        if self._build is not None and self._build.future is not None and not self._build.future.done():
             return None
         if not self.checkpoint.strip() or not self.scene.strip():
             self.status = "Give a checkpoint and a scene."
             return None
-        self._error, self.map_path, self._map, self._done = None, None, None, (0, 0)
+        try:
+            ckpt, scene = self._paths()
+            out = self.target()
+        except ValueError as e:
+            self.status = safe_error(e, self.roots)
+            return None
+        self.map_path, self._map, self._done = None, None, (0, 0)
         self.status = "Building the map..."
         self.progress.visible, self.progress.value = True, 0
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._build = _start(
+            self, out, ckpt, scene, self.window_m, self.stride_m, self.max_windows, self.cache_max_bytes
+        )
         if blocking:
-            self._thread.join()
+            try:
+                self._build.future.result()
+            except (Exception, CancelledError):  # noqa: BLE001  (shown by _poll)
+                pass
             self._poll()
             return self.map_path
         if pn.state.curdoc is not None and self._periodic is None:
@@ -110,43 +333,75 @@ class MapView(pn.viewable.Viewer):
         return None
 
     def close(self) -> None:
-        """Stop following a build and drop the map held for this session (the GeoTIFF stays cached)."""
+        """The session closed: stop following the build (cancelled if no other session follows it) and drop
+        the map held for this session (the GeoTIFF stays cached)."""
         if self._periodic is not None:
             self._periodic.stop()
             self._periodic = None
-        self._map = None
+        if self._build is not None:
+            _leave(self, self._build)
+        self._map, self._rgb = None, None
 
     def _poll(self) -> None:
         d, t = self._done
         if t:
             self.progress.value = int(100 * d / t)
-        if self._thread is not None and not self._thread.is_alive():
-            self.progress.visible = False
-            if self._periodic is not None:
-                self._periodic.stop()
-                self._periodic = None
-            if self._error:
-                self.status = self._error
-            elif self.map_path is not None:
-                with param.parameterized.batch_call_watchers(self):  # the plot is drawn once, not per change
-                    self._load()
-                    self.status = f"Map: {self.map_path}"
+        future = None if self._build is None else self._build.future
+        if future is None or not future.done():
+            return
+        self.progress.visible = False
+        if self._periodic is not None:
+            self._periodic.stop()
+            self._periodic = None
+        if future.cancelled():
+            self.status = "The map build was cancelled."
+            return
+        error = future.exception()
+        if error is not None:
+            self.status = safe_error(error, self.roots)
+            return
+        self.map_path = future.result()
+        with param.parameterized.batch_call_watchers(self):  # the plot is drawn once, not per change
+            self._load()
+            self.status = f"Map: {escape_text(self.roots.display(self.map_path))}"
 
     def _load(self) -> None:
-        import json
-
         import rasterio
+        from rasterio.enums import Resampling
 
         with rasterio.open(self.map_path) as src:
-            data = src.read()
+            step = max(1, math.ceil(max(src.height, src.width) / SCREEN_PX))
+            if step == 1:
+                data = src.read()
+            else:  # read decimated (from the overviews): what the page draws, never the whole scene
+                shape = (src.count, math.ceil(src.height / step), math.ceil(src.width / step))
+                data = src.read(out_shape=shape, resampling=Resampling.nearest)
+                probs = data[:-1]
+                data[-1] = np.where((probs == MAP_NODATA).any(0), MAP_NODATA, probs.argmax(0))
             classes = json.loads(src.tags().get("classes", "[]")) or list(src.descriptions[:-1])
             b = src.bounds
             window_m, stride_m = float(src.tags()["window_m"]), float(src.tags()["stride_m"])
-        self._map = (data, classes, (b.left, b.bottom, b.right, b.top), window_m, stride_m)
-        self.param.layer.objects = [ARGMAX, *classes]
+        self._map = (data, [str(c) for c in classes], (b.left, b.bottom, b.right, b.top), window_m, stride_m)
+        self.param.layer.objects = [ARGMAX, *self._map[1]]
         if self.layer not in self.param.layer.objects:
             self.layer = ARGMAX
         self.param.trigger("layer")
+
+    def _composite(self) -> np.ndarray | None:
+        """The scene's RGB composite, read decimated to the screen (cached for this session)."""
+        scene = resolve_path(self.roots, self.scene, "scene")
+        if self._rgb is None or self._rgb[0] != scene:
+            image = open_image(scene, lazy=True)
+            rgb = None
+            if all(b in image for b in RGB_BANDS):
+                step = max(1, math.ceil(max(image[RGB_BANDS[0]].shape) / SCREEN_PX))
+                bands = {b: image[b].isel({d: slice(None, None, step) for d in image[b].dims}) for b in RGB_BANDS}
+                try:
+                    rgb = rgb_composite(xr.Dataset({b: (("y", "x"), da.values, da.attrs) for b, da in bands.items()}))
+                except ValueError:  # bands on different grids: no composite
+                    rgb = None
+            self._rgb = (scene, rgb)
+        return self._rgb[1]
 
     # ------------------------------------------------------------------ plots
     def window_grid(self) -> hv.Path:
@@ -168,12 +423,15 @@ class MapView(pn.viewable.Viewer):
         if self._map is None:
             return alert(self.status or "Build a map: choose a checkpoint and a scene, then press Build map.", "info")
         data, classes, bounds, _, _ = self._map
-        step = max(1, data.shape[1] // 400)  # at most ~400 px a side on screen
+        step = max(1, data.shape[1] // SCREEN_PX)  # at most ~400 px a side on screen
         sub = data[:, ::step, ::step]
-        rgb = rgb_composite(open_image(self.scene))
+        try:
+            rgb = self._composite()
+        except (OSError, ValueError):  # the scene moved or became unreadable: the map alone
+            rgb = None
         layers = []
         if rgb is not None:
-            rs = max(1, rgb.shape[0] // 400)
+            rs = max(1, rgb.shape[0] // SCREEN_PX)
             layers.append(hv.RGB(rgb[::rs, ::rs], bounds=bounds).opts(alpha=1.0))
         probs = sub[:-1]
         vdims = [f"p({c})" for c in classes]
@@ -201,6 +459,10 @@ class MapView(pn.viewable.Viewer):
 
     def __panel__(self):
         controls = pn.Column(
+            choice_select(self, "checkpoint", path_choices(self.roots, "**/*.pt"), "Checkpoints"),
+            choice_select(
+                self, "scene", path_choices(self.roots, "**/B02.tif", "**/*.SAFE/MTD_MSIL*.xml", parent=True), "Scenes"
+            ),
             pn.Param(self.param, parameters=["checkpoint", "scene", "window_m", "stride_m", "layer"], show_name=False),
             self.button,
             self.progress,

@@ -50,9 +50,12 @@ def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """The dashboard served on a free port, with a tiny checkpoint and a results store built from it."""
+    """The dashboard served on a free port, with a tiny checkpoint and a results store built from it; a
+    folder for scenes served too (``--root``) and the map cache in a temporary folder (never the checkout)."""
     base = tmp_path_factory.mktemp("served")
     store, port = base / "store", _free_port()
+    scenes, map_cache = base / "scenes", base / "map_cache"
+    scenes.mkdir()
     run = store / "run"
     ckpt = run / "checkpoints" / "best.pt"
     log = base / "serve.log"
@@ -69,6 +72,10 @@ def served(tmp_path_factory):
                 str(store),
                 "--checkpoint",
                 str(ckpt),
+                "--root",
+                str(scenes),
+                "--map-cache",
+                str(map_cache),
                 "--no-show",
             ],
             cwd=REPO_ROOT,
@@ -81,7 +88,7 @@ def served(tmp_path_factory):
         evaluate_into(run, ckpt, small_eurosat_root(base / "eurosat_small"))
         _wait_for_port(port, proc, log)
         ARTIFACTS.mkdir(exist_ok=True)
-        yield {"url": f"http://localhost:{port}/", "log": log, "run": run}
+        yield {"url": f"http://localhost:{port}/", "log": log, "run": run, "scenes": scenes, "map_cache": map_cache}
     finally:
         proc.terminate()
         try:
@@ -246,13 +253,14 @@ def test_results_tab_shows_cis_and_follows_the_chosen_reference(page, tmp_path):
             proc.wait()
 
 
-def test_maps_tab_builds_a_map_in_the_background_and_switches_classes(page, served, tmp_path, majortom_product_dir):
-    """The Maps tab on a real scene crop (1,280 m of the Major-TOM bands, written as GeoTIFFs): Build map runs
-    in the background, the map is drawn over the RGB composite with every class's probability under the
-    cursor, and choosing a class redraws the layer."""
+def test_maps_tab_builds_a_map_in_the_background_and_switches_classes(page, served, majortom_product_dir):
+    """The Maps tab on a real scene crop (1,280 m of the Major-TOM bands, written as GeoTIFFs in a served
+    folder): Build map runs in the background, the map is drawn over the RGB composite with every class's
+    probability under the cursor, and choosing a class redraws the layer. The map goes to the served map
+    cache (a temporary folder), not into the checkout."""
     from tests.data import product_fixtures as fx
 
-    scene = tmp_path / "S2A_MSIL2A_20220706T085611_N0400_R007_T33NZA_20220706T153419"
+    scene = served["scenes"] / "S2A_MSIL2A_20220706T085611_N0400_R007_T33NZA_20220706T153419"
     for band, _gsd in fx.NATIVE.items():
         data, prof = fx.crop(majortom_product_dir, band, extent_m=1280)
         fx.write_raster(scene / f"{band}.tif", data, prof)
@@ -262,7 +270,7 @@ def test_maps_tab_builds_a_map_in_the_background_and_switches_classes(page, serv
     box.fill(str(scene))
     box.press("Enter")
     page.get_by_role("button", name="Build map").click()
-    page.get_by_text("Map:").wait_for(timeout=120_000)  # built in a worker thread; the page kept polling
+    page.get_by_text("Map:").wait_for(timeout=120_000)  # built in the map pool; the page kept polling
     hover = "p_left_parenthesis_Forest_right_parenthesis"  # Bokeh's column for the vdim p(Forest)
     layer_range = """(col) => {
       for (const doc of Bokeh.documents) for (const m of doc.all_models) {
@@ -278,6 +286,7 @@ def test_maps_tab_builds_a_map_in_the_background_and_switches_classes(page, serv
       return null;
     }"""
     page.wait_for_function(f"() => ({layer_range})('{hover}') !== null", timeout=30_000)
+    assert list(served["map_cache"].glob("map_*.tif"))  # built into the configured cache, not the checkout
     _visible_canvas(page)
     shown = page.evaluate(layer_range, hover)  # the argmax layer: class indices of 10 EuroSAT classes
     assert shown["n"] > 0 and shown["lo"] >= 0 and shown["hi"] <= 9 and float(shown["hi"]).is_integer(), shown
