@@ -48,7 +48,7 @@ from atomizer.core.paths import data_dir
 from atomizer.core.storage import locked
 from atomizer.dashboard._common import PLOT_WIDTH, Roots, alert, escape_text, file_key
 from atomizer.dashboard.attention import choice_select, default_roots, path_choices, resolve_path, safe_error
-from atomizer.data.readers import open_image
+from atomizer.data.readers import open_image, open_raster
 from atomizer.engine.attention import RGB_BANDS, rgb_composite
 from atomizer.engine.mapping import MAP_NODATA, MapError, default_window_m, predict_map, scene_grid
 from atomizer.models.checkpoint import read_checkpoint
@@ -366,10 +366,9 @@ class MapView(pn.viewable.Viewer):
             self.status = f"Map: {escape_text(self.roots.display(self.map_path))}"
 
     def _load(self) -> None:
-        import rasterio
         from rasterio.enums import Resampling
 
-        with rasterio.open(self.map_path) as src:
+        with open_raster(self.map_path) as src:
             step = max(1, math.ceil(max(src.height, src.width) / SCREEN_PX))
             if step == 1:
                 data = src.read()

@@ -309,8 +309,12 @@ class Sensor:
         text = path.read_text()
         try:
             spec = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as e:
-            raise SensorSpecError(f"cannot parse sensor sidecar {path}: {e}") from None
+        except json.JSONDecodeError as e:  # the position only: the file's text is never echoed (it may hold secrets)
+            raise SensorSpecError(f"cannot parse sensor sidecar {path}: not valid JSON at line {e.lineno}") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise SensorSpecError(f"cannot parse sensor sidecar {path}: not valid YAML{where}") from None
         return cls.from_dict(spec, default_name=path.stem)
 
 

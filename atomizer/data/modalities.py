@@ -102,7 +102,10 @@ def load_modalities(path_or_name: str | Path) -> ModalitySet:
     """Load a modality set from a YAML file, or by name from the shipped sets (``atomizer/data/modality_sets/<name>.yaml``)."""
     path = Path(path_or_name)
     if not path.suffix:
-        path = modality_sets_dir() / f"{path_or_name}.yaml"
+        name = str(path_or_name)
+        if not name or name != Path(name).name or name.startswith("."):  # a shipped set's name, never a path
+            raise ModalityError(f"not a modality set name: {name!r} (a name of a shipped set, or a .yaml file)")
+        path = modality_sets_dir() / f"{name}.yaml"
     if not path.is_file():
         avail = sorted(p.stem for p in (modality_sets_dir()).glob("*.yaml"))
         raise FileNotFoundError(f"modality file not found: {path_or_name} (shipped: {', '.join(avail)})")

@@ -426,3 +426,13 @@ def test_per_band_calibration_in_sidecar_and_catalogue(tmp_path):
     side.write_text(side.read_text().replace("dn_scale: 0.01", "dn_scale: hot"))
     with pytest.raises(SensorSpecError, match="tir"):
         get_sensor(side)
+
+
+def test_a_sidecar_that_fails_to_parse_is_not_echoed(tmp_path):
+    """A broken YAML sidecar holding a secret: the error gives the line, never the file's text."""
+    path = tmp_path / "leaky.yaml"
+    path.write_text("name: x\nbands:\n  - token: SECRET-hunter2: [\n")
+    with pytest.raises(SensorSpecError) as err:
+        Sensor.from_file(path)
+    assert "not valid YAML at line" in str(err.value)
+    assert "hunter2" not in str(err.value)

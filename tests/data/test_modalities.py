@@ -499,3 +499,10 @@ def test_modality_distance_and_landscape_grid():
     assert set(train.names) <= set(grid.names) and "b_b8a" in grid.names and "g60_s10" in grid.names
     keys = [(m.size_px, m.gsd_m, frozenset(m.bands)) for m in grid]
     assert len(keys) == len(set(keys))  # no modality twice
+
+
+@pytest.mark.parametrize("name", ["../../x", "sub/set", ".hidden", ""])
+def test_a_modality_name_is_never_a_path(name):
+    """A name without suffix (as a checkpoint's train_modalities may carry) names a shipped set, never a file."""
+    with pytest.raises(ModalityError, match="not a modality set name"):
+        load_modalities(name)
