@@ -25,7 +25,6 @@ refuses what is above its bound (:func:`atomizer.core.limits.check_atoms`).
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +34,9 @@ import torch
 import xarray as xr
 
 from atomizer.atoms.tokens import AtomBatch, tokenize
-from atomizer.data.bands import Sensor, get_sensor
+from atomizer.data.bands import Sensor
 from atomizer.data.modalities import overlap_matrix
-from atomizer.data.readers import ImageReadError, image_bands, open_image
+from atomizer.data.readers import count_tokens, open_image
 from atomizer.models.atomizer import Atomizer
 
 RGB_BANDS = ("B04", "B03", "B02")
@@ -49,38 +48,11 @@ NATIVE = "native"
 # --------------------------------------------------------------------------------------------------
 
 
-def _npz_atoms(path: Path) -> int:
-    """Pixels of a BigEarthNet ``.npz`` patch's Sentinel-2 band arrays, from the arrays' headers only."""
-    names = set(get_sensor("sentinel2").band_names)
-    total = 0
-    try:
-        with zipfile.ZipFile(path) as z:
-            for info in z.infolist():
-                if not info.filename.endswith(".npy") or info.filename[:-4] not in names:
-                    continue
-                with z.open(info) as f:
-                    version = np.lib.format.read_magic(f)
-                    read = (
-                        np.lib.format.read_array_header_1_0
-                        if version == (1, 0)
-                        else np.lib.format.read_array_header_2_0
-                    )
-                    shape = read(f)[0]
-                total += int(np.prod(shape, dtype=np.int64))
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise ImageReadError(f"{path}: not a readable npz patch ({e})") from None
-    return total
-
-
 def input_atoms(path: str | Path, sensor: str | Path | Sensor | None = None) -> int:
     """The number of atoms (pixels x bands, every band on its native grid) of the input at ``path``, read from
     headers: no pixel is read (a GeoTIFF, band folder or product is opened lazily, a ``.npz`` patch's array
     headers are read), so a caller can refuse an input too large for it before reading it whole."""
-    p = Path(path)
-    if p.suffix.lower() == ".npz" and p.is_file():
-        return _npz_atoms(p)
-    image = open_image(p, sensor=sensor, lazy=True)
-    return int(sum(int(image[b].size) for b in image_bands(image)))
+    return count_tokens(open_image(path, sensor=sensor, lazy=True))
 
 
 # --------------------------------------------------------------------------------------------------
