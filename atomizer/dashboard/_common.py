@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,10 @@ PLOT_HEIGHT = 320
 
 
 def alert(message: str, kind: str = "danger") -> pn.pane.Alert:
-    """A message shown in the page instead of an exception (``kind``: danger, warning, info...)."""
+    """A message shown in the page instead of an exception (``kind``: danger, warning, info...).
+
+    ``message`` is Markdown and reaches the page as HTML: every string in it that comes from a file, a store, a
+    user or an error must already have gone through :func:`escape_text` (callers escape; this does not)."""
     return pn.pane.Alert(message, alert_type=kind, sizing_mode="stretch_width")
 
 
@@ -124,10 +128,18 @@ def on_session_end(cleanup: Callable[[], None]) -> None:
 
 def escape_text(value: Any) -> str:
     """``str(value)`` with HTML's special characters escaped: every string from a file, a store, an error or a
-    user goes through this before it reaches a Markdown, HTML or Alert pane."""
+    user goes through this before it reaches a Markdown, HTML or Alert pane.
+
+    Brackets become character references too, so a name cannot form a Markdown link or image (``[x](url)``,
+    ``![x](url)``) either; a Markdown or HTML pane shows every character as typed.
+    """
     import html
 
-    return html.escape(str(value), quote=True)
+    return html.escape(str(value), quote=True).replace("[", "&#91;").replace("]", "&#93;")
+
+
+#: Absolute POSIX paths inside a message (``/a/b``, also quoted); see :meth:`Roots.scrub`.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/(?:[^\s'\"/:,;()\[\]]+/)*[^\s'\"/:,;()\[\]]*")
 
 
 class OutsideRootsError(ValueError):
@@ -144,13 +156,24 @@ class Roots:
     absolute server path. ``files(patterns)`` lists what lies under the roots, for selection widgets.
     """
 
-    def __init__(self, roots: dict[str, str | Path] | list[str | Path] | tuple[str | Path, ...]):
-        items = roots.items() if isinstance(roots, dict) else ((Path(r).name or str(r), r) for r in roots)
+    def __init__(self, roots: dict[str, str | Path] | Iterable[str | Path | tuple[str, str | Path]]):
+        """``roots``: {label: folder}, or folders (labelled by their names), or (label, folder) pairs; a label
+        already taken gets a suffix (``-2``...), a folder given twice is kept once."""
+        items = (
+            roots.items()
+            if isinstance(roots, dict)
+            else (r if isinstance(r, tuple) else (Path(r).name or str(r), r) for r in roots)
+        )
         self._roots: list[tuple[str, Path]] = []
         for label, r in items:
             p = Path(r).expanduser().resolve()
             if all(p != q for _, q in self._roots):
-                self._roots.append((str(label), p))
+                taken = {lb for lb, _ in self._roots}
+                label, base, n = str(label) or "root", str(label) or "root", 1
+                while label in taken:  # labels name the roots in messages and selections: one root each
+                    n += 1
+                    label = f"{base}-{n}"
+                self._roots.append((label, p))
 
     def __iter__(self):
         return iter(p for _, p in self._roots)
@@ -165,22 +188,42 @@ class Roots:
         p = Path(path).resolve()
         return any(p == r or p.is_relative_to(r) for _, r in self._roots)
 
+    @property
+    def labels(self) -> list[str]:
+        """The roots' labels, in order (what messages and :meth:`display` show instead of server paths)."""
+        return [label for label, _ in self._roots]
+
     def resolve(self, text: str | Path, what: str = "path") -> Path:
-        """The real path of ``text`` if it lies under a root; :class:`OutsideRootsError` otherwise."""
+        """The real path of ``text`` if it lies under a root; :class:`OutsideRootsError` otherwise.
+
+        ``text`` may be what :meth:`display` shows (``label/relative``), a path relative to a root, or an
+        absolute path under a root. An existing file wins; a path that exists nowhere resolves under the roots
+        (label form first) so that the caller can say it is missing without saying where.
+        """
         raw = str(text).strip()
         if not raw:
             raise OutsideRootsError(f"no {what} given")
         if "\x00" in raw or "://" in raw or raw.startswith("/vsi"):
             raise OutsideRootsError(f"the {what} is not a file under the dashboard's folders")
         p = Path(raw).expanduser()
-        candidates = [p] if p.is_absolute() else [r / p for _, r in self._roots]
-        for c in candidates:
-            real = c.resolve()
-            if self.contains(real) and (real.exists() or c is candidates[-1]):
+        if p.is_absolute():
+            candidates = [p]
+        else:
+            labelled = [r / Path(*p.parts[1:]) for label, r in self._roots if p.parts and p.parts[0] == label]
+            candidates = [r / p for _, r in self._roots] + labelled
+            candidates = labelled[:1] + [c for c in candidates if c not in labelled[:1]]
+        inside = [real for real in (c.resolve() for c in candidates) if self.contains(real)]
+        for real in inside:
+            if real.exists():
                 return real
-        raise OutsideRootsError(
-            f"the {what} is not under the folders this dashboard serves ({', '.join(lb for lb, _ in self._roots)})"
-        )
+        if inside:
+            return inside[0]
+        raise OutsideRootsError(f"the {what} is not under the folders this dashboard serves ({', '.join(self.labels)})")
+
+    def scrub(self, text: Any) -> str:
+        """``str(text)`` with every absolute path shown as :meth:`display` shows it (a root's path becomes its
+        label, any other absolute path its last component): error texts reach the page without server paths."""
+        return _ABSOLUTE_PATH.sub(lambda m: self.display(m.group(0)) if m.group(0) != "/" else "/", str(text))
 
     def display(self, path: str | Path) -> str:
         """``label/relative/path`` for a path under a root; the bare file name otherwise (never an absolute path)."""

@@ -18,6 +18,8 @@ Use in a notebook::
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import holoviews as hv
@@ -28,7 +30,16 @@ import param
 import xarray as xr
 import yaml
 
-from atomizer.dashboard._common import PLOT_HEIGHT, PLOT_WIDTH, STORES, TABLES, alert
+from atomizer.dashboard._common import (
+    PLOT_HEIGHT,
+    PLOT_WIDTH,
+    STORES,
+    TABLES,
+    OutsideRootsError,
+    Roots,
+    alert,
+    escape_text,
+)
 from atomizer.results import stats
 from atomizer.results.landscape import LANDSCAPE_PREDICTIONS
 from atomizer.results.landscape import landscape as landscape_table
@@ -49,10 +60,58 @@ def base_model(name: str) -> str:
     return str(name).split(" (")[0].strip().lower()
 
 
+#: The last signature of each store (resolved path -> (monotonic time, signature)), shared by the sessions of a
+#: served dashboard: their periodic polls scan a store once per period between them, not once each.
+_SIGNATURES: dict[str, tuple[float, tuple]] = {}
+_SIGNATURES_LOCK = threading.Lock()
+
+
+def store_signature(root: Path) -> tuple:
+    """(path, mtime, size) of every file the Results tab reads in the store ``root``; changes when a run
+    writes anything (a config, a metrics line, a results or predictions file)."""
+    sig = []
+    for d in find_run_dirs(root):
+        for name in (
+            "config.yaml",
+            "metrics.jsonl",
+            "summary.json",
+            "failed.txt",
+            PREDICTIONS_FILE,
+            LANDSCAPE_PREDICTIONS,
+            *RESULT_FILES.values(),
+        ):
+            p = d / name
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            sig.append((str(p), st.st_mtime_ns, st.st_size))
+    return tuple(sig)
+
+
+def shared_signature(root: Path, max_age_s: float = 0.0) -> tuple:
+    """:func:`store_signature` of ``root``, reusing the one any session computed less than ``max_age_s`` ago."""
+    key = str(root)
+    with _SIGNATURES_LOCK:
+        hit = _SIGNATURES.get(key)
+    if hit is not None and max_age_s > 0 and time.monotonic() - hit[0] < max_age_s:
+        return hit[1]
+    sig = store_signature(root)
+    with _SIGNATURES_LOCK:
+        _SIGNATURES[key] = (time.monotonic(), sig)
+        while len(_SIGNATURES) > 64:  # bounded: the oldest store seen goes out
+            _SIGNATURES.pop(next(iter(_SIGNATURES)))
+    return sig
+
+
+def _empty_store(error: str | None = None) -> dict:
+    return {"runs": pd.DataFrame(), "table": None, "gsd": None, "size": None, "preds": None, "error": error}
+
+
 def read_store(root: Path) -> dict:
     """Runs, merged results of each kind and pooled per-image predictions of a store (an ``error`` entry
     instead of raising: a half-written or foreign file must not break the page)."""
-    data: dict = {"runs": pd.DataFrame(), "table": None, "gsd": None, "size": None, "preds": None, "error": None}
+    data = _empty_store()
     try:
         data["runs"] = find_runs(root)
         for kind in RESULT_FILES:
@@ -67,6 +126,13 @@ class ResultsView(pn.viewable.Viewer):
     """Tables and charts of a results store (a folder of run directories)."""
 
     root = param.String(default="runs", doc="Results store: a folder holding run directories at any depth.")
+    roots = param.ClassSelector(
+        class_=Roots,
+        default=None,
+        allow_None=True,
+        precedence=-1,
+        doc="Folders a served dashboard may read (the store must lie under them); None: any folder (notebooks).",
+    )
     metric = param.Selector(default=PAPER_METRIC, objects=[PAPER_METRIC], doc="Metric of the tables and charts.")
     run = param.Selector(default=None, objects=[], allow_None=True, doc="Run whose training curves are shown.")
     reference = param.Selector(
@@ -81,38 +147,45 @@ class ResultsView(pn.viewable.Viewer):
         super().__init__(**params)
         self._signature: tuple = ()
         self._data: dict = {}
+        self._store: Path | None = None
         self._periodic = None
         self.reload()
 
     # ------------------------------------------------------------------ reading the store
+    def store_path(self) -> Path:
+        """The store's real path; :class:`~atomizer.dashboard._common.OutsideRootsError` when ``roots`` are set
+        and ``root`` lies outside them (nothing under it is then listed or read)."""
+        if self.roots is None:
+            return Path(self.root).expanduser().resolve()
+        return self.roots.resolve(self.root, "results store")
+
+    def shown(self, path: str | Path | None = None) -> str:
+        """How a path (default: the store) is named in the page: relative to its root when served."""
+        path = self._store if path is None else Path(path)
+        if path is None:
+            return str(self.root)
+        return self.roots.display(path) if self.roots is not None else str(path)
+
+    def scrub(self, text: str) -> str:
+        """An error text as the page shows it: no absolute server path when served."""
+        return self.roots.scrub(text) if self.roots is not None else str(text)
+
     def store_signature(self) -> tuple:
         """(path, mtime, size) of every file the view reads; changes when a run writes anything."""
-        sig = []
-        for d in find_run_dirs(self.root):
-            for name in (
-                "config.yaml",
-                "metrics.jsonl",
-                "summary.json",
-                "failed.txt",
-                PREDICTIONS_FILE,
-                LANDSCAPE_PREDICTIONS,
-                *RESULT_FILES.values(),
-            ):
-                p = d / name
-                try:
-                    st = p.stat()
-                except OSError:
-                    continue
-                sig.append((str(p), st.st_mtime_ns, st.st_size))
-        return tuple(sig)
+        return store_signature(self._store) if self._store is not None else ()
 
     @param.depends("root", "refresh", watch=True)
     def reload(self) -> None:
         """Re-read the store and redraw."""
-        root = Path(self.root).expanduser()
-        self._signature = self.store_signature()
-        # every session of a served dashboard reads a store once (by its files' signature), not once each
-        data = self._data = STORES.get((str(root.resolve()), self._signature), lambda: read_store(root))
+        try:
+            self._store = root = self.store_path()
+        except OutsideRootsError as e:  # refused before anything under it is listed
+            self._store, self._signature = None, ()
+            data = self._data = _empty_store(str(e))
+        else:
+            self._signature = shared_signature(root)
+            # every session of a served dashboard reads a store once (by its files' signature), not once each
+            data = self._data = STORES.get((str(root), self._signature), lambda: read_store(root))
         metrics = sorted({str(m) for k in RESULT_FILES if data[k] is not None for m in data[k].metric.values})
         self.param.metric.objects = metrics or [PAPER_METRIC]
         if self.metric not in self.param.metric.objects:
@@ -129,12 +202,20 @@ class ResultsView(pn.viewable.Viewer):
             self.run = runs[0] if runs else None
         self.version += 1
 
-    def poll(self) -> bool:
-        """Reload if any file of the store changed since the last read; True when it did."""
-        if self.store_signature() != self._signature:
+    def poll(self, max_age_s: float = 0.0) -> bool:
+        """Reload if any file of the store changed since the last read; True when it did.
+
+        With ``max_age_s``, a signature of the store that another session computed less than that long ago is
+        reused (the periodic polls of many sessions scan the store once per period between them)."""
+        if self._store is None:
+            return False
+        if shared_signature(self._store, max_age_s) != self._signature:
             self.reload()
             return True
         return False
+
+    def _periodic_poll(self) -> None:
+        self.poll(max_age_s=0.9 * self.refresh_s)
 
     def runs(self) -> pd.DataFrame:
         """One row per run (:func:`atomizer.results.store.find_runs`)."""
@@ -176,8 +257,7 @@ class ResultsView(pn.viewable.Viewer):
     def _shared_stat(self, key: tuple, compute):
         """A statistic of this store version, computed once for every session (and kept for this one)."""
         if key not in self._stats:
-            root = str(Path(self.root).expanduser().resolve())
-            self._stats[key] = TABLES.get((root, self._signature, *key), compute)
+            self._stats[key] = TABLES.get((str(self._store), self._signature, *key), compute)
         return self._stats[key]
 
     def _stat_metric(self) -> str:
@@ -297,7 +377,7 @@ class ResultsView(pn.viewable.Viewer):
         train = cfg.get("train_modalities", "eurosat_train")
         return self._shared_stat(
             ("landscape", train, self._stat_metric(), self.resamples),
-            lambda: landscape_table(self.root, train, self._stat_metric(), n_resamples=self.resamples),
+            lambda: landscape_table(self._store, train, self._stat_metric(), n_resamples=self.resamples),
         )
 
     def _landscape_chart(self):
@@ -356,29 +436,31 @@ class ResultsView(pn.viewable.Viewer):
         preds = self.predictions()
         if preds is None:
             return alert(
-                f"No per-image predictions ({PREDICTIONS_FILE}) under {self.root!r}: the confidence "
+                f"No per-image predictions ({PREDICTIONS_FILE}) under {escape_text(repr(self.shown()))}: the confidence "
                 "intervals need them (runs written by the disjoint_modalities notebook or "
                 "`atomizer.experiments.train_and_evaluate`).",
                 "info",
             )
         s = self.summary()
         head = (
-            f"**{s['metric'].iloc[0]}** (%): mean over {preds.sizes['seed']} seed(s) x {preds.attrs['folds']} "
+            f"**{escape_text(s['metric'].iloc[0])}** (%): mean over {preds.sizes['seed']} seed(s) x {preds.attrs['folds']} "
             f"fold(s) [95 % CI], {preds.sizes['image']} test images"
         )
         parts = [
             pn.pane.Markdown(head, margin=(0, 10)),
-            pn.pane.DataFrame(stats.mean_ci_table(s), name="ci_table", sizing_mode="stretch_width"),
+            pn.pane.DataFrame(stats.mean_ci_table(s), name="ci_table", escape=True, sizing_mode="stretch_width"),
             pn.pane.HoloViews(self._ci_chart(), name="ci_bars"),
         ]
         d = self.differences()
         if d is not None:
             table, words = stats.verdict(d)
             parts += [
-                pn.pane.Markdown(f"**{self.reference} minus each model** (points; `*` significant)", margin=(0, 10)),
-                pn.pane.DataFrame(table, name="who_wins", sizing_mode="stretch_width"),
+                pn.pane.Markdown(
+                    f"**{escape_text(self.reference)} minus each model** (points; `*` significant)", margin=(0, 10)
+                ),
+                pn.pane.DataFrame(table, name="who_wins", escape=True, sizing_mode="stretch_width"),
                 pn.pane.HoloViews(self._difference_chart(), name="differences"),
-                pn.pane.Markdown(f"**Verdict.** {words}", name="verdict", margin=(0, 10)),
+                pn.pane.Markdown(f"**Verdict.** {escape_text(words)}", name="verdict", margin=(0, 10)),
             ]
         return pn.Column(*parts)
 
@@ -481,24 +563,28 @@ class ResultsView(pn.viewable.Viewer):
     @param.depends("version", "metric")
     def table_view(self):
         if self._data.get("error"):
-            return alert(f"Cannot read the store {self.root!r}: {self._data['error']}", "warning")
+            return alert(
+                f"Cannot read the store {escape_text(repr(self.shown()))}: "
+                f"{escape_text(self.scrub(self._data['error']))}",
+                "warning",
+            )
         t = self.table()
         if t is None:
             return alert(
-                f"No test-modality results (results.nc) under {self.root!r} yet. Evaluate a "
-                "checkpoint: `atomizer evaluate <ckpt> --modalities <set> --out <run>/results.nc`.",
+                f"No test-modality results (results.nc) under {escape_text(repr(self.shown()))} yet. Evaluate a "
+                "checkpoint: `atomizer evaluate CKPT --modalities SET --out RUN/results.nc`.",
                 "info",
             )
         shown = t.round(2)
         ref = self.paper_table() if self.metric == PAPER_METRIC else None
         parts = [
-            pn.pane.Markdown(f"**{self.metric}** (%) per model and test modality", margin=(0, 10)),
-            pn.pane.DataFrame(shown, name="table", sizing_mode="stretch_width"),
+            pn.pane.Markdown(f"**{escape_text(self.metric)}** (%) per model and test modality", margin=(0, 10)),
+            pn.pane.DataFrame(shown, name="table", escape=True, sizing_mode="stretch_width"),
         ]
         if ref is not None:
             parts += [
                 pn.pane.Markdown("Paper, Table 1 (macro mAP %, BigEarthNet; modality lists differ):", margin=(0, 10)),
-                pn.pane.DataFrame(ref, sizing_mode="stretch_width"),
+                pn.pane.DataFrame(ref, escape=True, sizing_mode="stretch_width"),
             ]
         parts.append(pn.pane.HoloViews(self._bar_chart(), name="bars"))
         return pn.Column(*parts)
@@ -516,33 +602,42 @@ class ResultsView(pn.viewable.Viewer):
     @param.depends("version", "run")
     def curves_view(self):
         if self.run is None:
-            return alert(f"No runs under {self.root!r}.", "info")
+            return alert(f"No runs under {escape_text(repr(self.shown()))}.", "info")
         m = self.training_curves()
         if m.empty or "kind" not in m or not (m["kind"] == "train").any():
-            return alert(f"Run {self.run!r} has no training steps logged yet.", "info")
+            return alert(f"Run {escape_text(repr(self.run))} has no training steps logged yet.", "info")
         return pn.pane.HoloViews(self._curves_chart(), name="curves")
 
     @param.depends("version")
     def runs_view(self):
         df = self.runs()
         if self._data.get("error"):
-            return alert(f"Cannot read the store {self.root!r}: {self._data['error']}", "warning")
-        if df.empty:
-            where = Path(self.root).expanduser()
-            why = "does not exist" if not where.exists() else "holds no run directory (config.yaml + metrics.jsonl)"
             return alert(
-                f"No runs: {str(where)!r} {why}. Train one with `atomizer train <config> --out {where}/<run>`.", "info"
+                f"Cannot read the store {escape_text(repr(self.shown()))}: "
+                f"{escape_text(self.scrub(self._data['error']))}",
+                "warning",
+            )
+        if df.empty:
+            where = self._store
+            why = (
+                "does not exist"
+                if where is None or not where.exists()
+                else "holds no run directory (config.yaml + metrics.jsonl)"
+            )
+            return alert(
+                f"No runs: {escape_text(repr(self.shown()))} {why}. Train one with `atomizer train CONFIG --out STORE/RUN`.",
+                "info",
             )
         cols = ["run", "model", "preset", "dataset", "status", "step", "last_loss", "best_val_macro_map"]
         show = df[[c for c in cols if c in df]].copy()
         show["updated"] = pd.to_datetime(df["updated"], unit="s").dt.strftime("%Y-%m-%d %H:%M:%S")
-        return pn.pane.DataFrame(show.round(4), index=False, name="runs", sizing_mode="stretch_width")
+        return pn.pane.DataFrame(show.round(4), index=False, escape=True, name="runs", sizing_mode="stretch_width")
 
     # ------------------------------------------------------------------ page
     def start_polling(self) -> None:
         """Poll the store every ``refresh_s`` seconds (served sessions only; stops with the session)."""
         if self._periodic is None:
-            self._periodic = pn.state.add_periodic_callback(self.poll, period=self.refresh_s * 1000)
+            self._periodic = pn.state.add_periodic_callback(self._periodic_poll, period=self.refresh_s * 1000)
 
     def close(self) -> None:
         """Stop polling and drop this session's references to the store (its shared copy stays cached)."""
@@ -556,15 +651,22 @@ class ResultsView(pn.viewable.Viewer):
         if self._periodic is not None:
             self._periodic.period = self.refresh_s * 1000
 
-    def report_file(self):
-        """The self-contained HTML report of the store (:mod:`atomizer.results.report`), for the download button."""
-        import io
-
+    def report_bytes(self) -> bytes:
+        """The self-contained HTML report of the store (:mod:`atomizer.results.report`), built once per store
+        state, reference and resamples for every session (a click does not recompute the bootstraps)."""
         from atomizer.results.report import build_report
 
-        return io.BytesIO(
-            build_report(self.root, reference=self.reference or "atomizer", n_resamples=self.resamples).encode()
-        )
+        if self._store is None:
+            raise OutsideRootsError(self._data.get("error") or "no results store")
+        store, reference, resamples = self._store, self.reference or "atomizer", self.resamples
+        key = (str(store), self._signature, "report", reference, resamples)
+        return TABLES.get(key, lambda: build_report(store, reference=reference, n_resamples=resamples).encode())
+
+    def report_file(self):
+        """The report as a file object, for the download button."""
+        import io
+
+        return io.BytesIO(self.report_bytes())
 
     def __panel__(self):
         w = pn.widgets

@@ -16,6 +16,7 @@ Use in a notebook::
 
 from __future__ import annotations
 
+import json
 from functools import cache
 from pathlib import Path
 
@@ -25,9 +26,10 @@ import pandas as pd
 import panel as pn
 import param
 import torch
+import yaml
 
 from atomizer.atoms.encodings import DEFAULT_ANCHORS, rbf_spectral_encoding
-from atomizer.dashboard._common import PLOT_HEIGHT, PLOT_WIDTH, alert, error_text
+from atomizer.dashboard._common import PLOT_HEIGHT, PLOT_WIDTH, OutsideRootsError, Roots, alert, error_text, escape_text
 from atomizer.data.bands import Sensor, get_sensor, list_sensors
 
 #: The reflective range the anchors cover (nm).
@@ -47,6 +49,28 @@ def optical_part(sensor: Sensor) -> Sensor:
     return sensor.select([b.name for b in sensor.bands if b.domain == "optical"])
 
 
+#: File names a sensor sidecar may have.
+SIDECAR_PATTERNS = ("**/*.yaml", "**/*.yml", "**/*.json")
+
+
+def read_sidecar(path: Path) -> Sensor:
+    """The sensor a sidecar file describes; a file that does not parse is refused naming only the line
+    (``line 3: not valid YAML``): the page never shows what the file holds."""
+    text = path.read_text(errors="replace")
+    kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+    try:
+        spec = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"line {e.lineno}: not valid JSON") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise ValueError(f"{where}not valid YAML") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"not a sensor sidecar (a {kind} mapping with name and bands)")
+    return Sensor.from_dict(spec, default_name=path.stem)
+
+
 def encode_bands(center_nm, width_nm, anchors=DEFAULT_ANCHORS) -> np.ndarray:
     """RBF codes of optical bands, ``(B,), (B,) -> (B, K)`` (the K anchor channels of the library's code)."""
     c = torch.as_tensor(np.atleast_1d(np.asarray(center_nm, dtype=np.float64)))
@@ -64,6 +88,13 @@ class SpectralCoverage(pn.viewable.Viewer):
         doc="Catalogued sensors whose optical bands are drawn.",
     )
     sidecar = param.String(default="", doc="Optional path of a sensor sidecar (.yaml/.json) to add.")
+    roots = param.ClassSelector(
+        class_=Roots,
+        default=None,
+        allow_None=True,
+        precedence=-1,
+        doc="Folders a served dashboard may read (a sidecar must lie under them); None: any file (notebooks).",
+    )
     band = param.Selector(default=None, objects=[], doc="Band whose encoding is shown as bars.")
     center_nm = param.Number(
         default=865.0, bounds=SPECTRAL_RANGE, step=1.0, doc="Centre wavelength of the custom band (nm)."
@@ -105,13 +136,30 @@ class SpectralCoverage(pn.viewable.Viewer):
     @param.depends("sidecar", watch=True)
     def _update_sidecar(self) -> None:
         self._sidecar_sensor, self.sidecar_error = None, None
-        path = self.sidecar.strip()
-        if path:
+        text = self.sidecar.strip()
+        if text:
+            shown = text
             try:
-                self._sidecar_sensor = optical_part(get_sensor(Path(path).expanduser()))
+                if self.roots is None:
+                    path = Path(text).expanduser()
+                else:  # served: only a file under the roots is opened, and it is named relative to its root
+                    path = self.roots.resolve(text, "sidecar")
+                    shown = self.roots.display(path)
+                if not path.is_file():
+                    raise FileNotFoundError(f"no such file: {Path(shown).name}")
+                self._sidecar_sensor = optical_part(read_sidecar(path))
+            except OutsideRootsError as e:
+                self.sidecar_error = f"Cannot use sidecar {text!r}: {e}"
             except Exception as e:  # noqa: BLE001  (a bad sidecar becomes a message in the page)
-                self.sidecar_error = f"Cannot use sidecar {path!r}: {error_text(e)}"
+                msg = error_text(e) if self.roots is None else self.roots.scrub(error_text(e))
+                self.sidecar_error = f"Cannot use sidecar {shown!r}: {msg}"
         self._update_choices()
+
+    def sidecar_choices(self) -> list[str]:
+        """The sidecar files a served page offers (under the roots, as they are shown); [] without roots."""
+        if self.roots is None:
+            return []
+        return [self.roots.display(f) for f in self.roots.files(*SIDECAR_PATTERNS) if f.is_file()]
 
     @param.depends("sensors", watch=True)
     def _update_choices(self) -> None:
@@ -326,17 +374,28 @@ class SpectralCoverage(pn.viewable.Viewer):
     @param.depends("sidecar")
     def _messages(self):
         if self.sidecar_error:
-            return alert(self.sidecar_error, "warning")
+            return alert(escape_text(self.sidecar_error), "warning")
         return pn.Spacer(height=0)
+
+    def _sidecar_widget(self):
+        if self.roots is None:
+            return pn.widgets.TextInput.from_param(
+                self.param.sidecar, name="Sidecar (.yaml/.json path)", placeholder="path/to/my_sensor.yaml"
+            )
+        choices = ["", *self.sidecar_choices()]  # served: only files under the dashboard's folders
+        if self.sidecar and self.sidecar not in choices:
+            choices.append(self.sidecar)
+        select = pn.widgets.Select(name="Sidecar (.yaml/.json under the served folders)", options=choices)
+        select.value = self.sidecar if self.sidecar in choices else ""
+        select.link(self, value="sidecar")
+        return select
 
     def __panel__(self):
         w = pn.widgets
         controls = pn.Column(
             "### Sensors",
             w.MultiChoice.from_param(self.param.sensors, name="Sensors (optical bands)"),
-            w.TextInput.from_param(
-                self.param.sidecar, name="Sidecar (.yaml/.json path)", placeholder="path/to/my_sensor.yaml"
-            ),
+            self._sidecar_widget(),
             pn.panel(self._messages),
             w.Select.from_param(self.param.band, name="Band to encode"),
             "### Custom band",

@@ -84,3 +84,64 @@ def cv_store(root: Path) -> Path:
                 val_every_epoch=False,
             )
     return root
+
+
+#: Hostile strings of :func:`dash_hostile_store`: a run folder, a model label and a modality name holding HTML.
+DASH_HOSTILE_RUN = "<img src=x onerror=window.__xss=1>"
+DASH_HOSTILE_LABEL = "atomizer<img src=x onerror=window.__xss=2>"
+DASH_HOSTILE_MODALITY = "T1<script>window.__xss=3</script>"
+
+
+def dash_hostile_store(root: Path, n_images: int = 12) -> Path:
+    """A results store written in the library's formats whose names carry HTML (this writes hostile names on
+    purpose: the dashboard must show them as text). Two runs: one in a folder named ``DASH_HOSTILE_RUN`` labelled
+    ``DASH_HOSTILE_LABEL``, one ``resnet``; each has ``config.yaml``, ``metrics.jsonl``, ``results.nc`` and
+    ``predictions.nc`` (seeded random probabilities for ``n_images`` images, ten classes) on two test
+    modalities, one named ``DASH_HOSTILE_MODALITY``."""
+    import json
+
+    import numpy as np
+    import xarray as xr
+    import yaml
+
+    from atomizer.data.modalities import Modality
+    from atomizer.engine.evaluation import save_results, scores_of
+
+    mods = [
+        Modality(DASH_HOSTILE_MODALITY, 64, 10.0, ("B02", "B03", "B04")),
+        Modality("T2", 32, 20.0, ("B02", "B03", "B04")),
+    ]
+    classes = [f"class{i}" for i in range(10)]
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, len(classes), n_images)
+    target = np.eye(len(classes), dtype=np.uint8)[labels]
+    for folder, model, label in ((DASH_HOSTILE_RUN, "atomizer", DASH_HOSTILE_LABEL), ("resnet", "resnet", "resnet")):
+        run = root / folder
+        run.mkdir(parents=True)
+        cfg = {"model": model, "label": label, "preset": "tiny", "dataset": "eurosat", "seed": 0, "fold": 0}
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        lines = [{"kind": "train", "step": s, "loss": 2.0 - 0.1 * s} for s in range(1, 4)]
+        lines.append({"kind": "val", "step": 3, "loss": 1.5, "macro_map": 20.0})
+        (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        logit = rng.normal(size=(len(mods), n_images, len(classes))).astype(np.float32)
+        logit[:, np.arange(n_images), labels] += 1.0  # better than chance, so the statistics have signal
+        prob = np.exp(logit) / np.exp(logit).sum(-1, keepdims=True)
+        preds = xr.Dataset(
+            {
+                "probability": (("modality", "image", "class"), prob.astype(np.float32)),
+                "logit": (("modality", "image", "class"), logit),
+                "target": (("image", "class"), target),
+            },
+            coords={
+                "modality": [m.name for m in mods],
+                "image": [f"img{i:03d}" for i in range(n_images)],
+                "class": classes,
+                "size_px": ("modality", [m.size_px for m in mods]),
+                "gsd_m": ("modality", [m.gsd_m for m in mods]),
+                "bands": ("modality", [" ".join(m.bands) for m in mods]),
+            },
+            attrs={"model": label, "multilabel": 0},
+        )
+        save_results(preds, run / "predictions.nc", overwrite=True, records=False)
+        save_results(scores_of(preds, mods), run / "results.nc", overwrite=True)
+    return root

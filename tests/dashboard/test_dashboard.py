@@ -15,7 +15,7 @@ import numpy as np
 import panel as pn
 import pytest
 import torch
-from dashboard_support import cv_store, evaluate_into, small_eurosat_root, train_tiny
+from dashboard_support import cv_store, dash_hostile_store, evaluate_into, small_eurosat_root, train_tiny
 
 from atomizer.atoms.encodings import DEFAULT_ANCHORS, positional_grid, rbf_spectral_encoding
 from atomizer.dashboard.app import TAB_TITLES, build_app
@@ -302,9 +302,34 @@ def test_build_app_has_the_five_tabs(tiny_run):
         == list(TAB_TITLES)
         == ["Spectral coverage", "Positional encodings", "Attention maps", "Results", "Maps"]
     )
-    assert tabs.apps["attention"].checkpoint == str(tiny_run["checkpoint"])
-    assert tabs.apps["maps"].checkpoint == str(tiny_run["checkpoint"]) and tabs.apps["maps"].scene
-    assert tabs.apps["results"].table() is not None
+    # every tab reads under one set of roots (the store, the checkpoint's folder, the embedded data) and names
+    # paths relative to them, never as server paths
+    roots = tabs.roots
+    assert all(app.roots is roots for name, app in tabs.apps.items() if name != "positional")
+    ckpt = tabs.apps["attention"].checkpoint
+    assert not Path(ckpt).is_absolute() and roots.resolve(ckpt) == tiny_run["checkpoint"].resolve()
+    assert tabs.apps["maps"].checkpoint == ckpt and tabs.apps["maps"].scene
+    assert tabs.apps["results"].root == roots.display(tiny_run["store"]) and tabs.apps["results"].table() is not None
+    with pytest.raises(ValueError, match="is not a folder"):
+        build_app(results_root=tiny_run["store"], roots=[tiny_run["checkpoint"]])
+
+
+def test_results_polls_share_one_scan_and_the_report_is_cached(tmp_path):
+    """The periodic polls of many sessions scan a store once per period between them; the report download is
+    built once per store state (a second click, or another session, gets the same bytes without rebuilding)."""
+    store = dash_hostile_store(tmp_path / "store")  # two runs with per-image predictions
+    run = store / "resnet"
+    a, b = ResultsView(root=str(store), resamples=100), ResultsView(root=str(store), resamples=100)
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write('{"kind": "train", "step": 99, "loss": 0.5}\n')
+    assert b.poll(max_age_s=3600) is False  # the signature another session just computed is reused: no rescan
+    assert b.poll() is True and a.poll() is True  # a fresh scan sees the change
+    report = a.report_bytes()
+    assert b"<html" in report[:500].lower()
+    assert a.report_bytes() is report and b.report_bytes() is report  # cached per store state
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write('{"kind": "train", "step": 100, "loss": 0.4}\n')
+    assert a.poll() is True and a.report_bytes() is not report  # a new state, a new report
 
 
 def test_sessions_share_models_store_and_statistics_and_free_their_own(tiny_run):
