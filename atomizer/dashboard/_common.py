@@ -12,6 +12,7 @@ from typing import Any
 import holoviews as hv
 import holoviews.plotting.bokeh  # registers the bokeh backend and makes it current
 import panel as pn
+import param
 
 from atomizer.core.runtime import release_memory
 
@@ -94,6 +95,8 @@ MODELS = SharedCache(maxsize=4)
 STORES = SharedCache(maxsize=4)
 #: Derived tables (statistics, attention results) by what they were computed from.
 TABLES = SharedCache(maxsize=32)
+#: Attention results (every atom's weight in every block: up to about 0.7 GB each at the tab's atom bound).
+ATTENTION = SharedCache(maxsize=2)
 
 
 def file_key(path: str | Path) -> tuple[str, float | None]:
@@ -206,6 +209,10 @@ class Roots:
         if "\x00" in raw or "://" in raw or raw.startswith("/vsi"):
             raise OutsideRootsError(f"the {what} is not a file under the dashboard's folders")
         p = Path(raw).expanduser()
+        if ".." in p.parts:  # a path that climbs is never needed to name something under a root
+            raise OutsideRootsError(
+                f"the {what} is not under the folders this dashboard serves ({', '.join(self.labels)})"
+            )
         if p.is_absolute():
             candidates = [p]
         else:
@@ -251,3 +258,55 @@ class Roots:
                     if len(out) >= limit:
                         return out
         return out
+
+
+def default_roots(*given: str | Path | None) -> Roots:
+    """The roots of a view made without ``roots`` (a notebook): the embedded data, ``./runs``, and the folders
+    of the paths the program itself passed (``given``). A served dashboard passes its own roots instead."""
+    from atomizer.core.paths import data_dir
+
+    roots: list[tuple[str, Path]] = []
+    try:
+        roots.append(("data", data_dir()))
+    except OSError:  # no embedded data on this machine
+        pass
+    roots.append(("runs", Path.cwd() / "runs"))
+    for g in given:
+        if g is not None and str(g).strip():
+            parent = Path(str(g).strip()).expanduser().resolve().parent
+            roots.append((parent.name or "root", parent))
+    return Roots(roots)
+
+
+def safe_error(exc: BaseException, roots: Roots) -> str:
+    """One escaped line describing ``exc`` for an HTML pane: its first line only (a parser's echo of the file's
+    contents is left out), absolute paths scrubbed (:meth:`Roots.scrub`), at most 300 characters."""
+    lines = error_text(exc).strip().splitlines()
+    line = roots.scrub(lines[0] if lines else type(exc).__name__)
+    if len(line) > 300:
+        line = line[:299] + "\u2026"
+    return escape_text(line)
+
+
+def path_choices(roots: Roots, *patterns: str, parent: bool = False, limit: int = 200) -> list[str]:
+    """What lies under ``roots`` matching the globs, as :meth:`Roots.display` shows it (the folder holding each
+    match with ``parent``): the options of a selection widget, which :meth:`Roots.resolve` reads back."""
+    out: dict[str, None] = {}
+    for f in roots.files(*patterns, limit=limit):
+        p = f.parent if parent else f
+        if roots.contains(p):
+            out[roots.display(p)] = None
+    return list(out)
+
+
+def choice_select(view: param.Parameterized, name: str, choices: list[str], label: str) -> pn.widgets.Select:
+    """A Select of ``choices`` that sets ``view.<name>`` (a text parameter a text box also edits)."""
+    current = getattr(view, name)
+    select = pn.widgets.Select(name=label, options=["", *choices], value=current if current in choices else "")
+
+    def chosen(event: param.parameterized.Event) -> None:
+        if event.new:
+            setattr(view, name, event.new)
+
+    select.param.watch(chosen, "value")
+    return select

@@ -21,8 +21,6 @@ notebook::
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 
 import holoviews as hv
@@ -33,17 +31,19 @@ import param
 import xarray as xr
 
 from atomizer.core.limits import check_atoms, max_atoms
-from atomizer.core.paths import data_dir
 from atomizer.dashboard._common import (
+    ATTENTION,
     MODELS,
     PLOT_HEIGHT,
     PLOT_WIDTH,
-    TABLES,
     Roots,
     alert,
-    error_text,
+    choice_select,
+    default_roots,
     escape_text,
     file_key,
+    path_choices,
+    safe_error,
 )
 from atomizer.data.bands import list_sensors
 from atomizer.data.datasets import embedded_items
@@ -67,85 +67,6 @@ DASHBOARD_MAX_ATOMS = 1_000_000
 # --------------------------------------------------------------------------------------------------
 # Paths under the served roots, and messages without server paths
 # --------------------------------------------------------------------------------------------------
-
-
-def default_roots(*given: str | Path | None) -> Roots:
-    """The roots of a view made without ``roots`` (a notebook): the embedded data, ``./runs``, and the folders
-    of the paths the program itself passed (``given``). A served dashboard passes its own roots instead."""
-    roots: list[tuple[str, Path]] = []
-    try:
-        roots.append(("data", data_dir()))
-    except OSError:  # no embedded data on this machine
-        pass
-    roots.append(("runs", Path.cwd() / "runs"))
-    for g in given:
-        if g is not None and str(g).strip():
-            parent = Path(str(g).strip()).expanduser().resolve().parent
-            roots.append((parent.name or "root", parent))
-    return Roots(dict(_unique_labels(roots)))
-
-
-def _unique_labels(items: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
-    out: list[tuple[str, Path]] = []
-    for label, p in items:
-        base, n = label, 2
-        while any(lb == label for lb, _ in out):
-            label, n = f"{base}-{n}", n + 1
-        out.append((label, p))
-    return out
-
-
-def resolve_path(roots: Roots, text: str | Path, what: str) -> Path:
-    """``text`` as a real path under ``roots``: an absolute path, one relative to a root, or a path as
-    :meth:`Roots.display` shows it (``label/relative``); :class:`OutsideRootsError` otherwise."""
-    raw = str(text).strip()
-    head, _, rest = raw.partition("/")
-    if rest and not Path(raw).is_absolute():
-        for r in roots:
-            if roots.display(r) == head and (r / rest).exists():
-                return roots.resolve(str(r / rest), what)
-    return roots.resolve(raw, what)
-
-
-_ABSOLUTE = re.compile(r"(?<![\w.~])/(?:[^\s'\":,()\[\]/]+/)+([^\s'\":,()\[\]/]*)")
-
-
-def safe_error(exc: BaseException, roots: Roots) -> str:
-    """One escaped line describing ``exc`` for an HTML pane: its first line only (a parser's echo of the file's
-    contents is left out), paths under the roots shown as :meth:`Roots.display` shows them and any other
-    absolute path cut to its last component, at most 300 characters."""
-    lines = error_text(exc).strip().splitlines()
-    line = lines[0] if lines else type(exc).__name__
-    for r in sorted(roots, key=lambda p: len(str(p)), reverse=True):
-        line = line.replace(str(r) + os.sep, roots.display(r) + "/").replace(str(r), roots.display(r))
-    line = _ABSOLUTE.sub(r"\1", line)
-    if len(line) > 300:
-        line = line[:299] + "\u2026"
-    return escape_text(line)
-
-
-def path_choices(roots: Roots, *patterns: str, parent: bool = False, limit: int = 200) -> list[str]:
-    """What lies under ``roots`` matching the globs, as :meth:`Roots.display` shows it (the folder holding each
-    match with ``parent``): the options of a selection widget, which :func:`resolve_path` reads back."""
-    out: dict[str, None] = {}
-    for f in roots.files(*patterns, limit=limit):
-        p = f.parent if parent else f
-        if roots.contains(p):
-            out[roots.display(p)] = None
-    return list(out)
-
-
-def choice_select(view: param.Parameterized, name: str, choices: list[str], label: str) -> pn.widgets.Select:
-    """A Select of ``choices`` that sets ``view.<name>`` (a text parameter a text box also edits)."""
-    current = getattr(view, name)
-    select = pn.widgets.Select(name=label, options=["", *choices], value=current if current in choices else "")
-
-    def chosen(event: param.parameterized.Event) -> None:
-        if event.new:
-            setattr(view, name, event.new)
-
-    select.param.watch(chosen, "value")
-    return select
 
 
 # --------------------------------------------------------------------------------------------------
@@ -192,7 +113,7 @@ class AttentionMaps(pn.viewable.Viewer):
 
     # ------------------------------------------------------------------ model and input
     def _resolve(self, text: str | Path, what: str) -> Path:
-        return resolve_path(self.roots, text, what)
+        return self.roots.resolve(text, what)
 
     def _model_entry(self):
         """(model, extra) for the current checkpoint, cached by path and modification time."""
@@ -305,7 +226,7 @@ class AttentionMaps(pn.viewable.Viewer):
             def compute() -> AttentionResult:
                 return compute_attention(model, self.image(), extra.get("classes"), bool(extra.get("multilabel", True)))
 
-            self._results = {key: TABLES.get(("attention", *key), compute)}  # shared by sessions
+            self._results = {key: ATTENTION.get(key, compute)}  # shared by sessions
         return self._results[key]
 
     def close(self) -> None:

@@ -46,8 +46,17 @@ import xarray as xr
 
 from atomizer.core.paths import data_dir
 from atomizer.core.storage import locked
-from atomizer.dashboard._common import PLOT_WIDTH, Roots, alert, escape_text, file_key
-from atomizer.dashboard.attention import choice_select, default_roots, path_choices, resolve_path, safe_error
+from atomizer.dashboard._common import (
+    PLOT_WIDTH,
+    Roots,
+    alert,
+    choice_select,
+    default_roots,
+    escape_text,
+    file_key,
+    path_choices,
+    safe_error,
+)
 from atomizer.data.readers import open_image, open_raster
 from atomizer.engine.attention import RGB_BANDS, rgb_composite
 from atomizer.engine.mapping import MAP_NODATA, MapError, default_window_m, predict_map, scene_grid
@@ -290,7 +299,7 @@ class MapView(pn.viewable.Viewer):
 
     # ------------------------------------------------------------------ building
     def _paths(self) -> tuple[Path, Path]:
-        return resolve_path(self.roots, self.checkpoint, "checkpoint"), resolve_path(self.roots, self.scene, "scene")
+        return self.roots.resolve(self.checkpoint, "checkpoint"), self.roots.resolve(self.scene, "scene")
 
     def target(self) -> Path:
         """The cached map of the current inputs (the checkpoint file's version is part of the key)."""
@@ -388,7 +397,7 @@ class MapView(pn.viewable.Viewer):
 
     def _composite(self) -> np.ndarray | None:
         """The scene's RGB composite, read decimated to the screen (cached for this session)."""
-        scene = resolve_path(self.roots, self.scene, "scene")
+        scene = self.roots.resolve(self.scene, "scene")
         if self._rgb is None or self._rgb[0] != scene:
             image = open_image(scene, lazy=True)
             rgb = None
