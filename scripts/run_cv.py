@@ -5,7 +5,9 @@
     python scripts/run_cv.py --store runs/eurosat_cv --models atomizer resnet --seeds 0 1 --folds 0 1 2 3 4
     python scripts/run_cv.py --store runs/eurosat_cv --models atomizer resnet --label +aug --augment '{"band_drop": 0.2}'
 
-With several models, ``--label`` is a suffix (``atomizer+aug``); with one, the whole label.
+With several models, ``--label`` is a suffix (``atomizer+aug``); with one, the whole label (one folder
+name: no ``/``, no leading ``.``). The store is locked while this runs (``.experiment.lock``, as
+``atomizer experiment run`` does): a second writer of the same store is refused at once.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from atomizer.core.storage import locked  # noqa: E402
 from atomizer.experiments import run_path, train_and_evaluate  # noqa: E402
 
 
@@ -55,6 +58,16 @@ def main() -> int:
     )
     args = p.parse_args()
     warnings.filterwarnings("ignore")
+    try:
+        with locked(args.store, "results store", name=".experiment.lock"):
+            _run(args)
+    except (ValueError, RuntimeError, OSError) as e:
+        print(f"run_cv: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(args: argparse.Namespace) -> None:
     for seed in args.seeds:
         for model in args.models:
             for fold in args.folds:
@@ -83,7 +96,6 @@ def main() -> int:
                     **args.train_options,
                 )
                 print(f"{label} seed {seed} fold {fold}: {time.time() - t0:.0f} s -> {run}", flush=True)
-    return 0
 
 
 if __name__ == "__main__":
