@@ -3,15 +3,44 @@
 Every subcommand is defined here; the library never imports this module. Errors in the user's input (a
 missing file, an unknown sensor, a config value of the wrong type, a mismatched checkpoint) are printed
 as one line, ``atomizer: error: ...``, with exit status 2; ``ATOMIZER_DEBUG=1`` shows the traceback.
+Python warnings raised while a command runs print as one line too, ``atomizer: warning: ...``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+
+
+@contextlib.contextmanager
+def _atom_limit(limit: int | None) -> Iterator[None]:
+    """``--max-atoms``: the input atom limit (``ATOMIZER_MAX_ATOMS``, :mod:`atomizer.core.limits`) for the
+    command's duration."""
+    if limit is None:
+        yield
+        return
+    if limit < 1:
+        raise ValueError(f"--max-atoms must be positive, got {limit}")
+    old = os.environ.get("ATOMIZER_MAX_ATOMS")
+    os.environ["ATOMIZER_MAX_ATOMS"] = str(limit)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("ATOMIZER_MAX_ATOMS", None)
+        else:
+            os.environ["ATOMIZER_MAX_ATOMS"] = old
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as one line, without the source line Python prints by default."""
+    text = " ".join(str(message).split())
+    return f"atomizer: warning: {text}\n"
 
 
 def _cmd_sensors(args: argparse.Namespace) -> int:
@@ -44,9 +73,16 @@ class _pd_wide:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    with _atom_limit(args.max_atoms):
+        return _inspect(args)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from atomizer.core.limits import check_atoms
     from atomizer.data.readers import count_tokens, describe, open_image
 
-    ds = open_image(args.path, sensor=args.sidecar or args.sensor)
+    ds = open_image(args.path, sensor=args.sidecar or args.sensor, lazy=True)  # headers; pixels only if needed
+    check_atoms(count_tokens(ds), what=str(args.path))
     print(f"{args.path}  sensor={ds.attrs.get('sensor')}")
     for key in ("product_level", "radiometry", "processing_baseline", "metadata_file", "qa_mask", "stac_item"):
         if ds.attrs.get(key) not in (None, ""):
@@ -125,18 +161,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_map(args: argparse.Namespace) -> int:
     from atomizer.engine.mapping import predict_map
 
-    summary = predict_map(
-        args.checkpoint,
-        args.scene,
-        args.out,
-        window_m=args.window_m,
-        stride_m=args.stride_m,
-        batch_size=args.batch_size,
-        device=args.device,
-        sensor=args.sidecar or args.sensor,
-        resume=not args.restart,
-        progress=not args.quiet,
-    )
+    with _atom_limit(args.max_atoms):
+        summary = predict_map(
+            args.checkpoint,
+            args.scene,
+            args.out,
+            window_m=args.window_m,
+            stride_m=args.stride_m,
+            batch_size=args.batch_size,
+            device=args.device,
+            sensor=args.sidecar or args.sensor,
+            resume=not args.restart,
+            progress=not args.quiet,
+        )
     h, w = summary["shape"]
     print(
         f"map written to {summary['out']}: {w} x {h} px at {summary['gsd_m']:g} m, {len(summary['classes'])} class "
@@ -159,9 +196,15 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
             args.root, out, workers=args.workers, metadata=args.metadata, progress=not args.quiet, limit=args.limit
         )
         print(
-            f"{s['database']}: {s['written']} patches written, {s['skipped']} already there, {s['total']} in total; "
+            f"{s['database']}: {s['written']} patches written, {s['skipped']} already there, "
+            f"{len(s['duplicates'])} duplicate name(s) not written, {s['total']} in total; "
             f"{s['seconds']:.1f} s ({s['patches_per_s']:.1f} patches/s with {args.workers} worker(s))"
         )
+        if s["duplicates"]:
+            print(
+                f"warning: {len(s['duplicates'])} patch folder(s) share a name with another (the first, in sorted "
+                f"order, was written), e.g. {s['duplicates'][:3]}"
+            )
         if args.metadata:
             for f in (
                 Path(args.metadata),
@@ -198,9 +241,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from atomizer.engine.inference import predict_image
 
     notes: list[str] = []
-    probs = predict_image(
-        args.checkpoint, args.input, sensor=args.sidecar or args.sensor, chunk_size=args.chunk_size, notes=notes
-    )
+    with _atom_limit(args.max_atoms):
+        probs = predict_image(
+            args.checkpoint, args.input, sensor=args.sidecar or args.sensor, chunk_size=args.chunk_size, notes=notes
+        )
     for line in notes:
         print(f"note: {line}")
     for name, p in sorted(probs.items(), key=lambda kv: -kv[1])[: args.top]:
@@ -322,6 +366,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from atomizer.dashboard.app import serve
 
+    if args.max_map_windows is not None and args.max_map_windows < 1:
+        raise ValueError(f"--max-map-windows must be positive, got {args.max_map_windows}")
     serve(
         port=args.port,
         results_root=args.results,
@@ -329,6 +375,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         show=args.show,
         warm=args.warm,
         threads=args.threads,
+        roots=list(args.root or []),
+        map_cache=args.map_cache,
+        max_map_windows=args.max_map_windows,
+        address=args.address,
     )
     return 0
 
@@ -349,6 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--sensor", help="catalogued sensor of a GeoTIFF/folder (default: Sentinel-2 / EuroSAT)")
     s.add_argument("--sidecar", help="YAML/JSON description of the sensor's bands")
+    s.add_argument(
+        "--max-atoms",
+        type=int,
+        help="refuse an input of more atoms than this, before reading it (default: ATOMIZER_MAX_ATOMS, else 2^31-1)",
+    )
     s.set_defaults(func=_cmd_inspect)
 
     s = sub.add_parser("train", help="train a model from a YAML config (see configs/)")
@@ -380,6 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sidecar", help="YAML/JSON sidecar describing the bands")
     s.add_argument("--top", type=int, default=10, help="print the top-k classes")
     s.add_argument("--chunk-size", type=int, default=262144, help="atoms per cross-attention chunk")
+    s.add_argument(
+        "--max-atoms",
+        type=int,
+        help="refuse an input of more atoms than this, before reading it (default: ATOMIZER_MAX_ATOMS, else 2^31-1)",
+    )
     s.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser(
@@ -401,6 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sidecar", help="YAML/JSON sidecar describing the bands")
     s.add_argument("--restart", action="store_true", help="discard an interrupted run's progress")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument(
+        "--max-atoms",
+        type=int,
+        help="refuse an input of more atoms than this, before reading it (default: ATOMIZER_MAX_ATOMS, else 2^31-1)",
+    )
     s.set_defaults(func=_cmd_map)
 
     s = sub.add_parser(
@@ -470,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--emit-json", action="store_true", help=argparse.SUPPRESS)
     s.set_defaults(func=_cmd_bench)
 
-    s = sub.add_parser("results", help="statistics of a results store: mean, 95 % CI, paired differences, verdict")
+    s = sub.add_parser("results", help="statistics of a results store: mean, 95 %% CI, paired differences, verdict")
     s.add_argument("store", help="results store (folder of runs with predictions.nc)")
     s.add_argument("--metric", default="macro_map", choices=["macro_map", "top1"])
     s.add_argument("--reference", default="atomizer", help="model compared with every other (paired)")
@@ -505,6 +570,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="callbacks of the sessions run in this many threads (0: on the event loop)",
     )
+    s.add_argument(
+        "--address",
+        default="localhost",
+        help="interface to listen on (default: localhost; the dashboard has no authentication: share it "
+        "through an authenticating proxy, never on an open interface)",
+    )
+    s.add_argument(
+        "--root",
+        action="append",
+        metavar="DIR",
+        help="another folder the dashboard may read (repeatable); it reads nothing outside the results store, "
+        "its checkpoints, the embedded data and these",
+    )
+    s.add_argument("--map-cache", metavar="DIR", help="folder of the Maps tab's cached maps (size-bounded)")
+    s.add_argument(
+        "--max-map-windows", type=int, metavar="N", help="most windows one map may ask for (default: the dashboard's)"
+    )
     s.set_defaults(func=_cmd_serve)
     return p
 
@@ -512,6 +594,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning  # type: ignore[assignment]
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -523,6 +607,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"atomizer: error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = previous
 
 
 if __name__ == "__main__":

@@ -84,3 +84,89 @@ def test_installed_wheel_lists_sensors_and_inspects_a_file(wheel, tmp_path, euro
         timeout=120,
     )
     assert out.returncode != 0 and "ATOMIZER_DATA" in out.stderr and "the repository" in out.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# Every import is declared
+# --------------------------------------------------------------------------------------------------
+
+#: Folders whose imports must all be declared (runtime, an extra, or dev).
+IMPORT_FOLDERS = ("atomizer", "dashboards", "scripts", "notebooks", "tests")
+#: Modules of this repository that tests import by name (not distributions).
+LOCAL_MODULES = {"atomizer", "tests", "conftest", "dashboard_support", "product_fixtures"}
+
+
+def _requirement_name(req: str) -> str:
+    import re
+
+    return re.split(r"[<>=!~\[ ;]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _imported_modules() -> dict[str, set[str]]:
+    """Top-level module -> files (relative) that import it, over the .py files and notebook code cells."""
+    import ast
+    import json
+
+    found: dict[str, set[str]] = {}
+    for folder in IMPORT_FOLDERS:
+        for path in sorted((ROOT / folder).rglob("*")):
+            if path.suffix == ".py":
+                text = path.read_text()
+            elif path.suffix == ".ipynb" and ".ipynb_checkpoints" not in path.parts:
+                cells = json.loads(path.read_text())["cells"]
+                code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+                text = "\n".join(ln for ln in code.splitlines() if not ln.lstrip().startswith(("%", "!")))
+            else:
+                continue
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    found.setdefault(name.split(".")[0], set()).add(path.relative_to(ROOT).as_posix())
+    return found
+
+
+def test_every_third_party_import_is_declared():
+    """Each module imported under atomizer/, dashboards/, scripts/, notebooks/ and tests/ belongs to a
+    distribution pyproject.toml declares (runtime, an extra, or dev): a fresh `make setup` can run it."""
+    import importlib.metadata
+
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {_requirement_name(r) for r in project["dependencies"]}
+    for reqs in project["optional-dependencies"].values():
+        declared |= {_requirement_name(r) for r in reqs}
+    distributions = importlib.metadata.packages_distributions()
+    undeclared = []
+    for module, files in sorted(_imported_modules().items()):
+        if module in sys.stdlib_module_names or module in LOCAL_MODULES:
+            continue
+        # a module that is not installed is known by its own name (e.g. an optional extra's)
+        dists = {d.lower().replace("_", "-") for d in distributions.get(module, [module])}
+        if not dists & declared:
+            undeclared.append(f"{module} ({sorted(dists)}; imported by {sorted(files)[0]})")
+    assert not undeclared, "imported but not declared in pyproject.toml: " + "; ".join(undeclared)
+    assert project["optional-dependencies"]["distributed"] == ["distributed>=2024.1"]
+
+
+def test_dependency_floors_exclude_vulnerable_releases():
+    """torch >= 2.6 (CVE-2025-32434: weights_only), bokeh >= 3.8.2 (CVE-2026-21883), pyarrow >= 14.0.1
+    (CVE-2023-47248); the installed versions satisfy every floor."""
+    import importlib.metadata
+    import re
+
+    import tomllib
+
+    reqs = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    floors = {_requirement_name(r): re.search(r">=\s*([\d.]+)", r).group(1) for r in reqs if ">=" in r}
+    as_tuple = lambda v: tuple(int(x) for x in re.findall(r"\d+", v)[:3])  # noqa: E731
+    for name, floor in {"torch": "2.6", "bokeh": "3.8.2", "pyarrow": "14.0.1", "filelock": "3.13.1"}.items():
+        assert as_tuple(floors[name]) >= as_tuple(floor), (name, floors[name])
+    for name, floor in floors.items():
+        installed = importlib.metadata.version(name)
+        assert as_tuple(installed) >= as_tuple(floor), f"{name} {installed} is below the floor {floor}"

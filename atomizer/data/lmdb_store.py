@@ -116,7 +116,7 @@ def patch_folders(root: str | Path) -> list[Path]:
 
 def read_patch_folder(folder: str | Path) -> dict[str, np.ndarray]:
     """``{band: array}`` of a patch folder's GeoTIFFs (rasterio, stored dtype and native grid)."""
-    import rasterio
+    from atomizer.data.readers import open_raster
 
     folder = Path(folder)
     out: dict[str, np.ndarray] = {}
@@ -124,7 +124,7 @@ def read_patch_folder(folder: str | Path) -> dict[str, np.ndarray]:
         m = _BAND_SUFFIX.search(f.stem)
         if not m:
             continue
-        with rasterio.open(f) as src:
+        with open_raster(f) as src:  # GTiff only, GDAL's network off
             out[m.group(1)] = src.read(1)
     if not out:
         raise ValueError(f"{folder}: no band GeoTIFF named {folder.name}_<band>.tif")
@@ -184,8 +184,11 @@ def prepare_bigearthnet(
             rerun writes; committed ones are never written again).
 
     Returns:
-        ``{"written", "skipped", "total", "seconds", "patches_per_s", "missing"}``; ``missing`` lists
-        metadata patches that are in neither the source nor the database.
+        ``{"written", "skipped", "duplicates", "total", "seconds", "patches_per_s", "missing", "database"}``:
+        ``written`` counts the patches this call stored; ``skipped`` those already in the database;
+        ``duplicates`` lists the folders (relative to ``root``) not written because another folder of the
+        same patch name came first in sorted order (or was stored meanwhile): a patch name is one key;
+        ``missing`` lists metadata patches that are in neither the source nor the database.
     """
     from tqdm.auto import tqdm
 
@@ -194,11 +197,23 @@ def prepare_bigearthnet(
     if limit is not None:
         folders = folders[:limit]
     done = existing_keys(db)
-    todo = [f for f in folders if f.name not in done]
+    todo: list[Path] = []
+    duplicates: list[str] = []
+    seen: set[str] = set()
+    for f in folders:
+        if f.name in done:
+            continue
+        if f.name in seen:  # one key per patch name: the first folder of that name is written
+            duplicates.append(_relative(f, root))
+            continue
+        seen.add(f.name)
+        todo.append(f)
+    skipped = len(folders) - len(todo) - len(duplicates)
     env = open_env(db, readonly=False)
     t0 = time.perf_counter()
     written = 0
     bar = tqdm(total=len(folders), initial=len(folders) - len(todo), disable=not progress, unit="patch")
+    by_name = {f.name: f for f in todo}
     try:
         results: Iterator[tuple[str, bytes]]
         pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
@@ -210,11 +225,15 @@ def prepare_bigearthnet(
         for key, value in results:
             batch.append((key, value))
             if len(batch) >= commit_every:
-                written += _commit(env, batch)
+                stored = _commit(env, batch)
+                written += len(stored)
+                duplicates += [_relative(by_name[k], root) for k, _ in batch if k not in stored]
                 bar.update(len(batch))
                 batch = []
         if batch:
-            written += _commit(env, batch)
+            stored = _commit(env, batch)
+            written += len(stored)
+            duplicates += [_relative(by_name[k], root) for k, _ in batch if k not in stored]
             bar.update(len(batch))
         if pool is not None:
             pool.shutdown()
@@ -224,7 +243,8 @@ def prepare_bigearthnet(
     seconds = time.perf_counter() - t0
     summary: dict[str, Any] = {
         "written": written,
-        "skipped": len(folders) - len(todo),
+        "skipped": skipped,
+        "duplicates": duplicates,
         "total": len(existing_keys(db)),
         "seconds": seconds,
         "patches_per_s": written / seconds if seconds > 0 and written else 0.0,
@@ -240,11 +260,22 @@ def prepare_bigearthnet(
     return summary
 
 
-def _commit(env, batch: Sequence[tuple[str, bytes]]) -> int:
+def _commit(env, batch: Sequence[tuple[str, bytes]]) -> set[str]:
+    """Store ``batch`` in one transaction; returns the keys actually stored (a key already present is not
+    overwritten, and not counted)."""
+    stored: set[str] = set()
     with env.begin(write=True) as txn:
         for key, value in batch:
-            txn.put(key.encode(), value, overwrite=False)
-    return len(batch)
+            if txn.put(key.encode(), value, overwrite=False):
+                stored.add(key)
+    return stored
+
+
+def _relative(folder: Path, root: str | Path) -> str:
+    try:
+        return folder.relative_to(root).as_posix()
+    except ValueError:
+        return folder.name
 
 
 def verify_lmdb(db: str | Path, root: str | Path | None = None, keys: Iterable[str] | None = None) -> dict[str, Any]:

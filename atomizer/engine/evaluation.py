@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from atomizer.atoms.canvas import CanvasSpec
 from atomizer.core.runtime import autocast, pick_device
-from atomizer.core.storage import atomic_write_bytes, atomic_write_json
+from atomizer.core.storage import atomic_paths, clean_stale_temps, file_sha256, json_text, locked
 from atomizer.data.datasets import open_dataset
 from atomizer.data.modalities import Modality, ModalitySet, load_modalities
 from atomizer.engine.loaders import InMemory, ModalityDataset, collate_items, keep_in_memory, wire_for
@@ -236,14 +236,23 @@ def sweep_modalities(
 
 
 def save_results(results: xr.Dataset, path: str | Path, overwrite: bool = False, records: bool = True) -> Path:
-    """Write ``results`` as netCDF (and, with ``records``, a JSON twin) atomically; refuse to replace
-    unless ``overwrite``."""
+    """Write ``results`` as netCDF and, with ``records``, its JSON twin, as one unit under the store's lock.
+
+    Both temporary files are written before either is renamed; the twin records the SHA-256 of the ``.nc``
+    it was made from (:func:`atomizer.results.store.read_results_twin` names a mismatch). Refuses to replace an
+    existing file unless ``overwrite``.
+    """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) or choose another path")
-    atomic_write_bytes(path, lambda p: results.to_netcdf(p, engine="h5netcdf"))
-    if records:
-        atomic_write_json(path.with_suffix(".json"), results_to_records(results))
+    twin = path.with_suffix(".json")
+    with locked(path.parent, "results store"):
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) or choose another path")
+        clean_stale_temps(path.parent, depth=0, names=[path.name, twin.name])
+        with atomic_paths(path, *([twin] if records else [])) as temps:
+            results.to_netcdf(temps[0], engine="h5netcdf")
+            if records:
+                record = {**results_to_records(results), "netcdf_sha256": file_sha256(temps[0])}
+                temps[1].write_text(json_text(record))
     return path
 
 

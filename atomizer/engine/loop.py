@@ -5,7 +5,10 @@ What the skeleton owns, so that each fix is made once:
 
 * the device (and, on CPU, the allocator setting of :func:`atomizer.core.runtime.tune_cpu_allocator`);
 * the run directory (``config.yaml``, ``checkpoints/``, ``metrics.jsonl``, ``summary.json``; only rank 0
-  writes) and the refusal to overwrite a run unless resuming;
+  writes) and the refusal to overwrite a run unless resuming; rank 0 holds the folder's lock
+  (:func:`atomizer.core.storage.locked`) from the start of the run to :meth:`Loop.close`, so a second
+  ``train``/``pretrain`` (``--resume`` or not) on the same folder is refused in one line instead of
+  overwriting its checkpoints and log; temporary files a killed run left there are removed then;
 * seeding: global seeds at the start, and a per-step seed ``seed * 1_000_003 + step`` for dropout and
   token pruning, so a resumed run draws exactly what the uninterrupted run drew;
 * the optimiser (AdamW with decay on matrices only, or Adam), the learning rate of every step (linear
@@ -27,6 +30,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +41,15 @@ from tqdm.auto import tqdm
 
 from atomizer.core.config import Config
 from atomizer.core.runtime import autocast, pick_device, provenance, tune_cpu_allocator
-from atomizer.core.storage import atomic_write_json, atomic_write_text, finite_json
+from atomizer.core.storage import (
+    atomic_write_json,
+    atomic_write_text,
+    clean_stale_temps,
+    finite_json,
+    jsonl_lines,
+    locked,
+    read_jsonl,
+)
 
 
 def lr_at(step: int, total: int, base_lr: float, warmup: int) -> float:
@@ -111,37 +123,52 @@ def start_run(out_dir: str | Path, config: Config, resume: bool, write: bool = T
 
 
 class MetricsLog:
-    """Append-only JSON-lines log; on resume, entries after the resumed step are dropped."""
+    """Append-only JSON-lines log; on resume, entries after the resumed step are dropped.
+
+    Read by :func:`atomizer.core.storage.jsonl_lines` (the one reader, also behind
+    :func:`atomizer.results.store.read_metrics`): a half-written last line is left out, any other line that
+    is not a record is skipped by readers but kept in the file. Only the holder of the run folder's lock
+    writes it, so a truncation on resume never races another writer's appends.
+    """
 
     def __init__(self, path: Path, enabled: bool = True):
         self.path = path
         self.enabled = enabled
+        self._tail_checked = False
 
     def truncate_after(self, step: int) -> None:
+        """Drop the records of steps after ``step`` (and a half-written last line); every other line is
+        kept verbatim. The file is rewritten atomically, and only when something is dropped."""
         if not self.enabled or not self.path.exists():
             return
-        keep = [ln for ln, r in self._parsed() if r["step"] <= step]
-        atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
-
-    def _parsed(self) -> list[tuple[str, dict]]:
-        """(line, record) of every complete line (a half-written last line of a killed run is skipped)."""
-        out = []
-        for ln in self.path.read_text().splitlines():
-            try:
-                out.append((ln, json.loads(ln)))
-            except json.JSONDecodeError:
-                continue
-        return out
+        keep = [ln for ln, r in jsonl_lines(self.path) if not _after(r, step)]
+        text = "".join(ln + "\n" for ln in keep)
+        if text != self.path.read_text(errors="replace"):
+            atomic_write_text(self.path, text)
+        self._tail_checked = True
 
     def write(self, **record: Any) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:  # valid JSON: a diverged loss is written as null
-                f.write(json.dumps(finite_json(record), allow_nan=False) + "\n")
+        if not self.enabled:
+            return
+        line = json.dumps(finite_json(record), allow_nan=False) + "\n"  # valid JSON: a diverged loss is null
+        if not self._tail_checked:  # never glue a record onto a line a killed writer left unfinished
+            self._tail_checked = True
+            if self.path.exists() and self.path.stat().st_size:
+                with open(self.path, "rb") as f:
+                    f.seek(-1, 2)
+                    if f.read(1) != b"\n":
+                        line = "\n" + line
+        with open(self.path, "a") as f:
+            f.write(line)
 
     def read(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [r for _, r in self._parsed()]
+        return read_jsonl(self.path)
+
+
+def _after(record: dict | None, step: int) -> bool:
+    """A record logged after optimiser step ``step`` (a line without a numeric step is never after)."""
+    value = record.get("step") if record is not None else None
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > step
 
 
 #: One optimiser step's input: the epoch it belongs to and its micro-batches (gradient accumulation).
@@ -155,7 +182,12 @@ class Loop:
 
     Usage (what :func:`atomizer.engine.training.train` and :func:`atomizer.engine.pretraining.pretrain`
     do): ``loop = Loop(cfg, resume)``; build the model on ``loop.device``; ``loop.attach(model, total)``;
-    ``extra = loop.resume_from(load)``; then ``loop.run(steps, loss, after_step)``; ``loop.finish(summary)``.
+    ``extra = loop.resume_from(load)``; then ``loop.run(steps, loss, after_step)``; ``loop.finish(summary)``;
+    ``loop.close()`` at the end, whatever happened (or ``with Loop(...) as loop:``): rank 0 holds the run
+    folder's lock from the constructor to :meth:`close`.
+
+    Raises:
+        LockedError: (rank 0) another process holds the run folder (one line naming it; nothing written).
 
     Args:
         cfg: The run's config (fields listed in the module docstring).
@@ -182,13 +214,32 @@ class Loop:
         if self.device.type == "cpu":
             tune_cpu_allocator()  # atoms-sized buffers stay in the process instead of being page-faulted each step
         self.created = not Path(cfg.out_dir).exists()  # only a folder this run made is ever removed
-        self.out = start_run(cfg.out_dir, cfg, resume, write=self.is_main)
+        self._hold = ExitStack()
+        if self.is_main:  # the one writer of the folder until close()
+            self._hold.enter_context(locked(cfg.out_dir, "run folder"))
+        try:
+            if self.is_main:
+                clean_stale_temps(cfg.out_dir)  # what a kill mid-write left (.last.pt.XXXXXXXX.tmp, ...)
+            self.out = start_run(cfg.out_dir, cfg, resume, write=self.is_main)
+        except BaseException:
+            self.close()
+            raise
         self.last = self.out / "checkpoints" / "last.pt"
         self.log = MetricsLog(self.out / "metrics.jsonl", enabled=self.is_main)
         self.step = 0
         self._t_last = time.perf_counter()
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
+
+    def close(self) -> None:
+        """Release the run folder's lock (idempotent)."""
+        self._hold.close()
+
+    def __enter__(self) -> Loop:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def attach(self, model: nn.Module, total_steps: int, params_model: nn.Module | None = None) -> None:
         """The model to optimise (``params_model``: whose parameters, default ``model``) and the step count."""

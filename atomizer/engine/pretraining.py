@@ -158,6 +158,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
 
     Raises:
         FileExistsError: ``out_dir`` already holds a run and ``resume`` is False.
+        LockedError: another process is writing ``out_dir`` (its lock is held for the whole run).
     """
     loop = Loop(cfg, resume, progress=progress, desc=f"pretrain {cfg.masking}")
     try:
@@ -253,3 +254,5 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     except BaseException:
         loop.discard_if_untrained()  # a failed start leaves nothing behind
         raise
+    finally:
+        loop.close()  # the run folder's lock

@@ -170,6 +170,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
 
     Raises:
         FileExistsError: ``out_dir`` already holds a run and ``resume`` is False.
+        LockedError: another process is writing ``out_dir`` (its lock is held for the whole run).
     """
     rank, world, local_rank = dist_info()
     distributed = world > 1
@@ -357,3 +358,5 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     except BaseException:
         loop.discard_if_untrained()  # a failed start leaves nothing behind
         raise
+    finally:
+        loop.close()  # the run folder's lock

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from atomizer.atoms.encodings import AtomEncoder
 from atomizer.core.config import Config, ConfigError, config_diff
-from atomizer.core.storage import atomic_write_bytes
+from atomizer.core.storage import UnsafeFileError, atomic_write_bytes, load_torch_file, plain_data
 from atomizer.models.atomizer import Atomizer
 from atomizer.models.layers import Attention, AttentionPool, FactorizedTokenProjection
 
@@ -262,15 +262,18 @@ def save_adapters(model: nn.Module, path: str | Path, base_checkpoint: str | Pat
     core = getattr(model, "module", model)
     if not has_adapters(core):
         raise AdapterError("the model has no adapters to save")
-    payload = {
-        "format": FORMAT,
-        "adapter_config": core.adapter_config.to_dict(),
-        "base_config": core.adapter_base_config,
-        "base_fingerprint": base_fingerprint(core),
-        "base_checkpoint": None if base_checkpoint is None else str(base_checkpoint),
-        "report": adapter_report(core),
-        "state_dict": adapter_state(core),
-    }
+    payload = plain_data(
+        {
+            "format": FORMAT,
+            "adapter_config": core.adapter_config.to_dict(),
+            "base_config": core.adapter_base_config,
+            "base_fingerprint": base_fingerprint(core),
+            "base_checkpoint": None if base_checkpoint is None else str(base_checkpoint),
+            "report": adapter_report(core),
+            "state_dict": adapter_state(core),
+        },
+        where="adapters",
+    )
     return atomic_write_bytes(path, lambda p: torch.save(payload, p))
 
 
@@ -278,7 +281,10 @@ def read_adapters(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise AdapterError(f"adapter file not found: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # weights_only: nothing in the file is run
+        payload = load_torch_file(path, map_location="cpu")
+    except UnsafeFileError as e:
+        raise AdapterError(f"{path}: not a readable adapter file: {e}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise AdapterError(f"{path}: not an {FORMAT} file")
     return payload

@@ -1,6 +1,11 @@
 """Checkpoints: weights plus everything needed to rebuild the model (architecture, config, classes,
 band tables seen in training), written atomically with ``torch.save``.
 
+A checkpoint holds tensors and plain data only (what :func:`save_checkpoint` writes is converted by
+:func:`atomizer.core.storage.plain_data`), and is read with ``weights_only=True`` on torch >= 2.6
+(:func:`atomizer.core.storage.load_torch_file`): a foreign or hostile file is refused in one line
+without anything in it being run.
+
 ``load_model(path)`` rebuilds any registered model; ``load_into(model, path)`` refuses a checkpoint
 whose configuration differs from the model's and names every differing field;
 ``load_encoder_weights(model, path)`` initialises an Atomizer classifier from a (pretraining or
@@ -17,7 +22,7 @@ import torch
 from torch import nn
 
 from atomizer.core.config import config_diff
-from atomizer.core.storage import atomic_write_bytes
+from atomizer.core.storage import UnsafeFileError, atomic_write_bytes, load_torch_file, plain_data
 from atomizer.models.adapters import apply_adapters
 from atomizer.models.registry import arch_of, build_from_config, config_class
 
@@ -29,28 +34,45 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, extra: Mapping[str, Any] | None = None) -> Path:
-    """Write ``model`` (unwrapped from DDP if needed) with its config and ``extra`` metadata."""
+    """Write ``model`` (unwrapped from DDP if needed) with its config and ``extra`` metadata.
+
+    Everything is stored as tensors and plain data (NumPy scalars as numbers, paths as strings, ...), so
+    the file loads with ``weights_only=True``; anything else in ``extra`` is refused (TypeError) before
+    writing.
+    """
     model = getattr(model, "module", model)
-    payload = {
-        "format": FORMAT,
-        "arch": arch_of(model),
-        "config": model.cfg.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "extra": dict(extra or {}),
-    }
+    payload = plain_data(
+        {
+            "format": FORMAT,
+            "arch": arch_of(model),
+            "config": model.cfg.to_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "extra": dict(extra or {}),
+        },
+        where="checkpoint",
+    )
     return atomic_write_bytes(path, lambda p: torch.save(payload, p))
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """A checkpoint's payload, loaded with ``weights_only=True`` (nothing in the file is run).
+
+    Raises:
+        CheckpointError: no such file; a file that holds anything but tensors and plain data (refused
+            unread), or is not a torch file; a torch older than 2.6; another format. One line each.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # torch raises many kinds for a corrupt file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        payload = load_torch_file(path, map_location=map_location)
+    except UnsafeFileError as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint: {e}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an {FORMAT} checkpoint")
+    for key, kind in (("arch", str), ("config", dict), ("state_dict", dict), ("extra", dict)):
+        if not isinstance(payload.get(key), kind):
+            raise CheckpointError(f"{path}: not an {FORMAT} checkpoint (its {key!r} is missing or malformed)")
     return payload
 
 

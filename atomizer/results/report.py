@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
 from atomizer.core.runtime import git_commit  # noqa: E402
-from atomizer.core.storage import atomic_write_text  # noqa: E402
+from atomizer.core.storage import atomic_path, atomic_write_text  # noqa: E402
 from atomizer.results import plots, stats  # noqa: E402
 from atomizer.results.store import collect_predictions, find_run_dirs  # noqa: E402
 
@@ -119,9 +119,10 @@ def build_report(
     if figures_dir is not None:
         out = Path(figures_dir)
         out.mkdir(parents=True, exist_ok=True)
-        for name, fig in figs.items():
-            fig.savefig(out / f"{name}.png", dpi=200, bbox_inches="tight")
-            fig.savefig(out / f"{name}.svg", bbox_inches="tight")
+        for name, fig in figs.items():  # atomically, like every record: no half-written figure
+            for fmt, dpi in (("png", 200), ("svg", None)):
+                with atomic_path(out / f"{name}.{fmt}") as tmp:
+                    fig.savefig(tmp, format=fmt, dpi=dpi or "figure", bbox_inches="tight")
     for fig in figs.values():
         plt.close(fig)
     body = "\n".join(parts)

@@ -6,12 +6,16 @@ A *run directory* is what :func:`atomizer.engine.training.train` writes, plus th
     <run>/metrics.jsonl          one JSON object per training step / validation (grows while running)
     <run>/summary.json           written when training ends
     <run>/checkpoints/{best,last}.pt
-    <run>/results.nc (+ .json)   test-modality scores, dims (model, modality, metric); attrs seed, fold
+    <run>/results.nc (+ .json)   test-modality scores, dims (model, modality, metric); attrs seed, fold.
+                                 The .nc is authoritative; the .json twin (for other tools) names the
+                                 SHA-256 of the .nc it was made from (:func:`read_results_twin` checks it)
     <run>/predictions.nc         per-image probabilities, dims (modality, image, class), and targets
     <run>/sweep_gsd.nc, <run>/sweep_size.nc   the resolution and size sweeps, same dims
     <run>/failed.txt             written by the experiment runner when the run failed
 
-A *results store* is any folder holding run directories at any depth.
+A *results store* is any folder holding run directories at any depth. A result and its twin are written
+as one unit under the folder's lock (:func:`atomizer.core.storage.locked`, ``.lock``): both temporary
+files first, then both renamed.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 import yaml
+
+from atomizer.core.storage import file_sha256, read_jsonl
 
 RESULT_FILES = {"table": "results.nc", "gsd": "sweep_gsd.nc", "size": "sweep_size.nc"}
 #: Per-image probabilities on the test modalities (what the statistics are computed from).
@@ -45,16 +51,46 @@ def find_run_dirs(root: str | Path) -> list[Path]:
 
 
 def read_metrics(run_dir: str | Path) -> pd.DataFrame:
-    """The metrics log of a run as a DataFrame (empty if none yet); tolerates a half-written last line."""
-    path = Path(run_dir) / "metrics.jsonl"
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return pd.DataFrame(rows)
+    """The metrics log of a run as a DataFrame (empty if none yet), read by the one reader of
+    ``metrics.jsonl`` (:func:`atomizer.core.storage.jsonl_lines`, also the training loop's): a half-written
+    last line is left out; any other line that is not a record is skipped (with a warning) and the lines
+    after it are read."""
+    return pd.DataFrame(read_jsonl(Path(run_dir) / "metrics.jsonl"))
+
+
+#: The key of a result's JSON twin that names the SHA-256 of the netCDF file it was made from.
+TWIN_HASH_KEY = "netcdf_sha256"
+
+
+def read_results_twin(path: str | Path) -> dict:
+    """The JSON twin (``.json``) of a result file ``path`` (``.nc``), checked against it.
+
+    The ``.nc`` is the authoritative record; its twin is a JSON copy for other tools, which names the
+    SHA-256 of the ``.nc`` it was made from. Both are written as one unit under the folder's lock, so they
+    disagree only after a writer that bypassed it, or an edit by hand.
+
+    Raises:
+        FileNotFoundError: either file is missing.
+        ValueError: the twin is not valid JSON, names no hash, or was made from another version of the
+            ``.nc`` (one line: re-run the evaluation to write both again).
+    """
+    path = Path(path)
+    twin = path.with_suffix(".json")
+    for f in (path, twin):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f.name} not found beside {path.name}")
+    try:
+        records = json.loads(twin.read_text())
+    except ValueError:
+        raise ValueError(f"{twin.name}: not valid JSON") from None
+    if not isinstance(records, dict) or TWIN_HASH_KEY not in records:
+        raise ValueError(f"{twin.name}: names no {TWIN_HASH_KEY} of its {path.name}; cannot check it is its twin")
+    if records[TWIN_HASH_KEY] != file_sha256(path):
+        raise ValueError(
+            f"{twin.name} was made from another version of {path.name} (the two disagree); "
+            f"{path.name} is the record: re-run the evaluation to write both again"
+        )
+    return records
 
 
 def run_label(run_dir: Path, root: Path) -> str:

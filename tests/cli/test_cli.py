@@ -1,5 +1,6 @@
 """The command line: each command's output on real inputs, and one-line errors for bad arguments."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -112,12 +113,108 @@ def test_predict_any_sensor(tiny_checkpoint, eurosat_paths, ben_patch_paths, tmp
     assert r.returncode == 2 and "sidecar" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize(
-    "cmd", ["sensors", "inspect", "train", "evaluate", "predict", "experiment", "serve", "bench", "pretrain", "results"]
-)
-def test_help_of_every_command(cmd):
-    r = run(cmd, "--help", timeout=120)
-    assert r.returncode == 0 and "usage: atomizer" in r.stdout
+def _every_command() -> list[list[str]]:
+    """Every subcommand of the parser (and the actions of those that have some), found from the parser
+    itself, so a command added later is covered too."""
+    import argparse
+
+    from atomizer.cli import build_parser
+
+    def subparsers(parser):
+        return next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+    out = []
+    for name, sub in subparsers(build_parser()).items():
+        out.append([name])
+        out += [[name, action] for action in subparsers(sub)]
+    return out
+
+
+def test_top_level_help_lists_every_command():
+    """``atomizer --help`` and ``python -m atomizer --help`` (argparse once read a ``%`` in a help as a format)."""
+    r = run("--help", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: atomizer") and "Traceback" not in r.stderr
+    names = [c[0] for c in _every_command()]
+    assert {"sensors", "train", "evaluate", "predict", "map", "prepare", "results", "report", "serve"} <= set(names)
+    for name in names:
+        assert f"    {name}" in r.stdout, name
+    assert "95 % CI" in r.stdout
+    installed = Path(sys.executable).with_name("atomizer")  # the console script
+    if installed.exists():
+        r = subprocess.run([str(installed), "--help"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "serve" in r.stdout, r.stderr
+
+
+def test_help_of_every_command(capsys):
+    commands = _every_command()
+    assert ["experiment", "run"] in commands and ["experiment", "list"] in commands
+    for cmd in commands:
+        with pytest.raises(SystemExit) as e:
+            main([*cmd, "--help"])
+        out = capsys.readouterr().out
+        assert e.value.code == 0 and out.startswith(f"usage: atomizer {' '.join(cmd)}"), cmd
+
+
+def test_warnings_print_as_one_line(tiny_checkpoint, tmp_path):
+    """A Python warning raised by a command is one line, without the source line Python adds by default
+    (here the band-coverage warning of a sidecar band outside the encoder's anchors)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    tif = tmp_path / "two.tif"
+    with rasterio.open(
+        tif, "w", driver="GTiff", height=16, width=16, count=2, dtype="uint16", transform=from_origin(0, 160, 10, 10)
+    ) as dst:
+        dst.write(np.full((2, 16, 16), 1000, np.uint16))
+    side = tmp_path / "s.yaml"
+    bands = [
+        {"name": "red", "wavelength_nm": 665, "bandwidth_nm": 30, "gsd_m": 10},
+        {"name": "swir3", "wavelength_nm": 2480, "bandwidth_nm": 10, "gsd_m": 10},
+    ]
+    side.write_text(yaml.safe_dump({"name": "swirish", "bands": bands}))
+    r = run("predict", tiny_checkpoint, tif, "--sidecar", side)
+    assert r.returncode == 0, r.stderr
+    warned = [ln for ln in r.stderr.splitlines() if "warning" in ln.lower()]
+    assert warned and all(ln.startswith("atomizer: warning: ") for ln in warned), r.stderr
+    assert "swir3" in warned[0]
+    assert not [ln for ln in r.stderr.splitlines() if ln.startswith("  ")], r.stderr  # no source line
+
+
+def test_serve_options_reach_the_dashboard(monkeypatch):
+    """--root (repeatable), --map-cache, --max-map-windows and --address are passed to serve by keyword;
+    the address defaults to localhost. (serve is replaced by a recorder: no server is started.)"""
+    import atomizer.dashboard.app as app
+
+    seen = {}
+    monkeypatch.setattr(app, "serve", lambda **kw: seen.update(kw))
+    argv = ["serve", "--no-show", "--root", "a", "--root", "b", "--map-cache", "c", "--max-map-windows", "5"]
+    assert main(argv) == 0
+    assert seen["roots"] == ["a", "b"] and seen["map_cache"] == "c" and seen["max_map_windows"] == 5
+    assert seen["address"] == "localhost"
+    assert main(["serve", "--no-show", "--address", "0.0.0.0"]) == 0 and seen["roots"] == []
+    assert seen["address"] == "0.0.0.0" and seen["map_cache"] is None and seen["max_map_windows"] is None
+    assert main(["serve", "--max-map-windows", "0"]) == 2
+
+
+def test_max_atoms_sets_the_limit_for_the_command_only(ben_patch_paths, monkeypatch, capsys):
+    """--max-atoms is ATOMIZER_MAX_ATOMS for the command's duration (atomizer.core.limits), then restored."""
+    from atomizer.cli import _atom_limit
+    from atomizer.core.limits import max_atoms
+
+    monkeypatch.setenv("ATOMIZER_MAX_ATOMS", "123456")
+    with _atom_limit(1000):
+        assert max_atoms() == 1000
+    assert max_atoms() == 123456
+    assert main(["inspect", str(ben_patch_paths[0]), "--max-atoms", "0"]) == 2
+    assert "--max-atoms must be positive" in capsys.readouterr().err
+    assert os.environ["ATOMIZER_MAX_ATOMS"] == "123456"
+    # a BigEarthNet patch holds 80,000 atoms: inspect refuses it from its headers, naming count and limit
+    capsys.readouterr()
+    assert main(["inspect", str(ben_patch_paths[0]), "--max-atoms", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "holds 80,000 atoms, above the limit of 100" in err and err.count("\n") == 1
+    assert main(["inspect", str(ben_patch_paths[0]), "--max-atoms", "80000"]) == 0
 
 
 def test_wrong_arguments_one_line_errors(tmp_path, tiny_checkpoint):

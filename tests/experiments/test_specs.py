@@ -1,6 +1,7 @@
 """Experiment specs are data: checked whole before anything runs, run folders slugged and inside the store,
 the store locked while a runner writes it, schedulers checked (the attacks themselves: tests/test_security_specs.py)."""
 
+import sys
 from pathlib import Path
 
 import papermill as pm
@@ -131,13 +132,8 @@ def test_tls_settings_are_checked(tmp_path):
         spec_of(tmp_path, scheduler="tcp://127.0.0.1:8786", tls={"ca_file": "ca.pem"})
 
 
-def test_missing_distributed_names_the_extra(tmp_path):
-    try:
-        import distributed  # noqa: F401
-
-        pytest.skip("distributed is installed")
-    except ImportError:
-        pass
+def test_missing_distributed_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if not installed: its import raises ImportError
     spec = spec_of(tmp_path, parameters={"epochs": 1}, scheduler="tcp://127.0.0.1:1")
     with pytest.raises(RuntimeError, match=r"pip install 'atomizer\[distributed\]'"):
         run_experiment(spec)

@@ -296,7 +296,7 @@ def test_checkpoint_written_before_a_new_config_field_still_loads(tmp_path):
     """A field added later (here ``encoding.gsd_code``) takes its default when an older checkpoint is read."""
     model = tiny(num_classes=10)
     path = save_checkpoint(tmp_path / "m.pt", model)
-    payload = torch.load(path, weights_only=False)
+    payload = torch.load(path, weights_only=True)
     del payload["config"]["encoding"]["gsd_code"]  # as written before the field existed
     torch.save(payload, path)
     load_into(tiny(num_classes=10), path)  # no "configuration differs" error
