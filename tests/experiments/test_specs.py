@@ -1,5 +1,5 @@
 """Experiment specs are data: checked whole before anything runs, run folders slugged and inside the store,
-the store locked while a runner writes it, schedulers checked (the attacks themselves: tests/test_security_specs.py)."""
+the store locked while a runner writes it, schedulers checked (the attacks themselves: tests/test_security.py)."""
 
 import sys
 from pathlib import Path
