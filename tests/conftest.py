@@ -75,3 +75,28 @@ def browser_type_launch_args(browser_type_launch_args):
 @pytest.fixture(scope="session")
 def browser_context_args(browser_context_args):
     return {**browser_context_args, "viewport": {"width": 1400, "height": 1000}}
+
+
+#: The one tiny training run the tests share: a real Atomizer (tiny preset) trained one step on EuroSAT.
+TINY_TRAIN = dict(
+    model="atomizer",
+    preset="tiny",
+    dataset="eurosat",
+    epochs=1,
+    max_steps=1,
+    batch_size=4,
+    train_limit=4,
+    val_limit=4,
+    device="cpu",
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A real tiny run folder (config, checkpoints best.pt and last.pt with optimizer state, metrics), trained
+    once per session. Read-only for the tests: copy it before writing into it."""
+    from atomizer.engine.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    train(TrainConfig.from_dict({**TINY_TRAIN, "out_dir": str(out)}), progress=False)
+    return out

@@ -70,6 +70,7 @@ import torch
 import xarray as xr
 import yaml
 from bokeh.document import Document
+from conftest import TINY_TRAIN
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 
@@ -114,18 +115,9 @@ from tests.dashboard.dashboard_support import (
 
 ROOT = Path(__file__).resolve().parents[1]
 
-RECORDS_TRAIN = dict(
-    model="atomizer",
-    preset="tiny",
-    dataset="eurosat",
-    epochs=1,
-    max_steps=1,
-    batch_size=4,
-    train_limit=4,
-    val_limit=4,
-    device="cpu",
-    seed=2,
-)
+pytestmark = pytest.mark.filterwarnings("ignore:No positive samples:UserWarning")
+
+RECORDS_TRAIN = TINY_TRAIN
 
 
 class _Hostile:
@@ -167,14 +159,6 @@ def records_one_line_error(err: str) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def records_run(tmp_path_factory) -> Path:
-    """A real tiny training run (one step) with its config, checkpoints and metrics."""
-    out = tmp_path_factory.mktemp("records") / "run"
-    train(TrainConfig.from_dict({**RECORDS_TRAIN, "out_dir": str(out)}), progress=False)
-    return out
-
-
 def records_copy_run(run: Path, dest: Path) -> tuple[Path, Path]:
     """A copy of ``run`` at ``dest`` and a config YAML (outside it) whose ``out_dir`` is the copy."""
     shutil.copytree(run, dest)
@@ -202,7 +186,7 @@ def test_records_the_hostile_file_is_really_hostile(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["predict", "evaluate", "map", "train --init", "train --resume"])
-def test_records_hostile_checkpoint_is_refused_by_the_cli(command, tmp_path, records_run, eurosat_paths, capsys):
+def test_records_hostile_checkpoint_is_refused_by_the_cli(command, tmp_path, tiny_run, eurosat_paths, capsys):
     """A checkpoint whose pickle would write a marker, given to each command that loads one: exit 2, one
     line, the marker not written."""
     evil, marker = records_hostile_checkpoint(tmp_path)
@@ -218,7 +202,7 @@ def test_records_hostile_checkpoint_is_refused_by_the_cli(command, tmp_path, rec
         cfg.write_text(yaml.safe_dump({**RECORDS_TRAIN, "out_dir": str(tmp_path / "fresh")}))
         args = ["train", str(cfg), "--init", str(evil)]
     else:
-        run, cfg = records_copy_run(records_run, tmp_path / "run")
+        run, cfg = records_copy_run(tiny_run, tmp_path / "run")
         shutil.copy(evil, run / "checkpoints" / "last.pt")
         args = ["train", str(cfg), "--resume"]
     assert main(args) == 2
@@ -247,17 +231,17 @@ def test_records_old_torch_is_refused_before_loading():
     check_safe_torch(torch.__version__)
 
 
-def test_records_real_checkpoints_load_weights_only(records_run, tmp_path, majortom_product_dir):
+def test_records_real_checkpoints_load_weights_only(tiny_run, tmp_path, majortom_product_dir):
     """Everything training, pretraining and adapter training write loads with weights_only=True: optimizer
     state, configs, classes, validation metrics (NumPy numbers at the source), the decoder, the adapters."""
     from atomizer.engine.pretraining import PretrainConfig, pretrain
     from atomizer.models.adapters import load_adapters
 
     for name in ("best.pt", "last.pt"):
-        payload = torch.load(records_run / "checkpoints" / name, weights_only=True)
+        payload = torch.load(tiny_run / "checkpoints" / name, weights_only=True)
         assert payload["extra"]["optimizer"]["state"] and payload["extra"]["classes"]
-        assert load_model(records_run / "checkpoints" / name).cfg.num_classes == 10
-    assert isinstance(torch.load(records_run / "checkpoints" / "best.pt", weights_only=True)["extra"]["best"], float)
+        assert load_model(tiny_run / "checkpoints" / name).cfg.num_classes == 10
+    assert isinstance(torch.load(tiny_run / "checkpoints" / "best.pt", weights_only=True)["extra"]["best"], float)
     pre = pretrain(
         PretrainConfig.from_dict(
             {
@@ -279,7 +263,7 @@ def test_records_real_checkpoints_load_weights_only(records_run, tmp_path, major
         TrainConfig.from_dict(
             {
                 **RECORDS_TRAIN,
-                "init": str(records_run / "checkpoints" / "best.pt"),
+                "init": str(tiny_run / "checkpoints" / "best.pt"),
                 "adapters": {"rank": 2},
                 "out_dir": str(tmp_path / "ad"),
             }
@@ -287,7 +271,7 @@ def test_records_real_checkpoints_load_weights_only(records_run, tmp_path, major
         progress=False,
     )
     assert torch.load(adapted["adapters"], weights_only=True)["state_dict"]
-    base = load_model(records_run / "checkpoints" / "best.pt")
+    base = load_model(tiny_run / "checkpoints" / "best.pt")
     assert load_adapters(base, adapted["adapters"], strict=False) is base
 
 
@@ -309,10 +293,10 @@ def test_records_atomic_write_keeps_the_umask_mode(tmp_path):
         os.umask(old)
 
 
-def test_records_a_resumed_run_removes_stale_temporary_files(records_run, tmp_path, capsys):
+def test_records_a_resumed_run_removes_stale_temporary_files(tiny_run, tmp_path, capsys):
     """A kill mid-write leaves ``.last.pt.XXXXXXXX.tmp``: the next writer of the folder removes it, and
     only files of that naming."""
-    run, cfg = records_copy_run(records_run, tmp_path / "run")
+    run, cfg = records_copy_run(tiny_run, tmp_path / "run")
     stale = [run / "checkpoints" / ".last.pt.k1ll3d_x.tmp", run / ".summary.json.abcd1234.tmp"]
     for p in stale:
         p.write_bytes(b"half")
@@ -323,10 +307,10 @@ def test_records_a_resumed_run_removes_stale_temporary_files(records_run, tmp_pa
     assert clean_stale_temps(tmp_path / "nowhere") == []
 
 
-def test_records_second_writer_of_a_run_folder_is_refused(records_run, tmp_path, capsys):
+def test_records_second_writer_of_a_run_folder_is_refused(tiny_run, tmp_path, capsys):
     """Two ``train --resume`` on one run: while the first holds the folder, the second is refused in one
     line naming the folder, and nothing in the folder changes."""
-    run, cfg = records_copy_run(records_run, tmp_path / "run")
+    run, cfg = records_copy_run(tiny_run, tmp_path / "run")
     before = records_snapshot(run)
     with locked(run):  # the first writer
         assert main(["train", str(cfg), "--resume"]) == 2
@@ -835,27 +819,6 @@ def test_landsat_mtl_file_name_leading_out_of_the_product_is_refused(tmp_path, m
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def readers_tiny_checkpoint(tmp_path_factory):
-    from atomizer.engine.training import TrainConfig, train
-
-    out = tmp_path_factory.mktemp("readers") / "run"
-    cfg = TrainConfig(
-        model="atomizer",
-        preset="tiny",
-        dataset="eurosat",
-        epochs=1,
-        max_steps=1,
-        batch_size=4,
-        train_limit=4,
-        val_limit=4,
-        device="cpu",
-        out_dir=str(out),
-    )
-    train(cfg, progress=False)
-    return out / "checkpoints" / "best.pt"
-
-
 def _readers_truncated_after_header(src: Path, dst: Path) -> Path:
     """A copy of the real GeoTIFF ``src`` cut where its first pixel block begins: the header (size, bands,
     georeferencing) is whole, every pixel is gone, so reading any pixel fails."""
@@ -865,9 +828,7 @@ def _readers_truncated_after_header(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_predict_above_the_atom_limit_is_refused_before_reading(
-    tmp_path, eurosat_paths, readers_tiny_checkpoint, monkeypatch, capsys
-):
+def test_predict_above_the_atom_limit_is_refused_before_reading(tmp_path, eurosat_paths, tiny_run, monkeypatch, capsys):
     real = tmp_path / "eurosat.tif"
     with rasterio.open(eurosat_paths[0]) as s:  # a real EuroSAT image, rewritten uncompressed in strips
         profile = {**s.profile, "compress": None, "tiled": False}
@@ -884,18 +845,16 @@ def test_predict_above_the_atom_limit_is_refused_before_reading(
 
     for path in (real, cut):  # the cut file gets the limit's error: no pixel was read to reach it
         with pytest.raises(InputTooLargeError, match=f"holds {n_atoms:,} atoms, above the limit of {n_atoms - 1:,}"):
-            predict_image(readers_tiny_checkpoint, path)
-    assert main(["predict", str(readers_tiny_checkpoint), str(cut)]) == 2
+            predict_image(tiny_run / "checkpoints" / "best.pt", path)
+    assert main(["predict", str(tiny_run / "checkpoints" / "best.pt"), str(cut)]) == 2
     err = _readers_one_line_error(capsys)
     assert f"{n_atoms:,} atoms" in err and f"limit of {n_atoms - 1:,}" in err
     monkeypatch.setenv("ATOMIZER_MAX_ATOMS", str(n_atoms))  # at the limit: read and predicted
-    probs = predict_image(readers_tiny_checkpoint, real)
+    probs = predict_image(tiny_run / "checkpoints" / "best.pt", real)
     assert len(probs) == 10 and all(0.0 <= p <= 1.0 for p in probs.values())
 
 
-def test_npz_above_the_atom_limit_is_refused_from_its_headers(
-    tmp_path, ben_patch_paths, readers_tiny_checkpoint, monkeypatch
-):
+def test_npz_above_the_atom_limit_is_refused_from_its_headers(tmp_path, ben_patch_paths, tiny_run, monkeypatch):
     """Hostile file: an npz whose arrays' headers are whole but whose data is cut (reading it would fail)."""
     import zipfile
 
@@ -916,15 +875,12 @@ def test_npz_above_the_atom_limit_is_refused_from_its_headers(
     from atomizer.engine.inference import predict_image
 
     with pytest.raises(InputTooLargeError, match=f"holds {n_atoms:,} atoms"):
-        predict_image(readers_tiny_checkpoint, cut)
+        predict_image(tiny_run / "checkpoints" / "best.pt", cut)
 
 
 # --------------------------------------------------------------------------------------------------
 # The served dashboard: confined to its roots, escaped, origin-checked
 # --------------------------------------------------------------------------------------------------
-
-
-pytestmark = pytest.mark.filterwarnings("ignore:No positive samples:UserWarning")
 
 
 # ------------------------------------------------------------------------------------------ helpers

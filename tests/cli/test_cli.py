@@ -22,23 +22,9 @@ def run(*args, timeout=300):
     )
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli") / "run"
-    cfg = TrainConfig(
-        model="atomizer",
-        preset="tiny",
-        dataset="eurosat",
-        epochs=1,
-        max_steps=1,
-        batch_size=4,
-        train_limit=4,
-        val_limit=4,
-        device="cpu",
-        out_dir=str(out),
-    )
-    train(cfg, progress=False)
-    return out / "checkpoints" / "best.pt"
+@pytest.fixture
+def tiny_checkpoint(tiny_run):
+    return tiny_run / "checkpoints" / "best.pt"
 
 
 def test_sensors_table(capsys):
