@@ -8,6 +8,12 @@ tiles, saved with ``save_results``); only the number of images is cut to keep th
 from __future__ import annotations
 
 import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -145,3 +151,47 @@ def dash_hostile_store(root: Path, n_images: int = 12) -> Path:
         save_results(preds, run / "predictions.nc", overwrite=True, records=False)
         save_results(scores_of(preds, mods), run / "results.nc", overwrite=True)
     return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def atomizer_serve(*args: str | Path, log: Path, timeout: float = 120.0) -> Iterator[tuple[int, Callable[[], None]]]:
+    """``python -m atomizer serve --port P --no-show *args`` in a subprocess (output to ``log``), stopped on exit.
+
+    Yields ``(port, ready)``: ``ready()`` waits until the server listens (failing the test with the end of the
+    log if it exits or does not listen within ``timeout``), so a caller can prepare files meanwhile.
+    """
+    import pytest
+
+    repo = Path(__file__).resolve().parents[2]
+    port = free_port()
+    with open(log, "w") as out:
+        cmd = [sys.executable, "-m", "atomizer", "serve", "--port", str(port), "--no-show", *map(str, args)]
+        proc = subprocess.Popen(cmd, cwd=repo, stdout=out, stderr=subprocess.STDOUT)
+
+    def ready() -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if proc.poll() is not None:
+                pytest.fail(f"atomizer serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with socket.create_connection(("localhost", port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.3)
+        pytest.fail(f"atomizer serve did not listen on port {port} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+    try:
+        yield port, ready
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

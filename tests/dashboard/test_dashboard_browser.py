@@ -9,14 +9,10 @@ data are read from the page's Bokeh document. Screenshots of each tab go to ``te
 from __future__ import annotations
 
 import re
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from dashboard_support import cv_store, evaluate_into, small_eurosat_root, train_tiny
+from dashboard_support import atomizer_serve, cv_store, evaluate_into, small_eurosat_root, train_tiny
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -29,73 +25,25 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            pytest.fail(f"atomizer serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with socket.create_connection(("localhost", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.3)
-    pytest.fail(f"atomizer serve did not listen on port {port} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """The dashboard served on a free port, with a tiny checkpoint and a results store built from it; a
     folder for scenes served too (``--root``) and the map cache in a temporary folder (never the checkout)."""
     base = tmp_path_factory.mktemp("served")
-    store, port = base / "store", _free_port()
+    store = base / "store"
     scenes, map_cache = base / "scenes", base / "map_cache"
     scenes.mkdir()
     run = store / "run"
     ckpt = run / "checkpoints" / "best.pt"
+    args = ("--results", store, "--checkpoint", ckpt, "--root", scenes, "--map-cache", map_cache)
     log = base / "serve.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "atomizer",
-                "serve",
-                "--port",
-                str(port),
-                "--results",
-                str(store),
-                "--checkpoint",
-                str(ckpt),
-                "--root",
-                str(scenes),
-                "--map-cache",
-                str(map_cache),
-                "--no-show",
-            ],
-            cwd=REPO_ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    with atomizer_serve(*args, log=log) as (port, ready):
         # sessions read the store and checkpoint when a page opens: build them while the server starts
         train_tiny(run)
         evaluate_into(run, ckpt, small_eurosat_root(base / "eurosat_small"))
-        _wait_for_port(port, proc, log)
+        ready()
         ARTIFACTS.mkdir(exist_ok=True)
         yield {"url": f"http://localhost:{port}/", "log": log, "run": run, "scenes": scenes, "map_cache": map_cache}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # Read from the page's Bokeh document: the first data-source column called ``key`` (or null).
@@ -219,16 +167,9 @@ def test_results_tab_shows_the_store(page, served):
 def test_results_tab_shows_cis_and_follows_the_chosen_reference(page, tmp_path):
     """A store of repeats (Atomizer and ResNet, 2 seeds, real tiny runs): error bars and per-seed points in
     the page, the verdict against the reference, and choosing another reference in the Select redraws it."""
-    store, port, log = cv_store(tmp_path / "cv"), _free_port(), tmp_path / "serve.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "atomizer", "serve", "--port", str(port), "--results", str(store), "--no-show"],
-            cwd=REPO_ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_for_port(port, proc, log)
+    store = cv_store(tmp_path / "cv")
+    with atomizer_serve("--results", store, log=tmp_path / "serve.log") as (port, ready):
+        ready()
         _open(page, {"url": f"http://localhost:{port}/"})
         page.locator(".bk-tab", has_text="Results").wait_for(timeout=120_000)
         _tab(page, "Results")
@@ -244,13 +185,6 @@ def test_results_tab_shows_cis_and_follows_the_chosen_reference(page, tmp_path):
         select = page.locator(".bk-input-group", has=page.get_by_text("Reference model", exact=True)).locator("select")
         select.select_option("resnet")
         page.get_by_text("against atomizer, resnet is").wait_for(timeout=60_000)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_maps_tab_builds_a_map_in_the_background_and_switches_classes(page, served, majortom_product_dir):

@@ -8,14 +8,16 @@ Playwright drives Debian's Chromium (``/usr/bin/chromium``, installed by ``make 
 from __future__ import annotations
 
 import re
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from dashboard_support import DASH_HOSTILE_LABEL, DASH_HOSTILE_MODALITY, DASH_HOSTILE_RUN, dash_hostile_store
+from dashboard_support import (
+    DASH_HOSTILE_LABEL,
+    DASH_HOSTILE_MODALITY,
+    DASH_HOSTILE_RUN,
+    atomizer_serve,
+    dash_hostile_store,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -26,47 +28,10 @@ pytestmark = [
 ]
 
 
-def _dash_free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def _dash_wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            pytest.fail(f"atomizer serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with socket.create_connection(("localhost", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.3)
-    pytest.fail(f"atomizer serve did not listen on port {port} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
 def test_dash_hostile_store_names_render_as_text(page, tmp_path):
-    store, port, log = dash_hostile_store(tmp_path / "store"), _dash_free_port(), tmp_path / "serve.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "atomizer",
-                "serve",
-                "--port",
-                str(port),
-                "--results",
-                str(store),
-                "--no-show",
-                "--no-warm",
-            ],
-            cwd=REPO_ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _dash_wait_for_port(port, proc, log)
+    store = dash_hostile_store(tmp_path / "store")
+    with atomizer_serve("--results", store, "--no-warm", log=tmp_path / "serve.log") as (port, ready):
+        ready()
         page.goto(f"http://localhost:{port}/")
         page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0", timeout=60_000)
         tab = page.locator(".bk-tab", has_text=re.compile(r"^Results$"))
@@ -80,10 +45,3 @@ def test_dash_hostile_store_names_render_as_text(page, tmp_path):
         assert page.locator('img[src="x"]').count() == 0  # no injected element, in the page or a shadow root
         assert page.evaluate("() => document.querySelectorAll('img[src=\"x\"]').length") == 0
         assert page.evaluate("() => window.__xss") is None  # no injected handler or script ran
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
