@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from conftest import TINY_TRAIN
 
 from atomizer.engine.mapping import MAP_NODATA, MapError, predict_map, scene_grid
 from atomizer.engine.training import TrainConfig, train
@@ -18,24 +19,10 @@ from tests.data import product_fixtures as fx
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    out = {}
-    for model in ("atomizer", "resnet"):
-        d = tmp_path_factory.mktemp(model)
-        cfg = TrainConfig(
-            model=model,
-            preset="tiny",
-            dataset="eurosat",
-            epochs=1,
-            max_steps=1,
-            batch_size=4,
-            train_limit=4,
-            val_limit=4,
-            device="cpu",
-            out_dir=str(d / "run"),
-        )
-        out[model] = Path(train(cfg, progress=False)["best"])
-    return out
+def checkpoints(tmp_path_factory, tiny_run):
+    """The session's tiny Atomizer, and a ResNet trained the same way."""
+    cfg = TrainConfig.from_dict({**TINY_TRAIN, "model": "resnet", "out_dir": str(tmp_path_factory.mktemp("resnet"))})
+    return {"atomizer": tiny_run / "checkpoints" / "best.pt", "resnet": Path(train(cfg, progress=False)["best"])}
 
 
 @pytest.fixture(scope="module")
