@@ -31,8 +31,10 @@ image had, for analysis; the models never read it.)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,6 +45,7 @@ from torch import Tensor
 from atomizer.atoms.encodings import normalize_values
 from atomizer.atoms.tokens import extra_channel
 from atomizer.data.light import LightImage, Raster
+from atomizer.data.modalities import ModalitySet, load_modalities
 
 #: A canvas model refuses an input filling fewer canvas bands than this with a valid value. One band is
 #: the floor: the landscape and the test modalities include inputs of 1-3 bands, which the canvas models
@@ -156,6 +159,19 @@ class CanvasSpec:
 
     size_px: int = 64
     gsd_m: float = 10.0
+
+    @classmethod
+    def of(cls, modalities: ModalitySet | str | Path) -> CanvasSpec:
+        """The canvas rule, its one home: a modality set's source format (64 px at 10 m where it names none).
+        ``modalities`` may be a set or what :func:`~atomizer.data.modalities.load_modalities` reads."""
+        mods = modalities if isinstance(modalities, ModalitySet) else load_modalities(modalities)
+        return cls(int(mods.source_size_px or cls.size_px), float(mods.source_gsd_m or cls.gsd_m))
+
+    @classmethod
+    def of_training(cls, extra: Mapping[str, Any]) -> CanvasSpec | None:
+        """The canvas of a checkpoint's training modalities (its ``extra``), None where it names none."""
+        train_modalities = extra.get("train_modalities")
+        return cls.of(train_modalities) if train_modalities else None
 
 
 @dataclass

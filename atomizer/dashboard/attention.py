@@ -58,7 +58,7 @@ from atomizer.engine.attention import (
     input_atoms,
     rgb_composite,
 )
-from atomizer.models.checkpoint import load_model, read_checkpoint
+from atomizer.models.checkpoint import load_trained
 
 #: Largest input (atoms) the Attention tab computes: the result keeps every atom's weight in every block
 #: (about 0.7 GB per million atoms with the tiny model), so an input above it is refused before it is read.
@@ -123,13 +123,12 @@ class AttentionMaps(pn.viewable.Viewer):
             shown = self.roots.display(path)
 
             def load():
-                payload = read_checkpoint(path)  # CheckpointError (a ValueError) names the problem
-                if payload.get("arch") != "atomizer":
+                trained = load_trained(path)  # CheckpointError (a ValueError) names the problem
+                if trained.arch != "atomizer":
                     raise TypeError(
-                        f"{shown} holds a {str(payload.get('arch'))[:40]!r} model: attention maps need an "
-                        "Atomizer checkpoint"
+                        f"{shown} holds a {trained.arch[:40]!r} model: attention maps need an Atomizer checkpoint"
                     )
-                return load_model(path), payload.get("extra", {})
+                return trained.model, trained.extra
 
             # one model in memory for every session that opens this checkpoint
             self._models = {key: MODELS.get(("attention", *key), load)}

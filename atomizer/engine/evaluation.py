@@ -23,7 +23,7 @@ from atomizer.data.datasets import open_dataset
 from atomizer.data.modalities import Modality, ModalitySet, load_modalities
 from atomizer.engine.loaders import InMemory, ModalityDataset, collate_items, keep_in_memory, wire_for
 from atomizer.engine.metrics import classification_metrics, metric_names
-from atomizer.models.checkpoint import load_model, read_checkpoint
+from atomizer.models.checkpoint import load_trained
 from atomizer.models.registry import input_type
 
 
@@ -194,17 +194,17 @@ def evaluate_checkpoint(
     ``predictions=True`` (:func:`predict_modalities`); both carry the run's ``seed`` and ``fold``.
     ``num_workers`` loader processes read and tokenize.
     """
-    payload = read_checkpoint(checkpoint)
-    tc = payload["extra"].get("train_config", {})
+    trained = load_trained(checkpoint)
+    tc = trained.extra.get("train_config", {})
     mods = modalities if isinstance(modalities, ModalitySet) else load_modalities(modalities)
     name_ds = dataset or tc.get("dataset", "eurosat")
     fold = tc.get("fold")
     ds = open_dataset(name_ds, split, data_root or tc.get("data_root"), fold=fold)
     if len(ds) == 0:
         raise ValueError(f"no {split!r} images in dataset {name_ds!r}")
-    model = load_model(checkpoint)
-    canvas = CanvasSpec(int(mods.source_size_px or 64), float(mods.source_gsd_m or 10.0))
-    name = model_name or payload["arch"]
+    model = trained.model
+    canvas = CanvasSpec.of(mods)
+    name = model_name or trained.arch
     preds = predict_modalities(model, ds, mods.modalities, canvas, batch_size, device, name, num_workers)
     res = scores_of(preds, mods.modalities)
     attrs = {

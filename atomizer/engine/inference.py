@@ -14,10 +14,9 @@ from atomizer.atoms.canvas import CANVAS_BANDS, CanvasBatch, CanvasSpec
 from atomizer.atoms.tokens import AtomBatch
 from atomizer.core.limits import check_atoms
 from atomizer.data.bands import Sensor
-from atomizer.data.modalities import load_modalities
 from atomizer.data.readers import count_tokens, open_image
 from atomizer.engine.loaders import model_input
-from atomizer.models.checkpoint import load_model, read_checkpoint
+from atomizer.models.checkpoint import load_trained
 from atomizer.models.registry import input_type
 
 
@@ -43,22 +42,16 @@ def predict_image(
     """
     image = open_image(path, sensor=sensor, lazy=True)  # headers only, so far
     check_atoms(count_tokens(image), what=str(path))
-    payload = read_checkpoint(checkpoint)
-    extra = payload["extra"]
-    classes = extra.get("classes") or [f"class_{i}" for i in range(payload["config"]["num_classes"])]
-    model = load_model(checkpoint).to(device)
+    trained = load_trained(checkpoint)
+    classes, model = trained.classes, trained.model.to(device)
     image = image.load()  # within the limit: read it
     kind = input_type(model)
-    canvas = None
-    if extra.get("train_modalities"):
-        mods = load_modalities(extra["train_modalities"])
-        canvas = CanvasSpec(int(mods.source_size_px or 64), float(mods.source_gsd_m or 10.0))
+    canvas = CanvasSpec.of_training(trained.extra)
     batch = model_input(image, kind, canvas).to(device)
     if notes is not None and isinstance(batch, CanvasBatch):
         filled = [b for b, ok in zip(CANVAS_BANDS, batch.present[0].tolist()) if ok]
         notes.append(f"input fills {len(filled)} of the {len(CANVAS_BANDS)} canvas bands: {' '.join(filled)}")
     # atoms stream through the cross-attention in chunks: bounded memory whatever the image size
     logits = model(batch, chunk_size=chunk_size) if kind is AtomBatch else model(batch)
-    multilabel = extra.get("multilabel", True)
-    probs = logits[0].float().sigmoid() if multilabel else logits[0].float().softmax(-1)
+    probs = logits[0].float().sigmoid() if trained.multilabel else logits[0].float().softmax(-1)
     return dict(zip(classes, probs.tolist()))

@@ -40,7 +40,7 @@ from atomizer.data.light import LightImage, Raster, common_frame
 from atomizer.data.modalities import Modality, load_modalities, simulate
 from atomizer.data.readers import GDAL_LOCAL_ONLY, image_bands, open_image, valid_mask
 from atomizer.engine.loaders import model_input
-from atomizer.models.checkpoint import load_model, read_checkpoint
+from atomizer.models.checkpoint import load_trained
 from atomizer.models.registry import input_type
 
 _STRIP = 256  # output rows per write: the GeoTIFF's tile height
@@ -244,16 +244,11 @@ def predict_map(
     checkpoint, scene, out = Path(checkpoint), Path(scene), Path(out)
     if out.exists():
         raise MapError(f"{out} exists; remove it or choose another --out")
-    payload = read_checkpoint(checkpoint)
-    extra = payload["extra"]
-    classes = list(extra.get("classes") or [f"class_{i}" for i in range(payload["config"]["num_classes"])])
-    multilabel = bool(extra.get("multilabel", True))
-    model = load_model(checkpoint).to(device).eval()
+    trained = load_trained(checkpoint)
+    extra, classes, multilabel = trained.extra, trained.classes, trained.multilabel
+    model = trained.model.to(device).eval()
     kind = input_type(model)
-    canvas = None
-    if extra.get("train_modalities"):
-        mods = load_modalities(extra["train_modalities"])
-        canvas = CanvasSpec(int(mods.source_size_px or 64), float(mods.source_gsd_m or 10.0))
+    canvas = CanvasSpec.of_training(extra)
     window_m = float(window_m) if window_m else default_window_m(extra)
     stride_m = float(stride_m) if stride_m else window_m
     image = open_image(scene, sensor=sensor, lazy=True)  # read one strip of windows at a time

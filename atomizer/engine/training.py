@@ -117,15 +117,11 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits.float(), target)
 
 
-def canvas_for(modality_file) -> CanvasSpec:
-    return CanvasSpec(int(modality_file.source_size_px or 64), float(modality_file.source_gsd_m or 10.0))
-
-
 def build_datasets(cfg: TrainConfig, batch_type: type, wire: str = "full"):
     """(train, validation) :class:`ModalityDataset` under the training modalities, and the base train set;
     ``wire`` as :class:`ModalityDataset`'s."""
     train_mods = load_modalities(cfg.train_modalities)
-    canvas = canvas_for(train_mods)
+    canvas = CanvasSpec.of(train_mods)
     base_tr = open_dataset(cfg.dataset, cfg.train_split, cfg.data_root, fold=cfg.fold)
     base_va = open_dataset(cfg.dataset, cfg.val_split, cfg.data_root, fold=cfg.fold)
     if cfg.train_fraction < 1.0:

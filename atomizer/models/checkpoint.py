@@ -15,6 +15,7 @@ classification) checkpoint's encoder.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,14 +83,38 @@ def stored_config(payload: Mapping[str, Any]) -> dict:
     return config_class(payload["arch"]).from_dict(payload["config"]).to_dict()
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model stored in a checkpoint, weights loaded, in eval mode."""
+@dataclass
+class Trained:
+    """A trained model as a checkpoint holds it: the model (weights loaded, eval mode) and what describes it."""
+
+    model: nn.Module
+    arch: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[str]:
+        """The class names (``class_<i>`` where the checkpoint names none)."""
+        named = self.extra.get("classes")
+        return list(named) if named else [f"class_{i}" for i in range(int(self.model.cfg.num_classes))]
+
+    @property
+    def multilabel(self) -> bool:
+        return bool(self.extra.get("multilabel", True))
+
+
+def load_trained(path: str | Path, map_location: str | torch.device = "cpu") -> Trained:
+    """The one checkpoint-to-model loader: the file read once, the model rebuilt with its adapters, in eval mode."""
     payload = read_checkpoint(path, map_location)
     model = build_from_config(payload["arch"], payload["config"])
     if payload["extra"].get("adapters"):  # a run that trained adapters on a frozen base
         apply_adapters(model, payload["extra"]["adapters"])
     model.load_state_dict(payload["state_dict"])
-    return model.eval()
+    return Trained(model.eval(), payload["arch"], dict(payload["extra"]))
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model stored in a checkpoint, weights loaded, in eval mode (:func:`load_trained`'s model)."""
+    return load_trained(path, map_location).model
 
 
 def load_into(model: nn.Module, path: str | Path, strict_config: bool = True) -> dict:
