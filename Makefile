@@ -39,7 +39,7 @@ lint: setup
 	$(VENV)/bin/mypy
 
 test: setup chromium lint
-	$(PY) -m pytest -m "not slow and not gpu" -q -p no:cacheprovider
+	$(PY) -m pytest -m "not slow and not gpu" -q -p no:cacheprovider --durations=15
 
 test-all: setup chromium
 	$(PY) -m pytest -m "" -q
