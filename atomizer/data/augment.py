@@ -22,8 +22,8 @@ import numpy as np
 import xarray as xr
 
 from atomizer.core.config import Config
+from atomizer.data.image import image_bands
 from atomizer.data.modalities import Modality, simulate
-from atomizer.data.readers import image_bands
 
 
 @dataclasses.dataclass(frozen=True)

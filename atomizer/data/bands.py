@@ -54,8 +54,10 @@ class SensorSpecError(ValueError):
 
 
 @dataclass(frozen=True)
-class Band:
-    """One spectral (or radar) band.
+class Band(Config):
+    """One spectral (or radar) band: the one declaration of a band's fields, built in code (``Band(...)``) or
+    read from a sidecar's ``bands`` entry through the config base (:meth:`Band.from_dict`: types checked and
+    coerced, unknown keys refused; the checks below run either way).
 
     Attributes:
         name: Band name as the sensor calls it (``"B8A"``, ``"SR_B5"``, ``"VV"``).
@@ -70,6 +72,8 @@ class Band:
         dn_offset: This band's DN offset; ``None``: the sensor's.
         nodata: This band's fill DN; ``None``: the sensor's (NaN: no fill value).
     """
+
+    kind: ClassVar[str] = "band"
 
     name: str
     wavelength_nm: float
@@ -154,31 +158,13 @@ class Band:
 
 
 @dataclass(frozen=True)
-class BandSpec(Config):
-    """One entry of a sidecar's ``bands`` list (types checked and coerced, unknown keys refused)."""
-
-    kind: ClassVar[str] = "band"
-
-    name: str
-    wavelength_nm: float
-    bandwidth_nm: float
-    gsd_m: float
-    domain: str = "optical"
-    polarisation: str | None = None
-    source: str | None = None  # default: the sidecar's
-    dn_scale: float | None = None  # default: the sidecar's (per-band calibration)
-    dn_offset: float | None = None
-    nodata: float | None = None
-
-
-@dataclass(frozen=True)
 class SidecarSpec(Config):
     """The top level of a sensor sidecar (YAML/JSON): anything else is refused by name."""
 
     kind: ClassVar[str] = "sidecar"
 
     name: str | None = None
-    bands: list[dict[str, Any]] = field(default_factory=list)
+    bands: list[dict[str, Any]] = field(default_factory=list)  # each read as a Band (source: default the sidecar's)
     generate: list[dict[str, Any]] = field(default_factory=list)
     dn_scale: float = 1e-4
     dn_offset: float = 0.0
@@ -278,13 +264,13 @@ class Sensor:
             if not isinstance(raw, Mapping):
                 raise SensorSpecError(f"sensor {name!r}: band #{i} must be a mapping, got {raw!r}")
             bname = raw.get("name", f"#{i}")
+            entry = {**raw, "source": raw["source"] if raw.get("source") is not None else side.source}
             try:
-                b = BandSpec.from_dict(raw)
-                bands.append(Band(**{**b.to_dict(), "source": b.source if b.source is not None else side.source}))
-            except ConfigError as e:
-                raise SensorSpecError(f"sensor {name!r}, band {bname!r}: {e}") from None
-            except SensorSpecError as e:
-                raise SensorSpecError(f"sensor {name!r}: {e}") from None
+                bands.append(Band.from_dict(entry))
+            except ConfigError as e:  # a wrong type or key (the config base's message), or one of Band's checks
+                typed = str(e).startswith(("band config", "unknown band option"))  # Band's own messages name it
+                where = f"sensor {name!r}, band {bname!r}" if typed else f"sensor {name!r}"
+                raise SensorSpecError(f"{where}: {e}") from None
         for seg in side.generate:
             bands.extend(_generate_bands(name, seg, side.source))
         if not bands:

@@ -1,7 +1,7 @@
 """PyTorch datasets over the readers: BigEarthNet (npz, official v1 and v2 layouts) and EuroSAT-MS.
 
 Each item is a dict ``{"image": xarray.Dataset, "target": Tensor, "id": str}``: the image on its
-native grids (see :mod:`atomizer.data.readers`) and a 19-class multi-hot (BigEarthNet) or a class index
+native grids (see :mod:`atomizer.data.image`) and a 19-class multi-hot (BigEarthNet) or a class index
 (EuroSAT). Modalities and tokenisation are applied downstream (:mod:`atomizer.engine.training`).
 """
 
@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 
 from atomizer.core.paths import data_dir, embedded_dir
+from atomizer.data.layouts import bigearthnet_image, read_band_folder, read_bigearthnet_npz, read_eurosat
 from atomizer.data.light import LightImage, bigearthnet_light
-from atomizer.data.readers import bigearthnet_image, read_band_folder, read_bigearthnet_npz, read_eurosat
 
 EMBEDDED = {"bigearthnet": "bigearthnet", "eurosat": "eurosat"}
 
@@ -72,6 +72,7 @@ def balanced_subset(label_sets: Sequence[Sequence[str]], max_per_class: int, see
 class _ImageDataset(torch.utils.data.Dataset):
     multilabel: bool = True
     classes: list[str]
+    fold: int | None = None  # the cross-validation fold its split was chosen by (fold_split)
 
     def __init__(self) -> None:
         self.records: list[dict] = []

@@ -1,6 +1,6 @@
 """The image representation without xarray: one :class:`Raster` per band, for the hot path of the loaders.
 
-A :class:`LightImage` holds exactly what an image of :mod:`atomizer.data.readers` holds (per band: the
+A :class:`LightImage` holds exactly what an image of :mod:`atomizer.data.image` holds (per band: the
 values, the pixel-centre coordinates of its grid, its dimension names and attributes; the image's
 attributes) as plain numpy arrays and dicts. :func:`atomizer.data.modalities.simulate` and
 :func:`atomizer.atoms.tokens.tokenize` compute on it; their xarray forms convert at the edges, so both
@@ -19,7 +19,8 @@ import numpy as np
 import xarray as xr
 
 from atomizer.data.bands import get_sensor
-from atomizer.data.readers import band_attrs, date_from_name, grid_dims
+from atomizer.data.image import band_attrs, grid_dims
+from atomizer.data.metadata import date_from_name
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Raster:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.values.shape  # type: ignore[return-value]
+        return self.values.shape
 
     @property
     def gsd(self) -> float:
@@ -71,7 +72,7 @@ class LightImage:
         for name, da in ds.data_vars.items():
             if "wavelength_nm" not in da.attrs:
                 continue
-            ydim, xdim = da.dims
+            ydim, xdim = (str(d) for d in da.dims)
             bands[str(name)] = Raster(
                 np.asarray(da.values),
                 np.asarray(da[xdim].values),
@@ -113,7 +114,7 @@ def common_frame(
 @cache
 def _s2_grid(name: str, h: int, w: int) -> tuple[np.ndarray, np.ndarray, tuple[str, str], dict[str, Any]] | None:
     """Coordinates, dimension names and attributes of a Sentinel-2 band of BigEarthNet stored at (h, w): what
-    :func:`atomizer.data.readers.build_image` gives it (cached; arrays read-only, attrs shared, never mutated
+    :func:`atomizer.data.image.build_image` gives it (cached; arrays read-only, attrs shared, never mutated
     downstream: :func:`atomizer.data.modalities.simulate` copies them)."""
     s2 = get_sensor("sentinel2")
     if name not in s2.band_names:
@@ -128,7 +129,7 @@ def _s2_grid(name: str, h: int, w: int) -> tuple[np.ndarray, np.ndarray, tuple[s
 
 def bigearthnet_light(arrays: Mapping[str, np.ndarray], patch_id: str, source: str = "") -> LightImage:
     """The :class:`LightImage` of a BigEarthNet patch's Sentinel-2 arrays: the same bands, grids, coordinates
-    and attributes as :func:`atomizer.data.readers.bigearthnet_image` (tested equal), without xarray."""
+    and attributes as :func:`atomizer.data.layouts.bigearthnet_image` (tested equal), without xarray."""
     bands = {}
     for name, arr in arrays.items():
         if name == "resampled_120":
@@ -137,8 +138,8 @@ def bigearthnet_light(arrays: Mapping[str, np.ndarray], patch_id: str, source: s
         grid = _s2_grid(name, *arr.shape)
         if grid is None:
             continue
-        xs, ys, dims, attrs = grid
-        bands[name] = Raster(arr, xs, ys, dims, attrs)
+        xs, ys, dims, grid_attrs = grid
+        bands[name] = Raster(arr, xs, ys, dims, grid_attrs)
     resampled = bool(arrays.get("resampled_120", False))
     attrs: dict[str, Any] = {
         "sensor": "sentinel2",

@@ -76,7 +76,7 @@ class PatchReader:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._env = None
+        self._env: Any = None  # an lmdb.Environment (lmdb is untyped), opened in the process that reads
         self._pid: int | None = None
 
     def _txn(self):
@@ -116,7 +116,7 @@ def patch_folders(root: str | Path) -> list[Path]:
 
 def read_patch_folder(folder: str | Path) -> dict[str, np.ndarray]:
     """``{band: array}`` of a patch folder's GeoTIFFs (rasterio, stored dtype and native grid)."""
-    from atomizer.data.readers import open_raster
+    from atomizer.data.raster import open_raster
 
     folder = Path(folder)
     out: dict[str, np.ndarray] = {}

@@ -1,5 +1,6 @@
-"""Product metadata: what the Sentinel-2 ``MTD_MSIL*.xml``, the Landsat ``*_MTL.txt`` / ``_MTL.json`` and a
-STAC item say about a product's bands and their calibration (pure parsing; the readers open the pixels).
+"""Product metadata: what the Sentinel-2 ``MTD_MSIL*.xml``, the Landsat ``*_MTL.txt`` / ``_MTL.json``, a
+STAC item and a product's name say about its bands and their calibration (pure parsing; the readers open the
+pixels).
 
 Every parser returns plain Python values and raises :class:`MetadataError` (one line naming the file and
 the field) when the metadata is missing or inconsistent.
@@ -18,6 +19,41 @@ from typing import Any
 
 class MetadataError(ValueError):
     """A product's metadata is missing, unreadable or inconsistent; the message names the file."""
+
+
+# --------------------------------------------------------------------------------------------------
+# What a product's name says (Sentinel conventions)
+# --------------------------------------------------------------------------------------------------
+
+#: Processing baseline from which Sentinel-2 L2A/L1C products store DN + 1000.
+S2_OFFSET_BASELINE = 400
+
+
+def date_from_name(name: str) -> str | None:
+    """Acquisition date (ISO) from a Sentinel-style product or patch name (``..._20170613T101031_...``)."""
+    m = re.search(r"(?:^|[_/])(\d{4})(\d{2})(\d{2})T\d{6}", name)
+    return f"{m.group(1)}-{m.group(2)}-{m.group(3)}" if m else None
+
+
+def s2_baseline(name: str) -> int | None:
+    """Processing baseline parsed from a Sentinel-2 product name (``..._N0400_...`` -> 400)."""
+    m = re.search(r"_N(\d{4})(?:_|$)", name)
+    return int(m.group(1)) if m else None
+
+
+def s2_dn_offset(product_name: str, metadata_offset: float | None = None) -> float:
+    """DN offset of a Sentinel-2 product: -1000 for processing baseline N0400 and later, else 0.
+
+    ``N9999`` marks a reprocessed product whose baseline is not encoded in the name; without an
+    explicit ``metadata_offset`` (``BOA_ADD_OFFSET`` of the product metadata) it is read as 0, the
+    convention of the reprocessing campaigns before 2022. Pass ``metadata_offset`` when known.
+    """
+    if metadata_offset is not None:
+        return float(metadata_offset)
+    b = s2_baseline(product_name)
+    if b is None or b == 9999:
+        return 0.0
+    return -1000.0 if b >= S2_OFFSET_BASELINE else 0.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -322,15 +358,15 @@ def stac_bands(item_path: str | Path) -> tuple[Any, list[StacBand]]:
         eo, raster = _band_lists(asset)
         count = max(len(eo), len(raster), 1)
         for c in range(count):
-            e = eo[c] if c < len(eo) else {}
+            eb = eo[c] if c < len(eo) else {}
             r = raster[c] if c < len(raster) else {}
-            um, fw = e.get("center_wavelength"), e.get("full_width_half_max")
+            um, fw = eb.get("center_wavelength"), eb.get("full_width_half_max")
             bands.append(
                 StacBand(
                     asset=key,
                     href=str(href),
                     channel=c,
-                    name=str(e.get("name") or (key if count == 1 else f"{key}_{c + 1}")),
+                    name=str(eb.get("name") or (key if count == 1 else f"{key}_{c + 1}")),
                     wavelength_nm=None if um is None else float(um) * 1000.0,
                     bandwidth_nm=None if fw is None else float(fw) * 1000.0,
                     scale=None if r.get("scale") is None else float(r["scale"]),

@@ -21,15 +21,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import xarray as xr
 import yaml
 
 from atomizer.core.paths import modality_sets_dir
+from atomizer.data.image import grid_dims
 from atomizer.data.light import LightImage, Raster, common_frame
-from atomizer.data.readers import grid_dims
 
 
 class ModalityError(ValueError):
@@ -217,6 +217,20 @@ def area_average(
     return out.astype(np.float32), ok
 
 
+@overload
+def simulate(
+    image: xr.Dataset,
+    modality: Modality,
+    offset_m: tuple[float, float] | None = None,
+    rng: np.random.Generator | None = None,
+) -> xr.Dataset: ...
+@overload
+def simulate(
+    image: LightImage,
+    modality: Modality,
+    offset_m: tuple[float, float] | None = None,
+    rng: np.random.Generator | None = None,
+) -> LightImage: ...
 def simulate(
     image: xr.Dataset | LightImage,
     modality: Modality,

@@ -16,13 +16,18 @@ from typing import Any
 import torch
 
 from atomizer.data.datasets import open_dataset
+from atomizer.data.image import image_bands
 from atomizer.data.modalities import Modality, simulate
-from atomizer.data.readers import image_bands, open_image
+from atomizer.data.readers import open_image
 
 _BAND_FILE = re.compile(r"(?:^|_)(?:B\d{1,2}A?|VV|VH|HH|HV)$")
 
 
-def tile_windows(image, tile_px: int) -> list[tuple[Modality, tuple[float, float]]]:
+#: A window of a tiled source: the modality it is simulated as, and its top-left offset (m) in the image.
+Window = tuple[Modality, tuple[float, float]]
+
+
+def tile_windows(image, tile_px: int) -> list[Window]:
     """Top-left offsets (m) of the non-overlapping ``tile_px`` tiles of ``image``'s finest grid."""
     names = image_bands(image)
     gsd = min(float(image[b].attrs["gsd_m"]) for b in names)
@@ -49,14 +54,14 @@ class UnlabelledImages(torch.utils.data.Dataset):
     classes = ["unlabelled"]
 
     def __init__(self, sources: Sequence[Mapping[str, Any]]):
-        self.records: list[tuple] = []  # (source index, loader key, tile window or None, id)
+        self.records: list[tuple[int, Any, Window | None, str]] = []  # (source index, loader key, window, id)
         self._loaders: list = []
         self._cache: dict[tuple[int, Any], Any] = {}
         for si, src in enumerate(sources):
             src = dict(src)
             keys, loader, names = self._source(src)
             self._loaders.append(loader)
-            items = []
+            items: list[tuple[int, Any, Window | None, str]] = []
             for key, name in zip(keys, names):
                 if src.get("tile_px"):
                     image = self._image(si, key)

@@ -9,8 +9,9 @@ from atomizer.atoms.tokens import AtomBatch
 from atomizer.core.config import ConfigError
 from atomizer.data.augment import AugmentConfig, augment
 from atomizer.data.datasets import open_dataset
+from atomizer.data.image import image_bands
+from atomizer.data.layouts import read_eurosat
 from atomizer.data.modalities import load_modalities, simulate
-from atomizer.data.readers import image_bands, read_eurosat
 from atomizer.engine.loaders import InMemory, ModalityDataset
 
 

@@ -407,7 +407,7 @@ def test_implausible_wavelengths_are_refused_with_the_likely_unit(tmp_path, band
 
 def test_per_band_calibration_in_sidecar_and_catalogue(tmp_path):
     """A thermal band and the reflective bands of one product each get their own scale, offset and fill."""
-    from atomizer.data.readers import band_attrs
+    from atomizer.data.image import band_attrs
 
     side = tmp_path / "cam.yaml"
     side.write_text(

@@ -18,7 +18,7 @@ import rasterio
 
 from atomizer.data import lmdb_store as ls
 from atomizer.data.datasets import BigEarthNetLMDB, BigEarthNetNpz, open_dataset
-from atomizer.data.readers import read_bigearthnet_npz
+from atomizer.data.layouts import read_bigearthnet_npz
 from tests.conftest import EMBEDDED, SHARED
 
 REAL_LMDB = SHARED / "benv2_lmdb_real"

@@ -13,6 +13,8 @@ import yaml
 
 from atomizer.core.paths import modality_sets_dir
 from atomizer.data.bands import get_sensor
+from atomizer.data.image import count_tokens, image_bands
+from atomizer.data.layouts import read_band_folder, read_bigearthnet_npz, read_eurosat
 from atomizer.data.modalities import (
     Assignment,
     Modality,
@@ -23,7 +25,6 @@ from atomizer.data.modalities import (
     overlap_matrix,
     simulate,
 )
-from atomizer.data.readers import count_tokens, image_bands, read_band_folder, read_bigearthnet_npz, read_eurosat
 
 S2 = get_sensor("sentinel2")
 

@@ -15,17 +15,10 @@ import numpy as np
 import pytest
 import rasterio
 
+from atomizer.data.image import ImageReadError, count_tokens, physical_values
 from atomizer.data.metadata import MetadataError, parse_mtl, parse_s2_metadata
-from atomizer.data.readers import (
-    ImageReadError,
-    count_tokens,
-    open_image,
-    physical_values,
-    product_kind,
-    read_landsat,
-    read_safe,
-    read_stac_item,
-)
+from atomizer.data.products import product_kind, read_landsat, read_safe, read_stac_item
+from atomizer.data.readers import open_image
 from tests.data import product_fixtures as fx
 
 

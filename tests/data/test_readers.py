@@ -1,5 +1,5 @@
-"""Tests for :mod:`atomizer.data.readers` on real data (BigEarthNet npz, EuroSAT-MS GeoTIFF, Major-TOM scene)
-and on broken inputs written into ``tmp_path``."""
+"""Tests for the readers (:mod:`atomizer.data.readers` and the modules it dispatches to) on real data
+(BigEarthNet npz, EuroSAT-MS GeoTIFF, Major-TOM scene) and on broken inputs written into ``tmp_path``."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ import yaml
 from rasterio.transform import from_origin
 
 from atomizer.data.bands import SensorSpecError, get_sensor
-from atomizer.data.readers import (
-    EUROSAT_BAND_ORDER,
+from atomizer.data.image import (
     ImageReadError,
     build_image,
     count_tokens,
@@ -26,15 +25,17 @@ from atomizer.data.readers import (
     image_band_table,
     image_bands,
     nominal_gsd,
-    open_image,
+)
+from atomizer.data.layouts import (
+    EUROSAT_BAND_ORDER,
     read_band_folder,
     read_bigearthnet_npz,
     read_bigearthnet_patch_folder,
     read_eurosat,
-    read_multiband_geotiff,
-    s2_baseline,
-    s2_dn_offset,
 )
+from atomizer.data.metadata import s2_baseline, s2_dn_offset
+from atomizer.data.raster import read_multiband_geotiff
+from atomizer.data.readers import open_image
 
 S2 = get_sensor("sentinel2")
 BEN_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
@@ -717,7 +718,7 @@ def test_band_folder_bands_with_different_corners_keep_their_own_coordinates(tmp
 def test_lazy_npz_and_geotiff_read_nothing_until_computed_and_equal_the_eager_read(ben_patch_paths, eurosat_paths):
     """``open_image(..., lazy=True)`` of an npz patch (shapes from its headers) and of a EuroSAT GeoTIFF: every
     band a dask array, the same atom count, attributes and values as the eager read."""
-    from atomizer.data.readers import count_tokens, npz_headers, open_image
+    from atomizer.data.layouts import npz_headers
 
     for path in (ben_patch_paths[0], eurosat_paths[0]):
         eager, lazy = open_image(path), open_image(path, lazy=True)
