@@ -87,7 +87,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def autocast(precision: str, device: torch.device):
+def autocast(precision: str, device: torch.device) -> torch.autocast:
     """``torch.autocast`` context for ``precision`` on ``device`` (a disabled one for fp32)."""
     dtype = autocast_dtype(precision, device)
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
@@ -110,12 +110,21 @@ def pick_device(name: str = "auto") -> torch.device:
 def ensure_process_group() -> tuple[int, int]:
     """(rank, world size); under torchrun (``WORLD_SIZE`` > 1) the default process group is initialised
     first if it is not yet (NCCL with CUDA, else gloo)."""
-    import torch
-
     rank, world, _ = dist_info()
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return rank, world
+
+
+def process_device(name: str = "auto") -> torch.device:
+    """This process's device (:func:`pick_device`); under torchrun (``WORLD_SIZE`` > 1) a CUDA device is
+    this rank's GPU, ``cuda:LOCAL_RANK``, made the current one (so NCCL and pinned memory use it)."""
+    device = pick_device(name)
+    _, world, local_rank = dist_info()
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
 
 
 def dist_info() -> tuple[int, int, int]:
@@ -149,8 +158,6 @@ def provenance() -> dict:
     """Where a run comes from: commit, library versions, host, start time (written once per run)."""
     import platform
     import time
-
-    import torch
 
     return {
         "git_commit": git_commit(),

@@ -37,9 +37,9 @@ from atomizer.atoms.tokens import AtomBatch, tokenize
 from atomizer.data.bands import Sensor
 from atomizer.data.modalities import overlap_matrix
 from atomizer.data.readers import count_tokens, open_image
+from atomizer.data.rgb import RGB_BANDS, rgb_composite  # noqa: F401  (the dashboard's import until it uses data.rgb)
 from atomizer.models.atomizer import Atomizer
 
-RGB_BANDS = ("B04", "B03", "B02")
 NATIVE = "native"
 
 
@@ -89,7 +89,7 @@ def _edges(centres: np.ndarray, g: float) -> np.ndarray:
 
 
 @dataclass
-class Grid:
+class BandGrid:
     """A band's grid in metres from the image centre: column centres ``x`` (east), row centres ``y``
     (north, decreasing: row 0 is the top), pixel size ``gsd``."""
 
@@ -103,7 +103,11 @@ class Grid:
         return (self.x.min() - g / 2, self.y.min() - g / 2, self.x.max() + g / 2, self.y.max() + g / 2)
 
 
-def spread_to_grid(mass: np.ndarray, src: Grid, dst: Grid) -> np.ndarray:
+#: The dashboard's name for :class:`BandGrid` (``atomizer.dashboard.attention`` imports it) until it uses the new one.
+Grid = BandGrid
+
+
+def spread_to_grid(mass: np.ndarray, src: BandGrid, dst: BandGrid) -> np.ndarray:
     """Redistribute per-pixel ``mass`` (..., h, w) on ``src`` onto ``dst`` by exact area overlap.
 
     Mass is conserved where ``dst`` covers ``src`` (a coarse pixel's mass is shared among the fine
@@ -129,7 +133,7 @@ class AttentionResult:
     def bands(self) -> list[str]:
         return list(self.batch.band_names)
 
-    def grids(self) -> dict[str, Grid]:
+    def grids(self) -> dict[str, BandGrid]:
         """Each band's grid in the atoms' frame (metres from the image centre)."""
         b = self.batch
         band, xi, yi = b.band[0].numpy(), b.xi[0].numpy(), b.yi[0].numpy()
@@ -139,12 +143,14 @@ class AttentionResult:
             sel = band == k
             h, w = self.image[name].shape
             x0, y0 = xi[sel].min(), yi[sel].min()
-            out[name] = Grid(cx[x0 : x0 + w].astype(float), cy[y0 : y0 + h].astype(float), float(b.band_table[k, 2]))
+            out[name] = BandGrid(
+                cx[x0 : x0 + w].astype(float), cy[y0 : y0 + h].astype(float), float(b.band_table[k, 2])
+            )
         return out
 
     def band_maps(self, block: int) -> dict[str, np.ndarray]:
         """Band -> (L, h, w) attention weights of ``block`` on the band's native grid."""
-        shapes = {n: tuple(self.image[n].shape) for n in self.bands}
+        shapes = {n: (int(self.image[n].shape[0]), int(self.image[n].shape[1])) for n in self.bands}
         return atom_maps(self.batch, self.weights[block], shapes)
 
     def band_table(self) -> pd.DataFrame:
@@ -169,7 +175,7 @@ class AttentionResult:
         order = self.band_table().sort_values("wavelength_nm")["band"]
         return df[list(order)]
 
-    def pixel_map(self, block: int, latent: int) -> tuple[np.ndarray, Grid]:
+    def pixel_map(self, block: int, latent: int) -> tuple[np.ndarray, BandGrid]:
         """The latent's attention summed over bands on the finest grid: ((h, w) mass, that grid)."""
         grids = self.grids()
         finest = min(self.bands, key=lambda n: (grids[n].gsd, -self.image[n].size))
@@ -196,24 +202,3 @@ def compute_attention(
     lg = logits[0].float().numpy()
     classes = list(classes or [f"class_{i}" for i in range(lg.shape[0])])
     return AttentionResult(image, batch, lg, w, classes, multilabel)
-
-
-def rgb_composite(image: xr.Dataset, bands=RGB_BANDS, percentiles=(2, 98)) -> np.ndarray | None:
-    """(h, w, 3) in [0, 1] from physical reflectance of ``bands``, each stretched between percentiles.
-
-    None when a band is missing or the three are on different grids.
-    """
-    if not all(b in image for b in bands) or len({image[b].shape for b in bands}) > 1:
-        return None
-    chans = []
-    for b in bands:
-        a = image[b].attrs
-        v = (image[b].values.astype(np.float64) + a.get("dn_offset", 0.0)) * a.get("dn_scale", 1.0)
-        nod = a.get("nodata")
-        bad = ~np.isfinite(v)
-        if nod is not None and not (isinstance(nod, float) and np.isnan(nod)):
-            bad |= image[b].values == nod
-        ok = v[~bad]
-        lo, hi = np.percentile(ok, percentiles) if ok.size else (0.0, 1.0)
-        chans.append(np.where(bad, 0.0, np.clip((v - lo) / max(hi - lo, 1e-9), 0, 1)))
-    return np.dstack(chans)

@@ -108,6 +108,8 @@ def predict_modalities(
             model, ds, batch_size, dev, desc=f"{model_name} {m.name}", num_workers=num_workers
         )
         logits.append(lg)
+    if targets is None:
+        raise ValueError("no modalities to predict")
     lg = torch.stack(logits)  # (M, n, C)
     probs = lg.sigmoid() if dataset.multilabel else lg.softmax(-1)
     t = targets.float() if dataset.multilabel else torch.nn.functional.one_hot(targets, lg.shape[-1]).float()

@@ -13,13 +13,13 @@ index)``, so an interrupted run resumes on exactly the same inputs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 import xarray as xr
 
-from atomizer.atoms.canvas import CanvasSpec
+from atomizer.atoms.canvas import CanvasBatch, CanvasSpec
 from atomizer.atoms.tokens import WIRE_FORMATS, AtomBatch
 from atomizer.data.augment import AugmentConfig, augment
 from atomizer.data.light import LightImage
@@ -57,7 +57,8 @@ def model_input(
     """One (simulated) image as a batch of one of ``input_type`` (:class:`AtomBatch` or :class:`CanvasBatch`);
     ``wire="compact"`` lays atoms out for the trip to the model (:mod:`atomizer.atoms.tokens`; a canvas has
     one form)."""
-    return input_type.from_image(image, canvas, wire=wire)
+    kind = cast("type[AtomBatch] | type[CanvasBatch]", input_type)  # what models.registry.input_type returns
+    return kind.from_image(image, canvas, wire=wire)
 
 
 def wire_for(setting: str, device: torch.device, num_workers: int = 0) -> str:

@@ -4,8 +4,8 @@
 What the skeleton owns, so that each fix is made once:
 
 * the device (and, on CPU, the allocator setting of :func:`atomizer.core.runtime.tune_cpu_allocator`);
-* the run directory (``config.yaml``, ``checkpoints/``, ``metrics.jsonl``, ``summary.json``; only rank 0
-  writes) and the refusal to overwrite a run unless resuming; rank 0 holds the folder's lock
+* the run directory (its files named in :mod:`atomizer.core.run_folder`: ``config.yaml``, ``checkpoints/``,
+  ``metrics.jsonl``, ``summary.json``; only rank 0 writes) and the refusal to overwrite a run unless resuming; rank 0 holds the folder's lock
   (:func:`atomizer.core.storage.locked`) from the start of the run to :meth:`Loop.close`, so a second
   ``train``/``pretrain`` (``--resume`` or not) on the same folder is refused in one line instead of
   overwriting its checkpoints and log; temporary files a killed run left there are removed then;
@@ -16,8 +16,11 @@ What the skeleton owns, so that each fix is made once:
 * the step log (loss, lr, gradient norm, images/s) and the progress bar;
 * checkpoints: ``last.pt`` every ``ckpt_every`` steps, the resume point, and the summary.
 
-The task gives the loop its steps (an iterator of micro-batches per optimiser step, starting at the
-resumed step), a loss of a micro-batch, and what to do after each step (validation, extra logs).
+The task (a :class:`Task`: supervised training, pretraining) gives the loop named hooks, called by
+:meth:`Loop.fit` in this order: ``on_start`` (model, data, ``loop.attach``, ``loop.resume_from``), ``steps``
+(the micro-batches of each optimiser step, from the resumed step on), ``training_step`` (the loss of one
+micro-batch), ``on_step_end`` (validation, checkpoints, extra logs) and ``on_end`` (the last checkpoint, the
+summary).
 
 A config driving the loop has the fields ``seed, device, precision, optimizer, lr, weight_decay,
 warmup_frac, grad_clip, ckpt_every, out_dir`` (see :class:`atomizer.engine.training.TrainConfig`).
@@ -29,6 +32,7 @@ import json
 import math
 import shutil
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -40,6 +44,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from atomizer.core.config import Config
+from atomizer.core.run_folder import RunFolder
 from atomizer.core.runtime import autocast, pick_device, provenance, tune_cpu_allocator
 from atomizer.core.storage import (
     atomic_write_json,
@@ -83,6 +88,9 @@ def state_hash(model: nn.Module) -> float:
 #: Options a resumed run may change: they do not change what the run computes.
 RESUMABLE_CHANGES = ("num_workers",)
 
+#: Where a run's weights come from (commit, library versions), written once per run folder.
+PROVENANCE = "provenance.json"
+
 
 def start_run(out_dir: str | Path, config: Config, resume: bool, write: bool = True) -> Path:
     """The run directory ``out_dir`` with ``checkpoints/`` and the run's ``config.yaml`` (written atomically).
@@ -97,7 +105,8 @@ def start_run(out_dir: str | Path, config: Config, resume: bool, write: bool = T
     """
     out = Path(out_dir)
     if write:
-        stored = out / "config.yaml"
+        folder = RunFolder(out)
+        stored = folder.config
         if stored.exists() and not resume:
             raise FileExistsError(f"{out} already holds a run; pass resume=True (--resume) or another out_dir")
         if stored.exists():
@@ -114,11 +123,11 @@ def start_run(out_dir: str | Path, config: Config, resume: bool, write: bool = T
                     + "; ".join(diff)
                     + "); start a new run (another out_dir) instead"
                 )
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        folder.checkpoints.mkdir(parents=True, exist_ok=True)
         if not stored.exists():  # the record of how the weights were trained is written once
             atomic_write_text(stored, config.to_yaml())
-        if not (out / "provenance.json").exists():  # and where they come from (commit, versions)
-            atomic_write_json(out / "provenance.json", provenance())
+        if not (out / PROVENANCE).exists():  # and where they come from (commit, versions)
+            atomic_write_json(out / PROVENANCE, provenance())
     return out
 
 
@@ -181,10 +190,11 @@ class Loop:
     """Run directory, device, seeds, optimiser, schedule, logging and checkpoints of one run.
 
     Usage (what :func:`atomizer.engine.training.train` and :func:`atomizer.engine.pretraining.pretrain`
-    do): ``loop = Loop(cfg, resume)``; build the model on ``loop.device``; ``loop.attach(model, total)``;
-    ``extra = loop.resume_from(load)``; then ``loop.run(steps, loss, after_step)``; ``loop.finish(summary)``;
-    ``loop.close()`` at the end, whatever happened (or ``with Loop(...) as loop:``): rank 0 holds the run
-    folder's lock from the constructor to :meth:`close`.
+    do): ``loop = Loop(cfg, resume)``; ``summary = loop.fit(task)`` with a :class:`Task` whose hooks build
+    the model on ``loop.device``, ``loop.attach(model, total)``, ``loop.resume_from(load)``, and give the
+    steps, the loss and what follows each step. :meth:`fit` releases the lock at the end, whatever happened
+    (without it: ``loop.run(...)``, ``loop.finish(summary)``, then :meth:`close`, or ``with Loop(...) as
+    loop:``): rank 0 holds the run folder's lock from the constructor to :meth:`close`.
 
     Raises:
         LockedError: (rank 0) another process holds the run folder (one line naming it; nothing written).
@@ -224,8 +234,9 @@ class Loop:
         except BaseException:
             self.close()
             raise
-        self.last = self.out / "checkpoints" / "last.pt"
-        self.log = MetricsLog(self.out / "metrics.jsonl", enabled=self.is_main)
+        self.folder = RunFolder(self.out)
+        self.last = self.folder.last
+        self.log = MetricsLog(self.folder.metrics, enabled=self.is_main)
         self.step = 0
         self._t_last = time.perf_counter()
         torch.manual_seed(cfg.seed)
@@ -338,5 +349,58 @@ class Loop:
     def finish(self, summary: dict) -> dict:
         """Write ``summary.json`` (rank 0) and return the summary."""
         if self.is_main:
-            atomic_write_json(self.out / "summary.json", summary)
+            atomic_write_json(self.folder.summary, summary)
         return summary
+
+    def fit(self, task: Task) -> dict:
+        """Run ``task`` through its hooks (see :class:`Task`) and return its summary (written by rank 0).
+
+        Whatever happens, the run folder's lock is released at the end; a run that fails before training
+        anything leaves no folder behind (:meth:`discard_if_untrained`). Under DDP every rank waits for the
+        others before returning.
+        """
+        try:
+            task.on_start()
+            self.run(task.steps(), task.training_step, task.on_step_end)
+            summary = self.finish(task.on_end())
+            if self.world > 1 and torch.distributed.is_initialized():
+                torch.distributed.barrier()
+            return summary
+        except BaseException:
+            self.discard_if_untrained()  # a failed start leaves nothing behind
+            raise
+        finally:
+            self.close()  # the run folder's lock
+
+
+class Task(ABC):
+    """One kind of run, as the named hooks :meth:`Loop.fit` calls, in this order:
+
+    1. :meth:`on_start`: build the model and the data on ``loop.device``, ``loop.attach(model, total)``,
+       ``loop.resume_from(load)``;
+    2. per optimiser step: the micro-batches :meth:`steps` yields, :meth:`training_step` on each (under
+       autocast; the loop does the backward, clipping and the optimiser step), then :meth:`on_step_end`;
+    3. :meth:`on_end`: the final checkpoint; returns the run's summary (``summary.json``).
+    """
+
+    loop: Loop
+
+    @abstractmethod
+    def on_start(self) -> None:
+        """Model, data, ``loop.attach`` and ``loop.resume_from``."""
+
+    @abstractmethod
+    def steps(self) -> Iterator[Step]:
+        """``(epoch, micro-batches)`` per optimiser step from ``loop.step`` on (see :meth:`Loop.run`)."""
+
+    @abstractmethod
+    def training_step(self, batch: Any) -> tuple[torch.Tensor, int, dict]:
+        """The loss of one micro-batch, the number of images it holds, extra fields for the step's log."""
+
+    @abstractmethod
+    def on_step_end(self, epoch: int) -> None:
+        """After each optimiser step (validation, checkpoints, extra logs)."""
+
+    @abstractmethod
+    def on_end(self) -> dict:
+        """After the last step: the final checkpoint; returns the summary."""

@@ -55,7 +55,7 @@ class MapError(ValueError):
 
 
 @dataclass(frozen=True)
-class Grid:
+class WindowGrid:
     """The scene's finest grid and the windows laid over it (pixel units of that grid)."""
 
     gsd_m: float
@@ -85,14 +85,14 @@ def _frame_only(image: xr.Dataset) -> LightImage:
     bands = {}
     for b in image_bands(image):
         da = image[b]
-        ydim, xdim = da.dims
+        ydim, xdim = (str(d) for d in da.dims)
         bands[b] = Raster(
             np.empty((0, 0)), np.asarray(da[xdim].values), np.asarray(da[ydim].values), (ydim, xdim), da.attrs
         )
     return LightImage(bands, dict(image.attrs))
 
 
-def strip(image: xr.Dataset, grid: Grid, y0: int) -> tuple[LightImage, float]:
+def strip(image: xr.Dataset, grid: WindowGrid, y0: int) -> tuple[LightImage, float]:
     """The rows of every band under the window row starting at grid row ``y0`` (plus one pixel of the band
     above and below), read now (a lazy image reads only these), and the ``dy`` offset of the window top from
     the strip's frame: what :func:`simulate` needs to cut that row's windows exactly as from the whole
@@ -102,7 +102,7 @@ def strip(image: xr.Dataset, grid: Grid, y0: int) -> tuple[LightImage, float]:
     out = {}
     for b in image_bands(image):
         da = image[b]
-        ydim, xdim = da.dims
+        ydim, xdim = (str(d) for d in da.dims)
         g = float(da.attrs["gsd_m"])
         ys = np.asarray(da[ydim].values)  # pixel centres, decreasing
         r0 = max(0, int(math.floor((float(ys[0]) + g / 2 - top_m) / g + 1e-6)) - 1)
@@ -114,7 +114,7 @@ def strip(image: xr.Dataset, grid: Grid, y0: int) -> tuple[LightImage, float]:
     return light, strip_top - top_m
 
 
-def scene_grid(image: xr.Dataset, window_m: float, stride_m: float) -> Grid:
+def scene_grid(image: xr.Dataset, window_m: float, stride_m: float) -> WindowGrid:
     """Lay windows of ``window_m`` every ``stride_m`` over the image's finest grid."""
     if stride_m <= 0 or window_m <= 0:
         raise MapError(f"window ({window_m:g} m) and stride ({stride_m:g} m) must be positive")
@@ -130,7 +130,7 @@ def scene_grid(image: xr.Dataset, window_m: float, stride_m: float) -> Grid:
             f"the window ({window_m:g} m = {w} px at {g:g} m) is larger than the scene ({width} x {height} px); "
             "pass a smaller --window-m"
         )
-    return Grid(g, width, height, left, top, w, _offsets(width, w, s), _offsets(height, w, s))
+    return WindowGrid(g, width, height, left, top, w, _offsets(width, w, s), _offsets(height, w, s))
 
 
 def default_window_m(extra: dict[str, Any]) -> float:
@@ -141,7 +141,7 @@ def default_window_m(extra: dict[str, Any]) -> float:
     return max(m.extent_m for m in load_modalities(name))
 
 
-def _fingerprint(checkpoint: Path, scene: Path, grid: Grid, bands: list[str]) -> str:
+def _fingerprint(checkpoint: Path, scene: Path, grid: WindowGrid, bands: list[str]) -> str:
     h = hashlib.sha256()
     st = checkpoint.stat()
     h.update(f"{checkpoint.resolve()}|{st.st_size}|{st.st_mtime_ns}|{scene.resolve()}".encode())
@@ -149,7 +149,7 @@ def _fingerprint(checkpoint: Path, scene: Path, grid: Grid, bands: list[str]) ->
     return h.hexdigest()[:16]
 
 
-def _scene_valid(image: xr.Dataset, grid: Grid, row0: int = 0, row1: int | None = None) -> np.ndarray:
+def _scene_valid(image: xr.Dataset, grid: WindowGrid, row0: int = 0, row1: int | None = None) -> np.ndarray:
     """True where any band of the finest grid holds a valid value, for output rows ``row0:row1`` (the map is
     nodata elsewhere); only those rows are read."""
     row1 = grid.height if row1 is None else row1
@@ -158,7 +158,7 @@ def _scene_valid(image: xr.Dataset, grid: Grid, row0: int = 0, row1: int | None 
         da = image[b]
         if float(da.attrs["gsd_m"]) != grid.gsd_m:
             continue
-        ydim, xdim = da.dims
+        ydim, xdim = (str(d) for d in da.dims)
         r0 = int(round((float(da[ydim][0]) + grid.gsd_m / 2 - grid.top) / -grid.gsd_m))
         c0 = int(round((float(da[xdim][0]) - grid.gsd_m / 2 - grid.left) / grid.gsd_m))
         part = da.isel({ydim: slice(max(0, row0 - r0), max(0, row1 - r0)), xdim: slice(max(0, -c0), None)})
@@ -168,7 +168,7 @@ def _scene_valid(image: xr.Dataset, grid: Grid, row0: int = 0, row1: int | None 
     return ok
 
 
-def _open_output(path: Path, grid: Grid, n_bands: int, crs: str | None, names: list[str]):
+def _open_output(path: Path, grid: WindowGrid, n_bands: int, crs: str | None, names: list[str]):
     import rasterio
     from rasterio.transform import Affine
 
@@ -350,7 +350,7 @@ def predict_map(
 
 
 def _windows(
-    image: xr.Dataset, modality: Modality, grid: Grid, y0: int, kind: type, canvas: CanvasSpec | None
+    image: xr.Dataset, modality: Modality, grid: WindowGrid, y0: int, kind: type, canvas: CanvasSpec | None
 ) -> Iterator[tuple[int, Any]]:
     """The model inputs of one row of windows (a window with no valid value is left out)."""
     light, dy = strip(image, grid, y0)
@@ -364,7 +364,9 @@ def _windows(
 
 @torch.no_grad()
 def _classify_row(image, modality, grid, y0, kind, canvas, model, batch_size, multilabel, device):
-    placed, probs, pending = [], [], []
+    placed: list[int] = []
+    probs: list[np.ndarray] = []
+    pending: list[tuple[int, Any]] = []
 
     def flush() -> None:
         batch = kind.collate([b for _, b in pending]).to(device)

@@ -6,7 +6,7 @@ hidden atoms' values with a light decoder whose queries are the hidden atoms' (p
 wavelength, bandwidth) encodings: the coordinate and band feature tables gathered at the hidden atoms,
 projected, one cross-attention over the latents, a feed-forward and a linear map to one scalar.
 
-Read top to bottom: the config, the data, the loop. The pieces live in their layers: unlabelled images
+Read top to bottom: the config, the data, the task (:class:`PretrainTask`, the loop's hooks). The pieces live in their layers: unlabelled images
 in :mod:`atomizer.data.unlabelled`, the masking kinds and target in :mod:`atomizer.atoms.masking`, the
 decoder in :mod:`atomizer.models.masked`, loading the encoder into a classifier in
 :func:`atomizer.models.checkpoint.load_encoder_weights`.
@@ -26,7 +26,7 @@ decoder in :mod:`atomizer.models.masked`, loading the encoder into a classifier 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -42,7 +42,7 @@ from atomizer.core.runtime import autocast, check_precision
 from atomizer.data.modalities import Assignment, load_modalities
 from atomizer.data.unlabelled import UnlabelledImages
 from atomizer.engine.loaders import AsRead, ModalityDataset
-from atomizer.engine.loop import Loop, state_hash
+from atomizer.engine.loop import Loop, Step, Task, state_hash
 from atomizer.models.atomizer import Atomizer, AtomizerConfig
 from atomizer.models.checkpoint import load_into, save_checkpoint
 from atomizer.models.masked import MaskedAtomDecoder, MaskedAtomModel
@@ -133,7 +133,7 @@ def build_pretrain_dataset(
 
 
 # --------------------------------------------------------------------------------------------------
-# The loop
+# The task: the loop's hooks
 # --------------------------------------------------------------------------------------------------
 
 
@@ -151,6 +151,107 @@ def build_models(cfg: PretrainConfig) -> MaskedAtomModel:
     return MaskedAtomModel(atomizer, decoder, cfg.prune_visible)
 
 
+class PretrainTask(Task):
+    """Masked-atom pretraining as the :class:`~atomizer.engine.loop.Loop`'s hooks: the reconstruction loss
+    of a fixed held-in batch is logged at step 0, every ``eval_every`` steps and at the end."""
+
+    def __init__(self, cfg: PretrainConfig, loop: Loop):
+        self.cfg, self.loop = cfg, loop
+        self.device = loop.device
+
+    def on_start(self) -> None:
+        cfg, loop, device = self.cfg, self.loop, self.device
+        self.data = build_pretrain_dataset(cfg)
+        fixed = build_pretrain_dataset(cfg, self.data.base, random_window=False)
+        self.n = n = len(self.data)
+        self.batch_size = min(cfg.batch_size, n)
+        self.per_epoch = max(1, n // self.batch_size)
+        self.model = model = build_models(cfg).to(device)
+        loop.attach(model, cfg.steps)
+        loop.resume_from(self._load)
+        # A fixed batch (centred windows, fixed masks) whose reconstruction loss is comparable across steps.
+        eval_items = [fixed[i] for i in range(min(cfg.eval_images, n))]
+        eval_vis, eval_tgt, _ = _masked_batch(eval_items, cfg, (cfg.seed, 7, 7))
+        self.eval_vis, self.eval_tgt = eval_vis.to(device), eval_tgt.to(device)
+        if loop.step == 0:
+            loop.log.write(kind="eval", step=0, loss=self.evaluate(), time=time.time())
+
+    def _load(self, path: Path) -> dict:
+        extra = load_into(self.model.atomizer, path)
+        self.model.decoder.load_state_dict(extra["decoder"])
+        return extra
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """The reconstruction loss of the fixed batch."""
+        self.model.eval()
+        with autocast(self.cfg.precision, self.device):
+            loss, _ = self.model(self.eval_vis, self.eval_tgt)
+        self.model.train()
+        return float(loss)
+
+    def on_checkpoint(self, path: Path) -> None:
+        save_checkpoint(
+            path,
+            self.model.atomizer,
+            {
+                "kind": "pretrain",
+                **self.loop.state(),
+                "decoder": self.model.decoder.state_dict(),
+                "pretrain_config": self.cfg.to_dict(),
+            },
+        )
+
+    def steps(self) -> Iterator[Step]:
+        cfg, loop, data, bs = self.cfg, self.loop, self.data, self.batch_size
+        while loop.step < cfg.steps:
+            epoch, pos = divmod(loop.step, self.per_epoch)
+            data.set_epoch(epoch)
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+            idx = perm[pos * bs : (pos + 1) * bs].tolist()
+            yield epoch, [_masked_batch([data[i] for i in idx], cfg, (cfg.seed, 1, loop.step))]
+
+    def training_step(self, batch: tuple[AtomBatch, AtomBatch, Tensor]) -> tuple[Tensor, int, dict]:
+        vis, tgt, hidden = batch
+        loss, _ = self.model(vis.to(self.device), tgt.to(self.device))
+        visible = int(vis.mask.sum())
+        return (
+            loss,
+            vis.num_sets,
+            {
+                "visible_atoms": visible,
+                "hidden_fraction": float(hidden.sum()) / max(1, visible + int(hidden.sum())),
+                "target_atoms": int(tgt.mask.sum()),
+            },
+        )
+
+    def on_step_end(self, epoch: int) -> None:
+        cfg, loop = self.cfg, self.loop
+        if cfg.eval_every and loop.step % cfg.eval_every == 0 and loop.step < cfg.steps:
+            loop.log.write(kind="eval", step=loop.step, loss=self.evaluate(), time=time.time())
+        if loop.checkpoint_due():
+            self.on_checkpoint(loop.last)
+
+    def on_end(self) -> dict:
+        cfg, loop = self.cfg, self.loop
+        final = self.evaluate()
+        if not any(r["kind"] == "eval" and r["step"] == loop.step for r in loop.log.read()):  # resumed at the end
+            loop.log.write(kind="eval", step=loop.step, loss=final, time=time.time())
+        self.on_checkpoint(loop.last)
+        evals = [r for r in loop.log.read() if r["kind"] == "eval"]
+        return {
+            "out_dir": str(loop.out),
+            "checkpoint": str(loop.last),
+            "step": loop.step,
+            "masking": cfg.masking,
+            "mask_ratio": cfg.mask_ratio,
+            "images": self.n,
+            "eval_loss_start": evals[0]["loss"],
+            "eval_loss_end": final,
+            "weights_fingerprint": state_hash(self.model.atomizer),
+        }
+
+
 def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Masked-atom pretraining of an Atomizer encoder; returns a summary (paths, losses, step).
 
@@ -161,98 +262,4 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
         LockedError: another process is writing ``out_dir`` (its lock is held for the whole run).
     """
     loop = Loop(cfg, resume, progress=progress, desc=f"pretrain {cfg.masking}")
-    try:
-        device = loop.device
-        data = build_pretrain_dataset(cfg)
-        fixed = build_pretrain_dataset(cfg, data.base, random_window=False)
-        n = len(data)
-        batch_size = min(cfg.batch_size, n)
-        per_epoch = max(1, n // batch_size)
-        model = build_models(cfg).to(device)
-        loop.attach(model, cfg.steps)
-
-        def load(path):
-            extra = load_into(model.atomizer, path)
-            model.decoder.load_state_dict(extra["decoder"])
-            return extra
-
-        loop.resume_from(load)
-        # A fixed batch (centred windows, fixed masks) whose reconstruction loss is comparable across steps.
-        eval_items = [fixed[i] for i in range(min(cfg.eval_images, n))]
-        eval_vis, eval_tgt, _ = _masked_batch(eval_items, cfg, (cfg.seed, 7, 7))
-        eval_vis, eval_tgt = eval_vis.to(device), eval_tgt.to(device)
-
-        @torch.no_grad()
-        def evaluate() -> float:
-            model.eval()
-            with autocast(cfg.precision, device):
-                loss, _ = model(eval_vis, eval_tgt)
-            model.train()
-            return float(loss)
-
-        def checkpoint(path: Path) -> None:
-            save_checkpoint(
-                path,
-                model.atomizer,
-                {
-                    "kind": "pretrain",
-                    **loop.state(),
-                    "decoder": model.decoder.state_dict(),
-                    "pretrain_config": cfg.to_dict(),
-                },
-            )
-
-        def steps():
-            while loop.step < cfg.steps:
-                epoch, pos = divmod(loop.step, per_epoch)
-                data.set_epoch(epoch)
-                perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-                idx = perm[pos * batch_size : (pos + 1) * batch_size].tolist()
-                yield epoch, [_masked_batch([data[i] for i in idx], cfg, (cfg.seed, 1, loop.step))]
-
-        def loss_of(masked):
-            vis, tgt, hidden = masked
-            loss, _ = model(vis.to(device), tgt.to(device))
-            visible = int(vis.mask.sum())
-            return (
-                loss,
-                vis.num_sets,
-                {
-                    "visible_atoms": visible,
-                    "hidden_fraction": float(hidden.sum()) / max(1, visible + int(hidden.sum())),
-                    "target_atoms": int(tgt.mask.sum()),
-                },
-            )
-
-        def after_step(epoch: int) -> None:
-            if cfg.eval_every and loop.step % cfg.eval_every == 0 and loop.step < cfg.steps:
-                loop.log.write(kind="eval", step=loop.step, loss=evaluate(), time=time.time())
-            if loop.checkpoint_due():
-                checkpoint(loop.last)
-
-        if loop.step == 0:
-            loop.log.write(kind="eval", step=0, loss=evaluate(), time=time.time())
-        loop.run(steps(), loss_of, after_step)
-        final = evaluate()
-        if not any(r["kind"] == "eval" and r["step"] == loop.step for r in loop.log.read()):  # resumed at the end
-            loop.log.write(kind="eval", step=loop.step, loss=final, time=time.time())
-        checkpoint(loop.last)
-        evals = [r for r in loop.log.read() if r["kind"] == "eval"]
-        return loop.finish(
-            {
-                "out_dir": str(loop.out),
-                "checkpoint": str(loop.last),
-                "step": loop.step,
-                "masking": cfg.masking,
-                "mask_ratio": cfg.mask_ratio,
-                "images": n,
-                "eval_loss_start": evals[0]["loss"],
-                "eval_loss_end": final,
-                "weights_fingerprint": state_hash(model.atomizer),
-            }
-        )
-    except BaseException:
-        loop.discard_if_untrained()  # a failed start leaves nothing behind
-        raise
-    finally:
-        loop.close()  # the run folder's lock
+    return loop.fit(PretrainTask(cfg, loop))

@@ -1,7 +1,7 @@
 """One training loop for Atomizer and every baseline.
 
-Read top to bottom: the typed config, the data, the loop (the skeleton shared with pretraining is
-:class:`atomizer.engine.loop.Loop`).
+Read top to bottom: the typed config, the data, the task (:class:`TrainTask`: the named hooks the loop
+calls; the skeleton shared with pretraining is :class:`atomizer.engine.loop.Loop`).
 
 * Optimiser: AdamW (or plain Adam, as in the authors' run); linear warm-up then cosine decay to zero;
   gradient accumulation; gradient clipping; bf16 autocast on CUDA, fp32 on CPU (``precision`` overrides).
@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.distributed as dist
@@ -29,15 +31,16 @@ from torch import nn
 from atomizer.atoms.canvas import CanvasSpec
 from atomizer.atoms.tokens import WIRE_FORMATS, ModalityBatchSampler
 from atomizer.core.config import Config
-from atomizer.core.runtime import check_precision, dist_info, pick_device
+from atomizer.core.runtime import check_precision, ensure_process_group, process_device
 from atomizer.data.augment import AugmentConfig
 from atomizer.data.datasets import open_dataset, stratified_fraction
 from atomizer.data.modalities import Assignment, load_modalities
 from atomizer.engine.evaluation import predict_dataset
 from atomizer.engine.loaders import ModalityDataset, collate_items, wire_for
-from atomizer.engine.loop import Loop, state_hash
+from atomizer.engine.loop import Loop, Step, Task, state_hash
 from atomizer.engine.metrics import classification_metrics
 from atomizer.models.adapters import adapter_report, apply_adapters, save_adapters
+from atomizer.models.atomizer import Atomizer
 from atomizer.models.checkpoint import load_encoder_weights, load_into, load_model, save_checkpoint
 from atomizer.models.registry import build_model, input_type
 
@@ -157,202 +160,232 @@ def build_datasets(cfg: TrainConfig, batch_type: type, wire: str = "full"):
 
 
 # --------------------------------------------------------------------------------------------------
-# The loop
+# The task: the loop's hooks
 # --------------------------------------------------------------------------------------------------
+
+
+class TrainTask(Task):
+    """Supervised training (and adapter training) as the :class:`~atomizer.engine.loop.Loop`'s hooks.
+
+    :meth:`on_start` builds the model (``init`` weights, adapters), the data and its sampling, and resumes;
+    :meth:`steps` plans every batch from the resumed step on; :meth:`training_step` is the loss of one
+    micro-batch; :meth:`on_step_end` writes the periodic checkpoint and, at an epoch's end,
+    :meth:`on_validation` then ``last.pt``; :meth:`on_end` the final checkpoints and the summary.
+    """
+
+    def __init__(self, cfg: TrainConfig, loop: Loop):
+        self.cfg, self.loop = cfg, loop
+        self.device = loop.device
+        self.distributed = loop.world > 1
+        self.best = -math.inf
+        self.stale = 0  # validations since the best one (early stopping)
+        self.adapters: dict | None = None
+
+    # ---- set-up
+
+    def on_start(self) -> None:
+        cfg, loop, device = self.cfg, self.loop, self.device
+        self.probe = probe = open_dataset(cfg.dataset, cfg.train_split, cfg.data_root, fold=cfg.fold)
+        model = build_model(cfg.model, cfg.preset, num_classes=probe.num_classes, **cfg.model_overrides).to(device)
+        head_loaded = "none"
+        if cfg.init:
+            head_loaded = load_encoder_weights(model, cfg.init, classes=probe.classes)["head"]
+        if cfg.adapters is not None:  # frozen base, only the adapters train (saved apart: adapters.pt)
+            # apply_adapters refuses any model but an Atomizer (one line naming it)
+            self.adapters = apply_adapters(cast(Atomizer, model), cfg.adapters, head_loaded=head_loaded).to_dict()
+        self.train_ds, self.val_ds, _ = build_datasets(
+            cfg, input_type(model), wire_for(cfg.wire, device, cfg.num_workers)
+        )
+        self._sampling()
+        loop.attach(model, self.total_steps)
+        extra = loop.resume_from(lambda path: load_into(model, path))
+        if extra is not None:
+            self.best = float(extra["best"])
+            self.stale = int(extra.get("stale", 0))
+        self.core = model  # the model itself (checkpoints, validation), DDP-wrapped or not
+        if self.distributed:
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        loop.model = self.model = model
+
+    def _sampling(self) -> None:
+        """The sampler (sharded under DDP), the batch size, the batches of an epoch and the step count."""
+        cfg, ds = self.cfg, self.train_ds
+        self.sampler: torch.utils.data.DistributedSampler | torch.utils.data.RandomSampler
+        if self.distributed:
+            self.sampler = torch.utils.data.DistributedSampler(
+                ds, num_replicas=self.loop.world, rank=self.loop.rank, shuffle=True, seed=cfg.seed, drop_last=True
+            )
+        else:
+            self.sampler = torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(cfg.seed))
+        self.batch_size = min(cfg.batch_size, len(self.sampler))  # a tiny training set still gives one full batch
+        if self.batch_size < 1:
+            raise ValueError("no training images for this rank")
+        self.batch_sampler: ModalityBatchSampler | None = None
+        if cfg.group_by_modality and not self.distributed:  # same-modality batches: no padding between sets
+            self.batch_sampler = ModalityBatchSampler(
+                ds.assignment, self.batch_size, shuffle=True, seed=cfg.seed, drop_last=True
+            )
+        n_batches = len(self.batch_sampler) if self.batch_sampler is not None else len(self.sampler) // self.batch_size
+        if n_batches < cfg.grad_accum:
+            raise ValueError(
+                f"grad_accum {cfg.grad_accum} exceeds the {n_batches} batches of an epoch "
+                f"(batch_size {self.batch_size}): lower grad_accum or batch_size"
+            )
+        self.per_epoch = max(1, n_batches // cfg.grad_accum)
+        self.total_steps = cfg.epochs * self.per_epoch
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+
+    # ---- data
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """The batches of ``epoch``, a pure function of the seed and the epoch."""
+        if self.batch_sampler is not None:
+            self.batch_sampler.set_epoch(epoch)
+            return list(self.batch_sampler)
+        if isinstance(self.sampler, torch.utils.data.DistributedSampler):
+            self.sampler.set_epoch(epoch)
+        else:
+            self.sampler.generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
+        order, bs = list(self.sampler), self.batch_size
+        return [order[k : k + bs] for k in range(0, len(order) - bs + 1, bs)]
+
+    def plan(self, start: int) -> Iterator[list[tuple[int, int]]]:
+        """Every batch from optimiser step ``start`` to the end, as lists of ``(epoch, index)``: resuming
+        mid-epoch restores the position (nothing already trained on is read), and each item carries its
+        epoch, so ONE loader (its workers alive for the whole run) serves every epoch."""
+        accum, per_epoch = self.cfg.grad_accum, self.per_epoch
+        step = start
+        while step < self.total_steps:
+            epoch = step // per_epoch
+            skip = step - epoch * per_epoch
+            for b in self.epoch_batches(epoch)[skip * accum : per_epoch * accum]:
+                yield [(epoch, i) for i in b]
+            step = (epoch + 1) * per_epoch
+
+    def steps(self) -> Iterator[Step]:
+        cfg, loop = self.cfg, self.loop
+        loader = torch.utils.data.DataLoader(
+            self.train_ds,
+            batch_sampler=self.plan(loop.step),
+            num_workers=cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+            collate_fn=collate_items,
+            prefetch_factor=cfg.prefetch_factor if cfg.num_workers else None,  # None: torch's default (2)
+        )
+        it = iter(loader)
+        while loop.step < self.total_steps and not self.stopped:
+            epoch = loop.step // self.per_epoch
+            self.train_ds.set_epoch(epoch)  # what the dataset reports; each item carries its own epoch
+            yield epoch, (next(it) for _ in range(cfg.grad_accum))
+
+    # ---- the step
+
+    def training_step(self, batch: dict) -> tuple[torch.Tensor, int, dict]:
+        logits = self.model(batch["input"].to(self.device, non_blocking=True))
+        return loss_fn(logits, batch["target"].to(self.device)), len(batch["id"]), {}
+
+    @property
+    def stopped(self) -> bool:
+        """Early stopping: ``patience`` validations without a better macro mAP."""
+        return self.cfg.patience is not None and self.stale >= self.cfg.patience
+
+    def on_step_end(self, epoch: int) -> None:
+        loop, cfg = self.loop, self.cfg
+        end_of_epoch = loop.step % self.per_epoch == 0 or loop.step >= self.total_steps
+        if loop.checkpoint_due() and not end_of_epoch:  # at an epoch's end, last.pt follows validation
+            self.on_checkpoint(loop.last)
+        if not end_of_epoch:
+            return
+        if cfg.val_every_epoch and len(self.val_ds):
+            self.on_validation(epoch)
+        if self.distributed and cfg.patience is not None:  # every rank stops together
+            flag = [self.stale]
+            dist.broadcast_object_list(flag, src=0)
+            self.stale = int(flag[0])
+        self.on_checkpoint(loop.last)
+
+    def on_validation(self, epoch: int) -> None:
+        """Score the validation set; a better macro mAP writes ``best.pt``, else counts towards patience.
+        Every rank scores its shard; all get the gathered predictions, hence the same metrics."""
+        loop, cfg = self.loop, self.cfg
+        logits, targets = predict_dataset(
+            self.core,
+            self.val_ds,
+            cfg.batch_size,
+            self.device,
+            desc="validate",
+            precision=cfg.precision,
+            num_workers=cfg.num_workers,
+        )
+        val = classification_metrics(logits, targets)
+        val["loss"] = float(loss_fn(logits, targets))
+        if loop.is_main:
+            loop.log.write(kind="val", step=loop.step, epoch=epoch, time=time.time(), **val)
+        if val["macro_map"] > self.best:
+            self.best, self.stale = val["macro_map"], 0
+            self.on_checkpoint(loop.folder.best, val=val)
+        else:
+            self.stale += 1
+        self.model.train()
+
+    def on_checkpoint(self, path: Path, **more: Any) -> None:
+        """Write a checkpoint (rank 0): the weights, the loop's state, the selection state and the run's
+        record (config, classes, training modalities, adapters)."""
+        loop, cfg = self.loop, self.cfg
+        if loop.is_main:
+            save_checkpoint(
+                path,
+                self.core,
+                {
+                    **loop.state(),
+                    "best": self.best,
+                    "stale": self.stale,
+                    "train_config": cfg.to_dict(),
+                    "classes": self.probe.classes,
+                    "multilabel": self.probe.multilabel,
+                    "train_modalities": cfg.train_modalities,
+                    "adapters": self.adapters,
+                    **more,
+                },
+            )
+
+    # ---- the end
+
+    def on_end(self) -> dict:
+        loop, cfg, folder = self.loop, self.cfg, self.loop.folder
+        self.on_checkpoint(loop.last)
+        if loop.is_main and not folder.best.exists():
+            self.on_checkpoint(folder.best)
+        summary: dict[str, Any] = {
+            "out_dir": str(loop.out),
+            "step": loop.step,
+            "best_val_macro_map": self.best,
+            "stopped_early": self.stopped and loop.step < self.total_steps,
+            "weights_fingerprint": state_hash(self.core),
+            "last": str(loop.last),
+            "best": str(folder.best),
+            "rank": loop.rank,
+        }
+        if self.adapters is not None and loop.is_main:  # the best adapters alone, apart from the base checkpoint
+            summary["adapters"] = str(save_adapters(load_model(folder.best), folder.adapters, base_checkpoint=cfg.init))
+            summary["trainable_parameters"] = adapter_report(self.core)
+        return summary
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train ``cfg.model`` and return a summary (paths, best validation metric, final step).
 
+    Under ``torchrun`` the process group comes from :func:`atomizer.core.runtime.ensure_process_group` and
+    each rank's device from :func:`atomizer.core.runtime.process_device`.
+
     Raises:
         FileExistsError: ``out_dir`` already holds a run and ``resume`` is False.
         LockedError: another process is writing ``out_dir`` (its lock is held for the whole run).
     """
-    rank, world, local_rank = dist_info()
-    distributed = world > 1
-    if distributed and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    device = pick_device(cfg.device)
-    if distributed and device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
+    rank, world = ensure_process_group()
+    device = process_device(cfg.device)
     loop = Loop(cfg, resume, rank=rank, world=world, progress=progress, desc=f"train {cfg.model}", device=device)
-    try:
-        out = loop.out
-        # ---- model
-        probe = open_dataset(cfg.dataset, cfg.train_split, cfg.data_root, fold=cfg.fold)
-        model = build_model(cfg.model, cfg.preset, num_classes=probe.num_classes, **cfg.model_overrides).to(device)
-        head_loaded = "none"
-        if cfg.init:
-            head_loaded = load_encoder_weights(model, cfg.init, classes=probe.classes)["head"]
-        adapters = None
-        if cfg.adapters is not None:  # frozen base, only the adapters train (saved apart: adapters.pt)
-            adapters = apply_adapters(model, cfg.adapters, head_loaded=head_loaded).to_dict()
-        # ---- data
-        train_ds, val_ds, _ = build_datasets(cfg, input_type(model), wire_for(cfg.wire, device, cfg.num_workers))
-        if distributed:
-            sampler = torch.utils.data.DistributedSampler(
-                train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True
-            )
-        else:
-            sampler = torch.utils.data.RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed))
-        batch_size = min(cfg.batch_size, len(sampler))  # a tiny training set still gives one full batch
-        if batch_size < 1:
-            raise ValueError("no training images for this rank")
-        batch_sampler = None
-        if cfg.group_by_modality and not distributed:  # same-modality batches: no padding between sets
-            batch_sampler = ModalityBatchSampler(
-                train_ds.assignment, batch_size, shuffle=True, seed=cfg.seed, drop_last=True
-            )
-        n_batches = len(batch_sampler) if batch_sampler is not None else len(sampler) // batch_size
-        if n_batches < cfg.grad_accum:
-            raise ValueError(
-                f"grad_accum {cfg.grad_accum} exceeds the {n_batches} batches of an epoch "
-                f"(batch_size {batch_size}): lower grad_accum or batch_size"
-            )
-        per_epoch = max(1, n_batches // cfg.grad_accum)
-        total_steps = cfg.epochs * per_epoch
-        if cfg.max_steps is not None:
-            total_steps = min(total_steps, cfg.max_steps)
-        loop.attach(model, total_steps)
-        best = -math.inf
-        stale = 0  # validations since the best one (early stopping)
-        extra = loop.resume_from(lambda path: load_into(model, path))
-        if extra is not None:
-            best = float(extra["best"])
-            stale = int(extra.get("stale", 0))
-
-        def stopped() -> bool:
-            return cfg.patience is not None and stale >= cfg.patience
-
-        if distributed:
-            loop.model = model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[local_rank] if device.type == "cuda" else None
-            )
-        core = getattr(model, "module", model)
-
-        def checkpoint(path, **more: Any) -> None:
-            if loop.is_main:
-                save_checkpoint(
-                    path,
-                    core,
-                    {
-                        **loop.state(),
-                        "best": best,
-                        "stale": stale,
-                        "train_config": cfg.to_dict(),
-                        "classes": probe.classes,
-                        "multilabel": probe.multilabel,
-                        "train_modalities": cfg.train_modalities,
-                        "adapters": adapters,
-                        **more,
-                    },
-                )
-
-        def epoch_batches(epoch: int) -> list[list[int]]:
-            """The batches of ``epoch``, a pure function of the seed and the epoch."""
-            if batch_sampler is not None:
-                batch_sampler.set_epoch(epoch)
-                return list(batch_sampler)
-            if distributed:
-                sampler.set_epoch(epoch)
-            else:
-                sampler.generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-            order = list(sampler)
-            return [order[k : k + batch_size] for k in range(0, len(order) - batch_size + 1, batch_size)]
-
-        def plan(start: int):
-            """Every batch from optimiser step ``start`` to the end, as lists of ``(epoch, index)``: resuming
-            mid-epoch restores the position (nothing already trained on is read), and each item carries its
-            epoch, so ONE loader (its workers alive for the whole run) serves every epoch."""
-            step = start
-            while step < total_steps:
-                epoch = step // per_epoch
-                skip = step - epoch * per_epoch
-                batches = epoch_batches(epoch)[skip * cfg.grad_accum : per_epoch * cfg.grad_accum]
-                for b in batches:
-                    yield [(epoch, i) for i in b]
-                step = (epoch + 1) * per_epoch
-
-        def steps():
-            loader = torch.utils.data.DataLoader(
-                train_ds,
-                batch_sampler=plan(loop.step),
-                num_workers=cfg.num_workers,
-                pin_memory=device.type == "cuda",
-                collate_fn=collate_items,
-                **({"prefetch_factor": cfg.prefetch_factor} if cfg.num_workers and cfg.prefetch_factor else {}),
-            )
-            it = iter(loader)
-            while loop.step < total_steps and not stopped():
-                epoch = loop.step // per_epoch
-                train_ds.set_epoch(epoch)  # what the dataset reports; each item carries its own epoch
-                yield epoch, (next(it) for _ in range(cfg.grad_accum))
-
-        def loss_of(b: dict):
-            logits = model(b["input"].to(device, non_blocking=True))
-            return loss_fn(logits, b["target"].to(device)), len(b["id"]), {}
-
-        def after_step(epoch: int) -> None:
-            nonlocal best, stale
-            end_of_epoch = loop.step % per_epoch == 0 or loop.step >= total_steps
-            if loop.checkpoint_due() and not end_of_epoch:  # at an epoch's end, last.pt follows validation
-                checkpoint(loop.last)
-            if end_of_epoch and cfg.val_every_epoch and len(val_ds):
-                # every rank scores its shard; all get the gathered predictions, hence the same metrics
-                logits, targets = predict_dataset(
-                    core,
-                    val_ds,
-                    cfg.batch_size,
-                    device,
-                    desc="validate",
-                    precision=cfg.precision,
-                    num_workers=cfg.num_workers,
-                )
-                val = classification_metrics(logits, targets)
-                val["loss"] = float(loss_fn(logits, targets))
-                if loop.is_main:
-                    loop.log.write(kind="val", step=loop.step, epoch=epoch, time=time.time(), **val)
-                if val["macro_map"] > best:
-                    best, stale = val["macro_map"], 0
-                    checkpoint(out / "checkpoints" / "best.pt", val=val)
-                else:
-                    stale += 1
-                model.train()
-            if end_of_epoch and distributed and cfg.patience is not None:  # every rank stops together
-                flag = [stale]
-                torch.distributed.broadcast_object_list(flag, src=0)
-                stale = int(flag[0])
-            if end_of_epoch:
-                checkpoint(loop.last)
-
-        loop.run(steps(), loss_of, after_step)
-        checkpoint(loop.last)
-        if loop.is_main and not (out / "checkpoints" / "best.pt").exists():
-            checkpoint(out / "checkpoints" / "best.pt")
-        summary = {
-            "out_dir": str(out),
-            "step": loop.step,
-            "best_val_macro_map": best,
-            "stopped_early": stopped() and loop.step < total_steps,
-            "weights_fingerprint": state_hash(core),
-            "last": str(loop.last),
-            "best": str(out / "checkpoints" / "best.pt"),
-            "rank": rank,
-        }
-        if adapters is not None and loop.is_main:  # the best adapters alone, apart from the base checkpoint
-            summary["adapters"] = str(
-                save_adapters(
-                    load_model(out / "checkpoints" / "best.pt"), out / "adapters.pt", base_checkpoint=cfg.init
-                )
-            )
-            summary["trainable_parameters"] = adapter_report(core)
-        loop.finish(summary)
-        if distributed:
-            dist.barrier()
-        return summary
-    except BaseException:
-        loop.discard_if_untrained()  # a failed start leaves nothing behind
-        raise
-    finally:
-        loop.close()  # the run folder's lock
+    return loop.fit(TrainTask(cfg, loop))

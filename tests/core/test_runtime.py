@@ -84,3 +84,17 @@ def test_bf16_autocast_on_cpu_runs_the_model_in_bf16_close_to_fp32(ben_patch_pat
     torch.testing.assert_close(same, ref)
     assert not torch.equal(low.float(), ref)  # really computed in lower precision
     torch.testing.assert_close(low.float(), ref, atol=0.1, rtol=0.05)
+
+
+def test_process_group_and_device_of_a_single_process(monkeypatch):
+    """Without torchrun there is no process group to set up, and the device is the one asked for."""
+    from atomizer.core.runtime import ensure_process_group, process_device
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert ensure_process_group() == (0, 1)
+    assert not torch.distributed.is_initialized()
+    assert process_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            process_device("cuda")

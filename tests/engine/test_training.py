@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from atomizer.core.run_folder import RunFolder
 from atomizer.engine.evaluation import load_results
 from atomizer.engine.loop import lr_at
 from atomizer.engine.training import TrainConfig, train
@@ -287,23 +288,13 @@ def test_early_stopping_stops_and_records_it(tmp_path):
         TrainConfig(patience=0)
 
 
-def test_distributed_evaluation_equals_single_process(tmp_path):
+def test_distributed_evaluation_equals_single_process(tmp_path, tiny_run):
     """`atomizer evaluate` under torchrun with 2 gloo processes: each rank scores its shard, the gathered
     predictions give exactly the single-process scores (and only rank 0 writes the results)."""
     import xarray as xr
 
-    cfg = write_config(tmp_path / "e.yaml", smoke_config(tmp_path / "run", max_steps=2))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(
-        [sys.executable, "-m", "atomizer", "train", str(cfg)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
+    ckpt = RunFolder(tiny_run).best  # the session's tiny run, only read
     common = [
         "-m",
         "atomizer",
