@@ -5,6 +5,7 @@ A run folder (``train``, ``pretrain``, one run of an experiment)::
     <run>/config.yaml                  the run's configuration (written first)
     <run>/metrics.jsonl                one JSON object per training step and per validation
     <run>/summary.json                 best score, steps, time (written at the end)
+    <run>/provenance.json              code version, packages and machine of the run
     <run>/failed.txt                   why the run failed (an experiment's failed run)
     <run>/checkpoints/best.pt          the best validation checkpoint
     <run>/checkpoints/last.pt          the resumable checkpoint (optimizer state)
@@ -32,6 +33,7 @@ RESULTS = "results.nc"
 PREDICTIONS = "predictions.nc"
 LANDSCAPE = "landscape.nc"
 LANDSCAPE_PREDICTIONS = "landscape_predictions.nc"
+PROVENANCE = "provenance.json"
 SWEEP_KINDS = ("gsd", "size")
 
 
@@ -98,6 +100,10 @@ class RunFolder:
     @property
     def landscape_predictions(self) -> Path:
         return self.path / LANDSCAPE_PREDICTIONS
+
+    @property
+    def provenance(self) -> Path:
+        return self.path / PROVENANCE
 
     def sweep(self, kind: str, predictions: bool = False) -> Path:
         return self.path / sweep_file(kind, predictions)

@@ -88,9 +88,6 @@ def state_hash(model: nn.Module) -> float:
 #: Options a resumed run may change: they do not change what the run computes.
 RESUMABLE_CHANGES = ("num_workers",)
 
-#: Where a run's weights come from (commit, library versions), written once per run folder.
-PROVENANCE = "provenance.json"
-
 
 def start_run(out_dir: str | Path, config: Config, resume: bool, write: bool = True) -> Path:
     """The run directory ``out_dir`` with ``checkpoints/`` and the run's ``config.yaml`` (written atomically).
@@ -126,8 +123,8 @@ def start_run(out_dir: str | Path, config: Config, resume: bool, write: bool = T
         folder.checkpoints.mkdir(parents=True, exist_ok=True)
         if not stored.exists():  # the record of how the weights were trained is written once
             atomic_write_text(stored, config.to_yaml())
-        if not (out / PROVENANCE).exists():  # and where they come from (commit, versions)
-            atomic_write_json(out / PROVENANCE, provenance())
+        if not folder.provenance.exists():  # and where they come from (commit, versions)
+            atomic_write_json(folder.provenance, provenance())
     return out
 
 
