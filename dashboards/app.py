@@ -38,7 +38,7 @@ def _admitted(allow_remote: bool) -> bool:
     """True outside a server, with ``--allow-remote``, or for a request from this machine."""
     doc = pn.state.curdoc
     context = doc.session_context if doc is not None else None
-    request = context.request if context is not None else None
+    request = getattr(context, "request", None)  # a served session's (bokeh's base SessionContext declares none)
     if allow_remote or request is None:
         return True
     return is_local_request(getattr(request, "remote_ip", None), (request.headers or {}).get("Host"))

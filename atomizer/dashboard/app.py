@@ -18,12 +18,13 @@ import os
 import socket
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import panel as pn
 from bokeh.document import Document
 from bokeh.server.auth_provider import AuthProvider
+from panel.viewable import Viewable
 from tornado.web import RequestHandler
 from tornado.websocket import WebSocketHandler
 
@@ -40,6 +41,13 @@ TAB_TITLES = ("Spectral coverage", "Positional encodings", "Attention maps", "Re
 
 #: Host names that address this machine (what a request's Host header and a websocket's Origin may name).
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+class DashboardTabs(pn.Tabs):
+    """The dashboard's tabs, with the roots every tab reads under and each tab's view by name (``apps``)."""
+
+    roots: Roots
+    apps: dict[str, Any]
 
 
 def dashboard_roots(
@@ -78,7 +86,7 @@ def build_app(
     roots: Iterable[str | Path] | Roots = (),
     map_cache: str | Path | None = None,
     max_map_windows: int | None = None,
-) -> pn.Tabs:
+) -> DashboardTabs:
     """The dashboard as :class:`panel.Tabs`, one tab per app (rendered when first shown).
 
     Args:
@@ -103,7 +111,7 @@ def build_app(
     if max_map_windows is not None:
         map_options["max_windows"] = int(max_map_windows)
     maps = MapView(**map_options)
-    tabs = pn.Tabs(
+    tabs = DashboardTabs(
         *zip(TAB_TITLES, (spectral, positional, attention, results, maps)),
         dynamic=True,
         sizing_mode="stretch_width",
@@ -140,11 +148,11 @@ def warm_up(results_root: str | Path = "runs", checkpoint: str | Path | None = N
         warnings.simplefilter("ignore")
         for view in app.apps.values():
             try:
-                pane = pn.panel(view)
+                pane = cast(Viewable, pn.panel(view))
                 root = pane.get_root(Document())
                 pane._cleanup(root)  # what a destroyed session does: no model of the warm-up stays behind
                 pn.state._views.pop(root.ref["id"], None)
-                if hasattr(view, "result") and getattr(view, "checkpoint", ""):
+                if hasattr(view, "result") and str(getattr(view, "checkpoint", "")):
                     view.result()
                 if hasattr(view, "summary"):
                     view.summary(), view.differences(), view.landscape()
@@ -301,12 +309,14 @@ def make_server(
     """
     check_port(address, port)
     served = dashboard_roots(results_root, checkpoint, roots)
-    options = {"roots": served, "map_cache": map_cache, "max_map_windows": max_map_windows}
+    options: dict[str, Any] = {"roots": served, "map_cache": map_cache, "max_map_windows": max_map_windows}
 
-    def app() -> pn.Tabs:
+    def app() -> DashboardTabs:
         return build_app(results_root=results_root, checkpoint=checkpoint, **options)
 
-    pn.config.nthreads = threads  # sessions' callbacks run in a thread pool: one user's work never blocks another
+    pn.config.param.update(
+        _nthreads=threads
+    )  # (pn.config.nthreads reads it) sessions' callbacks run in a thread pool: one user's work never blocks another
     server = pn.serve(
         app,
         port=port,

@@ -22,6 +22,7 @@ notebook::
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import holoviews as hv
 import numpy as np
@@ -49,15 +50,8 @@ from atomizer.data.bands import list_sensors
 from atomizer.data.datasets import embedded_items
 from atomizer.data.modalities import Modality, load_modalities, simulate
 from atomizer.data.readers import open_image
-from atomizer.engine.attention import (
-    NATIVE,
-    RGB_BANDS,
-    AttentionResult,
-    Grid,
-    compute_attention,
-    input_atoms,
-    rgb_composite,
-)
+from atomizer.data.rgb import RGB_BANDS, rgb_composite
+from atomizer.engine.attention import NATIVE, AttentionResult, BandGrid, compute_attention, input_atoms
 from atomizer.models.checkpoint import load_trained
 
 #: Largest input (atoms) the Attention tab computes: the result keeps every atom's weight in every block
@@ -78,7 +72,7 @@ class AttentionMaps(pn.viewable.Viewer):
     """Cross-attention of a trained Atomizer on one image, per band and per pixel."""
 
     checkpoint = param.String(default="", doc="Path of an Atomizer checkpoint (.pt).")
-    source = param.Selector(
+    source = param.Selector[str | None](
         default=None, objects={}, allow_None=True, doc="Embedded input (EuroSAT tile or BigEarthNet patch)."
     )
     path = param.String(
@@ -86,7 +80,7 @@ class AttentionMaps(pn.viewable.Viewer):
         doc="Another input: GeoTIFF, .npz patch or folder of per-band GeoTIFFs (overrides the embedded input).",
     )
     sensor = param.String(default="", doc="Sensor name or sidecar of a multi-band GeoTIFF (optional).")
-    modality = param.Selector(
+    modality = param.Selector[str](
         default=NATIVE, objects=[NATIVE], doc="Modality simulated from the input, from the checkpoint's modality files."
     )
     block = param.Integer(default=0, bounds=(0, 0), doc="Cross-attention block.")
@@ -111,16 +105,23 @@ class AttentionMaps(pn.viewable.Viewer):
         self.model_error: str | None = None
         self._on_checkpoint()
 
+    @property
+    def served(self) -> Roots:
+        """The folders this view reads under (``__init__`` always sets ``roots``)."""
+        if self.roots is None:
+            raise RuntimeError(f"{type(self).__name__} has no roots")
+        return self.roots
+
     # ------------------------------------------------------------------ model and input
     def _resolve(self, text: str | Path, what: str) -> Path:
-        return self.roots.resolve(text, what)
+        return self.served.resolve(text, what)
 
     def _model_entry(self):
         """(model, extra) for the current checkpoint, cached by path and modification time."""
         path = self._resolve(self.checkpoint, "checkpoint")  # OutsideRootsError names no server path
         key = file_key(path)
         if key not in self._models:
-            shown = self.roots.display(path)
+            shown = self.served.display(path)
 
             def load():
                 trained = load_trained(path)  # CheckpointError (a ValueError) names the problem
@@ -145,7 +146,7 @@ class AttentionMaps(pn.viewable.Viewer):
         try:
             model, extra = self._model_entry()
         except Exception as e:  # noqa: BLE001  (shown in the page)
-            self.model_error = safe_error(e, self.roots)
+            self.model_error = safe_error(e, self.served)
             self.param.modality.objects = [NATIVE]
             self.modality = NATIVE
             return
@@ -207,7 +208,7 @@ class AttentionMaps(pn.viewable.Viewer):
             raise FileNotFoundError("no input: choose an embedded item or give a path")
         sensor = self._sensor()
         limit = min(self.max_atoms, max_atoms())
-        check_atoms(input_atoms(p, sensor=sensor), f"the input {self.roots.display(p)}", limit=limit)
+        check_atoms(input_atoms(p, sensor=sensor), f"the input {self.served.display(p)}", limit=limit)
         img = open_image(p, sensor=sensor)
         if self.modality != NATIVE:
             img = simulate(img, self._modalities[self.modality])
@@ -268,11 +269,11 @@ class AttentionMaps(pn.viewable.Viewer):
         try:
             self.result()
         except Exception as e:  # noqa: BLE001
-            return safe_error(e, self.roots)
+            return safe_error(e, self.served)
         return None
 
     # ------------------------------------------------------------------ plots
-    def _rgb_plot(self, res_image: xr.Dataset, grids: dict[str, Grid] | None = None):
+    def _rgb_plot(self, res_image: xr.Dataset, grids: dict[str, BandGrid] | None = None):
         rgb = rgb_composite(res_image)
         if rgb is None:
             return None
@@ -362,7 +363,7 @@ class AttentionMaps(pn.viewable.Viewer):
     def main_view(self):
         """The maps, or an Alert saying why they cannot be shown."""
         if not self.checkpoint.strip():
-            parts = [
+            parts: list[Any] = [
                 alert(
                     "No checkpoint: give the path of an Atomizer checkpoint "
                     "(`atomizer serve --checkpoint runs/<run>/checkpoints/best.pt`).",
@@ -374,18 +375,18 @@ class AttentionMaps(pn.viewable.Viewer):
                 if rgb is not None:
                     parts.append(pn.pane.HoloViews(rgb))
             except Exception as e:  # noqa: BLE001
-                parts.append(alert(f"Cannot read the input: {safe_error(e, self.roots)}"))
+                parts.append(alert(f"Cannot read the input: {safe_error(e, self.served)}"))
             return pn.Column(*parts)
         if self.model_error:
             return alert(f"Cannot use the checkpoint: {self.model_error}")
         try:
             res = self.result()
         except Exception as e:  # noqa: BLE001
-            return alert(f"Cannot compute attention maps: {safe_error(e, self.roots)}")
+            return alert(f"Cannot compute attention maps: {safe_error(e, self.served)}")
         top = res.probabilities().head(5)
         pred = pd.DataFrame({"class": top.index, "probability": top.values.round(3)})
         rgb = self._rgb_plot(res.image, res.grids())
-        first_row = (
+        first_row: list[Any] = (
             [pn.pane.HoloViews(rgb, name="rgb")]
             if rgb is not None
             else [alert(f"No {'/'.join(RGB_BANDS)} in this input: no RGB composite.", "warning")]
@@ -415,7 +416,7 @@ class AttentionMaps(pn.viewable.Viewer):
         w = pn.widgets
         controls = pn.Column(
             "### Model",
-            choice_select(self, "checkpoint", path_choices(self.roots, "**/*.pt"), "Checkpoints"),
+            choice_select(self, "checkpoint", path_choices(self.served, "**/*.pt"), "Checkpoints"),
             w.TextInput.from_param(self.param.checkpoint, name="Or a checkpoint path (.pt)"),
             "### Input",
             w.Select.from_param(self.param.source, name="Embedded input"),

@@ -58,7 +58,7 @@ from atomizer.dashboard._common import (
     safe_error,
 )
 from atomizer.data.readers import open_image, open_raster
-from atomizer.engine.attention import RGB_BANDS, rgb_composite
+from atomizer.data.rgb import RGB_BANDS, rgb_composite
 from atomizer.engine.mapping import MAP_NODATA, MapError, default_window_m, predict_map, scene_grid
 from atomizer.models.checkpoint import read_checkpoint
 
@@ -74,6 +74,9 @@ MIN_STRIDE_DIVISOR = 8
 DEFAULT_CACHE_BYTES = 2 * 1024**3
 #: Longest side (px) of what the page draws: the map and the RGB composite are read decimated to it.
 SCREEN_PX = 400
+#: A built map as the page draws it: probabilities and argmax (C+1, H, W), classes, bounds (left, bottom, right,
+#: top), window and stride (m).
+_Map = tuple[np.ndarray, list[str], tuple[float, float, float, float], float, float]
 
 
 def default_cache_dir() -> Path:
@@ -270,7 +273,7 @@ class MapView(pn.viewable.Viewer):
     scene = param.String(default="", doc="Scene: .SAFE, Landsat C2 folder, STAC item, band folder or GeoTIFF.")
     window_m = param.Number(default=0.0, bounds=(0, None), doc="Window side in m (0: the training extent).")
     stride_m = param.Number(default=0.0, bounds=(0, None), doc="Stride in m (0: the window, no overlap).")
-    layer = param.Selector(default=ARGMAX, objects=[ARGMAX], doc="Class probability (or argmax) shown.")
+    layer = param.Selector[str](default=ARGMAX, objects=[ARGMAX], doc="Class probability (or argmax) shown.")
     cache_dir = param.String(default="", doc="Where built maps are kept (empty: default_cache_dir()).")
     cache_max_bytes = param.Integer(default=DEFAULT_CACHE_BYTES, bounds=(0, None), doc="Size bound of the cache.")
     max_windows = param.Integer(default=DEFAULT_MAX_WINDOWS, bounds=(1, None), doc="Most windows of one map.")
@@ -289,17 +292,24 @@ class MapView(pn.viewable.Viewer):
         super().__init__(**params)
         self.progress = pn.indicators.Progress(value=0, max=100, visible=False, sizing_mode="stretch_width")
         self.button = pn.widgets.Button(name="Build map", button_type="primary")
-        self.button.on_click(lambda _event: self.build())
+        self.button.on_click(self._clicked)
         self._build: _Build | None = None
         self._done = (0, 0)
         self.map_path: Path | None = None
-        self._map: tuple | None = None  # (probs (C,H,W), classes, transform bounds)
+        self._map: _Map | None = None  # (probs (C,H,W), classes, bounds, window_m, stride_m)
         self._rgb: tuple | None = None  # (scene, composite)
         self._periodic = None
 
+    @property
+    def served(self) -> Roots:
+        """The folders this view reads under (``__init__`` always sets ``roots``)."""
+        if self.roots is None:
+            raise RuntimeError(f"{type(self).__name__} has no roots")
+        return self.roots
+
     # ------------------------------------------------------------------ building
     def _paths(self) -> tuple[Path, Path]:
-        return self.roots.resolve(self.checkpoint, "checkpoint"), self.roots.resolve(self.scene, "scene")
+        return self.served.resolve(self.checkpoint, "checkpoint"), self.served.resolve(self.scene, "scene")
 
     def target(self) -> Path:
         """The cached map of the current inputs (the checkpoint file's version is part of the key)."""
@@ -310,6 +320,9 @@ class MapView(pn.viewable.Viewer):
 
     def _on_build_progress(self, done: int, total: int) -> None:
         self._done = (done, total)
+
+    def _clicked(self, _event: param.parameterized.Event) -> None:
+        self.build()
 
     def build(self, blocking: bool = False) -> Path | None:
         """Build (or load from the cache) the map of the current inputs in the server's map pool."""
@@ -322,17 +335,17 @@ class MapView(pn.viewable.Viewer):
             ckpt, scene = self._paths()
             out = self.target()
         except ValueError as e:
-            self.status = safe_error(e, self.roots)
+            self.status = safe_error(e, self.served)
             return None
         self.map_path, self._map, self._done = None, None, (0, 0)
         self.status = "Building the map..."
         self.progress.visible, self.progress.value = True, 0
-        self._build = _start(
+        build = self._build = _start(
             self, out, ckpt, scene, self.window_m, self.stride_m, self.max_windows, self.cache_max_bytes
         )
-        if blocking:
+        if blocking and build.future is not None:  # (_start always sets it)
             try:
-                self._build.future.result()
+                build.future.result()
             except (Exception, CancelledError):  # noqa: BLE001  (shown by _poll)
                 pass
             self._poll()
@@ -367,17 +380,17 @@ class MapView(pn.viewable.Viewer):
             return
         error = future.exception()
         if error is not None:
-            self.status = safe_error(error, self.roots)
+            self.status = safe_error(error, self.served)
             return
-        self.map_path = future.result()
+        path = self.map_path = future.result()
         with param.parameterized.batch_call_watchers(self):  # the plot is drawn once, not per change
-            self._load()
-            self.status = f"Map: {escape_text(self.roots.display(self.map_path))}"
+            self._load(path)
+            self.status = f"Map: {escape_text(self.served.display(path))}"
 
-    def _load(self) -> None:
+    def _load(self, path: Path) -> None:
         from rasterio.enums import Resampling
 
-        with open_raster(self.map_path) as src:
+        with open_raster(path) as src:
             step = max(1, math.ceil(max(src.height, src.width) / SCREEN_PX))
             if step == 1:
                 data = src.read()
@@ -397,7 +410,7 @@ class MapView(pn.viewable.Viewer):
 
     def _composite(self) -> np.ndarray | None:
         """The scene's RGB composite, read decimated to the screen (cached for this session)."""
-        scene = self.roots.resolve(self.scene, "scene")
+        scene = self.served.resolve(self.scene, "scene")
         if self._rgb is None or self._rgb[0] != scene:
             image = open_image(scene, lazy=True)
             rgb = None
@@ -414,6 +427,8 @@ class MapView(pn.viewable.Viewer):
     # ------------------------------------------------------------------ plots
     def window_grid(self) -> hv.Path:
         """The windows' outlines (one rectangle per window), in the map's coordinates."""
+        if self._map is None:
+            raise LookupError("no map built yet")
         data, _, (x0, y0, x1, y1), window_m, stride_m = self._map
         xs = list(np.arange(x0, x1 - window_m + 1e-6, stride_m))
         ys = list(np.arange(y1, y0 + window_m - 1e-6, -stride_m))
@@ -467,9 +482,9 @@ class MapView(pn.viewable.Viewer):
 
     def __panel__(self):
         controls = pn.Column(
-            choice_select(self, "checkpoint", path_choices(self.roots, "**/*.pt"), "Checkpoints"),
+            choice_select(self, "checkpoint", path_choices(self.served, "**/*.pt"), "Checkpoints"),
             choice_select(
-                self, "scene", path_choices(self.roots, "**/B02.tif", "**/*.SAFE/MTD_MSIL*.xml", parent=True), "Scenes"
+                self, "scene", path_choices(self.served, "**/B02.tif", "**/*.SAFE/MTD_MSIL*.xml", parent=True), "Scenes"
             ),
             pn.Param(self.param, parameters=["checkpoint", "scene", "window_m", "stride_m", "layer"], show_name=False),
             self.button,

@@ -66,7 +66,7 @@ class PositionalEncodings(pn.viewable.Viewer):
         bounds=(0, fourier_dim(_DEFAULT.pos_bands) - 1),
         doc="Channel of the code shown over the pixel grid (sin..., cos..., raw).",
     )
-    axis = param.Selector(default="x", objects=["x", "y"], doc="Axis whose code is shown (x east, y north).")
+    axis = param.Selector[str](default="x", objects=["x", "y"], doc="Axis whose code is shown (x east, y north).")
     point_m = param.Number(
         default=137.0,
         bounds=(-5000.0, 5000.0),

@@ -1,10 +1,12 @@
 """Results: the runs of a results store, their scores on the test modalities, sweeps and training curves.
 
-Everything is read by :mod:`atomizer.results.store` (``find_runs``, ``collect``, ``read_metrics``); the
+Everything shown is read by a :class:`~atomizer.results.store.ResultsStore` (a :class:`StoreState` per store
+signature, shared by every session of a served dashboard, plus the landscape and the report); this view only
+arranges and plots it. The
 paper's published numbers (:mod:`atomizer.results.paper`: ``PAPER_TABLE1``, ``PAPER_RESOLUTION_SWEEP``,
 ``PAPER_SIZE_SWEEP``, macro mAP % on BigEarthNet) are drawn as reference marks labelled
 "paper (BigEarthNet)". Served, the view re-reads the store periodically and redraws when a file
-changed (a run still training keeps appending to ``metrics.jsonl``); the Refresh button does it now.
+changed (a run still training keeps appending to its metrics log); the Refresh button does it now.
 
 Use in a notebook::
 
@@ -18,9 +20,10 @@ Use in a notebook::
 
 from __future__ import annotations
 
-import threading
-import time
+import io
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 import holoviews as hv
 import numpy as np
@@ -28,8 +31,8 @@ import pandas as pd
 import panel as pn
 import param
 import xarray as xr
-import yaml
 
+from atomizer.core.run_folder import CONFIG, METRICS, PREDICTIONS, RESULTS, sweep_file
 from atomizer.dashboard._common import (
     PLOT_HEIGHT,
     PLOT_WIDTH,
@@ -41,85 +44,22 @@ from atomizer.dashboard._common import (
     escape_text,
 )
 from atomizer.results import stats
-from atomizer.results.landscape import LANDSCAPE_PREDICTIONS
-from atomizer.results.landscape import landscape as landscape_table
 from atomizer.results.paper import PAPER_LABEL, PAPER_METRIC, PAPER_RESOLUTION_SWEEP, PAPER_SIZE_SWEEP, PAPER_TABLE1
-from atomizer.results.store import (
-    PREDICTIONS_FILE,
-    RESULT_FILES,
-    collect,
-    collect_predictions,
-    find_run_dirs,
-    find_runs,
-    read_metrics,
-)
+from atomizer.results.store import ResultsStore, StoreState
+
+T = TypeVar("T")
+
+
+def _shown(value: T | None, what: str) -> T:
+    """``value``, which a chart draws (its view shows a message instead when the store has none)."""
+    if value is None:
+        raise LookupError(f"the store holds no {what} to draw")
+    return value
 
 
 def base_model(name: str) -> str:
     """``"atomizer (runs/x)"`` -> ``"atomizer"`` (collect() appends the run when models repeat)."""
     return str(name).split(" (")[0].strip().lower()
-
-
-#: The last signature of each store (resolved path -> (monotonic time, signature)), shared by the sessions of a
-#: served dashboard: their periodic polls scan a store once per period between them, not once each.
-_SIGNATURES: dict[str, tuple[float, tuple]] = {}
-_SIGNATURES_LOCK = threading.Lock()
-
-
-def store_signature(root: Path) -> tuple:
-    """(path, mtime, size) of every file the Results tab reads in the store ``root``; changes when a run
-    writes anything (a config, a metrics line, a results or predictions file)."""
-    sig = []
-    for d in find_run_dirs(root):
-        for name in (
-            "config.yaml",
-            "metrics.jsonl",
-            "summary.json",
-            "failed.txt",
-            PREDICTIONS_FILE,
-            LANDSCAPE_PREDICTIONS,
-            *RESULT_FILES.values(),
-        ):
-            p = d / name
-            try:
-                st = p.stat()
-            except OSError:
-                continue
-            sig.append((str(p), st.st_mtime_ns, st.st_size))
-    return tuple(sig)
-
-
-def shared_signature(root: Path, max_age_s: float = 0.0) -> tuple:
-    """:func:`store_signature` of ``root``, reusing the one any session computed less than ``max_age_s`` ago."""
-    key = str(root)
-    with _SIGNATURES_LOCK:
-        hit = _SIGNATURES.get(key)
-    if hit is not None and max_age_s > 0 and time.monotonic() - hit[0] < max_age_s:
-        return hit[1]
-    sig = store_signature(root)
-    with _SIGNATURES_LOCK:
-        _SIGNATURES[key] = (time.monotonic(), sig)
-        while len(_SIGNATURES) > 64:  # bounded: the oldest store seen goes out
-            _SIGNATURES.pop(next(iter(_SIGNATURES)))
-    return sig
-
-
-def _empty_store(error: str | None = None) -> dict:
-    return {"runs": pd.DataFrame(), "table": None, "gsd": None, "size": None, "preds": None, "error": error}
-
-
-def read_store(root: Path) -> dict:
-    """Runs, merged results of each kind and pooled per-image predictions of a store (an ``error`` entry
-    instead of raising: a half-written or foreign file must not break the page)."""
-    data = _empty_store()
-    try:
-        data["runs"] = find_runs(root)
-        for kind in RESULT_FILES:
-            data[kind] = collect(root, kind)
-        data["preds"] = collect_predictions(root)
-    except Exception as e:  # noqa: BLE001
-        data["error"] = f"{type(e).__name__}: {e}"
-    return data
 
 
 class ResultsView(pn.viewable.Viewer):
@@ -133,9 +73,11 @@ class ResultsView(pn.viewable.Viewer):
         precedence=-1,
         doc="Folders a served dashboard may read (the store must lie under them); None: any folder (notebooks).",
     )
-    metric = param.Selector(default=PAPER_METRIC, objects=[PAPER_METRIC], doc="Metric of the tables and charts.")
-    run = param.Selector(default=None, objects=[], allow_None=True, doc="Run whose training curves are shown.")
-    reference = param.Selector(
+    metric = param.Selector[str](default=PAPER_METRIC, objects=[PAPER_METRIC], doc="Metric of the tables and charts.")
+    run = param.Selector[str | None](
+        default=None, objects=[], allow_None=True, doc="Run whose training curves are shown."
+    )
+    reference = param.Selector[str | None](
         default=None, objects=[], allow_None=True, doc="Model the others are compared with (paired differences)."
     )
     resamples = param.Integer(default=1000, bounds=(100, 20000), doc="Bootstrap / permutation resamples.")
@@ -143,15 +85,16 @@ class ResultsView(pn.viewable.Viewer):
     refresh = param.Event(doc="Re-read the store now.")
     version = param.Integer(default=0, precedence=-1, doc="Bumped whenever the store was re-read.")
 
-    def __init__(self, **params):
+    def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self._signature: tuple = ()
-        self._data: dict = {}
-        self._store: Path | None = None
-        self._periodic = None
+        self._data: StoreState = StoreState.empty()
+        self._stats: dict[tuple, Any] = {}
+        self._store: ResultsStore | None = None
+        self._periodic: Any = None
         self.reload()
 
-    # ------------------------------------------------------------------ reading the store
+    # ------------------------------------------------------------------ the store
     def store_path(self) -> Path:
         """The store's real path; :class:`~atomizer.dashboard._common.OutsideRootsError` when ``roots`` are set
         and ``root`` lies outside them (nothing under it is then listed or read)."""
@@ -161,42 +104,43 @@ class ResultsView(pn.viewable.Viewer):
 
     def shown(self, path: str | Path | None = None) -> str:
         """How a path (default: the store) is named in the page: relative to its root when served."""
-        path = self._store if path is None else Path(path)
-        if path is None:
+        shown = Path(path) if path is not None else self._store.root if self._store is not None else None
+        if shown is None:
             return str(self.root)
-        return self.roots.display(path) if self.roots is not None else str(path)
+        return self.roots.display(shown) if self.roots is not None else str(shown)
 
     def scrub(self, text: str) -> str:
         """An error text as the page shows it: no absolute server path when served."""
         return self.roots.scrub(text) if self.roots is not None else str(text)
 
     def store_signature(self) -> tuple:
-        """(path, mtime, size) of every file the view reads; changes when a run writes anything."""
-        return store_signature(self._store) if self._store is not None else ()
+        """(path, mtime, size) of every file the store reads; changes when a run writes anything."""
+        return self._store.scan() if self._store is not None else ()
 
     @param.depends("root", "refresh", watch=True)
     def reload(self) -> None:
         """Re-read the store and redraw."""
         try:
-            self._store = root = self.store_path()
+            store = ResultsStore(self.store_path())
         except OutsideRootsError as e:  # refused before anything under it is listed
             self._store, self._signature = None, ()
-            data = self._data = _empty_store(str(e))
+            data = self._data = StoreState.empty(str(e))
         else:
-            self._signature = shared_signature(root)
+            self._store = store
+            self._signature = store.signature()
             # every session of a served dashboard reads a store once (by its files' signature), not once each
-            data = self._data = STORES.get((str(root), self._signature), lambda: read_store(root))
-        metrics = sorted({str(m) for k in RESULT_FILES if data[k] is not None for m in data[k].metric.values})
+            data = self._data = STORES.get((str(store.root), self._signature), store.read)
+        metrics = data.metric_names()
         self.param.metric.objects = metrics or [PAPER_METRIC]
         if self.metric not in self.param.metric.objects:
             self.metric = PAPER_METRIC if PAPER_METRIC in metrics else self.param.metric.objects[0]
-        models = [str(m) for m in data["preds"].model.values] if data["preds"] is not None else []
+        models = data.models()
         if list(self.param.reference.objects) != models:  # re-setting the same (or no) options loops the Select
             self.param.reference.objects = models
         if self.reference not in models and models:
-            self.reference = "atomizer" if "atomizer" in models else (models[0] if models else None)
-        self._stats: dict = {}
-        runs = list(data["runs"]["run"]) if len(data["runs"]) else []
+            self.reference = "atomizer" if "atomizer" in models else models[0]
+        self._stats = {}
+        runs = data.run_labels()
         self.param.run.objects = runs
         if self.run not in runs:
             self.run = runs[0] if runs else None
@@ -209,7 +153,7 @@ class ResultsView(pn.viewable.Viewer):
         reused (the periodic polls of many sessions scan the store once per period between them)."""
         if self._store is None:
             return False
-        if shared_signature(self._store, max_age_s) != self._signature:
+        if self._store.signature(max_age_s) != self._signature:
             self.reload()
             return True
         return False
@@ -219,30 +163,19 @@ class ResultsView(pn.viewable.Viewer):
 
     def runs(self) -> pd.DataFrame:
         """One row per run (:func:`atomizer.results.store.find_runs`)."""
-        return self._data["runs"]
+        return self._data.runs
 
     def results(self, kind: str = "table") -> xr.Dataset | None:
         """The merged results of one kind (``"table"``, ``"gsd"``, ``"size"``), or None."""
-        return self._data.get(kind)
+        return self._data.results.get(kind)
 
     def scores(self, kind: str = "table") -> pd.DataFrame:
         """Long table of ``metric``: model, modality, size_px, gsd_m, bands, score."""
-        ds = self.results(kind)
-        if ds is None or self.metric not in ds.metric.values:
-            return pd.DataFrame(columns=["model", "modality", "size_px", "gsd_m", "bands", "score"])
-        da = ds["score"].sel(metric=self.metric)
-        df = da.to_dataframe(name="score").reset_index()
-        keep = [c for c in ["model", "modality", "size_px", "gsd_m", "bands", "score"] if c in df]
-        return df[keep]
+        return self._data.scores(kind, self.metric)
 
     def table(self) -> pd.DataFrame | None:
         """Table-1 style: model x test modality of ``metric`` (None without results)."""
-        df = self.scores("table")
-        if df.empty:
-            return None
-        t = df.pivot(index="model", columns="modality", values="score")
-        order = list(dict.fromkeys(df["modality"]))
-        return t[order]
+        return self._data.table(self.metric)
 
     def paper_table(self) -> pd.DataFrame:
         """The paper's Table 1 (macro mAP %, BigEarthNet), rows labelled ``paper (BigEarthNet): <model>``."""
@@ -252,12 +185,13 @@ class ResultsView(pn.viewable.Viewer):
     # ------------------------------------------------------------------ repeats and statistics
     def predictions(self) -> xr.Dataset | None:
         """Per-image predictions of every (model, seed) pooled over folds, or None."""
-        return self._data.get("preds")
+        return self._data.predictions
 
-    def _shared_stat(self, key: tuple, compute):
+    def _shared_stat(self, key: tuple, compute: Callable[[], Any]) -> Any:
         """A statistic of this store version, computed once for every session (and kept for this one)."""
         if key not in self._stats:
-            self._stats[key] = TABLES.get((str(self._store), self._signature, *key), compute)
+            where = str(self._store.root) if self._store is not None else None
+            self._stats[key] = TABLES.get((where, self._signature, *key), compute)
         return self._stats[key]
 
     def _stat_metric(self) -> str:
@@ -265,27 +199,22 @@ class ResultsView(pn.viewable.Viewer):
 
     def summary(self) -> pd.DataFrame | None:
         """Mean, sd, 95 % CI and per-seed scores per model and test modality (cached per store version)."""
-        preds = self.predictions()
-        if preds is None:
+        if self.predictions() is None:
             return None
-        key = ("summary", self._stat_metric(), self.resamples)
-        return self._shared_stat(key, lambda: stats.summarize(preds, self._stat_metric(), n_resamples=self.resamples))
+        data, metric, resamples = self._data, self._stat_metric(), self.resamples
+        return self._shared_stat(("summary", metric, resamples), lambda: data.summary(metric, resamples))
 
     def differences(self) -> pd.DataFrame | None:
         """``reference`` minus every other model: paired difference, CI, Holm-corrected p (cached)."""
-        preds = self.predictions()
-        if preds is None or self.reference is None or preds.sizes["model"] < 2:
+        if len(self._data.models()) < 2 or self.reference is None:
             return None
-        key = ("diff", self._stat_metric(), self.reference, self.resamples)
+        data, metric, reference, resamples = self._data, self._stat_metric(), self.reference, self.resamples
         return self._shared_stat(
-            key,
-            lambda: stats.paired_differences(
-                preds, self.reference, metric=self._stat_metric(), n_resamples=self.resamples
-            ),
+            ("diff", metric, reference, resamples), lambda: data.differences(reference, metric, resamples)
         )
 
-    def _ci_chart(self):
-        s = self.summary()
+    def _ci_chart(self) -> hv.Overlay:
+        s = _shown(self.summary(), "per-image predictions")
         df = s.assign(ci_group=[f"{mo} · {m}" for mo, m in zip(s["modality"], s["model"])])
         bars = hv.Bars(
             df, "ci_group", ["mean", "model", "modality", "ci_low", "ci_high", "seeds"], label="mean over seeds"
@@ -334,8 +263,8 @@ class ResultsView(pn.viewable.Viewer):
             title="mean over seeds, 95 % CI (bootstrap over test images), each seed",
         )
 
-    def _difference_chart(self):
-        d = self.differences()
+    def _difference_chart(self) -> hv.Overlay:
+        d = _shown(self.differences(), "paired differences")
         df = d.assign(diff_group=[f"{mo} · {o}" for mo, o in zip(d["modality"], d["other"])])
         bars = hv.Bars(df, "diff_group", ["difference", "other", "modality", "p_holm"]).opts(
             color="other",
@@ -370,18 +299,16 @@ class ResultsView(pn.viewable.Viewer):
     def landscape(self) -> pd.DataFrame | None:
         """Score against distance from the training modalities per model (:mod:`atomizer.results.landscape`),
         or None when no run has been evaluated on the landscape (cached per store version)."""
-        runs = self.runs()
-        if runs.empty or not any((Path(p) / LANDSCAPE_PREDICTIONS).exists() for p in runs["path"]):
+        store, data = self._store, self._data
+        if store is None or not data.has_landscape:
             return None
-        cfg = yaml.safe_load((Path(runs["path"].iloc[0]) / "config.yaml").read_text()) or {}
-        train = cfg.get("train_modalities", "eurosat_train")
+        train, metric, resamples = data.train_modalities, self._stat_metric(), self.resamples
         return self._shared_stat(
-            ("landscape", train, self._stat_metric(), self.resamples),
-            lambda: landscape_table(self._store, train, self._stat_metric(), n_resamples=self.resamples),
+            ("landscape", train, metric, resamples), lambda: store.landscape(train, metric, resamples)
         )
 
-    def _landscape_chart(self):
-        df = self.landscape()
+    def _landscape_chart(self) -> hv.Layout:
+        df = _shown(self.landscape(), "generalisation landscape")
         panels = []
         for kind, col, xlabel in (
             ("geometry", "distance_geometry", "geometry distance (octaves of GSD, size)"),
@@ -436,12 +363,12 @@ class ResultsView(pn.viewable.Viewer):
         preds = self.predictions()
         if preds is None:
             return alert(
-                f"No per-image predictions ({PREDICTIONS_FILE}) under {escape_text(repr(self.shown()))}: the confidence "
+                f"No per-image predictions ({PREDICTIONS}) under {escape_text(repr(self.shown()))}: the confidence "
                 "intervals need them (runs written by the disjoint_modalities notebook or "
                 "`atomizer.experiments.train_and_evaluate`).",
                 "info",
             )
-        s = self.summary()
+        s = _shown(self.summary(), "per-image predictions")
         head = (
             f"**{escape_text(s['metric'].iloc[0])}** (%): mean over {preds.sizes['seed']} seed(s) x {preds.attrs['folds']} "
             f"fold(s) [95 % CI], {preds.sizes['image']} test images"
@@ -501,7 +428,11 @@ class ResultsView(pn.viewable.Viewer):
         return hv.Overlay(layers).opts(legend_position="top_left", show_legend=True)
 
     def _sweep_chart(self, kind: str):
-        axis, paper = ("gsd_m", PAPER_RESOLUTION_SWEEP) if kind == "gsd" else ("size_px", PAPER_SIZE_SWEEP)
+        axis = "gsd_m" if kind == "gsd" else "size_px"
+        sweep: Mapping[float, float] | Mapping[int, float] = (
+            PAPER_RESOLUTION_SWEEP if kind == "gsd" else PAPER_SIZE_SWEEP
+        )
+        paper = {float(k): v for k, v in sweep.items()}  # GSD (m) or size (px) -> macro mAP %
         df = self.scores(kind)
         layers = []
         for model, d in df.groupby("model", sort=False):
@@ -529,10 +460,7 @@ class ResultsView(pn.viewable.Viewer):
 
     def training_curves(self) -> pd.DataFrame:
         """The metrics log of the selected run (empty without one)."""
-        if self.run is None:
-            return pd.DataFrame()
-        row = self.runs()[self.runs()["run"] == self.run]
-        return read_metrics(row["path"].iloc[0]) if len(row) else pd.DataFrame()
+        return self._data.run_metrics(self.run)
 
     def _curves_chart(self):
         m = self.training_curves()
@@ -562,22 +490,21 @@ class ResultsView(pn.viewable.Viewer):
 
     @param.depends("version", "metric")
     def table_view(self):
-        if self._data.get("error"):
+        if self._data.error:
             return alert(
-                f"Cannot read the store {escape_text(repr(self.shown()))}: "
-                f"{escape_text(self.scrub(self._data['error']))}",
+                f"Cannot read the store {escape_text(repr(self.shown()))}: {escape_text(self.scrub(self._data.error))}",
                 "warning",
             )
         t = self.table()
         if t is None:
             return alert(
-                f"No test-modality results (results.nc) under {escape_text(repr(self.shown()))} yet. Evaluate a "
-                "checkpoint: `atomizer evaluate CKPT --modalities SET --out RUN/results.nc`.",
+                f"No test-modality results ({RESULTS}) under {escape_text(repr(self.shown()))} yet. Evaluate a "
+                f"checkpoint: `atomizer evaluate CKPT --modalities SET --out RUN/{RESULTS}`.",
                 "info",
             )
         shown = t.round(2)
         ref = self.paper_table() if self.metric == PAPER_METRIC else None
-        parts = [
+        parts: list[Any] = [
             pn.pane.Markdown(f"**{escape_text(self.metric)}** (%) per model and test modality", margin=(0, 10)),
             pn.pane.DataFrame(shown, name="table", escape=True, sizing_mode="stretch_width"),
         ]
@@ -591,8 +518,9 @@ class ResultsView(pn.viewable.Viewer):
 
     @param.depends("version", "metric")
     def sweeps_view(self):
-        panes = []
-        for kind, f in (("gsd", "sweep_gsd.nc"), ("size", "sweep_size.nc")):
+        panes: list[Any] = []
+        for kind in ("gsd", "size"):
+            f = sweep_file(kind)
             if self.results(kind) is None:
                 panes.append(alert(f"No {'resolution' if kind == 'gsd' else 'size'} sweep ({f}) yet.", "info"))
             else:
@@ -611,18 +539,17 @@ class ResultsView(pn.viewable.Viewer):
     @param.depends("version")
     def runs_view(self):
         df = self.runs()
-        if self._data.get("error"):
+        if self._data.error:
             return alert(
-                f"Cannot read the store {escape_text(repr(self.shown()))}: "
-                f"{escape_text(self.scrub(self._data['error']))}",
+                f"Cannot read the store {escape_text(repr(self.shown()))}: {escape_text(self.scrub(self._data.error))}",
                 "warning",
             )
         if df.empty:
             where = self._store
             why = (
                 "does not exist"
-                if where is None or not where.exists()
-                else "holds no run directory (config.yaml + metrics.jsonl)"
+                if where is None or not where.root.exists()
+                else f"holds no run directory ({CONFIG} + {METRICS})"
             )
             return alert(
                 f"No runs: {escape_text(repr(self.shown()))} {why}. Train one with `atomizer train CONFIG --out STORE/RUN`.",
@@ -644,7 +571,7 @@ class ResultsView(pn.viewable.Viewer):
         if self._periodic is not None:
             self._periodic.stop()
             self._periodic = None
-        self._data, self._stats = {}, {}
+        self._data, self._stats = StoreState.empty(), {}
 
     @param.depends("refresh_s", watch=True)
     def _set_period(self) -> None:
@@ -652,20 +579,17 @@ class ResultsView(pn.viewable.Viewer):
             self._periodic.period = self.refresh_s * 1000
 
     def report_bytes(self) -> bytes:
-        """The self-contained HTML report of the store (:mod:`atomizer.results.report`), built once per store
+        """The self-contained HTML report of the store (:meth:`ResultsStore.report`), built once per store
         state, reference and resamples for every session (a click does not recompute the bootstraps)."""
-        from atomizer.results.report import build_report
+        store = self._store
+        if store is None:
+            raise OutsideRootsError(self._data.error or "no results store")
+        reference, resamples = self.reference or "atomizer", self.resamples
+        key = (str(store.root), self._signature, "report", reference, resamples)
+        return TABLES.get(key, lambda: store.report(reference, resamples))
 
-        if self._store is None:
-            raise OutsideRootsError(self._data.get("error") or "no results store")
-        store, reference, resamples = self._store, self.reference or "atomizer", self.resamples
-        key = (str(store), self._signature, "report", reference, resamples)
-        return TABLES.get(key, lambda: build_report(store, reference=reference, n_resamples=resamples).encode())
-
-    def report_file(self):
+    def report_file(self) -> io.BytesIO:
         """The report as a file object, for the download button."""
-        import io
-
         return io.BytesIO(self.report_bytes())
 
     def __panel__(self):

@@ -95,15 +95,15 @@ class SpectralCoverage(pn.viewable.Viewer):
         precedence=-1,
         doc="Folders a served dashboard may read (a sidecar must lie under them); None: any file (notebooks).",
     )
-    band = param.Selector(default=None, objects=[], doc="Band whose encoding is shown as bars.")
+    band = param.Selector[str | None](default=None, objects=[], doc="Band whose encoding is shown as bars.")
     center_nm = param.Number(
         default=865.0, bounds=SPECTRAL_RANGE, step=1.0, doc="Centre wavelength of the custom band (nm)."
     )
     width_nm = param.Number(default=20.0, bounds=(1.0, 1000.0), step=1.0, doc="Full width of the custom band (nm).")
-    sensor_a = param.Selector(
+    sensor_a = param.Selector[str](
         default="sentinel2", objects=list(optical_sensors()), doc="Rows of the similarity matrix."
     )
-    sensor_b = param.Selector(
+    sensor_b = param.Selector[str](
         default="landsat8", objects=list(optical_sensors()), doc="Columns of the similarity matrix."
     )
     anchors = param.List(

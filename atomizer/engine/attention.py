@@ -37,7 +37,6 @@ from atomizer.atoms.tokens import AtomBatch, tokenize
 from atomizer.data.bands import Sensor
 from atomizer.data.modalities import overlap_matrix
 from atomizer.data.readers import count_tokens, open_image
-from atomizer.data.rgb import RGB_BANDS, rgb_composite  # noqa: F401  (the dashboard's import until it uses data.rgb)
 from atomizer.models.atomizer import Atomizer
 
 NATIVE = "native"
@@ -104,7 +103,6 @@ class BandGrid:
 
 
 #: The dashboard's name for :class:`BandGrid` (``atomizer.dashboard.attention`` imports it) until it uses the new one.
-Grid = BandGrid
 
 
 def spread_to_grid(mass: np.ndarray, src: BandGrid, dst: BandGrid) -> np.ndarray:

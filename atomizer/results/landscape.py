@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from atomizer.core.run_folder import LANDSCAPE_PREDICTIONS
 from atomizer.data.modalities import Modality, load_modalities, modality_distance
 from atomizer.results import stats
-from atomizer.results.store import collect_predictions
+from atomizer.results._runs import collect_predictions
 
-LANDSCAPE_PREDICTIONS = "landscape_predictions.nc"
+__all__ = ["LANDSCAPE_PREDICTIONS", "kind_of", "landscape"]
 
 
 def kind_of(name: str) -> str:

@@ -23,10 +23,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
+from atomizer.core.run_folder import RunFolder  # noqa: E402
 from atomizer.core.runtime import git_commit  # noqa: E402
 from atomizer.core.storage import atomic_path, atomic_write_text  # noqa: E402
 from atomizer.results import plots, stats  # noqa: E402
-from atomizer.results.store import collect_predictions, find_run_dirs  # noqa: E402
+from atomizer.results._runs import collect_predictions, find_run_dirs, read_config  # noqa: E402
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -97,8 +98,8 @@ def build_report(
     rows: list[dict[str, Any]] = []
     configs: list[str] = []
     for d in find_run_dirs(store):
-        cfg = yaml.safe_load((d / "config.yaml").read_text()) or {}
-        prov = json.loads((d / "provenance.json").read_text()) if (d / "provenance.json").is_file() else {}
+        cfg = read_config(d)
+        prov = json.loads(RunFolder(d).provenance.read_text()) if RunFolder(d).provenance.is_file() else {}
         rel = d.relative_to(store)
         rows.append(
             {

@@ -12,11 +12,11 @@ import re
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
+from atomizer.core.run_folder import RunFolder
 from atomizer.data.datasets import open_dataset, stratified_fraction
 from atomizer.results import stats
-from atomizer.results.store import PREDICTIONS_FILE, collect_predictions, find_run_dirs
+from atomizer.results._runs import collect_predictions, find_run_dirs, read_config
 
 _LABEL = re.compile(r"^(?P<model>.+?)@(?P<percent>\d+(?:\.\d+)?)%$")
 
@@ -35,8 +35,8 @@ def scaling(root: str | Path, metric: str = "macro_map", n_resamples: int = 1000
         return None
     sizes: dict[str, list[int]] = {}
     for d in find_run_dirs(root):
-        if (d / PREDICTIONS_FILE).exists():
-            cfg = yaml.safe_load((d / "config.yaml").read_text()) or {}
+        if RunFolder(d).predictions.exists():
+            cfg = read_config(d)
             sizes.setdefault(str(cfg.get("label") or cfg.get("model")), []).append(_train_images(cfg))
     s = stats.summarize_over_modalities(preds, metric, n_resamples=n_resamples)
     parts = [split_label(m) for m in s["model"]]

@@ -1,232 +1,239 @@
-"""The results store: a folder tree of runs that dashboards and notebooks read.
+"""The results store: a folder tree of runs that dashboards, notebooks and reports read.
 
-A *run directory* is what :func:`atomizer.engine.training.train` writes, plus the evaluation files::
+A *run directory* is what :func:`atomizer.engine.training.train` writes, plus the evaluation files; every
+file name comes from :mod:`atomizer.core.run_folder` (``RunFolder(path).config``, ``.metrics``, ...):
 
-    <run>/config.yaml            the TrainConfig used
-    <run>/metrics.jsonl          one JSON object per training step / validation (grows while running)
-    <run>/summary.json           written when training ends
-    <run>/checkpoints/{best,last}.pt
-    <run>/results.nc (+ .json)   test-modality scores, dims (model, modality, metric); attrs seed, fold.
-                                 The .nc is authoritative; the .json twin (for other tools) names the
-                                 SHA-256 of the .nc it was made from (:func:`read_results_twin` checks it)
-    <run>/predictions.nc         per-image probabilities, dims (modality, image, class), and targets
-    <run>/sweep_gsd.nc, <run>/sweep_size.nc   the resolution and size sweeps, same dims
-    <run>/failed.txt             written by the experiment runner when the run failed
+    config              the TrainConfig used
+    metrics             one JSON object per training step / validation (grows while running)
+    summary             written when training ends
+    best, last          the checkpoints
+    results (+ .json)   test-modality scores, dims (model, modality, metric); attrs seed, fold.
+                        The .nc is authoritative; the .json twin (for other tools) names the SHA-256 of
+                        the .nc it was made from (:func:`read_results_twin` checks it)
+    predictions         per-image probabilities, dims (modality, image, class), and targets
+    sweep(kind)         the resolution (``gsd``) and size (``size``) sweeps, same dims
+    failed              written by the experiment runner when the run failed
 
-A *results store* is any folder holding run directories at any depth. A result and its twin are written
-as one unit under the folder's lock (:func:`atomizer.core.storage.locked`, ``.lock``): both temporary
-files first, then both renamed.
+A *results store* is any folder holding run directories at any depth; :class:`ResultsStore` reads one
+(runs, their tables, metrics, predictions, sweeps, landscape, report, and a signature that changes when
+any of its files does) and :class:`StoreState` is what it held at one signature. A result and its twin
+are written as one unit under the folder's lock (:func:`atomizer.core.storage.locked`, ``.lock``): both
+temporary files first, then both renamed.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import xarray as xr
-import yaml
 
-from atomizer.core.storage import file_sha256, read_jsonl
+from atomizer.core.run_folder import PREDICTIONS, RunFolder
+from atomizer.results._runs import (
+    PREDICTIONS_FILE,
+    READ_FILES,
+    RESULT_FILES,
+    TWIN_HASH_KEY,
+    collect,
+    collect_predictions,
+    find_run_dirs,
+    find_runs,
+    read_config,
+    read_metrics,
+    read_results_twin,
+    run_label,
+)
 
-RESULT_FILES = {"table": "results.nc", "gsd": "sweep_gsd.nc", "size": "sweep_size.nc"}
-#: Per-image probabilities on the test modalities (what the statistics are computed from).
-PREDICTIONS_FILE = "predictions.nc"
-
-
-def is_run_dir(path: Path) -> bool:
-    return (path / "config.yaml").is_file() and ((path / "metrics.jsonl").exists() or (path / "failed.txt").exists())
-
-
-def find_run_dirs(root: str | Path) -> list[Path]:
-    """Every run directory under ``root`` (``root`` itself included), sorted."""
-    root = Path(root)
-    if not root.exists():
-        return []
-    out = [root] if is_run_dir(root) else []
-    out += sorted(p.parent for p in root.rglob("config.yaml") if p.parent != root and is_run_dir(p.parent))
-    return out
-
-
-def read_metrics(run_dir: str | Path) -> pd.DataFrame:
-    """The metrics log of a run as a DataFrame (empty if none yet), read by the one reader of
-    ``metrics.jsonl`` (:func:`atomizer.core.storage.jsonl_lines`, also the training loop's): a half-written
-    last line is left out; any other line that is not a record is skipped (with a warning) and the lines
-    after it are read."""
-    return pd.DataFrame(read_jsonl(Path(run_dir) / "metrics.jsonl"))
-
-
-#: The key of a result's JSON twin that names the SHA-256 of the netCDF file it was made from.
-TWIN_HASH_KEY = "netcdf_sha256"
-
-
-def read_results_twin(path: str | Path) -> dict:
-    """The JSON twin (``.json``) of a result file ``path`` (``.nc``), checked against it.
-
-    The ``.nc`` is the authoritative record; its twin is a JSON copy for other tools, which names the
-    SHA-256 of the ``.nc`` it was made from. Both are written as one unit under the folder's lock, so they
-    disagree only after a writer that bypassed it, or an edit by hand.
-
-    Raises:
-        FileNotFoundError: either file is missing.
-        ValueError: the twin is not valid JSON, names no hash, or was made from another version of the
-            ``.nc`` (one line: re-run the evaluation to write both again).
-    """
-    path = Path(path)
-    twin = path.with_suffix(".json")
-    for f in (path, twin):
-        if not f.is_file():
-            raise FileNotFoundError(f"{f.name} not found beside {path.name}")
-    try:
-        records = json.loads(twin.read_text())
-    except ValueError:
-        raise ValueError(f"{twin.name}: not valid JSON") from None
-    if not isinstance(records, dict) or TWIN_HASH_KEY not in records:
-        raise ValueError(f"{twin.name}: names no {TWIN_HASH_KEY} of its {path.name}; cannot check it is its twin")
-    if records[TWIN_HASH_KEY] != file_sha256(path):
-        raise ValueError(
-            f"{twin.name} was made from another version of {path.name} (the two disagree); "
-            f"{path.name} is the record: re-run the evaluation to write both again"
-        )
-    return records
+__all__ = [
+    "PREDICTIONS_FILE",
+    "READ_FILES",
+    "RESULT_FILES",
+    "SCORE_COLUMNS",
+    "TWIN_HASH_KEY",
+    "ResultsStore",
+    "StoreState",
+    "collect",
+    "collect_predictions",
+    "find_run_dirs",
+    "find_runs",
+    "read_config",
+    "read_metrics",
+    "read_results_twin",
+    "run_label",
+]
 
 
-def run_label(run_dir: Path, root: Path) -> str:
-    rel = run_dir.relative_to(root) if run_dir != root else Path(run_dir.name)
-    return str(rel)
+# --------------------------------------------------------------------------------------------------
+# The store as an object: what it holds at one signature, read once, for views to arrange
+# --------------------------------------------------------------------------------------------------
+
+#: Columns of :meth:`StoreState.scores`.
+SCORE_COLUMNS = ["model", "modality", "size_px", "gsd_m", "bands", "score"]
 
 
-def find_runs(root: str | Path) -> pd.DataFrame:
-    """One row per run: label, model, preset, dataset, status, step, best validation score, files."""
-    root = Path(root)
-    rows = []
-    for d in find_run_dirs(root):
-        cfg = yaml.safe_load((d / "config.yaml").read_text()) or {}
-        m = read_metrics(d)
-        train = m[m["kind"] == "train"] if len(m) else m
-        val = m[m["kind"] == "val"] if len(m) else m
-        if (d / "failed.txt").exists():
-            status = "failed"
-        elif (d / RESULT_FILES["table"]).exists():
-            status = "done"
-        elif (d / "summary.json").exists():
-            status = "trained"
-        else:
-            status = "running"
-        rows.append(
-            {
-                "run": run_label(d, root),
-                "path": str(d),
-                "model": cfg.get("model"),
-                "preset": cfg.get("preset"),
-                "dataset": cfg.get("dataset"),
-                "seed": cfg.get("seed"),
-                "status": status,
-                "step": int(train["step"].max()) if len(train) else 0,
-                "last_loss": float(train["loss"].iloc[-1]) if len(train) else float("nan"),
-                "best_val_macro_map": float(val["macro_map"].max())
-                if len(val) and "macro_map" in val
-                else float("nan"),
-                "updated": max((os.path.getmtime(p) for p in d.iterdir()), default=0.0),
-                **{f"has_{k}": (d / f).exists() for k, f in RESULT_FILES.items()},
-            }
-        )
-    return pd.DataFrame(rows)
+@dataclass(eq=False)
+class StoreState:
+    """What a results store held when it was read: its runs, merged results of each kind, pooled per-image
+    predictions. ``error`` names what could not be read (a half-written or foreign file), so a view shows it
+    instead of raising. Views share one state per store signature; nothing in it changes once read."""
+
+    runs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    results: dict[str, xr.Dataset | None] = field(default_factory=dict)
+    predictions: xr.Dataset | None = None
+    #: Whether any run has been evaluated on the generalisation landscape.
+    has_landscape: bool = False
+    #: The training modalities of the store's first run (what the landscape distances are measured from).
+    train_modalities: str = "eurosat_train"
+    error: str | None = None
+
+    @classmethod
+    def empty(cls, error: str | None = None) -> StoreState:
+        return cls(error=error)
+
+    def metric_names(self) -> list[str]:
+        """Every metric any result file of the store scores."""
+        return sorted({str(m) for ds in self.results.values() if ds is not None for m in ds.metric.values})
+
+    def models(self) -> list[str]:
+        """The models of the pooled predictions (those the statistics compare)."""
+        return [str(m) for m in self.predictions.model.values] if self.predictions is not None else []
+
+    def run_labels(self) -> list[str]:
+        return [str(r) for r in self.runs["run"]] if len(self.runs) else []
+
+    def run_metrics(self, label: str | None) -> pd.DataFrame:
+        """The metrics log of the run ``label`` (empty for an unknown or no run)."""
+        if label is None or not len(self.runs):
+            return pd.DataFrame()
+        row = self.runs[self.runs["run"] == label]
+        return read_metrics(row["path"].iloc[0]) if len(row) else pd.DataFrame()
+
+    def scores(self, kind: str, metric: str) -> pd.DataFrame:
+        """Long table of ``metric`` in the results of ``kind``: model, modality, size_px, gsd_m, bands, score."""
+        ds = self.results.get(kind)
+        if ds is None or metric not in ds.metric.values:
+            return pd.DataFrame(columns=SCORE_COLUMNS)
+        df = ds["score"].sel(metric=metric).to_dataframe(name="score").reset_index()
+        return df[[c for c in SCORE_COLUMNS if c in df]]
+
+    def table(self, metric: str) -> pd.DataFrame | None:
+        """Table-1 style: model x test modality of ``metric`` (None without results)."""
+        df = self.scores("table", metric)
+        if df.empty:
+            return None
+        t = df.pivot(index="model", columns="modality", values="score")
+        return t[list(dict.fromkeys(df["modality"]))]
+
+    def summary(self, metric: str, n_resamples: int) -> pd.DataFrame | None:
+        """Mean, sd, 95 % CI and per-seed scores per model and test modality (:func:`stats.summarize`)."""
+        from atomizer.results import stats
+
+        if self.predictions is None:
+            return None
+        return stats.summarize(self.predictions, metric, n_resamples=n_resamples)
+
+    def differences(self, reference: str | None, metric: str, n_resamples: int) -> pd.DataFrame | None:
+        """``reference`` minus every other model: paired difference, CI, Holm-corrected p (None with fewer than
+        two models or no reference)."""
+        from atomizer.results import stats
+
+        if self.predictions is None or reference is None or self.predictions.sizes["model"] < 2:
+            return None
+        return stats.paired_differences(self.predictions, reference, metric=metric, n_resamples=n_resamples)
 
 
-def collect(root: str | Path, kind: str = "table") -> xr.Dataset | None:
-    """Merge the result files of every run under ``root`` along ``model``.
+class ResultsStore:
+    """A results store (a folder holding run directories at any depth), read.
 
-    Each run's model entry is relabelled ``"<model> (<run>)"`` when several runs hold the same model,
-    so nothing is silently dropped. Returns ``None`` when no run has that kind of result yet.
-    """
-    if kind not in RESULT_FILES:
-        raise KeyError(f"kind must be one of {sorted(RESULT_FILES)}, got {kind!r}")
-    root = Path(root)
-    parts = []
-    for d in find_run_dirs(root):
-        f = d / RESULT_FILES[kind]
-        if f.exists():
-            with xr.open_dataset(f, engine="h5netcdf") as ds:
-                ds = ds.load()
-            ds = ds.assign_coords(run=("model", [run_label(d, root)] * ds.sizes["model"]))
-            parts.append(ds)
-    if not parts:
-        return None
-    names = [str(m) for p in parts for m in p.model.values]
-    if len(set(names)) < len(names):
-        parts = [p.assign_coords(model=[f"{m} ({r})" for m, r in zip(p.model.values, p.run.values)]) for p in parts]
-    return xr.concat(parts, dim="model", coords="minimal", compat="override", combine_attrs="drop_conflicts")
+    Everything a view shows of a store comes from here: :meth:`read` (a :class:`StoreState`), :meth:`signature`
+    (changes when any file the store reads does: key caches on it), :meth:`landscape`, :meth:`report`. Nothing
+    is read by making one."""
 
+    #: The last signature of each store (resolved path -> (monotonic time, signature)), shared in the process:
+    #: the periodic polls of a served dashboard's sessions scan a store once per period between them.
+    _signatures: dict[str, tuple[float, tuple]] = {}
+    _signatures_lock = threading.Lock()
+    _max_signatures = 64
 
-def collect_predictions(root: str | Path, name: str = PREDICTIONS_FILE) -> xr.Dataset | None:
-    """Every run's per-image predictions under ``root`` (files called ``name``: the test modalities'
-    ``predictions.nc``, or ``landscape_predictions.nc``), as one Dataset for :mod:`atomizer.results.stats`.
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
 
-    Runs are keyed by (model label, seed, fold) from their ``config.yaml`` (``label`` or ``model``,
-    ``seed``, ``fold``); the folds of a seed are pooled along ``image``, so with k-fold cross-validation
-    each seed covers every image once. Returns ``score`` (model, seed, modality, image, class), NaN where a
-    (model, seed) lacks an image (an unfinished fold), and ``target`` (image, class); attrs ``folds``
-    (number of distinct folds) and ``runs``. None when no run has predictions yet.
+    def __repr__(self) -> str:
+        return f"ResultsStore({str(self.root)!r})"
 
-    Raises:
-        ValueError: two runs claim the same (model, seed, fold), or disagree on an image's target.
-    """
-    root = Path(root)
-    groups: dict[tuple[str, int], list[xr.Dataset]] = {}
-    seen: dict[tuple[str, int, int], Path] = {}
-    folds, targets = set(), {}
-    for d in find_run_dirs(root):
-        f = d / name
-        if not f.exists():
-            continue
-        cfg = yaml.safe_load((d / "config.yaml").read_text()) or {}
-        key = (
-            str(cfg.get("label") or cfg.get("model")),
-            int(cfg.get("seed", 0)),
-            -1 if cfg.get("fold") is None else int(cfg["fold"]),
-        )
-        if key in seen:
-            raise ValueError(f"runs {seen[key]} and {d} are both {key} (model, seed, fold); give one a 'label'")
-        seen[key] = d
-        folds.add(key[2])
-        with xr.open_dataset(f, engine="h5netcdf") as ds:
-            ds = ds.load()
-        for img, t in zip(ds.image.values, ds["target"].values):
-            if str(img) in targets and not (targets[str(img)] == t).all():
-                raise ValueError(f"image {img}: runs disagree on its target (different datasets in one store?)")
-            targets[str(img)] = t
-        groups.setdefault(key[:2], []).append(ds)
-    if not groups:
-        return None
-    images = sorted(targets)
-    models = sorted({m for m, _ in groups})
-    seeds = sorted({s for _, s in groups})
-    first = next(iter(groups.values()))[0]
-    modalities = [str(m) for m in first.modality.values]
-    classes = [str(c) for c in first["class"].values]
-    score = np.full((len(models), len(seeds), len(modalities), len(images), len(classes)), np.nan, np.float32)
-    pos = {img: i for i, img in enumerate(images)}
-    for (m, s), parts in groups.items():
-        for ds in parts:
-            if [str(x) for x in ds.modality.values] != modalities:
-                raise ValueError(f"{m} seed {s}: other test modalities than the rest of the store")
-            idx = [pos[str(i)] for i in ds.image.values]
-            score[models.index(m), seeds.index(s)][:, idx] = ds["probability"].values
-    return xr.Dataset(
-        {
-            "score": (("model", "seed", "modality", "image", "class"), score),
-            "target": (("image", "class"), np.stack([targets[i] for i in images]).astype(np.uint8)),
-        },
-        coords={
-            "model": models,
-            "seed": seeds,
-            "modality": modalities,
-            "image": images,
-            "class": classes,
-            **{c: ("modality", first[c].values) for c in ("size_px", "gsd_m", "bands") if c in first.coords},
-        },
-        attrs={"folds": len(folds), "runs": len(seen), "multilabel": int(first.attrs.get("multilabel", 0))},
-    )
+    def run_dirs(self) -> list[Path]:
+        """Every run directory of the store, sorted."""
+        return find_run_dirs(self.root)
+
+    def runs(self) -> pd.DataFrame:
+        """One row per run (:func:`find_runs`)."""
+        return find_runs(self.root)
+
+    def results(self, kind: str = "table") -> xr.Dataset | None:
+        """The merged results of one kind (``"table"``, ``"gsd"``, ``"size"``), or None (:func:`collect`)."""
+        return collect(self.root, kind)
+
+    def predictions(self, name: str = PREDICTIONS) -> xr.Dataset | None:
+        """Every run's per-image predictions pooled (:func:`collect_predictions`)."""
+        return collect_predictions(self.root, name)
+
+    def scan(self) -> tuple:
+        """(path, mtime, size) of every file the store reads (:data:`READ_FILES`) in every run."""
+        sig = []
+        for d in self.run_dirs():
+            for name in READ_FILES:
+                p = d / name
+                try:
+                    st = p.stat()
+                except OSError:
+                    continue
+                sig.append((str(p), st.st_mtime_ns, st.st_size))
+        return tuple(sig)
+
+    def signature(self, max_age_s: float = 0.0) -> tuple:
+        """:meth:`scan` of the store, reusing the one any caller in this process made less than ``max_age_s``
+        ago (0: always scan). Every scan is remembered for the next caller."""
+        key = str(self.root)
+        cls = type(self)
+        with cls._signatures_lock:
+            hit = cls._signatures.get(key)
+        if hit is not None and max_age_s > 0 and time.monotonic() - hit[0] < max_age_s:
+            return hit[1]
+        sig = self.scan()
+        with cls._signatures_lock:
+            cls._signatures[key] = (time.monotonic(), sig)
+            while len(cls._signatures) > cls._max_signatures:  # bounded: the oldest store seen goes out
+                cls._signatures.pop(next(iter(cls._signatures)))
+        return sig
+
+    def read(self) -> StoreState:
+        """Runs, merged results of each kind and pooled per-image predictions (an ``error`` in the state
+        instead of raising: a half-written or foreign file must not break a page)."""
+        state = StoreState()
+        try:
+            state.runs = self.runs()
+            state.results = {kind: self.results(kind) for kind in RESULT_FILES}
+            state.predictions = self.predictions()
+            paths = [Path(p) for p in state.runs["path"]] if len(state.runs) else []
+            state.has_landscape = any(RunFolder(p).landscape_predictions.exists() for p in paths)
+            if paths:
+                state.train_modalities = str(read_config(paths[0]).get("train_modalities", state.train_modalities))
+        except Exception as e:  # noqa: BLE001
+            state.error = f"{type(e).__name__}: {e}"
+        return state
+
+    def landscape(self, train_modalities: str, metric: str, n_resamples: int) -> pd.DataFrame | None:
+        """Score against distance from ``train_modalities`` per model (:func:`atomizer.results.landscape.landscape`),
+        or None when no run has been evaluated on the landscape."""
+        from atomizer.results.landscape import landscape
+
+        return landscape(self.root, train_modalities, metric, n_resamples=n_resamples)
+
+    def report(self, reference: str = "atomizer", n_resamples: int = 2000) -> bytes:
+        """The self-contained HTML report of the store (:func:`atomizer.results.report.build_report`), encoded."""
+        from atomizer.results.report import build_report
+
+        return build_report(self.root, reference=reference, n_resamples=n_resamples).encode()

@@ -345,7 +345,7 @@ def test_sessions_share_models_store_and_statistics_and_free_their_own(tiny_run)
         assert ra.summary() is rb.summary()
     ra.close()
     a.apps["attention"].close()
-    assert ra._data == {} and a.apps["attention"]._models == {}
+    assert ra._data is not rb._data and ra._data.runs.empty and a.apps["attention"]._models == {}
     assert rb.table() is not None  # the other session is untouched
 
 

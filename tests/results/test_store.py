@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import yaml
 
+from atomizer.core.run_folder import RunFolder
 from atomizer.data.datasets import open_dataset
 from atomizer.experiments import run_path, train_and_evaluate
 from atomizer.results import stats
-from atomizer.results.store import collect_predictions
+from atomizer.results.store import ResultsStore, collect_predictions
 
 TINY = dict(preset="tiny", dataset="eurosat", epochs=1, max_steps=1, batch_size=8, device="cpu", val_limit=8)
 
@@ -39,6 +40,32 @@ def test_predictions_are_pooled_over_folds(store):
     assert cfg["fold"] == 0 and cfg["seed"] == 0
     s = stats.summarize(p, "top1", n_resamples=100)
     assert set(s.model) == {"atomizer", "resnet"} and (s.images == len(tested)).all()
+
+
+def test_results_store_reads_a_state_and_signs_every_file_it_reads(store, tmp_path):
+    """ResultsStore: one state of the store (runs, tables, pooled predictions) and a signature that changes
+    when any file it reads does (a metrics line appended), which views key their caches on."""
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(store, root)
+    rs = ResultsStore(root)
+    state = rs.read()
+    assert state.error is None and len(state.runs) == len(rs.run_dirs()) == 4
+    assert state.models() == ["atomizer", "resnet"] and state.predictions is not None
+    assert "top1" in state.metric_names() and state.table("top1") is not None
+    assert state.scores("table", "no_such_metric").empty and state.results["gsd"] is None
+    assert not state.has_landscape and state.run_metrics(state.run_labels()[0])["kind"].eq("train").any()
+    assert state.differences("atomizer", "top1", 100) is not None
+    first = rs.signature()
+    assert rs.signature(max_age_s=3600) is first  # reused within the age
+    with open(RunFolder(rs.run_dirs()[0]).metrics, "a") as fh:
+        fh.write('{"kind": "train", "step": 99, "loss": 0.5}\n')
+    assert rs.signature(max_age_s=3600) is first and rs.signature() != first
+    broken = tmp_path / "broken"
+    shutil.copytree(run_path(store, "atomizer", 0, 0), broken / "a")
+    shutil.copytree(run_path(store, "atomizer", 0, 0), broken / "b")
+    assert "both" in (ResultsStore(broken).read().error or "")  # an error in the state, not raised
 
 
 def test_duplicate_repeats_are_refused(store, tmp_path):
