@@ -27,8 +27,10 @@ chromium:
 
 DEMO := runs/embedded_demo
 
+# The recipe of record (atomizer.experiments.RECORD); one progress line per epoch of each run (model, seed,
+# fold, epoch, loss, time left), streamed from the notebook by papermill.
 demo: setup
-	$(PY) -m atomizer experiment run experiments/embedded_demo.yaml
+	PYTHONUNBUFFERED=1 $(PY) -m atomizer experiment run experiments/embedded_demo.yaml
 	PYTHONMALLOC=malloc $(PY) -m atomizer serve --port $(PORT) --results $(DEMO) --no-show \
 	  --checkpoint $(DEMO)/run/atomizer/seed-0_fold-0/checkpoints/best.pt
 

@@ -11,7 +11,6 @@ from atomizer.experiments import ParameterError, check_parameters, store_runs
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-SWEEPS = {"resolution_sweep.ipynb": "gsd", "size_sweep.ipynb": "size"}
 
 
 def defaults(path: Path) -> dict:
@@ -23,10 +22,8 @@ def test_defaults_pass_the_notebooks_own_validation(path):
     nb = nbformat.read(path, as_version=4)
     i = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     first = next(c for c in nb.cells[i + 1 :] if c.cell_type == "code")
-    sweep = SWEEPS.get(path.name)
-    call = f'check_parameters(globals(), sweep="{sweep}")' if sweep else "check_parameters(globals())"
-    assert call in first.source, f"{path.name}: the first code cell does not validate the parameters"
-    check_parameters(defaults(path), sweep=sweep)  # raises on a default that cannot run
+    assert "check_parameters(globals())" in first.source, f"{path.name}: the first code cell does not validate"
+    check_parameters(defaults(path))  # raises on a default that cannot run
 
 
 @pytest.mark.parametrize(
@@ -54,13 +51,17 @@ def test_bad_values_are_refused_naming_the_parameter(name, value, words):
 
 
 def test_sweep_values_outside_the_source_image_are_refused():
-    gsd = defaults(ROOT / "notebooks" / "resolution_sweep.ipynb")
-    check_parameters({**gsd, "values": [60, 640]}, sweep="gsd")  # 640 m: one pixel covering the whole tile
+    gsd = defaults(ROOT / "notebooks" / "sweep.ipynb")
+    assert gsd["kind"] == "gsd"
+    check_parameters({**gsd, "values": [60, 640]})  # 640 m: one pixel covering the whole tile
     with pytest.raises(ParameterError, match=r"\[700.0\] outside \(0, 640\] m"):
-        check_parameters({**gsd, "values": [10, 700]}, sweep="gsd")
-    size = defaults(ROOT / "notebooks" / "size_sweep.ipynb")
+        check_parameters({**gsd, "values": [10, 700]})
+    size = {**gsd, "kind": "size"}
+    check_parameters({**size, "values": []})  # the kind's defaults
     with pytest.raises(ParameterError, match=r"outside \(0, 64\] px"):
-        check_parameters({**size, "values": [16, 128]}, sweep="size")
+        check_parameters({**size, "values": [16, 128]})
+    with pytest.raises(ParameterError, match="'kind' = 'area'"):
+        check_parameters({**gsd, "kind": "area"})
     with pytest.raises(ParameterError, match="unknown masking 'blocks'"):
         check_parameters({**defaults(ROOT / "notebooks" / "beyond_the_paper.ipynb"), "maskings": ["blocks"]})
 
@@ -68,10 +69,10 @@ def test_sweep_values_outside_the_source_image_are_refused():
 def test_store_notebooks_take_run_labels_as_models():
     land = defaults(ROOT / "notebooks" / "generalisation_landscape.ipynb")
     check_parameters({**land, "models": "atomizer-tiny,resnet@25%"})  # labels of a store's runs
-    sweep = defaults(ROOT / "notebooks" / "resolution_sweep.ipynb")
-    check_parameters({**sweep, "models": ["atomizer-nogsd"]}, sweep="gsd")
+    sweep = defaults(ROOT / "notebooks" / "sweep.ipynb")
+    check_parameters({**sweep, "models": ["atomizer-nogsd"]})
     with pytest.raises(ParameterError, match="unknown model 'resnett'"):
-        check_parameters({**sweep, "model": "resnett"}, sweep="gsd")  # the model it would train
+        check_parameters({**sweep, "model": "resnett"})  # the model it would train
 
 
 def test_a_missing_store_is_named(tmp_path):

@@ -23,8 +23,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def test_notebooks_are_clean_and_parameterised():
     assert {p.name for p in NOTEBOOKS} >= {
         "disjoint_modalities.ipynb",
-        "resolution_sweep.ipynb",
-        "size_sweep.ipynb",
+        "sweep.ipynb",
         "explore_encodings.ipynb",
         "generalisation_landscape.ipynb",
     }
@@ -98,17 +97,15 @@ def test_disjoint_notebook_writes_results_and_figure(disjoint_run):
     )
 
 
-@pytest.mark.parametrize(
-    "name,kind,values", [("resolution_sweep.ipynb", "gsd", [10, 20, 40]), ("size_sweep.ipynb", "size", [16, 32, 64])]
-)
-def test_sweep_notebooks(disjoint_run, tmp_path, name, kind, values):
+@pytest.mark.parametrize("kind,values", [("gsd", [10, 20, 40]), ("size", [16, 32, 64])])
+def test_sweep_notebook(disjoint_run, tmp_path, kind, values):
     out, _ = disjoint_run
     run = run_path(out, "atomizer", 0, 0)
     pm.execute_notebook(
-        str(ROOT / "notebooks" / name),
-        str(tmp_path / name),
+        str(ROOT / "notebooks" / "sweep.ipynb"),
+        str(tmp_path / f"sweep_{kind}.ipynb"),
         kernel_name="python3",
-        parameters={**SMOKE, "run_dir": str(run), "values": values, "output_dir": str(tmp_path)},
+        parameters={**SMOKE, "kind": kind, "run_dir": str(run), "values": values, "output_dir": str(tmp_path)},
         cwd=str(ROOT),
         progress_bar=False,
     )
@@ -123,7 +120,7 @@ def test_resolution_sweep_over_a_store_with_its_default_values(disjoint_run, tmp
     """Every run of the store swept (repeats, CIs) with the notebook's DEFAULT GSDs, 60 m included."""
     out, _ = disjoint_run
     pm.execute_notebook(
-        str(ROOT / "notebooks" / "resolution_sweep.ipynb"),
+        str(ROOT / "notebooks" / "sweep.ipynb"),
         str(tmp_path / "sweep.ipynb"),
         kernel_name="python3",
         parameters={"store": str(out), "seeds": [0, 1], "device": "cpu", "output_dir": str(tmp_path)},
@@ -212,7 +209,7 @@ def test_runner_skips_finished_runs_and_continues_past_failures(tmp_path, capsys
 
 
 def test_shipped_experiment_specs_parse():
-    for name in ("embedded_demo.yaml", "paper_table1.yaml"):
+    for name in ("embedded_demo.yaml", "eurosat_cv.yaml", "paper_table1.yaml"):
         spec = ExperimentSpec.from_yaml(ROOT / "experiments" / name)
         runs = spec.runs()
         assert runs and all((ROOT / spec.notebook).exists() for _ in runs)

@@ -35,7 +35,7 @@ def test_declared_parameters_are_what_papermill_sees(path):
 
 
 def test_shipped_specs_pass_the_whole_check():
-    for name in ("embedded_demo.yaml", "paper_table1.yaml"):
+    for name in ("embedded_demo.yaml", "eurosat_cv.yaml", "paper_table1.yaml"):
         planned = ExperimentSpec.from_yaml(ROOT / "experiments" / name).check()
         assert planned and all(params["output_dir"] == str(run) for _, params, run in planned)
 
@@ -43,7 +43,7 @@ def test_shipped_specs_pass_the_whole_check():
 def test_a_relative_notebook_is_found_next_to_the_spec(tmp_path, monkeypatch):
     (tmp_path / "specs").mkdir()
     nb = tmp_path / "specs" / "mine.ipynb"
-    nb.write_bytes((ROOT / "notebooks" / "size_sweep.ipynb").read_bytes())
+    nb.write_bytes((ROOT / "notebooks" / "sweep.ipynb").read_bytes())
     spec_path = tmp_path / "specs" / "s.yaml"
     spec_path.write_text(yaml.safe_dump({"name": "t", "notebook": "mine.ipynb", "output_dir": str(tmp_path / "o")}))
     monkeypatch.chdir(tmp_path)

@@ -1,4 +1,4 @@
-"""Experiments: train-and-evaluate steps the notebooks call, and the papermill experiment runner.
+"""The papermill experiment runner: a spec (data, checked whole), a grid of notebook runs, a locked store.
 
 ``atomizer experiment run SPEC.yaml`` executes a grid of parameterised notebook runs::
 
@@ -44,114 +44,25 @@ import ipaddress
 import itertools
 import json
 import keyword
+import logging
 import math
 import re
+import sys
 import time
 import traceback
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-import xarray as xr
 import yaml
 
 from atomizer.core.config import Config
+from atomizer.core.run_folder import FAILED
 from atomizer.core.storage import atomic_write_json, atomic_write_text, locked
-from atomizer.data.modalities import load_modalities
-from atomizer.engine.evaluation import evaluate_checkpoint, save_results, sweep_modalities
-from atomizer.engine.training import TrainConfig, train
-from atomizer.results.store import PREDICTIONS_FILE, RESULT_FILES, collect
-
-# --------------------------------------------------------------------------------------------------
-# Steps called by the notebooks
-# --------------------------------------------------------------------------------------------------
-
-
-def train_and_evaluate(
-    model: str, out_dir: str | Path, test_modalities: str, progress: bool = True, **train_options: Any
-) -> Path:
-    """Train ``model`` into ``out_dir`` (resuming if a run is there) and evaluate it on every test
-    modality; returns the run directory. Finished steps are not redone."""
-    run = Path(out_dir)
-    cfg = TrainConfig.from_dict(
-        {"model": model, "test_modalities": test_modalities, "out_dir": str(run), **train_options}
-    )
-    if not (run / "summary.json").exists():
-        train(cfg, resume=(run / "config.yaml").exists(), progress=progress)
-    table, per_image = run / RESULT_FILES["table"], run / PREDICTIONS_FILE
-    if not (table.exists() and per_image.exists()):
-        res, preds = evaluate_checkpoint(
-            run / "checkpoints" / "best.pt",
-            test_modalities,
-            dataset=cfg.dataset,
-            data_root=cfg.data_root,
-            batch_size=cfg.batch_size,
-            device=cfg.device,
-            model_name=cfg.label or model,
-            predictions=True,
-            num_workers=cfg.num_workers,
-        )
-        save_results(preds, per_image, overwrite=True, records=False)
-        save_results(res, table, overwrite=True)
-    return run
-
-
-def run_sweep(
-    run_dir: str | Path,
-    kind: str,
-    values: Sequence[float],
-    bands: Sequence[str] | None = None,
-    batch_size: int = 16,
-    device: str = "auto",
-) -> Path:
-    """Evaluate a run's best checkpoint on a GSD (``kind="gsd"``) or size (``"size"``) sweep (on the run's
-    test images: its test fold when cross-validated); writes ``sweep_<kind>.nc`` and the per-image
-    ``sweep_<kind>_predictions.nc``."""
-    from atomizer.data.modalities import ModalitySet
-
-    run = Path(run_dir)
-    cfg = TrainConfig.from_yaml(run / "config.yaml")
-    test = load_modalities(cfg.test_modalities)
-    size, gsd = int(test.source_size_px), float(test.source_gsd_m)
-    if bands is None:  # every band the dataset's test modalities use
-        bands = sorted({b for m in test for b in m.bands})
-    mods = ModalitySet(f"sweep_{kind}", tuple(sweep_modalities(kind, size, gsd, bands, values)), size, gsd)
-    for m in mods:
-        if kind == "gsd" and m.extent_m < size * gsd - 1e-6:
-            warnings.warn(
-                f"GSD {m.gsd_m:g} m does not divide the {size * gsd:g} m source: the largest whole window that "
-                f"fits is used, {m.size_px} px ({m.extent_m:g} m)",
-                stacklevel=2,
-            )
-    res, preds = evaluate_checkpoint(
-        run / "checkpoints" / "best.pt",
-        mods,
-        dataset=cfg.dataset,
-        data_root=cfg.data_root,
-        batch_size=batch_size,
-        device=device,
-        model_name=cfg.label or cfg.model,
-        predictions=True,
-        num_workers=cfg.num_workers,
-    )
-    res.attrs["sweep"] = kind
-    out = run / RESULT_FILES[kind]
-    save_results(preds, run / sweep_predictions_file(kind), overwrite=True, records=False)
-    save_results(res, out, overwrite=True)
-    return out
-
-
-def sweep_predictions_file(kind: str) -> str:
-    """Per-image predictions of a sweep (``sweep_gsd_predictions.nc``), for CIs over repeats."""
-    return f"sweep_{kind}_predictions.nc"
-
-
-# --------------------------------------------------------------------------------------------------
-# The runner
-# --------------------------------------------------------------------------------------------------
+from atomizer.engine.evaluation import save_results
+from atomizer.results.store import RESULT_FILES, collect
 
 
 class SpecError(ValueError):
@@ -212,14 +123,13 @@ def check_rendered(parameters: Mapping[str, Any]) -> None:
         raise SpecError("experiment spec: the injected parameters cell would not be valid Python") from None
     names = []
     for stmt in tree.body:
-        ok = isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
-        if not ok:
+        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)):
             raise SpecError(
                 f"experiment spec: the injected parameters cell holds {type(stmt).__name__} code, not an assignment"
             )
-        name = stmt.targets[0].id  # type: ignore[union-attr]
+        name = stmt.targets[0].id
         try:
-            value = ast.literal_eval(stmt.value)  # type: ignore[union-attr]
+            value = ast.literal_eval(stmt.value)
         except ValueError:
             raise SpecError(f"experiment spec: parameter {name!r} would be injected as code, not a literal") from None
         if name not in parameters or value != parameters[name]:
@@ -357,7 +267,7 @@ class ExperimentSpec(Config):
             check_scheduler(self.scheduler, self.trust_scheduler, self.tls)
 
     @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> ExperimentSpec:  # type: ignore[override]
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> ExperimentSpec:
         spec = super().from_yaml(path, **overrides)
         spec.spec_dir = str(Path(path).parent)  # type: ignore[misc]
         return spec
@@ -391,7 +301,8 @@ class ExperimentSpec(Config):
                     )
         root = Path(self.output_dir)
         real_root = root.resolve()
-        planned, seen = [], {}
+        planned: list[tuple[str, dict, Path]] = []
+        seen: dict[str, dict] = {}
         for rid, params in self.runs():
             point = {k: params[k] for k in self.grid}
             if rid in seen:
@@ -426,16 +337,42 @@ def _literal_path(path: str | Path) -> str:
     return str(path).replace("{", "{{").replace("}", "}}")
 
 
+class _Terminal(logging.Handler):
+    """Writes each record to the current ``sys.stdout`` (looked up at each record, so a replaced stream,
+    e.g. pytest's capture, is honoured)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stdout.write(self.format(record).rstrip("\n") + "\n")
+            sys.stdout.flush()
+        except Exception:  # a closed stream must not fail the run
+            self.handleError(record)
+
+
+def stream_notebook_output() -> None:
+    """Send what papermill logs (``log_output=True``: every line a running notebook prints, e.g. the
+    training's one line per epoch) to this process's terminal; idempotent."""
+    logger = logging.getLogger("papermill")
+    if not any(isinstance(h, _Terminal) for h in logger.handlers):
+        handler = _Terminal()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.addFilter(lambda r: not r.getMessage().startswith("Ending Cell"))  # "Executing Cell n" suffices
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # once, not again through a root handler
+
+
 def execute_run(notebook: str, run_dir: str, parameters: Mapping[str, Any], kernel_name: str = "python3") -> dict:
     """Execute one notebook run with papermill, with ``parameters`` as given (the runner adds
     ``output_dir`` where the notebook declares it); never raises (the outcome is returned and recorded)."""
     import papermill as pm
 
+    stream_notebook_output()
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     params = dict(parameters)
     t0 = time.time()
-    status = {"run_dir": str(run), "parameters": params, "started": t0}
+    status: dict[str, Any] = {"run_dir": str(run), "parameters": params, "started": t0}
     try:
         check_rendered(params)  # again where it runs: nothing but literal assignments reaches the kernel
         atomic_write_text(run / "params.yaml", yaml.safe_dump(params, sort_keys=False))
@@ -445,13 +382,14 @@ def execute_run(notebook: str, run_dir: str, parameters: Mapping[str, Any], kern
             parameters=params,
             kernel_name=kernel_name,
             progress_bar=False,
+            log_output=True,  # each cell's output to the "papermill" logger: the terminal (stream_notebook_output)
             cwd=str(Path.cwd()),
         )
         status.update(state="done", seconds=time.time() - t0)
-        (run / "failed.txt").unlink(missing_ok=True)
+        (run / FAILED).unlink(missing_ok=True)
     except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
         status.update(state="failed", seconds=time.time() - t0, error=f"{type(e).__name__}: {e}"[:4000])
-        atomic_write_text(run / "failed.txt", status["error"] + "\n" + traceback.format_exc()[-4000:])
+        atomic_write_text(run / FAILED, status["error"] + "\n" + traceback.format_exc()[-4000:])
     atomic_write_json(run / "status.json", status)
     return status
 
@@ -553,246 +491,3 @@ def run_states(spec: ExperimentSpec) -> list[tuple[str, str]]:
         st = Path(spec.output_dir) / rid / "status.json"
         out.append((rid, json.loads(st.read_text())["state"] if st.exists() else "pending"))
     return out
-
-
-def run_path(store: str | Path, model: str, seed: int, fold: int | None) -> Path:
-    """Where a (model, seed, fold) run lives in a results store: ``<store>/<model>/seed-<s>[_fold-<f>]``.
-
-    ``model`` (a label such as ``resnet@25%``) is one folder name: a separator, ``..`` or a leading dot
-    is refused, so a run never lies outside its store."""
-    label = str(model)
-    if not label or "/" in label or "\\" in label or label.startswith(".") or any(ord(c) < 32 for c in label):
-        raise ValueError(f"model label {_short(label)} cannot name a run folder (no '/', no leading '.')")
-    return Path(store) / label / (f"seed-{int(seed)}" + ("" if fold is None else f"_fold-{int(fold)}"))
-
-
-#: The landscape around a modality set: GSDs, fractions of the largest window, band sets (EuroSAT-MS names)
-#: at the geometry of the first training modality. Every band set holds a canvas band (B10 alone has none).
-LANDSCAPE = {
-    "gsds": [10, 15, 20, 30, 40, 60],
-    "size_fractions": [0.25, 0.5, 1.0],
-    "band_sets": {
-        "rgb": ["B02", "B03", "B04"],
-        "rgbn": ["B02", "B03", "B04", "B08"],
-        "rededge": ["B05", "B06", "B07"],
-        "swir": ["B11", "B12"],
-        "seen11": ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B11", "B12"],
-        "b8a": ["B8A"],
-        "rgb_b8a": ["B02", "B03", "B04", "B8A"],
-        "all13": ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"],
-    },
-}
-LANDSCAPE_FILES = {"table": "landscape.nc", "predictions": "landscape_predictions.nc"}
-
-
-def landscape_set(train_modalities: str | Path, spec: Mapping[str, Any] | None = None):
-    """The landscape :class:`~atomizer.data.modalities.ModalitySet` around a training modality set."""
-    from atomizer.data.modalities import landscape_modalities
-
-    spec = {**LANDSCAPE, **(spec or {})}
-    train = load_modalities(train_modalities)
-    first = train.modalities[0]
-    return landscape_modalities(
-        train, spec["gsds"], spec["size_fractions"], spec["band_sets"], first.bands, (first.size_px, first.gsd_m)
-    )
-
-
-def run_landscape(
-    run_dir: str | Path, batch_size: int = 32, device: str = "auto", spec: Mapping[str, Any] | None = None
-) -> Path:
-    """Evaluate a run's best checkpoint on the landscape around its training modalities (on its test
-    images: the test fold of a cross-validated run); writes ``landscape.nc`` and
-    ``landscape_predictions.nc`` into the run (skipped when both exist)."""
-    run = Path(run_dir)
-    table, per_image = run / LANDSCAPE_FILES["table"], run / LANDSCAPE_FILES["predictions"]
-    cfg = TrainConfig.from_yaml(run / "config.yaml")
-    mods = landscape_set(cfg.train_modalities, spec)
-    if table.exists() and per_image.exists():
-        with xr.open_dataset(per_image, engine="h5netcdf") as old:  # reuse only the same landscape
-            if [str(m) for m in old.modality.values] == mods.names:
-                return table
-    res, preds = evaluate_checkpoint(
-        run / "checkpoints" / "best.pt",
-        mods,
-        dataset=cfg.dataset,
-        data_root=cfg.data_root,
-        batch_size=batch_size,
-        device=device,
-        model_name=cfg.label or cfg.model,
-        predictions=True,
-        num_workers=cfg.num_workers,
-    )
-    save_results(preds, per_image, overwrite=True, records=False)
-    save_results(res, table, overwrite=True)
-    return table
-
-
-def store_runs(store: str | Path, models: Sequence[str] = (), seeds: Sequence[int] = ()) -> list[Path]:
-    """The trained runs of a results store (those with ``checkpoints/best.pt``), filtered by label (empty:
-    every model) and seed (empty: every seed); what the sweep and landscape notebooks evaluate."""
-    from atomizer.results.store import find_run_dirs
-
-    if not Path(store).is_dir():
-        raise FileNotFoundError(f"results store {store} does not exist: train runs into it first (disjoint_modalities)")
-    runs = []
-    for d in find_run_dirs(store):
-        cfg = yaml.safe_load((d / "config.yaml").read_text()) or {}
-        label = cfg.get("label") or cfg.get("model")
-        if not (d / "checkpoints" / "best.pt").exists():
-            continue
-        if (not seeds or int(cfg.get("seed", 0)) in seeds) and (not models or label in models):
-            runs.append(d)
-    return runs
-
-
-def param_list(value: Any, cast: Any = str) -> list:
-    """A notebook's list parameter as a list: papermill's ``-p`` passes ``"atomizer,resnet"`` or ``"[0, 1]"``
-    as strings and ``-p seeds 0`` as a scalar; a list passes through. Items are converted with ``cast``."""
-    if isinstance(value, str):
-        value = [x.strip() for x in value.strip("[]").replace("'", "").replace('"', "").split(",") if x.strip()]
-    elif not isinstance(value, (list, tuple)):
-        value = [value]
-    return [cast(x) for x in value]
-
-
-# --------------------------------------------------------------------------------------------------
-# Notebook parameters
-# --------------------------------------------------------------------------------------------------
-
-
-class ParameterError(ValueError):
-    """A notebook parameter that cannot run; the message names the parameter and the value."""
-
-
-_TRAINING_KEYS = (
-    "dataset", "data_root", "train_modalities", "test_modalities", "preset", "epochs", "batch_size", "lr",
-    "seed", "device", "num_workers",
-)  # fmt: skip
-_POSITIVE = ("epochs", "batch_size", "n_resamples", "pretrain_steps", "pretrain_batch_size", "finetune_epochs",
-             "adapt_epochs", "size_px")  # fmt: skip
-_NON_NEGATIVE = ("max_steps", "train_limit", "val_limit", "num_workers", "pretrain_limit", "threads")
-
-
-def check_parameters(params: Mapping[str, Any], sweep: str | None = None) -> None:
-    """Refuse a notebook's parameters that cannot run, before anything is trained or written.
-
-    Each notebook calls this on its parameters (``check_parameters(globals())``: names that are not
-    notebook parameters are ignored), so a bad value stops the run at once with one line naming the
-    parameter, its value and what would be accepted, instead of failing minutes later.
-
-    Args:
-        params: The notebook's parameters by name (papermill's injected values included).
-        sweep: ``"gsd"`` or ``"size"`` for the sweep notebooks: ``values`` must each give a window inside
-            the test modalities' source image (a GSD whose extent does not divide the source takes the
-            largest whole window that fits).
-
-    Raises:
-        ParameterError: Naming the first bad parameter.
-    """
-    from atomizer.core.runtime import pick_device
-    from atomizer.data.bands import get_sensor
-    from atomizer.data.datasets import folds_table
-    from atomizer.models.registry import architectures, config_class
-
-    def bad(name: str, why: str) -> ParameterError:
-        return ParameterError(f"notebook parameter {name!r} = {params[name]!r}: {why}")
-
-    def as_list(name: str, cast: Any = str) -> list:
-        try:
-            return param_list(params[name], cast)
-        except (TypeError, ValueError):
-            raise bad(name, f"expected a list of {cast.__name__}") from None
-
-    p = {k: params[k] for k in params if not k.startswith("_")}
-    for name in _POSITIVE + _NON_NEGATIVE:
-        if name in p:
-            v = p[name]
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise bad(name, "expected an integer")
-            if v < (1 if name in _POSITIVE else 0):
-                raise bad(name, f"must be >= {1 if name in _POSITIVE else 0}")
-    for name in ("lr", "pretrain_lr", "gsd_m"):
-        if name in p and not (isinstance(p[name], (int, float)) and p[name] > 0):
-            raise bad(name, "must be a positive number")
-    if "mask_ratio" in p and not (isinstance(p["mask_ratio"], (int, float)) and 0 < p["mask_ratio"] < 1):
-        raise bad("mask_ratio", "must be in (0, 1)")
-    if "device" in p:
-        try:
-            pick_device(str(p["device"]))
-        except (RuntimeError, ValueError) as e:
-            raise bad("device", str(e)) from None
-    # ``models`` names architectures to train, except where a notebook reads a results store: there they
-    # are the labels of its runs (``atomizer-tiny``, ``resnet@25%``), which the store itself checks
-    models = as_list("models") if "models" in p and "store" not in p else []
-    if p.get("model"):
-        models.append(str(p["model"]))
-    for m in models:
-        if m not in architectures():
-            raise bad(
-                "models" if "models" in p else "model", f"unknown model {m!r}; choose from {', '.join(architectures())}"
-            )
-    if "preset" in p:
-        for m in models or ["atomizer"]:
-            try:
-                config_class(m).preset(str(p["preset"]), num_classes=2)
-            except (KeyError, ValueError) as e:
-                raise bad("preset", f"{m}: {e.args[0] if e.args else e}") from None
-    if "reference" in p and models and p["reference"] not in models:
-        raise bad("reference", f"not one of the models {models}")
-    if "metric" in p and p["metric"] not in ("macro_map", "top1", "micro_map", "overall_accuracy"):
-        raise bad("metric", "choose macro_map, top1, micro_map or overall_accuracy")
-    if "maskings" in p:
-        from atomizer.atoms.masking import MASKINGS
-
-        for k in as_list("maskings"):
-            if k not in MASKINGS:
-                raise bad("maskings", f"unknown masking {k!r}; choose from {', '.join(MASKINGS)}")
-    if "sensors" in p:
-        for s in as_list("sensors"):
-            try:
-                get_sensor(s)
-            except (KeyError, ValueError, OSError) as e:
-                raise bad("sensors", str(e.args[0] if e.args else e)) from None
-    sets = {}
-    for name in ("train_modalities", "test_modalities", "pretrain_modalities"):
-        if p.get(name):
-            try:
-                sets[name] = load_modalities(str(p[name]))
-            except (OSError, ValueError, KeyError) as e:
-                raise bad(name, str(e.args[0] if e.args else e)) from None
-    seeds = as_list("seeds", int) if "seeds" in p else []
-    if "seeds" in p and not seeds:
-        raise bad("seeds", "give at least one seed")
-    if p.get("folds"):
-        folds = as_list("folds", int)
-        try:
-            table = folds_table(str(p.get("dataset", "eurosat")))
-        except (OSError, KeyError, ValueError) as e:
-            raise bad("folds", str(e.args[0] if e.args else e)) from None
-        known = sorted(int(f) for f in table["fold"].unique())
-        if any(f not in known for f in folds):
-            raise bad("folds", f"the shipped assignment has folds {known}")
-    training = {k: p[k] for k in _TRAINING_KEYS if k in p and p[k] not in ("", None)}
-    if training and (models or "dataset" in p):
-        try:
-            TrainConfig.from_dict({"model": (models or ["atomizer"])[0], **training, "out_dir": "unused"})
-        except (TypeError, ValueError, KeyError) as e:
-            raise ParameterError(f"notebook parameters: {e.args[0] if e.args else e}") from None
-    for name in ("gsds", "size_fractions"):
-        if name in p:
-            vals = as_list(name, float)
-            if not vals or min(vals) <= 0 or (name == "size_fractions" and max(vals) > 1):
-                raise bad(name, "expected positive numbers" + (" <= 1" if name == "size_fractions" else ""))
-    if sweep is not None and "values" in p:
-        values = as_list("values", float)
-        test = sets.get("test_modalities")
-        if not values:
-            raise bad("values", "give at least one value")
-        if test is not None:
-            extent = test.source_size_px * test.source_gsd_m
-            limit = test.source_size_px if sweep == "size" else extent
-            too_big = [v for v in values if v <= 0 or v > limit]
-            if too_big:
-                unit = "px" if sweep == "size" else "m"
-                raise bad("values", f"{too_big} outside (0, {limit:g}] {unit}: the source image is "
-                          f"{test.source_size_px} px at {test.source_gsd_m:g} m ({extent:g} m)")  # fmt: skip
