@@ -36,9 +36,10 @@ def predict_dataset(
     desc: str = "eval",
     precision: str = "auto",
     num_workers: int = 0,
+    progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, targets) of every item, in order, with the model in eval mode; ``num_workers`` loader
-    processes read and tokenize (batches pinned for a GPU).
+    processes read and tokenize (batches pinned for a GPU); ``progress``: a tqdm bar (on a terminal).
 
     Under ``torch.distributed`` (world size > 1) every rank scores its shard (items ``rank, rank + world,
     ...``: none padded, none twice) and the predictions are gathered, so every rank returns all of them
@@ -60,7 +61,7 @@ def predict_dataset(
         pin_memory=device.type == "cuda",
     )
     logits, targets = [], []
-    for b in tqdm(loader, desc=desc, leave=False, disable=None):
+    for b in tqdm(loader, desc=desc, leave=False, disable=None if progress else True):
         with autocast(precision, device):
             logits.append(model(b["input"].to(device, non_blocking=True)).float().cpu())
         targets.append(b["target"])

@@ -319,6 +319,7 @@ class TrainTask(Task):
             desc="validate",
             precision=cfg.precision,
             num_workers=cfg.num_workers,
+            progress=loop.progress,
         )
         val = classification_metrics(logits, targets)
         val["loss"] = float(loss_fn(logits, targets))

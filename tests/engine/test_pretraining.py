@@ -302,5 +302,5 @@ def test_pretrain_cli_help():
 
 
 def test_shipped_pretraining_config_parses():
-    cfg = PretrainConfig.from_yaml(ROOT / "configs" / "pretrain_small.yaml")
+    cfg = PretrainConfig.from_yaml(ROOT / "configs" / "pretrain.yaml")
     assert cfg.masking in MASKINGS and cfg.mask_ratio == 0.9 and len(cfg.sources) == 3

@@ -49,7 +49,7 @@ def test_configs_are_the_record(model):
     cfg = TrainConfig.from_yaml(ROOT / "configs" / f"eurosat_{model}.yaml").to_dict()
     for key, value in RECORD.train_options(model).items():
         assert cfg[key] == value, f"configs/eurosat_{model}.yaml: {key} = {cfg[key]!r}, the record has {value!r}"
-    pre = yaml.safe_load((ROOT / "configs" / "pretrain_small.yaml").read_text())
+    pre = yaml.safe_load((ROOT / "configs" / "pretrain.yaml").read_text())
     assert pre["preset"] == RECORD.preset_of("atomizer") and pre["model_overrides"] == RECORD.overrides_of("atomizer")
 
 
