@@ -1,7 +1,8 @@
 """The data-scaling curve: test score against the number of training images, per model, with 95 % CIs.
 
 Runs trained on a class-stratified fraction of the training folds (``TrainConfig.train_fraction``) are
-labelled ``<model>@<percent>%`` (``scripts/run_cv.py --train-fraction``); the full runs keep the model's
+labelled ``<model>@<percent>%`` (the disjoint notebook's ``train_fraction``, e.g. in
+``experiments/eurosat_cv.yaml``); the full runs keep the model's
 name. The score is averaged over the test modalities and seeds, its CI bootstrapped over the test images
 (:func:`atomizer.results.stats.summarize_over_modalities`).
 """
