@@ -37,6 +37,12 @@ The train-step records also carry:
 
 ``--quick`` (CPU): batch 1, one repetition, one process per case that reports both time and memory with
 glibc's default allocator (indicative numbers, under a minute on 2 cores).
+
+With :data:`SMOKE_ENV` set (``scripts/device_check.sh --dry-run`` sets it), every case runs small: the
+train steps on the ``tiny`` preset at batch 2, the loader on the LMDB source alone with in-process reading.
+The records keep their fields; their figures mean nothing. The device check's other pieces live here too:
+:func:`demo_train` (the demo experiment's models trained on the device) and :func:`device_summary` (every
+figure of a device check in one JSON record and a markdown page).
 """
 
 from __future__ import annotations
@@ -54,6 +60,19 @@ import numpy as np
 import torch
 
 CASES = ("encoder_train_step", "reference_train_step", "scaling", "scene_inference", "loader")
+#: Set (to anything but ``""`` or ``0``) to run every case small (module docstring): the device check's dry run.
+SMOKE_ENV = "ATOMIZER_BENCH_SMOKE"
+
+
+def smoke() -> bool:
+    """True when :data:`SMOKE_ENV` asks for small cases."""
+    return os.environ.get(SMOKE_ENV, "") not in ("", "0")
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -157,6 +176,8 @@ def count_flops(fn) -> int:
 
 
 def _ben_patches(n: int):
+    """``n`` native BigEarthNet patches (the embedded slice holds 60: past that they repeat, so a batch of 64
+    is a batch of 64)."""
     from atomizer.data.datasets import BigEarthNetNpz
 
     ds = BigEarthNetNpz()
@@ -167,7 +188,7 @@ def _ben_patches(n: int):
             out.append(img)
         if len(out) == n:
             break
-    return out
+    return [out[i % len(out)] for i in range(n)] if out else out
 
 
 def resample_to_120(image):
@@ -339,8 +360,9 @@ def case_scene(device: torch.device, preset: str, reps: int, chunk: int, warmup:
     ]
 
 
-def _loader_sources(tmp: Path) -> dict[str, Any]:
-    """The embedded v2 patches as official GeoTIFF folders, npz and LMDB (real arrays, written under ``tmp``)."""
+def _loader_sources(tmp: Path, geotiff: bool = True) -> dict[str, Any]:
+    """The embedded v2 patches as official GeoTIFF folders (with ``geotiff``), npz and LMDB (real arrays,
+    written under ``tmp``)."""
     import pandas as pd
 
     from atomizer.data.datasets import BigEarthNetLMDB, BigEarthNetNpz, BigEarthNetOfficial
@@ -361,14 +383,15 @@ def _loader_sources(tmp: Path) -> dict[str, Any]:
         for pid, a in arrays.items():
             txn.put(pid.encode(), encode_patch(a))
     env.close()
-    tif_root = tmp / "BigEarthNet-S2"
-    for pid, a in arrays.items():
-        write_patch_folder(tif_root, pid, a)
-    return {
-        "geotiff": BigEarthNetOfficial(tif_root, "v2", tmp / "metadata.parquet"),
-        "npz": npz,
-        "lmdb": BigEarthNetLMDB(tmp, lmdb_path=tmp / LMDB_DIR, metadata=tmp / "metadata.parquet"),
-    }
+    sources: dict[str, Any] = {}
+    if geotiff:
+        tif_root = tmp / "BigEarthNet-S2"
+        for pid, a in arrays.items():
+            write_patch_folder(tif_root, pid, a)
+        sources["geotiff"] = BigEarthNetOfficial(tif_root, "v2", tmp / "metadata.parquet")
+    sources["npz"] = npz
+    sources["lmdb"] = BigEarthNetLMDB(tmp, lmdb_path=tmp / LMDB_DIR, metadata=tmp / "metadata.parquet")
+    return sources
 
 
 def _tensor_bytes(batch: Any) -> int:
@@ -434,9 +457,10 @@ def _wire_records(base: Any, mods: list, device: torch.device, quick: bool, batc
     return out
 
 
-def case_loader(quick: bool, device: torch.device | None = None) -> list[dict]:
+def case_loader(quick: bool, device: torch.device | None = None, small: bool = False) -> list[dict]:
     """Patches/s per core of each source and path, the atoms' wire layouts, and a DataLoader feeding a
-    train step (see the module doc)."""
+    train step (see the module doc). ``small`` (the smoke run): the LMDB source alone, no wire records, the
+    DataLoader with in-process reading only. The GeoTIFF source needs rasterio; without it, it is left out."""
     import tempfile
 
     from atomizer.data.modalities import load_modalities
@@ -447,10 +471,12 @@ def case_loader(quick: bool, device: torch.device | None = None) -> list[dict]:
     device = device or torch.device("cpu")
     out: list[dict] = []
     with tempfile.TemporaryDirectory() as d:
-        sources = _loader_sources(Path(d))
+        sources = _loader_sources(Path(d), geotiff=not small and _has("rasterio"))
         n = len(sources["lmdb"])
-        passes = 1 if quick else 5
+        passes = 1 if quick or small else 5
         for name, base in sources.items():
+            if small and name != "lmdb":
+                continue
             for fast, wire in ((False, "full"), (True, "full"), (True, "compact")):
                 if (name == "geotiff" and fast and quick) or (wire == "compact" and name != "lmdb"):
                     continue
@@ -475,13 +501,14 @@ def case_loader(quick: bool, device: torch.device | None = None) -> list[dict]:
                     }
                 )
         base = sources["lmdb"]
-        out += _wire_records(base, list(mods), device, quick)
+        if not small:
+            out += _wire_records(base, list(mods), device, quick)
         # a DataLoader feeding a tiny train step on ``device``: how long the step waits for its batch.
         # Worker processes send compact atoms (what training's wire "auto" does), in-process reading full ones.
         model = _model("tiny", device, train=True)
         target = torch.zeros(8, model.cfg.num_classes, device=device)
         cores = os.cpu_count() or 1
-        for workers in (0, 1) if quick else sorted({0, 1, 2, cores}):
+        for workers in (0,) if small else (0, 1) if quick else sorted({0, 1, 2, cores}):
             wire = wire_for("auto", device, workers)
             ds = ModalityDataset(base, list(mods), np.arange(n) % len(mods), random_window=True, cache=False, wire=wire)
             loader = torch.utils.data.DataLoader(
@@ -491,7 +518,7 @@ def case_loader(quick: bool, device: torch.device | None = None) -> list[dict]:
             )  # fmt: skip
             wait = compute = 0.0
             steps = 0
-            for _ in range(1 if quick else 3):
+            for _ in range(1 if quick or small else 3):
                 t = time.perf_counter()
                 for batch in loader:
                     t1 = time.perf_counter()
@@ -533,18 +560,20 @@ def run_case(
     dev = torch.device(device)
     if dev.type == "cpu" and not memory:
         tune_cpu_allocator()  # what ``atomizer train`` does; the memory runs keep glibc's defaults (see above)
-    reps = reps or (1 if quick else 5)
+    small = smoke()
+    reps = reps or (1 if quick or small else 5)
     if case in ("encoder_train_step", "reference_train_step"):
-        b = batch or (1 if quick else (64 if dev.type == "cuda" else 4))
+        b = batch or (2 if small else 1 if quick else (64 if dev.type == "cuda" else 4))
         prec = "bf16" if autocast_dtype(precision, dev) is not None else "fp32"
-        return case_train_step(dev, "paper", b, reps, reference=case == "reference_train_step", precision=prec)
+        preset = "tiny" if small else "paper"
+        return case_train_step(dev, preset, b, reps, reference=case == "reference_train_step", precision=prec)
     if case == "scaling":
         sizes = [10_000, 100_000, 1_000_000] if quick else [10_000, 30_000, 100_000, 300_000, 1_000_000]
         return case_scaling(dev, "tiny" if quick else "paper", 1 if quick else reps, sizes)
     if case == "scene_inference":
         return case_scene(dev, "tiny" if quick else "paper", 1, 262_144, warmup=not quick)
     if case == "loader":
-        return case_loader(quick, dev)
+        return case_loader(quick, dev, small=small)
     raise KeyError(f"unknown case {case!r}; cases: {', '.join(CASES)}")
 
 
@@ -686,3 +715,217 @@ def format_table(records: list[dict]) -> str:
     )
     with pd.option_context("display.width", 250, "display.max_columns", None, "display.float_format", "{:.4g}".format):
         return df.to_string(index=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# The device check (scripts/device_check.sh)
+# --------------------------------------------------------------------------------------------------
+
+#: The device check's files. Those of :data:`DEVICE_CHECK_OUTPUTS` are written to its output folder ($OUT: at
+#: most 8 files come back from the device machine, other tests write there too); the rest, the steps' own
+#: records, go to a scratch folder and into ``device_check.json``.
+DEVICE_CHECK_FILES = {
+    "env": "env.json",
+    "tests": "gpu_tests.xml",
+    "bench": "bench.json",
+    "demo": "demo.json",
+    "summary": "device_check.json",
+    "markdown": "device_check.md",
+    "log": "device_check.log",
+}
+DEVICE_CHECK_OUTPUTS = ("bench", "summary", "markdown", "log")
+
+
+def demo_train(params: dict[str, Any], device: str, workdir: str | Path, small: bool = False) -> list[dict]:
+    """The demo experiment's models (``params``: its spec's ``parameters``: ``models``, ``preset`` and the
+    per-model ``presets`` and ``model_overrides`` of the recipe of record, ``batch_size``, ``lr``) trained on
+    ``device`` on fold 0, one epoch each: one record per model (seconds, steps, images/s, best validation
+    macro mAP).
+
+    EuroSAT is read from GeoTIFFs; where rasterio is missing (the device machine carries no wheel that large),
+    the embedded BigEarthNet patches (npz) stand in, and the records say so. ``small`` (the dry run): the
+    ``tiny`` preset, two steps on 8 images.
+    """
+    from atomizer.engine.training import TrainConfig, train
+
+    dataset = str(params.get("dataset", "eurosat"))
+    note = None
+    if dataset == "eurosat" and not _has("rasterio"):
+        dataset, note = "bigearthnet", "rasterio missing: the embedded BigEarthNet npz patches instead of EuroSAT"
+    sets = (f"{dataset}_train", f"{dataset}_test") if note else (None, None)
+    out = []
+    for arch in params.get("models", ["atomizer", "resnet"]):
+        cfg: dict[str, Any] = {
+            "model": arch,
+            "preset": "tiny" if small else dict(params.get("presets") or {}).get(arch, params.get("preset", "small")),
+            "model_overrides": dict(dict(params.get("model_overrides") or {}).get(arch) or {}),
+            "dataset": dataset,
+            "train_modalities": sets[0] or params.get("train_modalities", f"{dataset}_train"),
+            "test_modalities": sets[1] or params.get("test_modalities", f"{dataset}_test"),
+            "epochs": 1,
+            "batch_size": 4 if small else int(params.get("batch_size", 16)),
+            "lr": float(params.get("lr", 1e-3)),
+            "fold": 0,
+            "seed": 0,
+            "device": device,
+            "out_dir": str(Path(workdir) / arch),
+        }
+        if small:
+            cfg.update(max_steps=2, train_limit=8, val_limit=8)
+        t = time.perf_counter()
+        summary = train(TrainConfig.from_dict(cfg), progress=False)
+        sec = time.perf_counter() - t
+        rec = {
+            "model": arch,
+            "preset": cfg["preset"],
+            "model_overrides": cfg["model_overrides"],
+            "dataset": dataset,
+            "device": device,
+            "precision": "bf16" if device == "cuda" else "fp32",
+            "batch_size": cfg["batch_size"],
+            "steps": int(summary["step"]),
+            "seconds": sec,
+            "images_per_second": int(summary["step"]) * cfg["batch_size"] / sec,
+            "best_val_macro_map": float(summary["best_val_macro_map"]),
+        }
+        if note:
+            rec["note"] = note
+        out.append(rec)
+    return out
+
+
+def _junit_counts(path: Path) -> dict[str, Any]:
+    """Counts of a pytest JUnit XML file: tests, passed, failed, errors, skipped, and each test's outcome."""
+    import xml.etree.ElementTree as ET
+
+    counts: dict[str, Any] = {"tests": 0, "passed": 0, "failed": 0, "errors": 0, "skipped": 0, "cases": {}}
+    if not path.exists():
+        return {**counts, "missing": True}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        kids = {c.tag for c in case}
+        outcome = (
+            "failed"
+            if "failure" in kids
+            else "errors"
+            if "error" in kids
+            else "skipped"
+            if "skipped" in kids
+            else "passed"
+        )
+        counts["tests"] += 1
+        counts[outcome] += 1
+        counts["cases"][f"{case.get('classname', '')}::{case.get('name', '')}"] = outcome
+    return counts
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def device_summary(
+    out: str | Path, parts: str | Path | None = None, steps: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """Every figure of a device check in one record, written to ``out`` as JSON and as a markdown page
+    (:data:`DEVICE_CHECK_FILES`); returns the record. The benchmark's records are read from ``out``, the
+    environment, the test report and the demo's records from ``parts`` (default ``out``). ``steps``: each
+    step's exit status.
+
+    Headline figures: images/s of the encoder train step (batch and precision as measured: 64 in bf16 on
+    CUDA), its FLOPs per image, achieved TFLOP/s and fraction of the device's bf16 peak (None off CUDA), and
+    the loader's wait fraction (the share of a train step spent waiting for its batch) per worker count.
+    """
+    out = Path(out)
+    where = {k: out if k in DEVICE_CHECK_OUTPUTS else Path(parts or out) for k in DEVICE_CHECK_FILES}
+    f = {k: where[k] / v for k, v in DEVICE_CHECK_FILES.items()}
+    env = _read_json(f["env"]) or {}
+    bench = _read_json(f["bench"]) or {}
+    records = bench.get("records", []) if isinstance(bench, dict) else []
+    step: dict[str, Any] = next((r for r in records if r.get("case") == "encoder_train_step" and "error" not in r), {})
+    ref: dict[str, Any] = next((r for r in records if r.get("case") == "reference_train_step" and "error" not in r), {})
+    waits = [r for r in records if r.get("case") == "loader" and "data_wait_fraction" in r]
+    headline = {
+        "device": env.get("device_name"),
+        "dry_run": bool(env.get("dry_run")),
+        "train_step_batch": step.get("batch"),
+        "train_step_precision": step.get("precision"),
+        "train_step_preset": step.get("preset"),
+        "train_step_images_per_second": step.get("images_per_second"),
+        "flops_per_image": step.get("flops_per_image"),
+        "achieved_tflops": step.get("achieved_tflops"),
+        "bf16_peak_tflops": step.get("bf16_peak_tflops"),
+        "fraction_of_bf16_peak": step.get("fraction_of_bf16_peak"),
+        "reference_images_per_second": ref.get("images_per_second"),
+        "speedup_vs_reference": step.get("speedup_vs_reference"),
+        "loader_wait_fraction": {str(r["workers"]): r["data_wait_fraction"] for r in waits},
+    }
+    summary = {
+        "headline": headline,
+        "steps": dict(steps or {}),
+        "env": env,
+        "gpu_tests": _junit_counts(f["tests"]),
+        "bench_errors": [r for r in records if "error" in r],
+        "bench_records": records,
+        "demo": _read_json(f["demo"]) or [],
+    }
+    from atomizer.core.storage import atomic_write_json, atomic_write_text
+
+    atomic_write_json(f["summary"], summary)
+    atomic_write_text(f["markdown"], summary_markdown(summary))
+    return summary
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """The device check's markdown page (:func:`device_summary`)."""
+    h, env, t = summary["headline"], summary["env"], summary["gpu_tests"]
+    kind = "CPU dry run (figures mean nothing; the format only)" if h["dry_run"] else "device run"
+    lines = [
+        f"# Device check: {h['device'] or 'no CUDA device'}",
+        "",
+        f"{kind}; {env.get('date', '?')}; torch {env.get('torch', '?')}, CUDA {env.get('cuda', 'n/a')}, "
+        f"Python {env.get('python', '?')}; commit {env.get('commit', '?')}.",
+        f"Missing packages (what needs them is skipped): {', '.join(env.get('missing', [])) or 'none'}.",
+        "",
+        "| figure | value |",
+        "| --- | --- |",
+        f"| train step images/s (encoder, {h['train_step_preset']} preset, batch {h['train_step_batch']}, "
+        f"{h['train_step_precision']}) | {_fmt(h['train_step_images_per_second'])} |",
+        f"| FLOPs per image (forward + backward) | {_fmt(h['flops_per_image'])} |",
+        f"| achieved TFLOP/s | {_fmt(h['achieved_tflops'])} |",
+        f"| fraction of the bf16 peak ({_fmt(h['bf16_peak_tflops'])} TFLOP/s) | {_fmt(h['fraction_of_bf16_peak'])} |",
+        f"| reference (authors') train step images/s | {_fmt(h['reference_images_per_second'])} |",
+        f"| speed-up vs the reference | {_fmt(h['speedup_vs_reference'])} |",
+    ]
+    for w, frac in h["loader_wait_fraction"].items():
+        lines.append(f"| loader wait fraction, {w} workers | {_fmt(frac)} |")
+    failed = [k for k, rc in summary["steps"].items() if rc != 0]
+    lines += [
+        "",
+        f"Steps: {', '.join(f'{k} (exit {rc})' for k, rc in summary['steps'].items()) or 'none recorded'}"
+        + (f"; FAILED: {', '.join(failed)}." if failed else "."),
+        f"GPU tests (`pytest -m gpu`): {t['passed']} passed, {t['failed']} failed, {t['errors']} errors, "
+        f"{t['skipped']} skipped of {t['tests']}.",
+    ]
+    if summary["bench_errors"]:
+        lines.append("Bench errors: " + "; ".join(f"{r['case']}: {r['error']}" for r in summary["bench_errors"]))
+    if summary["demo"]:
+        lines += [
+            "",
+            "| demo model | preset | dataset | steps | seconds | images/s | best val macro mAP |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in summary["demo"]:
+            lines.append(
+                f"| {r['model']} | {r['preset']} | {r['dataset']} | {r['steps']} | {_fmt(r['seconds'])} | "
+                f"{_fmt(r['images_per_second'])} | {_fmt(r['best_val_macro_map'])} |"
+            )
+        notes = {r["note"] for r in summary["demo"] if r.get("note")}
+        lines += [f"Note: {n}." for n in sorted(notes)]
+    return "\n".join(lines) + "\n"
