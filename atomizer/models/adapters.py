@@ -76,7 +76,7 @@ class AdapterConfig(Config):
     @classmethod
     def from_any(cls, spec: "AdapterConfig | Mapping[str, Any] | None") -> "AdapterConfig":
         """``spec`` itself, or validated from a mapping (:meth:`Config.from_dict`); errors are AdapterErrors."""
-        if isinstance(spec, cls):
+        if isinstance(spec, AdapterConfig):
             return spec
         try:
             return cls.from_dict(dict(spec or {}))
@@ -121,13 +121,14 @@ class SpectralAdapterEncoder(AtomEncoder):
     def __init__(self, base: AtomEncoder, hidden: int = 32):
         super().__init__(base.cfg, base.band_stats)
         d = base.cfg.band_dim
-        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d))
-        nn.init.zeros_(self.mlp[2].weight)
-        nn.init.zeros_(self.mlp[2].bias)
+        first, out = nn.Linear(d, hidden), nn.Linear(hidden, d)
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
+        self.mlp = nn.Sequential(first, nn.GELU(), out)
 
     def band_features(self, band_table: Tensor, names: Sequence[str] = ()) -> Tensor:
         f = super().band_features(band_table, names)
-        return f + self.mlp(f.to(self.mlp[0].weight.dtype))
+        return f + self.mlp(f.to(next(self.mlp.parameters()).dtype))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -144,7 +145,7 @@ def _is_adapter(name: str) -> bool:
 
 
 def apply_adapters(
-    model: Atomizer, spec: AdapterConfig | Mapping[str, Any] | None = None, head_loaded: str = "full"
+    model: nn.Module, spec: AdapterConfig | Mapping[str, Any] | None = None, head_loaded: str = "full"
 ) -> AdapterConfig:
     """Freeze ``model`` and add adapters in place; returns the resolved config (``head`` never ``auto``).
 
@@ -164,11 +165,11 @@ def apply_adapters(
     if has_adapters(model):
         raise AdapterError("this model already has adapters")
     cfg = AdapterConfig.from_any(spec)
-    new_classes = cfg.num_classes is not None and cfg.num_classes != model.head.fc.out_features
+    new_classes = cfg.num_classes if cfg.num_classes not in (None, model.head.fc.out_features) else None
     head = cfg.head
     if head == "auto":
-        head = "freeze" if head_loaded == "full" and not new_classes else "fc"
-    if head == "freeze" and new_classes:
+        head = "freeze" if head_loaded == "full" and new_classes is None else "fc"
+    if head == "freeze" and new_classes is not None:
         raise AdapterError(f"a new label set ({cfg.num_classes} classes) needs head='fc' or 'full'")
     cfg = replace(cfg, head=head)
     model.adapter_base_config = model.cfg.to_dict()
@@ -183,25 +184,25 @@ def apply_adapters(
             if name in cfg.targets and isinstance(getattr(m, name), nn.Linear):
                 setattr(m, name, wrap(getattr(m, name)))
     if "token_proj" in cfg.targets:
-        for m in projs.values():
-            m.proj = wrap(m.proj)
+        for proj in projs.values():
+            proj.register_module("proj", wrap(proj.proj))
     if cfg.spectral:
         model.encoder = SpectralAdapterEncoder(model.encoder, cfg.spectral_hidden).to(model.latents.device)
     dim = model.cfg.latent_dim
     if head == "fc":
-        if new_classes:
-            model.head.fc = nn.Linear(dim, cfg.num_classes).to(model.latents.device)
+        if new_classes is not None:
+            model.head.fc = nn.Linear(dim, new_classes).to(model.latents.device)
         for p in [*model.head.fc.parameters(), *model.head.out_norm.parameters()]:
             p.requires_grad_(True)
     elif head == "full":
-        if new_classes:
-            model.head = AttentionPool(dim, model.cfg.latent_heads, model.cfg.latent_dim_head, cfg.num_classes).to(
+        if new_classes is not None:
+            model.head = AttentionPool(dim, model.cfg.latent_heads, model.cfg.latent_dim_head, new_classes).to(
                 model.latents.device
             )
         for p in model.head.parameters():
             p.requires_grad_(True)
-    if new_classes:
-        model.cfg = replace(model.cfg, num_classes=cfg.num_classes)
+    if new_classes is not None:
+        model.cfg = replace(model.cfg, num_classes=new_classes)
     model.adapter_config = cfg
     rep = adapter_report(model)
     if rep["fraction"] > cfg.max_fraction:
@@ -260,12 +261,13 @@ def save_adapters(model: nn.Module, path: str | Path, base_checkpoint: str | Pat
     """Write only the adapter (and trainable head) weights, their config, the base config and the base
     fingerprint to ``path`` (atomically); the base checkpoint is not copied."""
     core = getattr(model, "module", model)
-    if not has_adapters(core):
+    adapter_config = getattr(core, "adapter_config", None)
+    if not isinstance(core, Atomizer) or adapter_config is None:
         raise AdapterError("the model has no adapters to save")
     payload = plain_data(
         {
             "format": FORMAT,
-            "adapter_config": core.adapter_config.to_dict(),
+            "adapter_config": adapter_config.to_dict(),
             "base_config": core.adapter_base_config,
             "base_fingerprint": base_fingerprint(core),
             "base_checkpoint": None if base_checkpoint is None else str(base_checkpoint),

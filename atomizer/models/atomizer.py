@@ -1,8 +1,8 @@
 """The Atomizer encoder: a Perceiver that reads a set of atoms through cross-attention into latents.
 
 Read top to bottom: config and presets, the blocks, the model. The layers (the factorised token
-projection, one ``Attention`` for cross and self attention, the GEGLU feed-forward, the pooling head)
-are in :mod:`atomizer.models.layers`.
+projection, one ``Attention`` for cross and self attention, the GEGLU feed-forward, the cross and self
+blocks, the weight-tied stack, the pooling head) are in :mod:`atomizer.models.layers`.
 
 Shapes: S sets in a batch, N atoms per set (padded), K atoms kept after pruning, L latents, D latent
 width, H heads, C classes.
@@ -10,20 +10,25 @@ width, H heads, C classes.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts, noop_context_fn
 
 from atomizer.atoms.encodings import AtomEncoder, EncodingConfig
 from atomizer.atoms.tokens import AtomBatch
 from atomizer.core.config import Config
-from atomizer.models.layers import Attention, AttentionPool, FactorizedTokenProjection, FeedForward, drop_path
+from atomizer.models.layers import (
+    AttentionPool,
+    CrossBlock,
+    FactorizedTokenProjection,
+    LatentBlock,
+    SelfBlock,
+    TiedStack,
+)
 
 # --------------------------------------------------------------------------------------------------
 # Config
@@ -117,70 +122,37 @@ PRESETS: dict[str, AtomizerConfig] = {
 
 
 # --------------------------------------------------------------------------------------------------
-# Blocks
+# Blocks (the block classes and the weight-tied stack are in :mod:`atomizer.models.layers`)
 # --------------------------------------------------------------------------------------------------
 
 
-class SelfBlock(nn.Module):
-    """Latent self-attention + feed-forward, both pre-norm and residual."""
-
-    def __init__(self, cfg: AtomizerConfig):
-        super().__init__()
-        self.norm = nn.LayerNorm(cfg.latent_dim)
-        self.attn = Attention(cfg.latent_dim, cfg.latent_heads, cfg.latent_dim_head, dropout=cfg.attn_dropout)
-        self.ff = FeedForward(cfg.latent_dim, cfg.ff_mult, cfg.ff_dropout)
-        self.drop_path = cfg.drop_path
-
-    def forward(self, z: Tensor) -> Tensor:
-        z = z + drop_path(self.attn(self.norm(z))[0], self.drop_path, self.training)
-        return z + drop_path(self.ff(z), self.drop_path, self.training)
-
-
-class CrossBlock(nn.Module):
-    """Latents attend to atoms (keys/values from the factorised projection), then feed-forward."""
-
-    def __init__(self, cfg: AtomizerConfig, part_dims: tuple[int, int, int, int]):
-        super().__init__()
-        inner = cfg.cross_heads * cfg.cross_dim_head
-        self.to_kv = FactorizedTokenProjection(part_dims, 2 * inner)
-        self.norm = nn.LayerNorm(cfg.latent_dim)
-        self.attn = Attention(
-            cfg.latent_dim, cfg.cross_heads, cfg.cross_dim_head, dropout=cfg.attn_dropout, external_kv=True
+def _block(cfg: AtomizerConfig, part_dims: tuple[int, int, int, int]) -> LatentBlock:
+    """One block: latents attend to the atoms (``"cross"``, keys/values from the factorised projection),
+    then ``self_per_cross`` latent self-attention blocks (``"self"``)."""
+    inner = cfg.cross_heads * cfg.cross_dim_head
+    cross = CrossBlock(
+        cfg.latent_dim,
+        cfg.cross_heads,
+        cfg.cross_dim_head,
+        to_kv=FactorizedTokenProjection(part_dims, 2 * inner),
+        ff_mult=cfg.ff_mult,
+        attn_dropout=cfg.attn_dropout,
+        ff_dropout=cfg.ff_dropout,
+        drop_path=cfg.drop_path,
+    )
+    latents = (
+        SelfBlock(
+            cfg.latent_dim,
+            cfg.latent_heads,
+            cfg.latent_dim_head,
+            cfg.ff_mult,
+            attn_dropout=cfg.attn_dropout,
+            ff_dropout=cfg.ff_dropout,
+            drop_path=cfg.drop_path,
         )
-        self.ff = FeedForward(cfg.latent_dim, cfg.ff_mult, cfg.ff_dropout)
-        self.drop_path = cfg.drop_path
-
-    def forward(self, z: Tensor, kv: Tensor, mask: Tensor | None, return_weights: bool = False):
-        out, w = self.attn(self.norm(z), kv=kv, mask=mask, return_weights=return_weights)
-        z = z + drop_path(out, self.drop_path, self.training)
-        return z + drop_path(self.ff(z), self.drop_path, self.training), w
-
-    def forward_streaming(self, z: Tensor, chunks) -> Tensor:
-        """Exact cross-attention over atoms delivered in chunks, with an online softmax.
-
-        ``chunks`` yields ``(kv (S, n, 2*inner), mask (S, n))``; memory is bounded by one chunk. The
-        running maximum ``m``, normaliser ``l`` and accumulator ``acc`` are rescaled as each chunk
-        arrives, so the result equals attention over all atoms at once.
-        """
-        attn = self.attn
-        h, d = attn.heads, attn.dim_head
-        q = rearrange(attn.to_q(self.norm(z)), "s l (h d) -> s h l d", h=h).float() / math.sqrt(d)
-        m = torch.full(q.shape[:-1] + (1,), float("-inf"), device=z.device)  # (S, H, L, 1)
-        l = torch.zeros_like(m)
-        acc = torch.zeros_like(q)  # (S, H, L, d)
-        for kv, mask in chunks:
-            k, v = rearrange(kv.float(), "s n (two h d) -> two s h n d", two=2, h=h)
-            logits = (q @ k.transpose(-1, -2)).masked_fill(~mask[:, None, None, :], float("-inf"))
-            m_new = torch.maximum(m, logits.amax(-1, keepdim=True))
-            safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
-            p = torch.exp(logits - safe)
-            scale = torch.exp(m - safe)
-            l = l * scale + p.sum(-1, keepdim=True)
-            acc = acc * scale + p @ v
-            m = m_new
-        out = attn.to_out(rearrange(acc / l, "s h l d -> s l (h d)").to(z.dtype))
-        z = z + out
-        return z + self.ff(z)
+        for _ in range(cfg.self_per_cross)
+    )
+    return LatentBlock({"cross": cross}, latents)
 
 
 # Fused attention kernels whose outputs (latent-sized: the attended values and the log-sum-exp) are kept
@@ -233,6 +205,9 @@ class Atomizer(nn.Module):
     """Atoms in, class logits out. ``forward(batch)`` -> (S, C); see :meth:`forward`."""
 
     input_type = AtomBatch
+    #: Set by :func:`atomizer.models.adapters.apply_adapters`: the adapters' config, the base model's config.
+    adapter_config: Config | None = None
+    adapter_base_config: dict[str, Any] | None = None
 
     def __init__(self, cfg: AtomizerConfig):
         super().__init__()
@@ -242,20 +217,7 @@ class Atomizer(nn.Module):
         part_dims = (enc.value_dim, enc.pos_dim, enc.pos_dim, enc.band_dim)
         self.latents = nn.Parameter(torch.randn(cfg.num_latents, cfg.latent_dim) * 0.02)
 
-        def block() -> nn.ModuleDict:
-            return nn.ModuleDict(
-                {
-                    "cross": CrossBlock(cfg, part_dims),
-                    "self": nn.ModuleList(SelfBlock(cfg) for _ in range(cfg.self_per_cross)),
-                }
-            )
-
-        first = block()
-        if cfg.depth > 1 and cfg.tie_weights:
-            shared = block()
-            self.blocks = nn.ModuleList([first] + [shared] * (cfg.depth - 1))
-        else:
-            self.blocks = nn.ModuleList([first] + [block() for _ in range(cfg.depth - 1)])
+        self.blocks = TiedStack(lambda: _block(cfg, part_dims), cfg.depth, cfg.tie_weights)
         self.head = AttentionPool(cfg.latent_dim, cfg.latent_heads, cfg.latent_dim_head, cfg.num_classes)
         #: Compute keys/values from materialised tokens (benchmark reference; same function, slower).
         self.reference_embedding = False
@@ -299,7 +261,8 @@ class Atomizer(nn.Module):
         Returns ``z`` or, with ``return_attention``, ``(z, [weights per block])``.
         """
         batch = batch.decoded()  # a batch still in its wire form (runs, DN) is rebuilt where it is
-        if batch.value.shape[1] == 0 or not bool(batch.mask.any(1).all()):
+        counts = batch.mask.sum(1).tolist()  # valid atoms per set: the forward's one host sync
+        if batch.value.shape[1] == 0 or 0 in counts:
             raise ValueError("empty token set: every set in the batch needs at least one valid atom")
         if chunk_size is not None and not self.training and not return_attention:
             return self._encode_streaming(batch, chunk_size)
@@ -308,16 +271,18 @@ class Atomizer(nn.Module):
         if prune is None:
             prune = self.training and self.cfg.prune_p > 0
         prune = prune and not return_attention
-        # Sets with no padding or nodata (a batch of one modality) keep equally many atoms after pruning:
-        # no mask at all then, so attention takes its dense kernel (one host sync per forward).
-        dense = bool(batch.mask.all())
+        # No mask at all where no atom attended to is padding or nodata, so attention takes a fused kernel
+        # (flash / memory-efficient; see layers): sets without padding or nodata (``dense``: a batch of one
+        # modality), and, when pruning, sets with equally many valid atoms (each keeps as many, all valid).
+        dense = min(counts) == batch.value.shape[1]
+        pruned_dense = dense or len(set(counts)) == 1
         weights = []
         for blk in self.blocks:
             if prune:
                 idx, keep = prune_index(batch.mask, self.cfg.prune_p, generator)  # (S, K)
                 g = lambda t: torch.gather(t, 1, idx)  # noqa: E731, B023  (used at once)
                 v = torch.gather(v_all, 1, idx[..., None].expand(-1, -1, v_all.shape[-1]))
-                xi, yi, band, mask = g(batch.xi), g(batch.yi), g(batch.band), None if dense else keep
+                xi, yi, band, mask = g(batch.xi), g(batch.yi), g(batch.band), None if pruned_dense else keep
             else:
                 v, xi, yi, band, mask = v_all, batch.xi, batch.yi, batch.band, None if dense else batch.mask
             args = (z, v, fx, fy, fb, xi, yi, band, mask)
@@ -329,17 +294,16 @@ class Atomizer(nn.Module):
                 autocast = torch.is_autocast_enabled(z.device.type)
                 z, w = checkpoint(
                     self._cross,
-                    blk["cross"],
+                    blk.cross_block,
                     *args,
                     use_reentrant=False,
                     context_fn=noop_context_fn if autocast else _checkpoint_context,
                 )
             else:
-                z, w = self._cross(blk["cross"], *args, return_weights=return_attention)
+                z, w = self._cross(blk.cross_block, *args, return_weights=return_attention)
             if return_attention:
                 weights.append(w)
-            for sb in blk["self"]:
-                z = sb(z)
+            z = blk.attend_latents(z)
         return (z, weights) if return_attention else z
 
     def _cross(
@@ -357,10 +321,13 @@ class Atomizer(nn.Module):
         return_weights: bool = False,
     ):
         """One cross-attention block over the atoms (keys/values projected from the feature tables)."""
+        to_kv = cross.to_kv
+        if not isinstance(to_kv, FactorizedTokenProjection):
+            raise TypeError(f"an Atomizer cross block projects atoms with a FactorizedTokenProjection, not {to_kv}")
         if self.reference_embedding:  # the authors' way: materialise (S, K, token_dim), LayerNorm, project
-            kv = cross.to_kv.reference(torch.cat([v, fx[xi], fy[yi], fb[band]], -1))
+            kv = to_kv.reference(torch.cat([v, fx[xi], fy[yi], fb[band]], -1))
         else:
-            kv = cross.to_kv(v, fx, fy, fb, xi, yi, band)  # (S, K, 2 * inner)
+            kv = to_kv(v, fx, fy, fb, xi, yi, band)  # (S, K, 2 * inner)
         return cross(z, kv, mask, return_weights=return_weights)
 
     def _encode_streaming(self, batch: AtomBatch, chunk_size: int) -> Tensor:
@@ -378,9 +345,7 @@ class Atomizer(nn.Module):
 
         z = self.latents.expand(batch.num_sets, -1, -1)
         for blk in self.blocks:
-            z = blk["cross"].forward_streaming(z, chunks(blk["cross"].to_kv))
-            for sb in blk["self"]:
-                z = sb(z)
+            z = blk.attend_latents(blk.cross_block.forward_streaming(z, chunks(blk.cross_block.to_kv)))
         return z
 
     def num_parameters(self) -> int:

@@ -7,7 +7,7 @@ onto one fixed grid, missing bands and nodata zero-filled, no mask): the baselin
 Every model has ``forward(batch: CanvasBatch) -> logits (S, num_classes)`` (reading ``batch.pixels``
 (S, C, H, W) and, ScaleMAE only, ``batch.gsd`` (S,)), a class attribute ``input_type = CanvasBatch``,
 a ``cfg`` holding its frozen config, and named presets ("tiny" for CI, "small" for CPU experiments).
-:func:`build_baseline` builds one by registry name.
+They are built by name through the one model factory, :func:`atomizer.models.registry.build_model`.
 
 Shapes: S images in a batch, C canvas channels, H x W canvas pixels, N tokens (patches or pixels),
 D model width, L latents, K classes.
@@ -15,7 +15,6 @@ D model width, L latents, K classes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,7 +26,15 @@ from torch import Tensor, nn
 from atomizer.atoms.canvas import CANVAS_BANDS, CanvasBatch
 from atomizer.atoms.encodings import fourier_dim, fourier_features
 from atomizer.core.config import Config
-from atomizer.models.layers import Attention, AttentionPool, FeedForward
+from atomizer.models.layers import (
+    Attention,
+    AttentionPool,
+    FeedForward,
+    LatentBlock,
+    SelfBlock,
+    TiedStack,
+    residual_step,
+)
 
 # --------------------------------------------------------------------------------------------------
 # Configs
@@ -38,6 +45,7 @@ class _BaselineConfig(Config):
     """``preset`` shared by the baseline configs (``to_dict``/``from_dict`` come from :class:`Config`)."""
 
     name: ClassVar[str] = ""  # key in BASELINES and PRESETS
+    num_classes: int  # every baseline config's field (declared here for the type checker)
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -216,20 +224,6 @@ def sincos_pos_embed_2d(h: int, w: int, dim: int, scale: Tensor | float = 1.0, t
     return pe if batched else pe[0]
 
 
-class TransformerLayer(nn.Module):
-    """Pre-norm self-attention + GEGLU feed-forward (the Atomizer's :class:`Attention`/``FeedForward``)."""
-
-    def __init__(self, dim: int, heads: int, dim_head: int, ff_mult: int, dropout: float = 0.0):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, dim_head, dropout=dropout)
-        self.ff = FeedForward(dim, ff_mult, dropout)
-
-    def forward(self, z: Tensor) -> Tensor:
-        z = z + self.attn(self.norm(z))[0]
-        return z + self.ff(z)
-
-
 class _Baseline(nn.Module):
     input_type: ClassVar[type] = CanvasBatch
     cfg: Any
@@ -252,7 +246,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = nn.Identity()
+        self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
 
@@ -308,7 +302,7 @@ class ViTBaseline(_Baseline):
         self.patch_proj = nn.Linear(patch_dim, cfg.dim)
         self.embed_norm = nn.LayerNorm(cfg.dim)
         self.layers = nn.ModuleList(
-            TransformerLayer(cfg.dim, cfg.heads, cfg.dim_head, cfg.ff_mult, cfg.dropout) for _ in range(cfg.depth)
+            SelfBlock(cfg.dim, cfg.heads, cfg.dim_head, cfg.ff_mult, cfg.dropout, cfg.dropout) for _ in range(cfg.depth)
         )
         self.norm = nn.LayerNorm(cfg.dim)
         self.fc = nn.Linear(cfg.dim, cfg.num_classes)
@@ -367,9 +361,9 @@ class PixelPerceiverBaseline(_Baseline):
     """A Perceiver over one token per canvas pixel: the C channel values and the pixel's position.
 
     Token = ``concat(values (C,), gamma(x), gamma(y))`` with ``x, y`` the pixel centre in [-1, 1] over
-    the canvas. Blocks of cross-attention (latents over LayerNorm'd tokens) + latent self-attention use
-    the Atomizer's :class:`~atomizer.models.atomizer.Attention` and GEGLU :class:`~atomizer.models.atomizer.FeedForward`;
-    the head is the Atomizer's attention pooling. Padding and zero channels are tokens like any other.
+    the canvas. Blocks of cross-attention (latents over LayerNorm'd tokens) + latent self-attention are
+    the Atomizer's (:mod:`atomizer.models.layers`: ``Attention``, ``SelfBlock``, the weight-tied
+    :class:`~atomizer.models.layers.TiedStack`); the head is the Atomizer's attention pooling. Padding and zero channels are tokens like any other.
     """
 
     def __init__(self, cfg: PerceiverConfig):
@@ -381,33 +375,27 @@ class PixelPerceiverBaseline(_Baseline):
         self.token_norm = nn.LayerNorm(self.token_dim, elementwise_affine=False)
         self.latents = nn.Parameter(torch.randn(cfg.num_latents, cfg.latent_dim) * 0.02)
 
-        def block() -> nn.ModuleDict:
-            return nn.ModuleDict(
-                {
-                    "norm": nn.LayerNorm(cfg.latent_dim),
-                    "cross": Attention(
-                        cfg.latent_dim,
-                        cfg.cross_heads,
-                        cfg.cross_dim_head,
-                        context_dim=self.token_dim,
-                        dropout=cfg.attn_dropout,
-                    ),
-                    "ff": FeedForward(cfg.latent_dim, cfg.ff_mult, cfg.ff_dropout),
-                    "self": nn.ModuleList(
-                        TransformerLayer(
-                            cfg.latent_dim, cfg.latent_heads, cfg.latent_dim_head, cfg.ff_mult, cfg.attn_dropout
-                        )
-                        for _ in range(cfg.self_per_cross)
-                    ),
-                }
+        def block() -> LatentBlock:
+            # the cross-attention step's modules at the block's top level ("norm", "cross", "ff"): the
+            # state_dict keys of stored checkpoints; the step itself is layers.residual_step
+            cross = Attention(
+                cfg.latent_dim,
+                cfg.cross_heads,
+                cfg.cross_dim_head,
+                context_dim=self.token_dim,
+                dropout=cfg.attn_dropout,
             )
+            step = {"norm": nn.LayerNorm(cfg.latent_dim), "cross": cross}
+            step["ff"] = FeedForward(cfg.latent_dim, cfg.ff_mult, cfg.ff_dropout)
+            latents = (
+                SelfBlock(
+                    cfg.latent_dim, cfg.latent_heads, cfg.latent_dim_head, cfg.ff_mult, cfg.attn_dropout, cfg.ff_dropout
+                )
+                for _ in range(cfg.self_per_cross)
+            )
+            return LatentBlock(step, latents)
 
-        first = block()
-        if cfg.depth > 1 and cfg.tie_weights:
-            shared = block()
-            self.blocks = nn.ModuleList([first] + [shared] * (cfg.depth - 1))
-        else:
-            self.blocks = nn.ModuleList([first] + [block() for _ in range(cfg.depth - 1)])
+        self.blocks = TiedStack(block, cfg.depth, cfg.tie_weights)
         self.head = AttentionPool(cfg.latent_dim, cfg.latent_heads, cfg.latent_dim_head, cfg.num_classes)
 
     def tokens(self, x: Tensor) -> Tensor:
@@ -427,15 +415,13 @@ class PixelPerceiverBaseline(_Baseline):
         t = self.token_norm(self.tokens(x))  # (S, N, T)
         z = self.latents.expand(x.shape[0], -1, -1)  # (S, L, D)
         for blk in self.blocks:
-            z = z + blk["cross"](blk["norm"](z), context=t)[0]
-            z = z + blk["ff"](z)
-            for layer in blk["self"]:
-                z = layer(z)
+            z = residual_step(z, blk["norm"], blk["cross"], blk["ff"], context=t)[0]  # no mask: fused kernels
+            z = blk.attend_latents(z)
         return self.head(z)
 
 
 # --------------------------------------------------------------------------------------------------
-# Registry
+# The baselines' entries of the model registry (atomizer.models.registry: the one factory)
 # --------------------------------------------------------------------------------------------------
 
 BASELINES: dict[str, type[_Baseline]] = {
@@ -445,24 +431,9 @@ BASELINES: dict[str, type[_Baseline]] = {
     "perceiver": PixelPerceiverBaseline,
 }
 
-CONFIGS: dict[str, type] = {
+CONFIGS: dict[str, type[_BaselineConfig]] = {
     "resnet": ResNetConfig,
     "vit": ViTConfig,
     "scalemae": ScaleMAEConfig,
     "perceiver": PerceiverConfig,
 }
-
-
-def build_baseline(name: str, preset: str = "tiny", num_classes: int = 19, **overrides: Any) -> _Baseline:
-    """Build baseline ``name`` ("resnet", "vit", "scalemae", "perceiver") from a preset plus overrides."""
-    if name not in BASELINES:
-        raise KeyError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
-    cfg = CONFIGS[name].preset(preset, num_classes=num_classes, **overrides)
-    return BASELINES[name](cfg)
-
-
-def baseline_from_config(name: str, cfg: Mapping[str, Any]) -> _Baseline:
-    """Rebuild baseline ``name`` from a stored ``cfg.to_dict()`` (checkpoints)."""
-    if name not in BASELINES:
-        raise KeyError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
-    return BASELINES[name](CONFIGS[name].from_dict(cfg))

@@ -25,7 +25,7 @@ from torch import nn
 from atomizer.core.config import config_diff
 from atomizer.core.storage import UnsafeFileError, atomic_write_bytes, load_torch_file, plain_data
 from atomizer.models.adapters import apply_adapters
-from atomizer.models.registry import arch_of, build_from_config, config_class
+from atomizer.models.registry import arch_of, build_from_config, config_class, config_of
 
 FORMAT = "atomizer-checkpoint/1"
 
@@ -46,7 +46,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, extra: Mapping[str, Any]
         {
             "format": FORMAT,
             "arch": arch_of(model),
-            "config": model.cfg.to_dict(),
+            "config": config_of(model).to_dict(),
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "extra": dict(extra or {}),
         },
@@ -95,7 +95,7 @@ class Trained:
     def classes(self) -> list[str]:
         """The class names (``class_<i>`` where the checkpoint names none)."""
         named = self.extra.get("classes")
-        return list(named) if named else [f"class_{i}" for i in range(int(self.model.cfg.num_classes))]
+        return list(named) if named else [f"class_{i}" for i in range(config_of(self.model).num_classes)]
 
     @property
     def multilabel(self) -> bool:
@@ -127,7 +127,7 @@ def load_into(model: nn.Module, path: str | Path, strict_config: bool = True) ->
     if payload["arch"] != arch_of(target):
         raise CheckpointError(f"{path} holds a {payload['arch']!r} model, not {arch_of(target)!r}")
     if strict_config:
-        diff = config_diff(stored_config(payload), target.cfg.to_dict())
+        diff = config_diff(stored_config(payload), config_of(target).to_dict())
         if diff:
             raise CheckpointError(f"{path} was saved from another configuration: " + "; ".join(diff))
     target.load_state_dict(payload["state_dict"])
@@ -165,7 +165,7 @@ def load_encoder_weights(
             f"{path}: encoder weights need an Atomizer checkpoint and model "
             f"(checkpoint holds {payload['arch']!r}, model is {type(target).__name__})"
         )
-    ours = {k: v for k, v in target.cfg.to_dict().items() if k not in RUNTIME_FIELDS}
+    ours = {k: v for k, v in config_of(target).to_dict().items() if k not in RUNTIME_FIELDS}
     theirs = {k: v for k, v in stored_config(payload).items() if k not in RUNTIME_FIELDS}
     diff = config_diff(theirs, ours)
     if diff:
@@ -180,7 +180,8 @@ def load_encoder_weights(
             head = "none"
         else:
             head = "full" if classes is not None and list(extra["classes"]) == list(classes) else "pool"
-    head = {True: "full", False: "none"}.get(head, head)
+    if isinstance(head, bool):
+        head = "full" if head else "none"
     if head not in ("none", "pool", "full"):
         raise ValueError(f"head must be 'none', 'pool' or 'full', got {head!r}")
 

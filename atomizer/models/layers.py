@@ -1,5 +1,15 @@
 """Layers shared by the models: the factorised token projection, one ``Attention`` for cross and self
-attention, the GEGLU feed-forward and the attention-pooling head. Pure torch (and einops).
+attention, the GEGLU feed-forward, the blocks built from them (:class:`SelfBlock`, :class:`CrossBlock`,
+:class:`LatentBlock`, the weight-tied stack :class:`TiedStack`) and the attention-pooling head. Pure torch (and einops).
+
+Every block is the same pre-norm residual step (:func:`residual_step`): ``z + attn(norm(z))``, then
+``z + ff(z)``. The Atomizer and the pixel Perceiver stack the same blocks (a cross-attention block, then
+self-attention blocks) and tie every block after the first the same way; the ViT is a stack of self blocks.
+
+**Fused kernels.** :class:`Attention` calls :func:`torch.nn.functional.scaled_dot_product_attention`,
+and with ``mask=None`` it passes no ``attn_mask``: the flash and memory-efficient kernels can then run
+(on CUDA, flash takes no mask at all). Callers pass ``None`` whenever no atom of the batch is padding
+or nodata (:meth:`atomizer.models.atomizer.Atomizer.encode`).
 
 Shapes: S sets in a batch, N (or K) tokens, L latents or queries, D widths, H heads.
 """
@@ -7,6 +17,8 @@ Shapes: S sets in a batch, N (or K) tokens, L latents or queries, D widths, H he
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +101,9 @@ class Attention(nn.Module):
         inner = heads * dim_head
         self.heads, self.dim_head, self.dropout = heads, dim_head, dropout
         self.to_q = nn.Linear(query_dim, inner, bias=False)
-        self.to_kv = None if external_kv else nn.Linear(context_dim or query_dim, 2 * inner, bias=False)
+        self.to_kv: nn.Module | None = (
+            None if external_kv else nn.Linear(context_dim or query_dim, 2 * inner, bias=False)
+        )
         self.to_out = nn.Linear(inner, query_dim)
 
     def forward(
@@ -104,17 +118,19 @@ class Attention(nn.Module):
         h = self.heads
         q = rearrange(self.to_q(x), "s l (h d) -> s h l d", h=h)
         if kv is None:
+            if self.to_kv is None:
+                raise ValueError("this attention projects no keys/values (external_kv): pass kv")
             kv = self.to_kv(x if context is None else context)
         k, v = rearrange(kv, "s n (two h d) -> two s h n d", two=2, h=h)
         attn_mask = None if mask is None else mask[:, None, None, :]
-        weights = None
+        weights: Tensor | None = None
         if return_weights:
             logits = (q @ k.transpose(-1, -2)) / math.sqrt(self.dim_head)  # (S, H, Lq, N)
             if attn_mask is not None:
                 logits = logits.masked_fill(~attn_mask, float("-inf"))
             weights = logits.softmax(-1)
             out = weights @ v
-        else:
+        else:  # no mask: a fused kernel (flash / memory-efficient) may run
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
             )
@@ -149,6 +165,177 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# Blocks and the weight-tied stack
+# --------------------------------------------------------------------------------------------------
+
+
+def residual_step(
+    z: Tensor,
+    norm: nn.Module,
+    attn: nn.Module,
+    ff: nn.Module,
+    drop_p: float = 0.0,
+    training: bool = False,
+    **attn_kwargs: Any,
+) -> tuple[Tensor, Tensor | None]:
+    """The pre-norm residual step of every block: ``z + attn(norm(z))``, then ``z + ff(z)``.
+
+    ``attn`` is an :class:`Attention` (``attn_kwargs``: ``context``, ``kv``, ``mask``, ``return_weights``);
+    ``drop_p`` is the stochastic depth of both branches. Returns the new ``z`` and the attention weights
+    (``None`` unless asked).
+    """
+    out, weights = attn(norm(z), **attn_kwargs)
+    z = z + drop_path(out, drop_p, training)
+    return z + drop_path(ff(z), drop_p, training), weights
+
+
+class SelfBlock(nn.Module):
+    """Self-attention + GEGLU feed-forward, both pre-norm and residual (latents, or ViT tokens)."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        dim_head: int,
+        ff_mult: int = 4,
+        attn_dropout: float = 0.0,
+        ff_dropout: float = 0.0,
+        drop_path: float = 0.0,
+    ):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, dim_head, dropout=attn_dropout)
+        self.ff = FeedForward(dim, ff_mult, ff_dropout)
+        self.drop_path = drop_path
+
+    def forward(self, z: Tensor) -> Tensor:
+        return residual_step(z, self.norm, self.attn, self.ff, self.drop_path, self.training)[0]
+
+
+class CrossBlock(nn.Module):
+    """Queries (latents) attend to a context, then feed-forward; both pre-norm and residual.
+
+    Keys and values come from ``context`` through the attention's own projection (``context_dim``), or,
+    with ``to_kv`` (the Atomizer's :class:`FactorizedTokenProjection`), are computed by the caller with
+    ``to_kv`` and passed as ``kv``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        dim_head: int,
+        context_dim: int | None = None,
+        to_kv: nn.Module | None = None,
+        ff_mult: int = 4,
+        attn_dropout: float = 0.0,
+        ff_dropout: float = 0.0,
+        drop_path: float = 0.0,
+    ):
+        super().__init__()
+        if to_kv is not None:
+            self.to_kv = to_kv  # registered first: parameter order (optimizer state) as before
+        self.norm = nn.LayerNorm(dim)
+        self.attn = Attention(
+            dim, heads, dim_head, context_dim=context_dim, dropout=attn_dropout, external_kv=to_kv is not None
+        )
+        self.ff = FeedForward(dim, ff_mult, ff_dropout)
+        self.drop_path = drop_path
+
+    def forward(
+        self,
+        z: Tensor,
+        kv: Tensor | None = None,
+        mask: Tensor | None = None,
+        return_weights: bool = False,
+        context: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """z (S, L, D); kv (S, N, 2*inner) or context (S, N, Dc); mask (S, N) True=attend, or None (fused kernels)."""
+        return residual_step(
+            z,
+            self.norm,
+            self.attn,
+            self.ff,
+            self.drop_path,
+            self.training,
+            context=context,
+            kv=kv,
+            mask=mask,
+            return_weights=return_weights,
+        )
+
+    def forward_streaming(self, z: Tensor, chunks: Iterable[tuple[Tensor, Tensor]]) -> Tensor:
+        """Exact cross-attention over a context delivered in chunks, with an online softmax (evaluation).
+
+        ``chunks`` yields ``(kv (S, n, 2*inner), mask (S, n))``; memory is bounded by one chunk. The
+        running maximum ``m``, normaliser ``l`` and accumulator ``acc`` are rescaled as each chunk
+        arrives, so the result equals attention over all atoms at once.
+        """
+        attn = self.attn
+        h, d = attn.heads, attn.dim_head
+        q = rearrange(attn.to_q(self.norm(z)), "s l (h d) -> s h l d", h=h).float() / math.sqrt(d)
+        m = torch.full(q.shape[:-1] + (1,), float("-inf"), device=z.device)  # (S, H, L, 1)
+        l = torch.zeros_like(m)
+        acc = torch.zeros_like(q)  # (S, H, L, d)
+        for kv, mask in chunks:
+            k, v = rearrange(kv.float(), "s n (two h d) -> two s h n d", two=2, h=h)
+            logits = (q @ k.transpose(-1, -2)).masked_fill(~mask[:, None, None, :], float("-inf"))
+            m_new = torch.maximum(m, logits.amax(-1, keepdim=True))
+            safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
+            p = torch.exp(logits - safe)
+            scale = torch.exp(m - safe)
+            l = l * scale + p.sum(-1, keepdim=True)
+            acc = acc * scale + p @ v
+            m = m_new
+        out = attn.to_out(rearrange(acc / l, "s h l d -> s l (h d)").to(z.dtype))
+        z = z + out
+        return z + self.ff(z)
+
+
+class LatentBlock(nn.ModuleDict):
+    """One block of a Perceiver stack: its modules by name (the names are the checkpoints' keys).
+
+    ``"self"`` holds the latent :class:`SelfBlock` s that follow the cross-attention; the cross-attention
+    is ``"cross"`` (a :class:`CrossBlock`, the Atomizer) or the modules of one :func:`residual_step`
+    (``"norm"``, ``"cross"`` an :class:`Attention`, ``"ff"``: the pixel Perceiver's layout).
+    """
+
+    def __init__(self, cross: dict[str, nn.Module], self_blocks: Iterable[SelfBlock]):
+        super().__init__({**cross, "self": nn.ModuleList(self_blocks)})
+
+    @property
+    def cross_block(self) -> CrossBlock:
+        return cast(CrossBlock, self["cross"])  # ModuleDict items are untyped (the Atomizer's layout)
+
+    def attend_latents(self, z: Tensor) -> Tensor:
+        """``z`` through the block's latent self-attention blocks."""
+        for block in cast(nn.ModuleList, self["self"]):
+            z = block(z)
+        return z
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+class TiedStack(nn.ModuleList, Generic[M]):
+    """``depth`` blocks from ``make_block``; with ``tie_weights`` every block after the first is one module.
+
+    (The Perceiver recipe: the first block reads the input with its own weights, the others share theirs.)
+    """
+
+    def __init__(self, make_block: Callable[[], M], depth: int, tie_weights: bool):
+        first = make_block()
+        if depth > 1 and tie_weights:
+            shared = make_block()
+            super().__init__([first] + [shared] * (depth - 1))
+        else:
+            super().__init__([first] + [make_block() for _ in range(depth - 1)])
+
+    def __iter__(self) -> Iterator[M]:
+        return cast(Iterator[M], super().__iter__())  # ModuleList items are untyped
 
 
 class AttentionPool(nn.Module):

@@ -9,15 +9,34 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from torch import nn
 
 from atomizer.models.atomizer import Atomizer, AtomizerConfig
 from atomizer.models.baselines import BASELINES, CONFIGS
 
+
+@runtime_checkable
+class ModelConfig(Protocol):
+    """What every model's config offers (:class:`AtomizerConfig` and the baselines' configs)."""
+
+    @property
+    def num_classes(self) -> int: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class ConfigClass(Protocol):
+    """A model's config class: named presets and validated rebuilding from a stored dict."""
+
+    def preset(self, name: str, **overrides: Any) -> ModelConfig: ...
+
+    def from_dict(self, d: Mapping[str, Any]) -> ModelConfig: ...
+
+
 MODELS: dict[str, type[nn.Module]] = {"atomizer": Atomizer, **BASELINES}
-CONFIG_CLASSES: dict[str, type] = {"atomizer": AtomizerConfig, **CONFIGS}
+CONFIG_CLASSES: dict[str, ConfigClass] = {"atomizer": AtomizerConfig, **CONFIGS}
 
 
 def architectures() -> list[str]:
@@ -30,7 +49,7 @@ def model_class(arch: str) -> type:
     return MODELS[arch]
 
 
-def config_class(arch: str) -> type:
+def config_class(arch: str) -> ConfigClass:
     model_class(arch)  # validates the name
     return CONFIG_CLASSES[arch]
 
@@ -52,6 +71,17 @@ def build_from_config(arch: str, cfg: Mapping[str, Any]) -> nn.Module:
     return model_class(arch)(config_class(arch).from_dict(dict(cfg)))
 
 
+def config_of(model: nn.Module) -> ModelConfig:
+    """The config ``model`` (through a DDP wrapper) was built from."""
+    cfg = getattr(getattr(model, "module", model), "cfg", None)
+    if not isinstance(cfg, ModelConfig):
+        raise TypeError(f"{type(model).__name__} has no model config (cfg)")
+    return cfg
+
+
 def input_type(model: nn.Module) -> type:
     """The batch class ``model`` reads (through a DDP wrapper): ``AtomBatch`` or ``CanvasBatch``."""
-    return getattr(model, "module", model).input_type
+    kind = getattr(getattr(model, "module", model), "input_type", None)
+    if not isinstance(kind, type):
+        raise TypeError(f"{type(model).__name__} declares no input_type")
+    return kind

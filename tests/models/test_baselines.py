@@ -16,16 +16,16 @@ from atomizer.atoms.encodings import PHYSICAL_SCALING, VALUE_CLAMP
 from atomizer.data.datasets import ben19_classes, multi_hot
 from atomizer.data.modalities import load_modalities, simulate
 from atomizer.data.readers import open_image
-from atomizer.models.baselines import (
-    BASELINES,
-    CONFIGS,
-    PRESETS,
-    ScaleMAEBaseline,
-    ViTBaseline,
-    baseline_from_config,
-    build_baseline,
-    sincos_pos_embed_2d,
-)
+from atomizer.models.baselines import CONFIGS, PRESETS, ScaleMAEBaseline, ViTBaseline, sincos_pos_embed_2d
+from atomizer.models.registry import architectures, build_from_config, build_model, model_class
+
+#: Every registered model that reads the canvas (the baselines), built by the one factory.
+CANVAS_MODELS = sorted(a for a in architectures() if model_class(a).input_type is CanvasBatch)
+
+
+def test_every_baseline_is_registered():
+    assert CANVAS_MODELS == ["perceiver", "resnet", "scalemae", "vit"]
+
 
 CH = {b: i for i, b in enumerate(CANVAS_BANDS)}
 
@@ -259,10 +259,10 @@ def test_sincos_pos_embed_2d():
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(BASELINES))
+@pytest.mark.parametrize("name", CANVAS_MODELS)
 def test_output_shape_on_two_modalities(name, image, test_modalities):
     torch.manual_seed(0)
-    model = build_baseline(name, "tiny").eval()
+    model = build_model(name, "tiny").eval()
     assert model.input_type is CanvasBatch
     assert model.cfg == CONFIGS[name].preset("tiny")
     native = canvas_batch([image, image])
@@ -287,9 +287,9 @@ def test_scalemae_uses_gsd_and_vit_does_not(image):
         return CanvasBatch(base.pixels, gsd, base.present)
 
     torch.manual_seed(0)
-    vit = build_baseline("vit", "tiny").eval()
+    vit = build_model("vit", "tiny").eval()
     torch.manual_seed(0)
-    smae = build_baseline("scalemae", "tiny").eval()
+    smae = build_model("scalemae", "tiny").eval()
     assert type(vit) is ViTBaseline and isinstance(smae, ScaleMAEBaseline)
     with torch.no_grad():
         torch.testing.assert_close(vit(at(gsd_a)), vit(at(gsd_b)), rtol=0, atol=0)
@@ -302,7 +302,7 @@ def test_scalemae_uses_gsd_and_vit_does_not(image):
         smae(base.pixels)
 
 
-@pytest.mark.parametrize("name", sorted(BASELINES))
+@pytest.mark.parametrize("name", CANVAS_MODELS)
 def test_config_roundtrip_and_presets(name):
     cls = CONFIGS[name]
     assert set(PRESETS[name]) >= {"tiny", "small"}
@@ -310,12 +310,12 @@ def test_config_roundtrip_and_presets(name):
         cfg = cls.preset(preset)
         d = json.loads(json.dumps(cfg.to_dict()))
         assert cls.from_dict(d) == cfg
-    small = build_baseline(name, "small")
-    tiny = build_baseline(name, "tiny", num_classes=10)
+    small = build_model(name, "small")
+    tiny = build_model(name, "tiny", num_classes=10)
     assert tiny.cfg.num_classes == 10
     assert tiny.num_parameters() < small.num_parameters()
     assert 100_000 <= small.num_parameters() <= 1_000_000
-    rebuilt = baseline_from_config(name, tiny.cfg.to_dict())
+    rebuilt = build_from_config(name, tiny.cfg.to_dict())
     assert type(rebuilt) is type(tiny) and rebuilt.cfg == tiny.cfg
     rebuilt.load_state_dict(tiny.state_dict())
     with pytest.raises(KeyError):
@@ -323,20 +323,20 @@ def test_config_roundtrip_and_presets(name):
     with pytest.raises(ValueError, match="unknown"):
         cls.from_dict({**cls.preset("tiny").to_dict(), "bogus": 1})
     with pytest.raises(KeyError):
-        build_baseline("unet")
+        build_model("unet")
 
 
 # Steps and learning rate per baseline: enough to memorise 4 patches in a few seconds on CPU.
 OVERFIT = {"resnet": (60, 3e-3), "vit": (60, 3e-3), "scalemae": (60, 3e-3), "perceiver": (60, 3e-3)}
 
 
-@pytest.mark.parametrize("name", sorted(BASELINES))
+@pytest.mark.parametrize("name", CANVAS_MODELS)
 def test_tiny_model_overfits_four_real_patches(name, train_set):
     batch, y = train_set
     prior = prior_loss(y)
     steps, lr = OVERFIT[name]
     torch.manual_seed(0)
-    model = build_baseline(name, "tiny")
+    model = build_model(name, "tiny")
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
     for _ in range(steps):
