@@ -34,7 +34,7 @@ demo: setup
 	PYTHONMALLOC=malloc $(PY) -m atomizer serve --port $(PORT) --results $(DEMO) --no-show \
 	  --checkpoint $(DEMO)/run/atomizer/seed-0_fold-0/checkpoints/best.pt
 
-# ruff (lint and format check) and mypy (the configured packages, see pyproject.toml)
+# ruff (lint and format check) and mypy over the whole package (atomizer/)
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

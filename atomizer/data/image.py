@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
 
 from atomizer.data.bands import Band, Sensor
 from atomizer.data.metadata import date_from_name
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 BAND_ATTRS = (
     "band",
@@ -195,7 +199,7 @@ def count_tokens(ds: xr.Dataset) -> int:
     return int(sum(ds[b].size for b in image_bands(ds)))
 
 
-def describe(ds: xr.Dataset) -> "object":
+def describe(ds: xr.Dataset) -> pd.DataFrame:
     """A pandas DataFrame with one row per band: wavelength, bandwidth, GSD, grid shape, tokens, and the
     calibration (physical value = (DN + dn_offset) * dn_scale) with where it came from."""
     import pandas as pd
