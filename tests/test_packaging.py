@@ -92,8 +92,8 @@ def test_installed_wheel_lists_sensors_and_inspects_a_file(wheel, tmp_path, euro
 
 #: Folders whose imports must all be declared (runtime, an extra, or dev).
 IMPORT_FOLDERS = ("atomizer", "dashboards", "scripts", "notebooks", "tests")
-#: Modules of this repository that tests import by name (not distributions).
-LOCAL_MODULES = {"atomizer", "tests", "conftest", "dashboard_support", "product_fixtures"}
+#: Modules of this repository that tests import by name (not distributions): the package, and every module of tests/.
+LOCAL_MODULES = {"atomizer", "tests"} | {p.stem for p in (Path(__file__).resolve().parent).rglob("*.py")}
 
 
 def _requirement_name(req: str) -> str:
