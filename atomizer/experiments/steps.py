@@ -178,6 +178,21 @@ def train_and_evaluate(
     return run
 
 
+def _evaluate_run(folder: RunFolder, cfg: TrainConfig, mods: ModalitySet, batch_size: int, device: str):
+    """(scores, per-image predictions) of a run's best checkpoint on ``mods``, under the run's own data settings."""
+    return evaluate_checkpoint(
+        folder.best,
+        mods,
+        dataset=cfg.dataset,
+        data_root=cfg.data_root,
+        batch_size=batch_size,
+        device=device,
+        model_name=cfg.label or cfg.model,
+        predictions=True,
+        num_workers=cfg.num_workers,
+    )
+
+
 def run_sweep(
     run_dir: str | Path,
     kind: str,
@@ -205,17 +220,7 @@ def run_sweep(
                 f"fits is used, {m.size_px} px ({m.extent_m:g} m)",
                 stacklevel=2,
             )
-    res, preds = evaluate_checkpoint(
-        folder.best,
-        mods,
-        dataset=cfg.dataset,
-        data_root=cfg.data_root,
-        batch_size=batch_size,
-        device=device,
-        model_name=cfg.label or cfg.model,
-        predictions=True,
-        num_workers=cfg.num_workers,
-    )
+    res, preds = _evaluate_run(folder, cfg, mods, batch_size, device)
     res.attrs["sweep"] = kind
     out = folder.sweep(kind)
     save_results(preds, folder.sweep(kind, predictions=True), overwrite=True, records=False)
@@ -292,17 +297,7 @@ def run_landscape(
         with xr.open_dataset(per_image, engine="h5netcdf") as old:  # reuse only the same landscape
             if [str(m) for m in old.modality.values] == mods.names:
                 return table
-    res, preds = evaluate_checkpoint(
-        folder.best,
-        mods,
-        dataset=cfg.dataset,
-        data_root=cfg.data_root,
-        batch_size=batch_size,
-        device=device,
-        model_name=cfg.label or cfg.model,
-        predictions=True,
-        num_workers=cfg.num_workers,
-    )
+    res, preds = _evaluate_run(folder, cfg, mods, batch_size, device)
     save_results(preds, per_image, overwrite=True, records=False)
     save_results(res, table, overwrite=True)
     return table
