@@ -23,21 +23,12 @@ from atomizer.data.datasets import embedded_path
 
 def train_tiny(out_dir: Path) -> Path:
     """Train the tiny Atomizer for two steps into ``out_dir``; returns ``best.pt``."""
+    from conftest import TINY_TRAIN
+
     from atomizer.engine.training import TrainConfig, train
 
     train(
-        TrainConfig(
-            model="atomizer",
-            preset="tiny",
-            dataset="eurosat",
-            epochs=1,
-            max_steps=2,
-            batch_size=4,
-            train_limit=8,
-            val_limit=4,
-            device="cpu",
-            out_dir=str(out_dir),
-        ),
+        TrainConfig.from_dict({**TINY_TRAIN, "max_steps": 2, "train_limit": 8, "out_dir": str(out_dir)}),
         progress=False,
     )
     best = out_dir / "checkpoints" / "best.pt"

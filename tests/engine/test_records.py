@@ -6,24 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import TINY_TRAIN
 
 import atomizer.engine.loop as L
 from atomizer.core.config import ConfigError
 from atomizer.engine.training import TrainConfig, train
 
-BASE = dict(
-    model="atomizer",
-    preset="tiny",
-    dataset="eurosat",
-    epochs=1,
-    batch_size=4,
-    max_steps=4,
-    ckpt_every=50,
-    train_limit=16,
-    val_limit=4,
-    device="cpu",
-    seed=1,
-)
+BASE = {**TINY_TRAIN, "max_steps": 4, "ckpt_every": 50, "train_limit": 16, "seed": 1}
 
 
 def steps(run) -> list[int]:
