@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from atomizer.core.paths import data_dir, embedded_dir
+from atomizer.data.base import ImageDataset
 from atomizer.data.layouts import bigearthnet_image, read_band_folder, read_bigearthnet_npz, read_eurosat
 from atomizer.data.light import LightImage, bigearthnet_light
 
@@ -41,16 +41,6 @@ def ben43_to_19(nomenclature: str | Path | None = None) -> dict[str, str | None]
     return dict(json.loads(path.read_text())["old43_to_new19"])
 
 
-def multi_hot(labels: Sequence[str], classes: Sequence[str]) -> torch.Tensor:
-    index = {c: i for i, c in enumerate(classes)}
-    y = torch.zeros(len(classes))
-    for lab in labels:
-        if lab not in index:
-            raise KeyError(f"label {lab!r} is not one of the {len(classes)} classes")
-        y[index[lab]] = 1.0
-    return y
-
-
 def balanced_subset(label_sets: Sequence[Sequence[str]], max_per_class: int, seed: int = 0) -> np.ndarray:
     """The paper's class-balanced subset: indices such that no class has more than ``max_per_class``.
 
@@ -69,51 +59,7 @@ def balanced_subset(label_sets: Sequence[Sequence[str]], max_per_class: int, see
     return np.sort(np.asarray(keep, dtype=np.int64))
 
 
-class _ImageDataset(torch.utils.data.Dataset):
-    multilabel: bool = True
-    classes: list[str]
-    fold: int | None = None  # the cross-validation fold its split was chosen by (fold_split)
-
-    def __init__(self) -> None:
-        self.records: list[dict] = []
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def ids(self) -> list[str]:
-        return [r["id"] for r in self.records]
-
-    def load(self, r: dict):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def target(self, r: dict) -> torch.Tensor:
-        if self.multilabel:
-            return multi_hot(r["labels"], self.classes)
-        return torch.tensor(r["label_idx"], dtype=torch.long)
-
-    def targets(self) -> torch.Tensor:
-        """All targets stacked: (n, C) multi-hot or (n,) class indices."""
-        return torch.stack([self.target(r) for r in self.records])
-
-    def __getitem__(self, i: int) -> dict:
-        r = self.records[i]
-        return {"image": self.load(r), "target": self.target(r), "id": r["id"]}
-
-    def load_light(self, r: dict) -> LightImage:
-        """The record's image as a :class:`~atomizer.data.light.LightImage` (the loaders' fast path)."""
-        return LightImage.from_xarray(self.load(r))
-
-    def light_item(self, i: int) -> dict:
-        """Item ``i`` with its image as a :class:`~atomizer.data.light.LightImage` (no xarray object)."""
-        r = self.records[i]
-        return {"image": self.load_light(r), "target": self.target(r), "id": r["id"]}
-
-
-class BigEarthNetNpz(_ImageDataset):
+class BigEarthNetNpz(ImageDataset):
     """BigEarthNet patches stored as npz (the embedded slice, ``ben_real_mini``) with metadata.json.
 
     Args:
@@ -148,7 +94,7 @@ class BigEarthNetNpz(_ImageDataset):
             return bigearthnet_light({k: z[k] for k in z.files}, r["id"], str(r["path"]))
 
 
-class BigEarthNetOfficial(_ImageDataset):
+class BigEarthNetOfficial(ImageDataset):
     """The full BigEarthNet in its official layouts.
 
     * v2 (reBEN): ``root/<tile>/<patch_id>/<patch_id>_B01.tif ...`` with labels and splits from the
@@ -218,7 +164,7 @@ class BigEarthNetOfficial(_ImageDataset):
         return read_band_folder(r["path"], "sentinel2", dn_offset=0.0)
 
 
-class BigEarthNetLMDB(_ImageDataset):
+class BigEarthNetLMDB(ImageDataset):
     """BigEarthNet v2 from the community LMDB (:mod:`atomizer.data.lmdb_store`) and the official metadata.
 
     Labels, splits and Sentinel-1 twins (``s1_name``) come from ``metadata.parquet``; patches listed in
@@ -294,7 +240,7 @@ class BigEarthNetLMDB(_ImageDataset):
         return bigearthnet_image(self.arrays(r), f"lmdb:{r['id']}", r["id"], include_s1=self.include_s1, s1=s1)
 
 
-class EuroSAT(_ImageDataset):
+class EuroSAT(ImageDataset):
     """EuroSAT-MS GeoTIFFs (``<Class>/<Class>_<n>.tif``), single label, 10 classes.
 
     Args:
@@ -339,7 +285,7 @@ def folds_table(name: str) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def fold_split(ds: _ImageDataset, folds: pd.DataFrame, fold: int, split: str) -> _ImageDataset:
+def fold_split(ds: ImageDataset, folds: pd.DataFrame, fold: int, split: str) -> ImageDataset:
     """Keep the records of ``split`` for cross-validation fold ``fold`` of ``k``: ``test`` is fold ``fold``,
     ``validation`` fold ``(fold + 1) % k`` (inside the training folds: model selection never sees the test
     fold), ``train`` the other ``k - 2`` folds. Every image is tested exactly once over the k folds."""
@@ -360,7 +306,7 @@ def fold_split(ds: _ImageDataset, folds: pd.DataFrame, fold: int, split: str) ->
     return ds
 
 
-def stratified_fraction(ds: _ImageDataset, fraction: float, seed: int = 0) -> list[int]:
+def stratified_fraction(ds: ImageDataset, fraction: float, seed: int = 0) -> list[int]:
     """Indices of a class-stratified ``fraction`` of ``ds`` (per class ``round(fraction * n_c)``, at least
     one; multi-label: by each image's first label), drawn with ``seed``, in the dataset's order."""
     groups: dict[str, list[int]] = {}
@@ -376,7 +322,7 @@ def stratified_fraction(ds: _ImageDataset, fraction: float, seed: int = 0) -> li
 
 def open_dataset(
     name: str, split: str | None = None, root: str | Path | None = None, fold: int | None = None
-) -> _ImageDataset:
+) -> ImageDataset:
     """A dataset by name: ``"eurosat"``, ``"bigearthnet"`` (npz), ``"bigearthnet_lmdb"`` (the community LMDB
     under ``root``), with an optional root.
 

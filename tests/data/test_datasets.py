@@ -11,6 +11,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from atomizer.data.bands import get_sensor
+from atomizer.data.base import multi_hot
 from atomizer.data.datasets import (
     BigEarthNetNpz,
     BigEarthNetOfficial,
@@ -18,7 +19,6 @@ from atomizer.data.datasets import (
     balanced_subset,
     ben19_classes,
     embedded_path,
-    multi_hot,
     open_dataset,
 )
 

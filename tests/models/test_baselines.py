@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from atomizer.atoms.canvas import CANVAS_BANDS, CanvasBatch, canvas_batch, image_gsd, to_canvas
 from atomizer.atoms.encodings import PHYSICAL_SCALING, VALUE_CLAMP
-from atomizer.data.datasets import ben19_classes, multi_hot
+from atomizer.data.base import multi_hot
+from atomizer.data.datasets import ben19_classes
 from atomizer.data.modalities import load_modalities, simulate
 from atomizer.data.readers import open_image
 from atomizer.models.baselines import CONFIGS, PRESETS, ScaleMAEBaseline, ViTBaseline, sincos_pos_embed_2d
