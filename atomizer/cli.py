@@ -285,6 +285,21 @@ def _cmd_experiment_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dataset_check(args: argparse.Namespace) -> int:
+    from atomizer.data.manifest import check_manifest
+
+    summary = check_manifest(
+        args.manifest, data_root=args.data_root, folds=args.folds, write_folds=not args.no_folds, seed=args.seed
+    )
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(summary), indent=2))
+    else:
+        print("\n".join(summary.lines()))
+    return 0
+
+
 def _cmd_results(args: argparse.Namespace) -> int:
     from atomizer.results import stats
     from atomizer.results.store import collect_predictions
@@ -510,6 +525,22 @@ def build_parser() -> argparse.ArgumentParser:
     ls = e.add_parser("list", help="list the runs of an experiment spec and their state")
     ls.add_argument("spec")
     ls.set_defaults(func=_cmd_experiment_list)
+
+    s = sub.add_parser("dataset", help="your own data: check a manifest (one row per labelled image)")
+    d = s.add_subparsers(dest="dataset_command", required=True, metavar="ACTION")
+    c = d.add_parser(
+        "check",
+        help="read every row of a manifest, print a summary, refuse a broken row in one line; write folds if none",
+    )
+    c.add_argument(
+        "manifest", help="CSV, Parquet, GeoJSON/GeoParquet or STAC ItemCollection (see README: Your own data)"
+    )
+    c.add_argument("--data-root", help="a second folder the manifest's paths may point into (default: its own only)")
+    c.add_argument("--folds", type=int, default=5, help="folds to write when the manifest has none (default 5)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
+    c.add_argument("--no-folds", action="store_true", help="check only; write no folds file")
+    c.add_argument("--json", action="store_true", help="the summary as JSON")
+    c.set_defaults(func=_cmd_dataset_check)
 
     from atomizer.bench import CASES
 

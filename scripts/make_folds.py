@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from atomizer.data.datasets import open_dataset  # noqa: E402
+from atomizer.data.folds import assign_folds  # noqa: E402
 
 N_FOLDS = 5
 SEED = 0
@@ -26,19 +25,7 @@ SEED = 0
 
 def assignment(name: str) -> pd.DataFrame:
     ds = open_dataset(name)
-    ids = ds.ids()
-    labels = [r["labels"] for r in ds.records]
-    freq = Counter(lab for labs in labels for lab in labs)
-    strata = [min(labs, key=lambda lab: (freq[lab], lab)) if labs else "none" for labs in labels]
-    folds = [0] * len(ids)
-    # strata with fewer members than folds cannot be stratified: merge them into one
-    size = Counter(strata)
-    strata = [s if size[s] >= N_FOLDS else "rare" for s in strata]
-    skf = StratifiedKFold(n_splits=N_FOLDS, shuffle=True, random_state=SEED)
-    for k, (_, test) in enumerate(skf.split(ids, strata)):
-        for i in test:
-            folds[i] = k
-    return pd.DataFrame({"id": ids, "stratum": strata, "fold": folds}).sort_values("id", kind="stable")
+    return assign_folds(ds.ids(), [r["labels"] for r in ds.records], k=N_FOLDS, seed=SEED)
 
 
 def main() -> int:

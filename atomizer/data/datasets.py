@@ -17,8 +17,10 @@ import pandas as pd
 
 from atomizer.core.paths import data_dir, embedded_dir
 from atomizer.data.base import ImageDataset
+from atomizer.data.folds import fold_split
 from atomizer.data.layouts import bigearthnet_image, read_band_folder, read_bigearthnet_npz, read_eurosat
 from atomizer.data.light import LightImage, bigearthnet_light
+from atomizer.data.manifest import ManifestDataset, is_manifest
 
 EMBEDDED = {"bigearthnet": "bigearthnet", "eurosat": "eurosat"}
 
@@ -285,27 +287,6 @@ def folds_table(name: str) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def fold_split(ds: ImageDataset, folds: pd.DataFrame, fold: int, split: str) -> ImageDataset:
-    """Keep the records of ``split`` for cross-validation fold ``fold`` of ``k``: ``test`` is fold ``fold``,
-    ``validation`` fold ``(fold + 1) % k`` (inside the training folds: model selection never sees the test
-    fold), ``train`` the other ``k - 2`` folds. Every image is tested exactly once over the k folds."""
-    k = int(folds["fold"].max()) + 1
-    if not 0 <= fold < k:
-        raise ValueError(f"fold must be in 0..{k - 1} for a {k}-fold assignment, got {fold}")
-    of = dict(zip(folds["id"].astype(str), folds["fold"].astype(int)))
-    missing = [i for i in ds.ids() if i not in of]
-    if missing:
-        raise ValueError(f"{len(missing)} images have no fold (e.g. {missing[:3]}); regenerate data/folds")
-    wanted = {"test": {fold}, "validation": {(fold + 1) % k}}.get(split)
-    if wanted is None and split != "train":
-        raise ValueError(f"unknown split {split!r} for cross-validation; choose train, validation or test")
-    if wanted is None:
-        wanted = set(range(k)) - {fold, (fold + 1) % k}
-    ds.records = [r for r in ds.records if of[r["id"]] in wanted]
-    ds.fold = fold
-    return ds
-
-
 def stratified_fraction(ds: ImageDataset, fraction: float, seed: int = 0) -> list[int]:
     """Indices of a class-stratified ``fraction`` of ``ds`` (per class ``round(fraction * n_c)``, at least
     one; multi-label: by each image's first label), drawn with ``seed``, in the dataset's order."""
@@ -320,15 +301,41 @@ def stratified_fraction(ds: ImageDataset, fraction: float, seed: int = 0) -> lis
     return sorted(keep)
 
 
+def dataset_folds(name: str, root: str | Path | None = None) -> pd.DataFrame:
+    """The k-fold assignment (``id, stratum, fold``) of a dataset by name or manifest path: the shipped
+    ``data/folds`` table of an embedded dataset; a manifest's fold column or the folds file beside it."""
+    if is_manifest(name):
+        return ManifestDataset(name, None, root).folds_table()
+    return folds_table("bigearthnet" if name == "ben" else name)
+
+
 def open_dataset(
     name: str, split: str | None = None, root: str | Path | None = None, fold: int | None = None
 ) -> ImageDataset:
-    """A dataset by name: ``"eurosat"``, ``"bigearthnet"`` (npz), ``"bigearthnet_lmdb"`` (the community LMDB
-    under ``root``), with an optional root.
+    """A dataset by name or path, every kind behind the one protocol (:class:`~atomizer.data.base.ImageDataset`):
 
-    With ``fold``, the split comes from the shipped k-fold assignment (:func:`fold_split`) instead of the
-    dataset's fixed split.
+    * ``"eurosat"``, ``"bigearthnet"`` (npz), ``"bigearthnet_lmdb"`` (the community LMDB under ``root``): the
+      embedded slices or the official layouts, with an optional root;
+    * a manifest (``path/to/labels.csv``, ``.parquet``, ``.geojson``, a STAC ItemCollection ``.json``: any
+      labelled collection, :mod:`atomizer.data.manifest`); ``root`` is a second folder its paths may use;
+    * ``"torchgeo:<Dataset>"``: a TorchGeo dataset class reading ``root`` (:mod:`atomizer.data.torchgeo`,
+      ``pip install atomizer[torchgeo]``).
+
+    With ``fold``, the split comes from the k-fold assignment (the shipped ``data/folds`` table, a manifest's
+    fold column or the folds file ``atomizer dataset check`` wrote beside it; :func:`fold_split`) instead
+    of the dataset's fixed split.
     """
+    if is_manifest(name):
+        if fold is not None:
+            manifest = ManifestDataset(name, None, root)
+            return fold_split(manifest, manifest.folds_table(), int(fold), split or "test")
+        return ManifestDataset(name, split, root)
+    if name.startswith("torchgeo:"):
+        from atomizer.data.torchgeo import open_torchgeo
+
+        if fold is not None:
+            raise ValueError(f"dataset {name!r}: TorchGeo datasets have their own splits; fold is not supported")
+        return open_torchgeo(name, split, root)
     if fold is not None:
         ds = open_dataset(name, None, root)
         return fold_split(ds, folds_table("bigearthnet" if name == "ben" else name), int(fold), split or "test")
@@ -340,7 +347,10 @@ def open_dataset(
         if root is None:
             raise ValueError("dataset 'bigearthnet_lmdb' needs data_root: the folder with BigEarthNet-V2-LMDB/")
         return BigEarthNetLMDB(root, split)
-    raise KeyError(f"unknown dataset {name!r}; choose 'eurosat', 'bigearthnet' or 'bigearthnet_lmdb'")
+    raise KeyError(
+        f"unknown dataset {name!r}; choose 'eurosat', 'bigearthnet', 'bigearthnet_lmdb', a manifest "
+        "(.csv, .parquet, .geojson, STAC .json) or 'torchgeo:<Dataset>'"
+    )
 
 
 @lru_cache(maxsize=1)

@@ -348,6 +348,16 @@ def _simulate(
     return LightImage({b: out[b] for b in modality.bands}, attrs)
 
 
+def check_fit(image: xr.Dataset | LightImage, modalities: Sequence[Modality], what: str) -> None:
+    """Refuse, before any training or evaluation, modalities that ``image`` (a sample of the dataset
+    ``what``) cannot give: a band it lacks, a window larger than it (one line naming the modality)."""
+    for m in modalities:
+        try:
+            simulate(image, m)
+        except ModalityError as e:
+            raise ModalityError(f"{what}: {e}") from None
+
+
 @dataclass(frozen=True)
 class Assignment:
     """Which training modality each training image gets (one per image, as in the paper)."""

@@ -20,7 +20,7 @@ from atomizer.atoms.canvas import CanvasSpec
 from atomizer.core.runtime import autocast, pick_device
 from atomizer.core.storage import atomic_paths, clean_stale_temps, file_sha256, json_text, locked
 from atomizer.data.datasets import open_dataset
-from atomizer.data.modalities import Modality, ModalitySet, load_modalities
+from atomizer.data.modalities import Modality, ModalitySet, check_fit, load_modalities
 from atomizer.engine.loaders import InMemory, ModalityDataset, collate_items, keep_in_memory, wire_for
 from atomizer.engine.metrics import classification_metrics, metric_names
 from atomizer.models.checkpoint import load_trained
@@ -205,6 +205,7 @@ def evaluate_checkpoint(
     ds = open_dataset(name_ds, split, data_root or tc.get("data_root"), fold=fold)
     if len(ds) == 0:
         raise ValueError(f"no {split!r} images in dataset {name_ds!r}")
+    check_fit(ds.load(ds.records[0]), mods.modalities, f"dataset {name_ds}")
     model = trained.model
     canvas = CanvasSpec.of(mods)
     name = model_name or trained.arch

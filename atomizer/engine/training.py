@@ -34,7 +34,7 @@ from atomizer.core.config import Config
 from atomizer.core.runtime import check_precision, ensure_process_group, process_device
 from atomizer.data.augment import AugmentConfig
 from atomizer.data.datasets import open_dataset, stratified_fraction
-from atomizer.data.modalities import Assignment, load_modalities
+from atomizer.data.modalities import Assignment, check_fit, load_modalities
 from atomizer.engine.evaluation import predict_dataset
 from atomizer.engine.loaders import ModalityDataset, collate_items, wire_for
 from atomizer.engine.loop import Loop, Step, Task, state_hash
@@ -59,7 +59,7 @@ class TrainConfig(Config):
     label: str | None = None  # name of this variant in the results (default: the model), e.g. "atomizer-noaug"
     preset: str = "tiny"
     model_overrides: dict = field(default_factory=dict)
-    dataset: str = "eurosat"  # eurosat | bigearthnet (embedded), see data_root
+    dataset: str = "eurosat"  # eurosat | bigearthnet (embedded) | a manifest path (your own data) | torchgeo:<Dataset>
     data_root: str | None = None
     train_split: str = "train"
     val_split: str = "validation"
@@ -135,6 +135,7 @@ def build_datasets(cfg: TrainConfig, batch_type: type, wire: str = "full"):
         base_va.records = base_va.records[: cfg.val_limit]
     if len(base_tr) == 0:
         raise ValueError(f"dataset {cfg.dataset!r} has no {cfg.train_split!r} images")
+    check_fit(base_tr.load(base_tr.records[0]), train_mods.modalities, f"dataset {cfg.dataset}")
     tr = ModalityDataset(
         base_tr,
         train_mods.modalities,

@@ -239,16 +239,16 @@ class NotebookParameters(Config):
         if self.seeds is not None and not self._list("seeds", int):
             raise self._bad("seeds", "give at least one seed")
         if self.folds:
-            from atomizer.data.datasets import folds_table
+            from atomizer.data.datasets import dataset_folds
 
             folds = self._list("folds", int)
             try:
-                table = folds_table(str(self.dataset or "eurosat"))
+                table = dataset_folds(str(self.dataset or "eurosat"), self.data_root or None)
             except (OSError, KeyError, ValueError) as e:
                 raise self._bad("folds", str(e.args[0] if e.args else e)) from None
             known = sorted(int(f) for f in table["fold"].unique())
             if any(f not in known for f in folds):
-                raise self._bad("folds", f"the shipped assignment has folds {known}")
+                raise self._bad("folds", f"the dataset's fold assignment has folds {known}")
 
     def _check_training(self, models: list[str]) -> None:
         """Options handed to the training config as they are (``train_options``, the dataset): its names."""
