@@ -39,7 +39,7 @@ def eurosat_manifest(folder: Path, per_class: int = 3) -> Path:
     split = pd.read_csv(src / "split.csv")
     rows = []
     for label, group in split.groupby("label"):
-        for k, (path, s) in enumerate(zip(group["path"], group["split"])):
+        for k, path in enumerate(group["path"]):
             if k >= per_class:
                 break
             dst = folder / "images" / Path(path).name
