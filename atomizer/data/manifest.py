@@ -272,7 +272,8 @@ class ManifestDataset(ImageDataset):
             given = _read_classes_file(self.resolve(card.classes_file, "classes_file"), self.path)
         if self.task == "segmentation":
             if given is None:
-                ids = _mask_values(tuple(str(self.resolve(m, "mask")) for m in table[self._col("mask")] if m))
+                masks = [str(self.resolve(m, "mask", i)) for i, m in enumerate(table[self._col("mask")]) if m]
+                ids = _mask_values(tuple(masks))
                 given = {i: str(i) for i in ids if i != card.ignore_index}
             if isinstance(given, list):
                 given = dict(enumerate(given))
@@ -305,8 +306,8 @@ class ManifestDataset(ImageDataset):
         if not any(p.resolve().is_relative_to(r.resolve()) for r in self.roots):
             extra = " or the data root" if len(self.roots) > 1 else ""
             raise ManifestError(
-                f"{where}: {what} {value!r} lies outside the manifest's folder{extra}; name the folder it is in as "
-                "data_root to allow it"
+                f"{where}: {what} {value!r} lies outside the manifest's folder{extra}; name its folder as the data "
+                "root (data_root, --data-root) to allow it"
             )
         return p
 

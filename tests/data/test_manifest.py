@@ -336,3 +336,48 @@ def test_without_split_column_a_split_asks_for_folds(tmp_path):
         open_dataset(str(manifest), "train")
     with pytest.raises(ManifestError, match="dataset check"):
         open_dataset(str(manifest), "train", fold=0)
+
+
+@pytest.mark.parametrize(
+    "column,value",
+    [
+        ("image", "https://example.com/tile.tif"),
+        ("image", "/vsicurl/https://example.com/tile.tif"),
+        ("image", "/etc/hosts"),
+        ("sidecar", "../outside.yaml"),
+        ("mask", "../../secret.tif"),
+    ],
+)
+def test_a_hostile_manifest_reads_nothing_outside_its_folder(tmp_path, column, value):
+    """A manifest someone sends: URLs, virtual paths, absolute paths and escapes are refused in one line
+    naming the row, before anything is opened."""
+    manifest = eurosat_manifest(tmp_path / "m", per_class=1)
+    df = pd.read_csv(manifest)
+    if column == "mask":
+        df = df.rename(columns={"label": "mask"})
+    df[column] = df[column].astype(object) if column in df else ""
+    df.loc[0, column] = value
+    df.to_csv(manifest, index=False)
+    with pytest.raises(ManifestError) as e:
+        ManifestDataset(manifest)
+    msg = str(e.value)
+    assert "row 2" in msg and "\n" not in msg and ("outside" in msg or "URL" in msg)
+
+
+def test_a_link_leading_out_of_the_folder_is_refused(tmp_path):
+    manifest = eurosat_manifest(tmp_path / "m", per_class=1)
+    outside = tmp_path / "elsewhere.tif"
+    shutil.copy(EMBEDDED / "eurosat" / "Forest" / "Forest_1.tif", outside)
+    (tmp_path / "m" / "images" / "link.tif").symlink_to(outside)
+    df = pd.read_csv(manifest)
+    df.loc[0, "image"] = "images/link.tif"
+    df.to_csv(manifest, index=False)
+    with pytest.raises(ManifestError, match="outside the manifest's folder"):
+        ManifestDataset(manifest)
+
+
+def test_a_card_with_an_unknown_key_is_refused_by_name(tmp_path):
+    manifest = eurosat_manifest(tmp_path, per_class=1)
+    (tmp_path / "labels.yaml").write_text("sensor: sentinel2\nexec: rm -rf /\n")
+    with pytest.raises(ManifestError, match="exec"):
+        ManifestDataset(manifest)
