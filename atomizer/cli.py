@@ -426,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue the run in the config's out_dir")
     s.add_argument("--out", help="run directory (overrides out_dir)")
     s.add_argument("--init", help="initialise the encoder from this checkpoint (e.g. a pretrained one)")
-    s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields")
+    s.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE", help="override config fields (repeatable)")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("evaluate", help="evaluate a checkpoint on each modality of a modality file")
@@ -511,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", help="pretraining config YAML (fields of atomizer.engine.pretraining.PretrainConfig)")
     s.add_argument("--resume", action="store_true", help="continue the run in the config's out_dir")
     s.add_argument("--out", help="run directory (overrides out_dir)")
-    s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields")
+    s.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE", help="override config fields (repeatable)")
     s.set_defaults(func=_cmd_pretrain)
 
     s = sub.add_parser("experiment", help="run a grid of papermill notebook runs (see experiments/)")

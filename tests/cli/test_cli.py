@@ -306,3 +306,11 @@ def test_inspect_warns_about_bands_outside_the_anchors(tmp_path, capsys):
     out = capsys.readouterr().out
     warned = [line for line in out.splitlines() if line.startswith("warning:")]
     assert len(warned) == 1 and "swir3" in warned[0] and "EncodingConfig.anchors" in warned[0]
+
+
+def test_set_is_repeatable():
+    """``--set a=1 --set b=2 c=3`` keeps every pair (the README's own-data example repeats it)."""
+    from atomizer.cli import build_parser
+
+    args = build_parser().parse_args(["train", "c.yaml", "--set", "dataset=labels.csv", "--set", "fold=0", "lr=1e-3"])
+    assert args.set == ["dataset=labels.csv", "fold=0", "lr=1e-3"]
