@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PORT ?= 5006
 
-.PHONY: setup chromium demo lint test test-all bench clean
+.PHONY: setup chromium demo lint test test-all test-torchgeo bench clean
 
 $(STAMP): pyproject.toml environment.yml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,21 @@ test: setup chromium lint
 
 test-all: setup chromium
 	$(PY) -m pytest -m "" -q
+
+# The TorchGeo bridge (atomizer.data.torchgeo, atomizer.models.torchgeo) tested with TorchGeo installed, in a
+# venv of its own: torchgeo needs torchvision, whose wheels (0.29.1) need torch 2.14.1 (CUDA builds; they run on
+# CPU), not the CPU torch of .venv. `make test` runs the same tests without TorchGeo: those needing it skip.
+TG_VENV := .venv-torchgeo
+TG_PY := $(TG_VENV)/bin/python
+TG_STAMP := $(TG_VENV)/.installed
+
+$(TG_STAMP): pyproject.toml
+	test -x $(TG_PY) || $(PYTHON) -m venv $(TG_VENV)
+	$(TG_PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1" -e '.[dev,torchgeo]'
+	touch $(TG_STAMP)
+
+test-torchgeo: $(TG_STAMP)
+	$(TG_PY) -m pytest -q -p no:cacheprovider tests/data/test_torchgeo.py
 
 bench: setup
 	$(PY) -m atomizer bench --quick
