@@ -81,7 +81,9 @@ def _inspect(args: argparse.Namespace) -> int:
     from atomizer.core.limits import check_atoms
     from atomizer.data.readers import count_tokens, describe, open_image
 
-    ds = open_image(args.path, sensor=args.sidecar or args.sensor, lazy=True)  # headers; pixels only if needed
+    ds = open_image(
+        args.path, sensor=args.sidecar or args.sensor, band_names=args.bands, lazy=True
+    )  # headers; pixels only if needed
     check_atoms(count_tokens(ds), what=str(args.path))
     print(f"{args.path}  sensor={ds.attrs.get('sensor')}")
     for key in ("product_level", "radiometry", "processing_baseline", "metadata_file", "qa_mask", "stac_item"):
@@ -101,6 +103,16 @@ def _inspect(args: argparse.Namespace) -> int:
         for msg in warn_uncovered(table, DEFAULT_ANCHORS, names):
             print(f"warning: {msg} (default anchors)")
     return 0
+
+
+BANDS_HELP = "channel order of a multi-band file that names none of its bands, e.g. B01,B02,B03 (comma-separated)"
+
+
+def _band_list(text: str) -> list[str]:
+    names = [b.strip() for b in text.split(",") if b.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give band names separated by commas, e.g. B02,B03,B04")
+    return names
 
 
 def _parse_sets(pairs: Sequence[str]) -> dict:
@@ -171,6 +183,7 @@ def _cmd_map(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             device=args.device,
             sensor=args.sidecar or args.sensor,
+            band_names=args.bands,
             resume=not args.restart,
             progress=not args.quiet,
         )
@@ -243,7 +256,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     notes: list[str] = []
     with _atom_limit(args.max_atoms):
         probs = predict_image(
-            args.checkpoint, args.input, sensor=args.sidecar or args.sensor, chunk_size=args.chunk_size, notes=notes
+            args.checkpoint,
+            args.input,
+            sensor=args.sidecar or args.sensor,
+            chunk_size=args.chunk_size,
+            notes=notes,
+            band_names=args.bands,
         )
     for line in notes:
         print(f"note: {line}")
@@ -414,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--sensor", help="catalogued sensor of a GeoTIFF/folder (default: Sentinel-2 / EuroSAT)")
     s.add_argument("--sidecar", help="YAML/JSON description of the sensor's bands")
+    s.add_argument("--bands", type=_band_list, help=BANDS_HELP)
     s.add_argument(
         "--max-atoms",
         type=int,
@@ -448,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_mutually_exclusive_group()
     g.add_argument("--sensor", help="catalogued sensor name")
     g.add_argument("--sidecar", help="YAML/JSON sidecar describing the bands")
+    s.add_argument("--bands", type=_band_list, help=BANDS_HELP)
     s.add_argument("--top", type=int, default=10, help="print the top-k classes")
     s.add_argument("--chunk-size", type=int, default=262144, help="atoms per cross-attention chunk")
     s.add_argument(
@@ -474,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_mutually_exclusive_group()
     g.add_argument("--sensor", help="catalogued sensor name")
     g.add_argument("--sidecar", help="YAML/JSON sidecar describing the bands")
+    s.add_argument("--bands", type=_band_list, help=BANDS_HELP)
     s.add_argument("--restart", action="store_true", help="discard an interrupted run's progress")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument(

@@ -93,6 +93,7 @@ from atomizer.dashboard.attention import AttentionMaps
 from atomizer.dashboard.maps import _POOL, MAP_WORKERS, MapBuildCancelled, MapView, builds_started, evict
 from atomizer.dashboard.results import ResultsView
 from atomizer.dashboard.spectral import SpectralCoverage
+from atomizer.data.bands import get_sensor
 from atomizer.data.readers import ImageReadError, open_image, read_stac_item
 from atomizer.engine.loop import MetricsLog
 from atomizer.engine.training import TrainConfig, train
@@ -751,7 +752,8 @@ def test_vsi_input_path_reads_when_allowed_explicitly(tmp_path):
     with MemoryFile(src.read_bytes(), filename="img.tif") as mem:
         with pytest.raises(ImageReadError, match="allow_remote"):
             open_image(mem.name, sensor="sentinel2")
-        ds = open_image(mem.name, sensor="sentinel2", allow_remote=True)
+        order = get_sensor("sentinel2").band_names  # the file names no bands: its channel order, given
+        ds = open_image(mem.name, sensor="sentinel2", band_names=order, allow_remote=True)
         assert ds["B04"].shape == (16, 16) and int(ds["B01"].values[0, 0]) == 1
 
 

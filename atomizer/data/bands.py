@@ -218,6 +218,30 @@ class Sensor:
                 return b
         raise KeyError(f"sensor {self.name!r} has no band {name!r}; it has {self.band_names}")
 
+    def find_band(self, name: str) -> Band | None:
+        """The band a file or channel called ``name`` holds: a band name or alias of this sensor, exactly, else
+        ignoring case where that names one band only (``vv`` -> ``VV``); ``None`` when it names none.
+        ``B08`` never stands for ``B8A``: names are compared whole."""
+        key = self.aliases.get(name, name)
+        for b in self.bands:
+            if b.name == key:
+                return b
+        folded = {b.name for n, b in self._names_folded() if n == name.casefold()}
+        return self.band(folded.pop()) if len(folded) == 1 else None
+
+    def _names_folded(self) -> list[tuple[str, Band]]:
+        """``(casefolded name or alias, band)`` for every name and alias of the sensor."""
+        out = [(b.name.casefold(), b) for b in self.bands]
+        for alias, target in self.aliases.items():
+            if any(b.name == target for b in self.bands):
+                out.append((alias.casefold(), self.band(target)))
+        return out
+
+    @property
+    def names_and_aliases(self) -> list[str]:
+        """Every name a band of this sensor goes by: band names, then aliases."""
+        return [*self.band_names, *(a for a in self.aliases if a not in self.band_names)]
+
     def calibration(self, band: str | Band) -> tuple[float, float, float | None]:
         """``(dn_scale, dn_offset, nodata)`` of a band: its own where it has them, else the sensor's."""
         b = band if isinstance(band, Band) else self.band(band)
@@ -360,6 +384,19 @@ def get_sensor(name_or_path: str | Path | Sensor) -> Sensor:
     raise KeyError(
         f"unknown sensor {text!r}; catalogued sensors: {', '.join(list_sensors())} (or pass a .yaml/.json sidecar)"
     )
+
+
+def is_catalogued(sensor: Sensor) -> bool:
+    """True when ``sensor`` is a catalogued sensor as the catalogue describes it (not a sidecar, even one that
+    takes a catalogued sensor's name)."""
+    return sensor.name in list_sensors() and sensor == _load_catalogued(sensor.name)
+
+
+def sensors_naming(names: Iterable[str]) -> list[str]:
+    """The catalogued sensors that have a band (by name or alias, see :meth:`Sensor.find_band`) for every one of
+    ``names``, e.g. a file's band descriptions ``B01 ... B8A, B09, B11, B12`` -> ``["sentinel2"]``."""
+    names = list(names)
+    return [s for s in list_sensors() if all(_load_catalogued(s).find_band(n) is not None for n in names)]
 
 
 def catalogue_table(names: Sequence[str] | None = None) -> "Any":

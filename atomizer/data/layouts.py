@@ -1,9 +1,12 @@
 """Our own layouts: a BigEarthNet patch (npz, LMDB value or folder of per-band GeoTIFFs), a EuroSAT-MS
-"allBands" GeoTIFF, and a folder of single-band GeoTIFFs of any sensor, each read into the image model
-(:mod:`atomizer.data.image`) on its bands' native grids."""
+"allBands" GeoTIFF, and a folder of single-band rasters of any sensor (found by the one rule of
+:mod:`atomizer.data.discovery`), each read into the image model (:mod:`atomizer.data.image`) on its bands'
+native grids."""
 
 from __future__ import annotations
 
+import re
+import warnings
 import zipfile
 import zlib
 from collections.abc import Iterable, Mapping
@@ -13,9 +16,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from atomizer.data.bands import Sensor, get_sensor
+from atomizer.data.bands import Sensor, get_sensor, is_catalogued
+from atomizer.data.discovery import find_band_files, no_band_files
 from atomizer.data.image import ImageReadError, build_image
-from atomizer.data.metadata import s2_dn_offset
+from atomizer.data.products import read_s2_band_files
 from atomizer.data.raster import lazy_reads, one_line, read_band_files, read_multiband_geotiff
 
 #: Band order inside an EuroSAT-MS "allBands" GeoTIFF (B8A is last; verified on the pixels).
@@ -41,33 +45,77 @@ def read_band_folder(
     bands: Iterable[str] | None = None,
     dn_offset: float | None = None,
 ) -> xr.Dataset:
-    """Read a folder of single-band GeoTIFFs (``B04.tif``, ``<patch>_B04.tif``...) at native grids.
+    """Read a folder of single-band rasters (``B04.tif``, ``scene_B04.jp2``, ``B8A_20m.tif``,
+    ``T33UUP_20170613T101031_B01.jp2``...) at their native grids.
 
-    Files are matched to the sensor's bands by the band name at the end of the file stem. For
-    Sentinel-2 the processing-baseline offset is inferred from the folder name (see
-    :func:`s2_dn_offset`) unless ``dn_offset`` is given.
+    The files are found by the one rule of :func:`atomizer.data.discovery.find_band_files` (``.tif``, ``.tiff``,
+    ``.jp2``; the band's name as a whole token of the file name; B08 never for B8A; several resolutions of a
+    band: the native one); ``sensor`` only says which band names to look for and describes them.
+
+    * Sentinel-2: calibrated from the names (:func:`atomizer.data.products.read_s2_band_files`: the processing
+      baseline's offset, the product level), exactly as a SAFE-named folder read by :func:`read_safe` is;
+      ``dn_offset`` overrides the names' offset.
+    * Landsat 8/9 (catalogued) without its MTL: the catalogue's Collection 2 Level-2 scaling, with a warning
+      saying so (a folder with its MTL is read by :func:`read_landsat`).
+
+    Raises:
+        ImageReadError: not a folder, no band file, a band of ``bands`` missing, two files for one band.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageReadError(f"{folder}: not a folder")
-    sensor = get_sensor(sensor)
-    wanted = set(bands) if bands is not None else None
-    files: dict[str, Path] = {}
-    for f in sorted(folder.iterdir()):
-        if f.suffix.lower() not in (".tif", ".tiff"):
-            continue
-        stem = f.stem
-        for b in sensor.bands:
-            if stem == b.name or stem.endswith("_" + b.name):
-                if wanted is None or b.name in wanted:
-                    files[b.name] = f
-    if wanted is not None and (missing := wanted - set(files)):
-        raise ImageReadError(f"{folder}: no GeoTIFF for band(s) {sorted(missing)}")
+    desc = get_sensor(sensor)
+    files = find_band_files(folder, desc, bands=bands)
     if not files:
-        raise ImageReadError(f"{folder}: no GeoTIFF named after a band of sensor {sensor.name!r}")
-    if dn_offset is None and sensor.name == "sentinel2":
-        dn_offset = s2_dn_offset(folder.name)
-    return read_band_files({n: (f, 0) for n, f in files.items()}, sensor, folder, dn_offset=dn_offset, single_band=True)
+        raise no_band_files(folder, desc)
+    if desc.name == "sentinel2":
+        return read_s2_band_files(folder, files, desc, dn_offset=dn_offset)
+    calibration: dict[str, dict[str, object]] = {}
+    attrs: dict[str, object] = {}
+    if is_catalogued(desc) and desc.name in LANDSAT_SENSORS:
+        level, note = _landsat_without_mtl(folder, files, desc)
+        attrs["product_level"] = level
+        calibration = {b: {"calibration_source": note} for b in files}
+    return read_band_files(
+        {n: (f, 0) for n, f in files.items()},
+        desc,
+        folder,
+        dn_offset=dn_offset,
+        calibration=calibration,
+        attrs=attrs,
+        single_band=True,
+    )
+
+
+#: Catalogued sensors whose products carry an MTL with each band's scaling.
+LANDSAT_SENSORS = ("landsat8", "landsat9")
+#: Bands only a Landsat Level-1 product holds (Level-2 has no panchromatic, cirrus or TIRS band 11).
+LANDSAT_L1_ONLY = ("B8", "B9", "B11")
+
+
+def _landsat_without_mtl(folder: Path, files: dict[str, Path], sensor: Sensor) -> tuple[str, str]:
+    """Warn (one line) that a Landsat band folder without its MTL is read with the catalogue's Collection 2
+    Level-2 scaling; ``(product level assumed, calibration source)``."""
+
+    def linear(band: str) -> str:
+        scale, offset, _ = sensor.calibration(band)
+        add = offset * scale
+        return f"DN * {scale:g} {'-' if add < 0 else '+'} {abs(add):g}"
+
+    reflect = f"surface reflectance = {linear('B4')}"
+    thermal = f", B10 kelvin = {linear('B10')}" if "B10" in sensor.band_names else ""
+    stems = " ".join(f.stem for f in files.values())
+    doubt = ""
+    if m := re.search(r"(?<![A-Za-z0-9])(L1(?:TP|GT|GS))(?![A-Za-z0-9])", stems):
+        doubt = f" although the file names say Level-1 ({m.group(1)}), whose scaling differs"
+    elif level1 := [b for b in LANDSAT_L1_ONLY if b in files]:
+        doubt = f" although it holds {', '.join(level1)}, which only Level-1 products have"
+    warnings.warn(
+        f"{folder}: no Landsat *_MTL.txt / *_MTL.json; assuming a Collection 2 Level-2 product ({reflect}"
+        f"{thermal}){doubt}; put the product's MTL in the folder to read its own scaling",
+        stacklevel=3,
+    )
+    return "L2", "assumed: Collection 2 Level-2 scaling (no MTL in the folder)"
 
 
 # --------------------------------------------------------------------------------------------------

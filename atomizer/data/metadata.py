@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,42 @@ def s2_dn_offset(product_name: str, metadata_offset: float | None = None) -> flo
     if b is None or b == 9999:
         return 0.0
     return -1000.0 if b >= S2_OFFSET_BASELINE else 0.0
+
+
+#: A Sentinel-2 tile and sensing time as SAFE band files carry them: ``T33UUP_20170613T101031``.
+S2_TILE_TIME = re.compile(r"(?<![A-Za-z0-9])T\d{2}[A-Z]{3}_\d{8}T\d{6}(?![A-Za-z0-9])")
+
+
+@dataclass(frozen=True)
+class S2NameInfo:
+    """What the names of a Sentinel-2 folder and its band files say when no metadata file does.
+
+    Attributes:
+        level: ``"L1C"`` / ``"L2A"``: from ``MSIL1C``/``MSIL2A`` in the names, else from SAFE-named band files
+            (``T33UUP_20170613T101031_B01``: Level-1C; ``..._B01_60m``: Level-2A); ``None`` when nothing says.
+        baseline: Processing baseline (``400``) from the first name carrying one (``_N0400_``), or ``None``.
+        dn_offset: The DN offset that baseline implies (:func:`s2_dn_offset`; 0 without one).
+    """
+
+    level: str | None
+    baseline: int | None
+    dn_offset: float
+
+
+def s2_name_info(folder_name: str, file_stems: Iterable[str]) -> S2NameInfo:
+    """Level, processing baseline and DN offset of Sentinel-2 band files from their folder's and their own names
+    (the folder's name first): the same answer whichever way the folder is read."""
+    stems = list(file_stems)
+    names = [folder_name, *stems]
+    named = next((n for n in names if s2_baseline(n) is not None), None)
+    level = next(("L1C" if "MSIL1C" in n else "L2A" for n in names if "MSIL1C" in n or "MSIL2A" in n), None)
+    if level is None and (safe := [s for s in stems if S2_TILE_TIME.search(s)]):
+        level = "L2A" if any(re.search(r"_\d\dm$", s) for s in safe) else "L1C"
+    return S2NameInfo(
+        level=level,
+        baseline=s2_baseline(named) if named is not None else None,
+        dn_offset=s2_dn_offset(named) if named is not None else 0.0,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -334,19 +370,32 @@ def _band_lists(asset: Any) -> tuple[list[dict], list[dict]]:
     return eo, raster
 
 
-def stac_bands(item_path: str | Path) -> tuple[Any, list[StacBand]]:
-    """The pystac item and its data bands: one :class:`StacBand` per channel of each data asset.
+def stac_bands(item_path: str | Path | Mapping[str, Any]) -> tuple[Any, list[StacBand]]:
+    """The pystac item and its data bands: one :class:`StacBand` per channel of each data asset, from an item
+    file or an item in memory (a dict: one feature of an ItemCollection).
 
     Wavelength and width come from ``eo:bands`` (micrometres, converted to nm); scale, offset and nodata
     from ``raster:bands`` (physical value = DN * scale + offset).
     """
     import pystac
 
-    item_path = Path(item_path)
-    try:
-        item = pystac.Item.from_file(str(item_path))
-    except Exception as e:  # pystac raises many kinds for a bad file
-        raise MetadataError(f"{item_path}: not a readable STAC item ({e})") from None
+    if isinstance(item_path, Mapping):
+        name = item_path.get("id", "?")
+        if item_path.get("type") != "Feature":
+            raise MetadataError(
+                f"STAC item {name!r}: not a STAC item (type is {item_path.get('type')!r}, not 'Feature')"
+            )
+        try:
+            item = pystac.Item.from_dict(dict(item_path), preserve_dict=True)
+        except Exception as e:  # pystac raises many kinds for a bad dict
+            raise MetadataError(f"STAC item {name!r}: not a readable STAC item ({' '.join(str(e).split())})") from None
+        item_path = Path(f"STAC item {item.id}")
+    else:
+        item_path = Path(item_path)
+        try:
+            item = pystac.Item.from_file(str(item_path))
+        except Exception as e:  # pystac raises many kinds for a bad file
+            raise MetadataError(f"{item_path}: not a readable STAC item ({e})") from None
     bands: list[StacBand] = []
     for key, asset in item.assets.items():
         roles = asset.roles or []

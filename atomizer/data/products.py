@@ -6,23 +6,23 @@ names must lie inside the product (issue 23): see :func:`stac_asset_path` and :f
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from atomizer.data.bands import Band, Sensor, get_sensor
+from atomizer.data.bands import Band, Sensor, SensorSpecError, get_sensor, is_catalogued
+from atomizer.data.discovery import BAND_FILE_SUFFIXES, bands_in_name, find_band_files
 from atomizer.data.image import ImageReadError, image_bands, nominal_gsd
 from atomizer.data.metadata import (
     QA_INVALID_BITS,
-    S2_BAND_FILE,
+    S2_TILE_TIME,
     MetadataError,
     landsat_metadata,
     parse_s2_metadata,
-    s2_baseline,
-    s2_dn_offset,
+    s2_name_info,
     stac_bands,
     stac_sensor,
 )
@@ -36,47 +36,43 @@ from atomizer.data.raster import (
     remote_allowed,
 )
 
-_RASTER_SUFFIXES = (".jp2", ".tif", ".tiff")
+
+def _s2_sensor(sensor: str | Path | Sensor | None, folder: Path) -> Sensor:
+    """The band table of a Sentinel-2 product: the catalogue's, or a sidecar's (metadata only); another
+    catalogued sensor does not describe it."""
+    if sensor is None:
+        return get_sensor("sentinel2")
+    desc = get_sensor(sensor)
+    if is_catalogued(desc) and desc.name != "sentinel2":
+        raise SensorSpecError(f"{folder}: a Sentinel-2 product; sensor {desc.name!r} does not describe its bands")
+    return desc
 
 
-def _safe_band_files(folder: Path, recursive: bool) -> dict[str, Path]:
-    """SAFE-named band files below ``folder``, one per band at its native resolution.
-
-    ``*_B02_10m.jp2`` / ``*_B8A_20m.tif`` (L2A) or ``*_B02.jp2`` (L1C). Where a band is stored at several
-    resolutions (L2A keeps resampled copies in R20m/R60m), the file at the band's native GSD is taken;
-    failing that, the finest. B08 and B8A are distinct names and never stand in for each other.
-    """
-    s2 = get_sensor("sentinel2")
-    found: dict[str, list[tuple[float, Path]]] = {}
-    files = folder.rglob("*") if recursive else folder.iterdir()
-    for f in sorted(files):
-        if f.suffix.lower() not in _RASTER_SUFFIXES or not f.is_file():
-            continue
-        m = S2_BAND_FILE.search(f.stem)
-        if not m:
-            continue
-        band = m.group("band")
-        native = s2.band(band).gsd_m
-        res = float(m.group("res")) if m.group("res") else native
-        found.setdefault(band, []).append((res, f))
-    out = {}
-    for band, options in found.items():
-        native = s2.band(band).gsd_m
-        exact = [f for r, f in options if r == native]
-        out[band] = exact[0] if exact else min(options, key=lambda o: o[0])[1]
-    return out
+def _safe_image_files(safe: Path, sensor: Sensor) -> dict[str, Path]:
+    """The band files of a ``.SAFE``: under ``GRANULE/*/IMG_DATA`` (and its ``R10m|R20m|R60m``), found by the one
+    rule of :func:`find_band_files` (each band at its native resolution)."""
+    files: dict[str, Path] = {}
+    for img in sorted(safe.glob("GRANULE/*/IMG_DATA")):
+        for band, f in find_band_files(img, sensor, recursive=True, root=safe).items():
+            if band in files:
+                raise ImageReadError(f"{safe}: {files[band]} and {f} both hold band {band}; keep one granule")
+            files[band] = f
+    return files
 
 
-def read_safe(path: str | Path, bands: Iterable[str] | None = None) -> xr.Dataset:
+def read_safe(
+    path: str | Path, bands: Iterable[str] | None = None, sensor: str | Path | Sensor | None = None
+) -> xr.Dataset:
     """Read a Sentinel-2 product as ESA delivers it: a ``.SAFE`` folder (Level-1C or Level-2A), or a folder of
     band files named the SAFE way (``T33NZA_20220706T085611_B02_10m.jp2``, ``..._B8A_20m.tif``).
 
-    With ``MTD_MSIL1C.xml`` / ``MTD_MSIL2A.xml`` present, the bands are the image files it lists under
+    With ``MTD_MSIL1C.xml`` / ``MTD_MSIL2A.xml`` present, the bands are the image files under
     ``GRANULE/*/IMG_DATA`` (L1C) or ``GRANULE/*/IMG_DATA/R10m|R20m|R60m`` (L2A, each band at its native
     resolution only), and the calibration is the metadata's: reflectance = (DN + ``BOA_ADD_OFFSET`` /
-    ``RADIO_ADD_OFFSET``) / quantification value. Without it, the processing baseline in the product name
-    decides the offset (:func:`s2_dn_offset`). The image records ``product_level`` (``L1C`` TOA / ``L2A``
-    BOA), ``processing_baseline`` and, per band, ``calibration_source``.
+    ``RADIO_ADD_OFFSET``) / quantification value. Without it, the names decide (:func:`read_s2_band_files`).
+    The files are found by the one rule of :func:`find_band_files`; ``sensor`` (default: the catalogue's
+    Sentinel-2, or a sidecar) only describes the bands. The image records ``product_level`` (``L1C`` TOA /
+    ``L2A`` BOA), ``processing_baseline`` and, per band, ``calibration_source``.
 
     Raises:
         ImageReadError: no band file, a band the metadata lists is not there, or the bands' CRS differ.
@@ -87,60 +83,41 @@ def read_safe(path: str | Path, bands: Iterable[str] | None = None) -> xr.Datase
         folder = folder.parent
     if not folder.is_dir():
         raise ImageReadError(f"{folder}: not a folder")
+    s2 = _s2_sensor(sensor, folder)
     mtd = sorted(folder.glob("MTD_MSIL*.xml"))
-    s2 = get_sensor("sentinel2")
-    wanted = set(bands) if bands is not None else None
-    attrs: dict[str, object] = {}
-    calibration: dict[str, dict[str, object]] = {}
-    if mtd:
-        meta = parse_s2_metadata(mtd[0])
-        files = _safe_band_files(folder / "GRANULE", recursive=True) if (folder / "GRANULE").is_dir() else {}
-        listed = {b for b, paths in meta.image_files.items()}
-        if listed:
-            if missing := sorted(listed - set(files), key=s2.band_names.index):
-                raise ImageReadError(f"{folder}: {mtd[0].name} lists band(s) {missing} but no image file holds them")
-        if not files:
-            raise ImageReadError(f"{folder}: no band image under GRANULE/*/IMG_DATA")
-        level = meta.level
-        where = mtd[0].name
-        attrs.update(
-            product_level=level,
-            radiometry="TOA reflectance" if level == "L1C" else "BOA reflectance",
-            processing_baseline=meta.baseline or "",
-            metadata_file=str(mtd[0]),
-        )
-        for b in files:
-            off = meta.offsets.get(b, 0.0)
-            calibration[b] = {
-                "dn_scale": 1.0 / meta.quantification,
-                "dn_offset": float(off),
-                "nodata": np.nan if meta.nodata is None else float(meta.nodata),
-                "calibration_source": f"{where} (quantification {meta.quantification:g}, offset {off:g})",
-            }
-        dn_offset = None
-    else:
-        files = _safe_band_files(folder, recursive=False)
+    if not mtd:
+        files = find_band_files(folder, s2, bands=bands)
         if not files:
             raise ImageReadError(
                 f"{folder}: no MTD_MSIL1C.xml / MTD_MSIL2A.xml and no band file named the SAFE way (*_B02_10m.jp2)"
             )
-        name = folder.name if s2_baseline(folder.name) else next(iter(files.values())).stem
-        level = (
-            "L2A" if "MSIL2A" in folder.name or any(re.search(r"_\d\dm$", f.stem) for f in files.values()) else "L1C"
-        )
-        if "MSIL1C" in folder.name:
-            level = "L1C"
-        attrs.update(
-            product_level=level,
-            radiometry="TOA reflectance" if level == "L1C" else "BOA reflectance",
-            processing_baseline=f"{s2_baseline(name) or ''}",
-        )
-        dn_offset = s2_dn_offset(name)
-        if s2_baseline(name) is None:
-            calibration = {
-                b: {"calibration_source": "assumed: no MTD file and no processing baseline in the names (offset 0)"}
-                for b in files
-            }
+        return read_s2_band_files(folder, files, s2)
+    wanted = set(bands) if bands is not None else None
+    meta = parse_s2_metadata(mtd[0])
+    files = _safe_image_files(folder, s2)
+    listed = {b for b, paths in meta.image_files.items()}
+    if listed:
+        if missing := sorted(listed - set(files), key=_order(s2)):
+            raise ImageReadError(f"{folder}: {mtd[0].name} lists band(s) {missing} but no image file holds them")
+    if not files:
+        raise ImageReadError(f"{folder}: no band image under GRANULE/*/IMG_DATA")
+    level = meta.level
+    where = mtd[0].name
+    attrs: dict[str, object] = dict(
+        product_level=level,
+        radiometry="TOA reflectance" if level == "L1C" else "BOA reflectance",
+        processing_baseline=meta.baseline or "",
+        metadata_file=str(mtd[0]),
+    )
+    calibration: dict[str, dict[str, object]] = {}
+    for b in files:
+        off = meta.offsets.get(b, 0.0)
+        calibration[b] = {
+            "dn_scale": 1.0 / meta.quantification,
+            "dn_offset": float(off),
+            "nodata": np.nan if meta.nodata is None else float(meta.nodata),
+            "calibration_source": f"{where} (quantification {meta.quantification:g}, offset {off:g})",
+        }
     if wanted is not None:
         if missing := sorted(wanted - set(files)):
             raise ImageReadError(f"{folder}: no image file for band(s) {missing}")
@@ -148,6 +125,46 @@ def read_safe(path: str | Path, bands: Iterable[str] | None = None) -> xr.Datase
     return read_band_files(
         {b: (f, 0) for b, f in files.items()},
         s2,
+        folder,
+        calibration=calibration,
+        attrs=attrs,
+        single_band=True,
+    )
+
+
+def _order(sensor: Sensor) -> Callable[[str], int]:
+    names = sensor.band_names
+    return lambda b: names.index(b) if b in names else len(names)
+
+
+def read_s2_band_files(
+    folder: Path, files: Mapping[str, Path], sensor: Sensor, dn_offset: float | None = None
+) -> xr.Dataset:
+    """Sentinel-2 band files without a metadata file, calibrated from what the names say (:func:`s2_name_info`:
+    the processing baseline's DN offset, the product level): every folder of Sentinel-2 bands (a band folder,
+    a SAFE-named folder, a BigEarthNet patch folder) reads through here, so its image is the same whichever
+    reader or ``sensor`` flag brought it. ``dn_offset`` overrides the names' offset.
+    """
+    info = s2_name_info(folder.name, [f.stem for f in files.values()])
+    attrs: dict[str, object] = {}
+    if info.level is not None:
+        attrs.update(
+            product_level=info.level,
+            radiometry="TOA reflectance" if info.level == "L1C" else "BOA reflectance",
+        )
+    if info.baseline is not None:
+        attrs["processing_baseline"] = f"{info.baseline}"
+    calibration: dict[str, dict[str, object]] = {}
+    if dn_offset is None:
+        dn_offset = info.dn_offset
+        if info.baseline is None:
+            calibration = {
+                b: {"calibration_source": "assumed: no MTD file and no processing baseline in the names (offset 0)"}
+                for b in files
+            }
+    return read_band_files(
+        {b: (f, 0) for b, f in files.items()},
+        sensor,
         folder,
         dn_offset=dn_offset,
         calibration=calibration,
@@ -161,7 +178,7 @@ def _landsat_mtl(folder: Path) -> Path | None:
     return found[0] if found else None
 
 
-def read_landsat(path: str | Path, mask_clouds: bool = True) -> xr.Dataset:
+def read_landsat(path: str | Path, mask_clouds: bool = True, sensor: str | Path | Sensor | None = None) -> xr.Dataset:
     """Read a Landsat 8/9 Collection 2 product (Level-1 or Level-2) with its ``*_MTL.txt`` or ``*_MTL.json``.
 
     Every band gets its own scale and offset from the MTL: ``REFLECTANCE_MULT/ADD_BAND_n`` (Level-2 surface
@@ -170,9 +187,13 @@ def read_landsat(path: str | Path, mask_clouds: bool = True) -> xr.Dataset:
     with ``mask_clouds`` the ``QA_PIXEL`` fill, dilated-cloud, cloud and cloud-shadow bits mark pixels
     invalid too (their DN is set to the fill value; ``qa_masked_pixels`` counts them).
 
+    ``sensor`` (default: the MTL's spacecraft) only describes the bands: a sidecar may, another catalogued
+    sensor than the MTL's is refused.
+
     Raises:
         ImageReadError: a file the MTL lists is not there; bands in different CRS.
         MetadataError: the MTL is unreadable, or lacks a band's rescaling parameters.
+        SensorSpecError: ``sensor`` is a catalogued sensor other than the MTL's.
     """
     folder = Path(path)
     if folder.is_file():
@@ -181,7 +202,9 @@ def read_landsat(path: str | Path, mask_clouds: bool = True) -> xr.Dataset:
     if mtl is None:
         raise ImageReadError(f"{folder}: no Landsat *_MTL.txt or *_MTL.json")
     meta = landsat_metadata(mtl)
-    sensor = get_sensor(meta.sensor)
+    if sensor is not None and is_catalogued(desc := get_sensor(sensor)) and desc.name != meta.sensor:
+        raise SensorSpecError(f"{folder}: {mtl.name} says {meta.sensor}; sensor {desc.name!r} does not describe it")
+    sensor = get_sensor(sensor if sensor is not None else meta.sensor)
     files: dict[str, tuple[Path, int]] = {}
     for band, fname in [*meta.files.items(), *([("QA_PIXEL", meta.qa_pixel)] if meta.qa_pixel else [])]:
         if is_remote(fname) or not _inside(folder / fname, folder):  # MTL names are bare file names
@@ -233,12 +256,16 @@ def read_stac_item(
     sensor: str | Path | Sensor | None = None,
     allow_outside: bool = False,
     allow_remote: bool = False,
+    item: Mapping[str, Any] | None = None,
 ) -> xr.Dataset:
-    """Read a local STAC item (``item.json``) whose assets point at local GeoTIFFs / COGs / JPEG2000.
+    """Read a local STAC item whose assets point at local GeoTIFFs / COGs / JPEG2000: the item file ``path``
+    (``item.json``), or the item in memory ``item`` (a dict: one feature of an ItemCollection) whose hrefs are
+    relative to ``path``'s folder (``path``: the ItemCollection or manifest file it came from, or that folder).
 
     Asset hrefs must resolve inside the item's folder (relative hrefs without ``../`` escapes, symbolic links
     followed): an absolute path or ``..`` leading elsewhere is refused unless ``allow_outside``, a URL or
-    ``/vsi`` href unless ``allow_remote`` (then read with GDAL's network on).
+    ``/vsi`` href unless ``allow_remote`` (then read with GDAL's network on). An item in memory obeys the same
+    rules, the folder of ``path`` standing for the item file's folder.
 
     Each data asset's channels are bands. Their wavelength and width come from ``eo:bands``
     (``center_wavelength``, ``full_width_half_max``, micrometres), their calibration from ``raster:bands``
@@ -250,16 +277,27 @@ def read_stac_item(
         MetadataError: not a STAC item; a band with neither wavelengths nor a catalogued match.
         ImageReadError: an asset outside the item's folder, remote, or not a file.
     """
-    path = Path(path)
     allow_remote = allow_remote or remote_allowed()
-    item, bands = stac_bands(path)
-    cat_name = sensor or stac_sensor(item)
+    if item is not None:
+        where = Path(path)
+        base = where if where.is_dir() else where.parent
+        if not base.is_dir():
+            raise ImageReadError(f"{base}: not a folder (the folder of STAC item {item.get('id', '?')!r})")
+        stac, bands = stac_bands(item)
+        path = Path(f"{where}#{stac.id}")  # names the item in messages and as the image's source
+    else:
+        path = Path(path)
+        stac, bands = stac_bands(path)
+        base = path.parent
+    cat_name = sensor or stac_sensor(stac)
     catalogued = get_sensor(cat_name) if cat_name is not None else None
     table: list[Band] = []
     files: dict[str, tuple[Path, int]] = {}
     calibration: dict[str, dict[str, object]] = {}
     for sb in bands:
-        f = stac_asset_path(path, sb.asset, sb.href, allow_outside=allow_outside, allow_remote=allow_remote)
+        f = stac_asset_path(
+            path, sb.asset, sb.href, allow_outside=allow_outside, allow_remote=allow_remote, folder=base
+        )
         source = "STAC"
         if sb.wavelength_nm is not None and sb.bandwidth_nm is not None:
             gsd = _file_gsd(f)
@@ -293,25 +331,31 @@ def read_stac_item(
         calibration[band.name] = cal
     from_catalogue = catalogued is not None and all(c["calibration_source"] != "STAC" for c in calibration.values())
     desc = Sensor(
-        name=catalogued.name if from_catalogue and catalogued is not None else f"stac:{item.id}",
+        name=catalogued.name if from_catalogue and catalogued is not None else f"stac:{stac.id}",
         bands=tuple(table),
         dn_scale=catalogued.dn_scale if catalogued is not None else 1.0,
         dn_offset=catalogued.dn_offset if catalogued is not None else 0.0,
         nodata=catalogued.nodata if catalogued is not None else None,
     )
-    attrs = {"stac_item": item.id}
-    if item.datetime is not None:
-        attrs["acquisition_date"] = item.datetime.date().isoformat()
+    attrs = {"stac_item": stac.id}
+    if stac.datetime is not None:
+        attrs["acquisition_date"] = stac.datetime.date().isoformat()
     with reading(allow_remote=allow_remote):
         return read_band_files(files, desc, path, calibration=calibration, attrs=attrs)
 
 
 def stac_asset_path(
-    item_path: Path, asset: str, href: str, allow_outside: bool = False, allow_remote: bool = False
+    item_path: Path,
+    asset: str,
+    href: str,
+    allow_outside: bool = False,
+    allow_remote: bool = False,
+    folder: Path | None = None,
 ) -> Path:
-    """The file a STAC asset's ``href`` names, relative to the item's folder; refused in one line naming the
-    asset when it is a URL or ``/vsi`` path (unless ``allow_remote``), or resolves outside the item's folder
-    (an absolute path, a ``../`` escape, a link leading out; unless ``allow_outside``), or is not a file."""
+    """The file a STAC asset's ``href`` names, relative to the item's folder (``folder``, default the item
+    file's); refused in one line naming the asset when it is a URL or ``/vsi`` path (unless ``allow_remote``),
+    or resolves outside the item's folder (an absolute path, a ``../`` escape, a link leading out; unless
+    ``allow_outside``), or is not a file."""
     if is_remote(href):
         if not allow_remote:
             raise ImageReadError(
@@ -319,7 +363,7 @@ def stac_asset_path(
                 "read only when allowed explicitly (allow_remote=True)"
             )
         return href  # type: ignore[return-value]  # GDAL reads it (open_raster allows it)
-    folder = item_path.parent
+    folder = item_path.parent if folder is None else folder
     target = folder / href  # an absolute href stays absolute
     if not allow_outside and not _inside(target, folder):
         raise ImageReadError(
@@ -370,10 +414,10 @@ def product_kind(path: str | Path) -> str | None:
         return "safe"
     if _landsat_mtl(p) is not None:
         return "landsat"
+    s2 = get_sensor("sentinel2")
     if any(
-        S2_BAND_FILE.search(f.stem) and re.search(r"T\d{2}[A-Z]{3}_\d{8}T\d{6}_", f.name)
+        f.suffix.lower() in BAND_FILE_SUFFIXES and S2_TILE_TIME.search(f.stem) and bands_in_name(f.stem, s2)
         for f in p.iterdir()
-        if f.suffix.lower() in _RASTER_SUFFIXES
     ):
         return "safe_named"
     return None

@@ -7,8 +7,9 @@ opening), and rasters to the image model.
 * :func:`reading` sets, for the readers called inside it, whether rasters are read lazily (dask arrays of
   row blocks) and whether URLs / GDAL virtual paths may be read (what ``open_image(..., lazy=...,
   allow_remote=...)`` asks for);
-* :func:`read_multiband_geotiff` reads a multi-band file of a known sensor, :func:`read_band_files` a set of
-  band files (each on its own grid) into one image.
+* :func:`read_multiband_geotiff` reads a multi-band file whose channels are named (band descriptions, a band
+  list, a sidecar: :func:`channel_bands`), :func:`read_band_files` a set of band files (each on its own grid)
+  into one image.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from atomizer.data.bands import Sensor, get_sensor
+from atomizer.data.bands import Sensor, SensorSpecError, get_sensor, is_catalogued, sensors_naming
 from atomizer.data.image import ImageReadError, build_image, grid_name, nominal_gsd
 
 #: Set by ``open_image(..., lazy=True)``: rasters stay on disk (dask arrays of row blocks) until a slice is read.
@@ -198,36 +199,124 @@ def _raster_meta(da: xr.DataArray) -> tuple[float, tuple[float, float], dict]:
     return gsd, (float(t.c), float(t.f)), attrs
 
 
+def band_descriptions(path: str | Path) -> tuple[int, tuple[str, ...] | None]:
+    """``(channel count, band descriptions)`` of a raster from its header (no pixel read); the descriptions are
+    ``None`` when no channel has one (GDAL writes none unless asked)."""
+    with open_raster(path) as src:
+        count = int(src.count)
+        raw = tuple((d or "").strip() for d in src.descriptions)
+    return count, (raw if any(raw) else None)
+
+
+def channel_bands(
+    path: str | Path,
+    count: int,
+    descriptions: Sequence[str] | None,
+    sensor: str | Path | Sensor | None = None,
+    band_names: Sequence[str] | None = None,
+) -> tuple[Sensor, list[str], dict[str, str]]:
+    """Which band each channel of a multi-band raster holds, by name, never by count or position alone:
+    ``(sensor, band name per channel, attrs saying where the names came from)``.
+
+    * ``band_names`` (explicit channel order) win; without ``sensor`` they must name the bands of exactly one
+      catalogued sensor;
+    * else the file's band descriptions, matched to ``sensor``'s bands by name or alias; without ``sensor``, to
+      the one catalogued sensor that names them all (recorded in ``sensor_from``);
+    * else a sidecar's band list, which is the file's channel order (a sidecar describes its file). A
+      catalogued sensor's band list is the catalogue's order, not the file's: it names no channel.
+
+    Raises:
+        SensorSpecError: one line naming the file and what is missing (names, a sensor), or the channel count
+            differs from the band list.
+    """
+    what = str(path)
+    attrs: dict[str, str] = {}
+    given = get_sensor(sensor) if sensor is not None else None
+    if band_names is not None:
+        names, source = [str(n) for n in band_names], "band_names"
+    elif descriptions is not None:
+        names, source = list(descriptions), "band descriptions"
+        attrs["band_names_from"] = "file band descriptions"
+        if given is not None and not is_catalogued(given) and len(names) == len(given.bands):
+            if all(given.find_band(n) is None for n in names):  # free text, not band names: the sidecar's order
+                names, attrs["band_names_from"] = given.band_names, f"sidecar {given.name!r} (channel order)"
+    elif given is not None and not is_catalogued(given):
+        given.check_channels(count, what=what)
+        return given, given.band_names, {"band_names_from": f"sidecar {given.name!r} (channel order)"}
+    else:
+        who = (
+            f"sensor {given.name!r} is catalogued, and its band list ({len(given.bands)} bands) is not"
+            if given is not None
+            else "no sensor is given, and"
+        )
+        raise SensorSpecError(
+            f"{what}: {count} channels without band descriptions; {who} the file's channel order: pass "
+            "band_names (--bands) in channel order, a .yaml/.json sidecar listing the channels in order, or write the band "
+            "names into the file's band descriptions"
+        )
+    if given is None:
+        if any(not n for n in names):
+            raise SensorSpecError(
+                f"{what}: channel(s) {[i + 1 for i, n in enumerate(names) if not n]} have no {source}"
+            )
+        found = sensors_naming(names)
+        if len(found) != 1:
+            why = f"names the bands of sensors {found}" if found else "names the bands of no catalogued sensor"
+            raise SensorSpecError(
+                f"{what}: its {source} ({', '.join(names)}) {why}; pass the sensor (a catalogued name or a sidecar)"
+            )
+        given = get_sensor(found[0])
+        attrs["sensor_from"] = f"{source} (the one catalogued sensor naming them all)"
+    bands = [given.find_band(n) if n else None for n in names]
+    if unmatched := [f"{i + 1}: {n!r}" for i, (n, b) in enumerate(zip(names, bands)) if b is None]:
+        raise SensorSpecError(
+            f"{what}: channel(s) {', '.join(unmatched)} of its {source} name no band of sensor {given.name!r} "
+            f"({', '.join(given.band_names)})"
+        )
+    canonical = [b.name for b in bands if b is not None]
+    if dup := sorted({n for n in canonical if canonical.count(n) > 1}):
+        raise SensorSpecError(f"{what}: band(s) {dup} named by two channels of its {source}")
+    if count != len(canonical):
+        raise SensorSpecError(
+            f"{what} has {count} channels but its {source} name {len(canonical)} bands of sensor {given.name!r} "
+            f"({', '.join(canonical)})"
+        )
+    return given, canonical, attrs
+
+
 def read_multiband_geotiff(
     path: str | Path,
-    sensor: str | Path | Sensor,
+    sensor: str | Path | Sensor | None = None,
     band_names: Sequence[str] | None = None,
     dn_offset: float | None = None,
 ) -> xr.Dataset:
-    """Read a multi-band GeoTIFF whose channels are described by ``sensor`` (or ``band_names`` of it).
+    """Read a multi-band GeoTIFF, each channel matched to a band by name (:func:`channel_bands`): explicit
+    ``band_names`` in channel order, else the file's band descriptions (a 12-band Sentinel-2 Level-2A export
+    described ``B01 ... B8A, B09, B11, B12`` reads as those 12 bands, with or without ``sensor``), else a
+    sidecar's band list.
 
     All channels of a multi-band file share one grid: each band's GSD is the file's pixel size.
 
     Raises:
-        SensorSpecError: the channel count does not match the band list.
+        SensorSpecError: the channels cannot be named, or their count does not match the band list.
         ImageReadError: the file is missing, corrupt or truncated.
     """
     path = path if isinstance(path, str) and is_remote(path) else Path(path)
-    sensor = get_sensor(sensor)
+    count, descriptions = band_descriptions(path)
+    desc, names, name_attrs = channel_bands(path, count, descriptions, sensor, band_names)
     da = open_raster_array(path)
-    names = list(band_names) if band_names is not None else sensor.band_names
-    sub = sensor.select(names) if band_names is not None else sensor
-    sub.check_channels(da.sizes["band"], what=str(path))
+    if da.sizes["band"] != count:
+        raise ImageReadError(f"{path}: the header says {count} channels, the pixels {da.sizes['band']}")
     gsd, origin, attrs = _raster_meta(da)
     nodata = da.rio.nodata
     values = da.data if lazy_reads() else da.values
     arrays = {n: values[i] for i, n in enumerate(names)}
     ds = build_image(
         arrays,
-        sensor,
+        desc,
         gsd={n: gsd for n in names},
         origin_xy=origin,
-        attrs={**attrs, "source": str(path)},
+        attrs={**attrs, "source": str(path), **name_attrs},
         dn_offset=dn_offset,
     )
     if nodata is not None:

@@ -5,6 +5,7 @@
 
 * :mod:`atomizer.data.raster`: opening a raster (GeoTIFF/COG, JPEG 2000) confined to its suffix's GDAL driver,
   local files and GDAL's network off; a multi-band GeoTIFF of a known sensor;
+* :mod:`atomizer.data.discovery`: the one rule that finds a sensor's band files in any folder;
 * :mod:`atomizer.data.layouts`: our own layouts (BigEarthNet npz patches and folders, EuroSAT-MS, band folders);
 * :mod:`atomizer.data.products`: products as delivered (Sentinel-2 SAFE, Landsat Collection 2, STAC items).
 
@@ -30,6 +31,7 @@ from atomizer.data.products import product_kind, read_landsat, read_safe, read_s
 from atomizer.data.raster import (
     GDAL_LOCAL_ONLY,
     RASTER_DRIVERS,
+    band_descriptions,
     check_local,
     is_remote,
     open_raster,
@@ -74,13 +76,19 @@ def open_image(
     in the item's folder; ``allow_outside=True`` accepts assets anywhere on this machine, ``allow_remote=True``
     URLs and GDAL virtual paths (``/vsicurl/...``) as ``path`` or asset, read with GDAL's network on.
 
+    ``sensor`` (a catalogued name or a sidecar) describes the bands; it never changes how they are found:
+
     * a Sentinel-2 ``.SAFE`` folder, its ``MTD_MSIL*.xml``, or a folder of SAFE-named band files
       (:func:`read_safe`); a Landsat Collection 2 folder with its MTL (:func:`read_landsat`); a STAC item
       ``.json`` (:func:`read_stac_item`);
     * ``*.npz``: a BigEarthNet patch (:func:`read_bigearthnet_npz`);
-    * a folder: per-band GeoTIFFs of ``sensor`` (default Sentinel-2) (:func:`read_band_folder`);
-    * a GeoTIFF: with ``sensor`` (name or sidecar), a multi-band image of that sensor; without, a
-      13-band file is read as EuroSAT-MS, anything else is refused with a hint.
+    * a folder: one band file per band of ``sensor`` (default Sentinel-2), ``.tif``/``.tiff``/``.jp2`` named
+      after the band (:func:`read_band_folder`, the one rule of :mod:`atomizer.data.discovery`);
+    * a GeoTIFF: its channels named by ``band_names``, else by the file's band descriptions (matched to
+      ``sensor`` by name; without ``sensor``, to the one catalogued sensor naming them all), else by a
+      sidecar's band list (:func:`read_multiband_geotiff`). A file without descriptions of 13 channels and no
+      sensor is read as EuroSAT-MS (:func:`read_eurosat`, its documented band order); anything else is refused
+      with a hint (a catalogued sensor's band list is not a file's channel order).
     """
     check_local(path, allow_remote=allow_remote)
     with reading(lazy=lazy, allow_remote=allow_remote):
@@ -101,11 +109,11 @@ def _open_image(
         return read_multiband_geotiff(path, sensor, band_names=band_names)
     if not path.exists():
         raise ImageReadError(f"{path}: no such file or folder")
-    kind = product_kind(path) if sensor is None or str(path).endswith(".json") else None
+    kind = product_kind(path)  # whatever the sensor: it describes the bands, it never changes how they are found
     if kind in ("safe", "safe_named"):
-        return read_safe(path)
+        return read_safe(path, sensor=sensor)
     if kind == "landsat":
-        return read_landsat(path)
+        return read_landsat(path, sensor=sensor)
     if kind == "stac":
         return read_stac_item(path, sensor=sensor, allow_outside=allow_outside)
     if path.is_dir():
@@ -114,14 +122,9 @@ def _open_image(
     if suffix == ".npz":
         return read_bigearthnet_npz(path)
     if suffix in (".tif", ".tiff"):
-        if sensor is not None:
-            return read_multiband_geotiff(path, sensor, band_names=band_names)
-        with open_raster(path) as src:  # the header only: how many channels
-            channels = src.count
-        if channels == len(EUROSAT_BAND_ORDER):
-            return read_eurosat(path)
-        raise SensorSpecError(
-            f"{path}: {channels} channels and no sensor given; pass a catalogued sensor name or "
-            "a .yaml/.json sidecar describing its bands"
-        )
-    raise ImageReadError(f"{path}: unsupported input (expected .npz, .tif or a folder of GeoTIFFs)")
+        if sensor is None and band_names is None:
+            channels, descriptions = band_descriptions(path)  # the header only
+            if descriptions is None and channels == len(EUROSAT_BAND_ORDER):
+                return read_eurosat(path)
+        return read_multiband_geotiff(path, sensor, band_names=band_names)
+    raise ImageReadError(f"{path}: unsupported input (expected .npz, .tif or a folder of band files)")

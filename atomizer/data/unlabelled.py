@@ -8,7 +8,6 @@ pixels of the image's finest grid) and ``limit`` (first N images or tiles). See
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,18 @@ from typing import Any
 import torch
 
 from atomizer.data.datasets import open_dataset
-from atomizer.data.image import image_bands
+from atomizer.data.discovery import find_band_files
+from atomizer.data.image import ImageReadError, image_bands
 from atomizer.data.modalities import Modality, simulate
 from atomizer.data.readers import open_image
 
-_BAND_FILE = re.compile(r"(?:^|_)(?:B\d{1,2}A?|VV|VH|HH|HV)$")
+
+def _band_folder(folder: Path, sensor: str | None) -> bool:
+    """Whether ``folder`` holds band files of ``sensor`` (default Sentinel-2) by the one discovery rule."""
+    try:
+        return bool(find_band_files(folder, sensor or "sentinel2"))
+    except ImageReadError:
+        return False
 
 
 #: A window of a tiled source: the modality it is simulated as, and its top-left offset (m) in the image.
@@ -98,9 +104,10 @@ class UnlabelledImages(torch.utils.data.Dataset):
             files = [path]
         elif src.get("pattern"):
             files = sorted(path.glob(src["pattern"]))
-        else:  # folders of per-band GeoTIFFs (e.g. Major-TOM products) anywhere below, else image files
-            files = sorted({f.parent for f in path.rglob("*.tif*") if _BAND_FILE.search(f.stem)})
-            files = files or sorted(f for f in path.iterdir() if f.suffix.lower() in (".tif", ".tiff", ".npz"))
+        else:  # band folders (e.g. Major-TOM products: the one finder's rule) anywhere below, else image files
+            dirs = [path, *sorted(d for d in path.rglob("*") if d.is_dir())]
+            files = [d for d in dirs if _band_folder(d, sensor)]
+            files = files or sorted(f for f in path.iterdir() if f.suffix.lower() in (".tif", ".tiff", ".jp2", ".npz"))
         return files, (lambda f: open_image(f, sensor=sensor)), [Path(f).stem for f in files]
 
     def _image(self, si: int, key: Any):

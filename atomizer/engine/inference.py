@@ -6,6 +6,7 @@ Major-TOM scene of 6.3 million atoms fits in bounded memory); a baseline gets th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -28,10 +29,11 @@ def predict_image(
     chunk_size: int = 262144,
     device: str = "cpu",
     notes: list[str] | None = None,
+    band_names: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """Class probabilities (sigmoid for multi-label models, softmax otherwise) for one image.
 
-    ``notes``, when given, receives what the user should know about the input: for a canvas model, how
+    ``band_names`` is the channel order of a multi-band file that names none of its bands. ``notes``, when given, receives what the user should know about the input: for a canvas model, how
     many of its canvas bands the image fills. An image with no valid value is refused by every model
     (:class:`~atomizer.atoms.tokens.EmptyTokenSetError`, :class:`~atomizer.atoms.canvas.EmptyCanvasError`).
 
@@ -40,7 +42,7 @@ def predict_image(
     headers, before any pixel is read or the model loaded: above the limit,
     :class:`~atomizer.core.limits.InputTooLargeError` names the count and the limit.
     """
-    image = open_image(path, sensor=sensor, lazy=True)  # headers only, so far
+    image = open_image(path, sensor=sensor, band_names=band_names, lazy=True)  # headers only, so far
     check_atoms(count_tokens(image), what=str(path))
     trained = load_trained(checkpoint)
     classes, model = trained.classes, trained.model.to(device)

@@ -23,7 +23,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,6 +220,7 @@ def predict_map(
     batch_size: int = 16,
     device: str = "cpu",
     sensor: str | Path | Sensor | None = None,
+    band_names: Sequence[str] | None = None,
     resume: bool = True,
     progress: bool = True,
     on_progress: Any = None,
@@ -235,6 +236,8 @@ def predict_map(
         window_m: Window side (m); default: the checkpoint's training extent (:func:`default_window_m`).
         stride_m: Distance between windows (m); default: the window (no overlap).
         batch_size: Windows per forward pass.
+        sensor: The scene's sensor (a catalogued name or a sidecar), where its files do not say.
+        band_names: The channel order of a multi-band scene that names none of its bands.
         resume: Continue an interrupted run of the same inputs; ``False`` starts over.
         on_progress: Called with ``(windows_done, windows_total)`` after each batch (dashboards).
 
@@ -251,7 +254,7 @@ def predict_map(
     canvas = CanvasSpec.of_training(extra)
     window_m = float(window_m) if window_m else default_window_m(extra)
     stride_m = float(stride_m) if stride_m else window_m
-    image = open_image(scene, sensor=sensor, lazy=True)  # read one strip of windows at a time
+    image = open_image(scene, sensor=sensor, band_names=band_names, lazy=True)  # read one strip of windows at a time
     bands = image_bands(image)
     grid = scene_grid(image, window_m, stride_m)
     modality = Modality("map_window", grid.window_px, grid.gsd_m, tuple(bands))

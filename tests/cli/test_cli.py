@@ -314,3 +314,15 @@ def test_set_is_repeatable():
 
     args = build_parser().parse_args(["train", "c.yaml", "--set", "dataset=labels.csv", "--set", "fold=0", "lr=1e-3"])
     assert args.set == ["dataset=labels.csv", "fold=0", "lr=1e-3"]
+
+
+def test_inspect_takes_the_channel_order_of_an_undescribed_file(tmp_path):
+    """A real EuroSAT tile (13 channels, no band names) with ``--sensor sentinel2``: refused without its channel
+    order (the catalogue's order is not the file's: B8A is last in EuroSAT), read with ``--bands``."""
+    tile = ROOT / "data" / "embedded" / "eurosat" / "Forest" / "Forest_1.tif"
+    r = run("inspect", tile, "--sensor", "sentinel2")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--bands" in r.stderr
+    order = "B01,B02,B03,B04,B05,B06,B07,B08,B09,B10,B11,B12,B8A"
+    r = run("inspect", tile, "--sensor", "sentinel2", "--bands", order)
+    assert r.returncode == 0, r.stderr
+    assert "total atom tokens: 53,248" in r.stdout and r.stdout.strip().splitlines()[-2].split()[0] == "B8A"

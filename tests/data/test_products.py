@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import rasterio
 
+from atomizer.data.bands import SensorSpecError
 from atomizer.data.image import ImageReadError, count_tokens, physical_values
 from atomizer.data.metadata import MetadataError, parse_mtl, parse_s2_metadata
 from atomizer.data.products import product_kind, read_landsat, read_safe, read_stac_item
@@ -160,6 +161,49 @@ def test_stac_item_without_eo_bands_falls_back_to_platform(tmp_path, majortom_pr
     item.write_text(json.dumps(doc))
     with pytest.raises(MetadataError, match="no catalogued sensor"):
         read_stac_item(item)
+
+
+def test_stac_item_in_memory_reads_as_its_file_and_keeps_the_confinement(tmp_path, majortom_product_dir):
+    """One feature of an ItemCollection, given as a dict with the file its hrefs are relative to, reads as the
+    item file does; a href leaving that folder or pointing at a URL is refused as for a file."""
+    item = fx.build_stac(majortom_product_dir, tmp_path)
+    doc = json.loads(item.read_text())
+    collection = item.parent / "items.json"  # hrefs are relative to its folder
+    from_file, from_dict = read_stac_item(item), read_stac_item(collection, item=doc)
+    assert list(from_dict.data_vars) == list(from_file.data_vars)
+    for b in from_file.data_vars:
+        np.testing.assert_array_equal(from_dict[b].values, from_file[b].values)
+        assert from_dict[b].attrs == from_file[b].attrs
+    assert from_dict.attrs["stac_item"] == doc["id"] and from_dict.attrs["source"].endswith(f"items.json#{doc['id']}")
+    assert list(read_stac_item(item.parent, item=doc).data_vars) == list(from_file.data_vars)  # or the folder
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.move(item.parent / "B04.tif", outside / "B04.tif")
+    doc["assets"]["B04"]["href"] = "../outside/B04.tif"
+    with pytest.raises(ImageReadError, match=r"asset 'B04' points at \.\./outside/B04\.tif, outside the item's folder"):
+        read_stac_item(collection, item=doc)
+    assert read_stac_item(collection, item=doc, allow_outside=True)["B04"].shape == (60, 60)
+    doc["assets"]["B04"]["href"] = "http://127.0.0.1:9/B04.tif"
+    with pytest.raises(ImageReadError, match="asset 'B04' points at a URL"):
+        read_stac_item(collection, item=doc)
+    with pytest.raises(MetadataError, match="not a STAC item"):
+        read_stac_item(collection, item={"type": "FeatureCollection", "features": []})
+
+
+def test_a_product_read_with_a_sensor_flag_is_the_same_product(tmp_path, majortom_product_dir, safe_l2a):
+    """``sensor`` describes the bands of a SAFE or a Landsat product; it never changes how they are found, and
+    a catalogued sensor that is not the product's is refused in one line."""
+    a, b = open_image(safe_l2a), open_image(safe_l2a, sensor="sentinel2")
+    assert list(a.data_vars) == list(b.data_vars) and a.attrs == b.attrs
+    for band in a.data_vars:
+        assert a[band].attrs == b[band].attrs
+        np.testing.assert_array_equal(a[band].values, b[band].values)
+    with pytest.raises(SensorSpecError, match="a Sentinel-2 product; sensor 'landsat8' does not describe"):
+        open_image(safe_l2a, sensor="landsat8")
+    landsat = fx.build_landsat(majortom_product_dir, tmp_path)
+    assert open_image(landsat, sensor="landsat8")["B4"].attrs == open_image(landsat)["B4"].attrs
+    with pytest.raises(SensorSpecError, match="says landsat8; sensor 'landsat9' does not describe it"):
+        open_image(landsat, sensor="landsat9")
 
 
 def test_cli_inspect_prints_calibration_and_source(tmp_path, majortom_product_dir, capsys):

@@ -500,6 +500,41 @@ def test_open_image_refuses_a_tif_of_unknown_layout_without_sensor(tmp_path, eur
     np.testing.assert_array_equal(ds["B08"].values, raw[4])
 
 
+def test_a_catalogued_sensor_names_no_channel_of_an_undescribed_file(eurosat_paths):
+    """``sensor="sentinel2"`` on a EuroSAT-MS tile: the catalogue's order (B8A 9th) is not the file's (B8A
+    13th); the channels are named by ``band_names``, a file's descriptions or a sidecar, never by position."""
+    with pytest.raises(SensorSpecError, match=r"13 channels without band descriptions; sensor 'sentinel2'") as e:
+        open_image(eurosat_paths[0], sensor="sentinel2")
+    assert "band_names" in str(e.value) and "sidecar" in str(e.value)
+    ds = open_image(eurosat_paths[0], sensor="sentinel2", band_names=EUROSAT_BAND_ORDER)
+    xr.testing.assert_identical(ds, read_eurosat(eurosat_paths[0]))
+
+
+def test_a_sidecar_reads_a_file_described_in_free_text_in_its_own_order(tmp_path, eurosat_paths):
+    """A sidecar's band list is its file's channel order: descriptions that name none of its bands (free text)
+    leave that order; descriptions naming its bands reorder by name."""
+    with rasterio.open(eurosat_paths[0]) as src:
+        raw, t = src.read([2, 3, 4]), src.transform
+    side = tmp_path / "cam.yaml"
+    bands = [
+        {"name": n, "wavelength_nm": w, "bandwidth_nm": 40, "gsd_m": 10}
+        for n, w in (("b", 490), ("g", 560), ("r", 665))
+    ]
+    side.write_text(yaml.safe_dump({"name": "cam", "bands": bands}))
+    free = _write_tif(tmp_path / "free.tif", raw, t)
+    with rasterio.open(free, "r+") as dst:
+        dst.descriptions = ("blue light", "green light", "red light")
+    ds = open_image(free, sensor=side)
+    np.testing.assert_array_equal(ds["r"].values, raw[2])
+    assert ds.attrs["band_names_from"] == "sidecar 'cam' (channel order)"
+    named = _write_tif(tmp_path / "named.tif", raw[::-1], t)
+    with rasterio.open(named, "r+") as dst:
+        dst.descriptions = ("r", "g", "b")
+    ds = open_image(named, sensor=side)
+    np.testing.assert_array_equal(ds["r"].values, raw[2])
+    np.testing.assert_array_equal(ds["b"].values, raw[0])
+
+
 def test_open_image_unsupported_suffix(tmp_path):
     p = tmp_path / "image.jp2"
     p.write_bytes(b"\x00" * 64)
