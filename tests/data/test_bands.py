@@ -18,7 +18,17 @@ from atomizer.data.bands import (
     list_sensors,
 )
 
-EXPECTED_SENSORS = {"sentinel1", "sentinel2", "landsat8", "landsat9", "modis", "enmap"}
+EXPECTED_SENSORS = {
+    "sentinel1",
+    "sentinel2",
+    "landsat8",
+    "landsat9",
+    "modis",
+    "enmap",
+    "ign_aerial",
+    "planetscope",
+    "terrasarx",
+}
 SPEED_OF_LIGHT = 299_792_458.0  # m/s
 
 
@@ -127,6 +137,28 @@ def test_sentinel1_bands_are_sar_with_vv_vh():
         assert b.bandwidth_nm == 0
         assert b.gsd_m == 10
     assert (s1.dn_scale, s1.dn_offset, s1.nodata) == (1, 0, None)
+
+
+def test_dense_data_sensors_describe_only_real_bands():
+    """The sensors of the shipped dense data: the aerial camera has R, G, B, NIR (FLAIR's elevation channel is
+    no band), PlanetScope R, G, B (the basemap's alpha is no band), TerraSAR-X one X-band HH channel; every
+    band's centre lies inside the visible/NIR or at the X-band carrier, and 8-bit DN map to 0-1."""
+    ign, ps, tsx = get_sensor("ign_aerial"), get_sensor("planetscope"), get_sensor("terrasarx")
+    assert ign.band_names == ["red", "green", "blue", "nir"] and "elevation" not in [*ign.band_names, *ign.aliases]
+    assert ps.band_names == ["red", "green", "blue"] and "alpha" not in [*ps.band_names, *ps.aliases]
+    for s in (ign, ps):
+        centres = {b.name: b.wavelength_nm for b in s.bands}
+        assert centres["blue"] < centres["green"] < centres["red"] < 700
+        assert s.dn_scale * 255 == pytest.approx(1.0) and s.nodata is None
+    assert ign.band("nir").wavelength_nm > 750 and all(b.gsd_m == 0.2 for b in ign.bands)
+    (hh,) = tsx.bands
+    assert (hh.domain, hh.polarisation, hh.bandwidth_nm) == ("sar", "HH", 0)
+    assert hh.wavelength_nm == pytest.approx(SPEED_OF_LIGHT / 9.65e9 * 1e9, rel=1e-6)
+    assert tsx.band("sar_amplitude").name == "HH"  # how GEO-Bench-2's CaFFe files describe the channel
+    # CaFFe's own grey-value mean and std (on DN / 255) land on the fixed SAR scaling's centre and unit (-15 +- 10)
+    mean, std = 0.3047126829624176 * 255, 0.32187142968177795 * 255
+    assert (mean + tsx.dn_offset) * tsx.dn_scale == pytest.approx(-15.0)
+    assert std * tsx.dn_scale == pytest.approx(10.0)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -14,11 +14,23 @@ from atomizer.atoms.tokens import AtomBatch
 from atomizer.core.paths import modality_sets_dir
 from atomizer.data.datasets import BigEarthNetNpz, EuroSAT
 from atomizer.data.light import LightImage, bigearthnet_light
+from atomizer.data.manifest import ManifestDataset
 from atomizer.data.modalities import load_modalities
 from atomizer.data.readers import read_bigearthnet_npz
 from atomizer.engine.loaders import ModalityDataset, collate_items
+from tests.conftest import EMBEDDED
 
 SETS = sorted(p.stem for p in modality_sets_dir().glob("*.yaml"))
+
+
+def base_for(mods):
+    """The shipped data a modality set is designed for (its ``source``): EuroSAT tiles, BigEarthNet patches
+    or the TerraMesh Sentinel-2 + Sentinel-1 tiles (a manifest)."""
+    if mods.source_size_px == 64:
+        return EuroSAT(split="test")
+    if mods.source_size_px == 224:
+        return ManifestDataset(EMBEDDED / "dense" / "terramesh" / "manifest.csv")
+    return BigEarthNetNpz(split="test")
 
 
 def assert_same(a, b) -> None:
@@ -35,7 +47,7 @@ def assert_same(a, b) -> None:
 @pytest.mark.parametrize("name", SETS)
 def test_fast_path_equals_xarray_path_under_every_modality(name):
     mods = load_modalities(name)
-    base = EuroSAT(split="test") if mods.source_size_px == 64 else BigEarthNetNpz(split="test")
+    base = base_for(mods)
     n = min(len(base), 3 * len(mods))
     assignment = np.arange(len(base)) % len(mods)
     for kind, canvas in ((AtomBatch, None), (CanvasBatch, CanvasSpec(64, 10.0))):
@@ -75,7 +87,7 @@ def test_compact_wire_gives_the_full_atoms_under_every_modality(name):
     as a worker sends them and moved to the device, hold exactly the atoms of the full layout: for
     batches of one modality and for batches mixing all of them."""
     mods = load_modalities(name)
-    base = EuroSAT(split="test") if mods.source_size_px == 64 else BigEarthNetNpz(split="test")
+    base = base_for(mods)
     n = min(len(base), 2 * len(mods))
     assignment = np.arange(len(base)) % len(mods)
     full = ModalityDataset(base, mods, assignment, AtomBatch, random_window=True, seed=5)
