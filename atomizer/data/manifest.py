@@ -79,7 +79,7 @@ class ManifestCard(Config):
 
     sensor: str | dict[str, str] | None = None  # a catalogued sensor, or {image name: sensor}
     sidecar: str | dict[str, str] | None = None  # a sidecar path (relative to the manifest), or per image name
-    bands: list[str] | dict[str, list[str]] | None = None  # channel order of files that do not name their bands
+    bands: list[str | None] | dict[str, list[str | None]] | None = None  # channel order; ~ skips a channel (alpha)
     classes: list[str] | dict[int, str] | None = None  # label order; {id: name} for masks
     classes_file: str | None = None  # one name per line, or a CSV with columns id,name
     ignore_index: int | None = None  # a mask value (or nothing) that is not a class

@@ -213,13 +213,14 @@ def channel_bands(
     count: int,
     descriptions: Sequence[str] | None,
     sensor: str | Path | Sensor | None = None,
-    band_names: Sequence[str] | None = None,
-) -> tuple[Sensor, list[str], dict[str, str]]:
+    band_names: Sequence[str | None] | None = None,
+) -> tuple[Sensor, list[str | None], dict[str, str]]:
     """Which band each channel of a multi-band raster holds, by name, never by count or position alone:
     ``(sensor, band name per channel, attrs saying where the names came from)``.
 
     * ``band_names`` (explicit channel order) win; without ``sensor`` they must name the bands of exactly one
-      catalogued sensor;
+      catalogued sensor; a ``None`` (YAML ``~``) or ``"-"`` entry says that channel is no band (an alpha
+      channel, an elevation model) and is not read;
     * else the file's band descriptions, matched to ``sensor``'s bands by name or alias; without ``sensor``, to
       the one catalogued sensor that names them all (recorded in ``sensor_from``);
     * else a sidecar's band list, which is the file's channel order (a sidecar describes its file). A
@@ -232,8 +233,12 @@ def channel_bands(
     what = str(path)
     attrs: dict[str, str] = {}
     given = get_sensor(sensor) if sensor is not None else None
+    skip: set[int] = set()
     if band_names is not None:
-        names, source = [str(n) for n in band_names], "band_names"
+        skip = {i for i, n in enumerate(band_names) if n is None or str(n).strip() in ("", "-")}
+        names, source = [str(n) for i, n in enumerate(band_names) if i not in skip], "band_names"
+        if skip:
+            attrs["channels_skipped"] = ", ".join(str(i + 1) for i in sorted(skip))
     elif descriptions is not None:
         names, source = list(descriptions), "band descriptions"
         attrs["band_names_from"] = "file band descriptions"
@@ -242,7 +247,8 @@ def channel_bands(
                 names, attrs["band_names_from"] = given.band_names, f"sidecar {given.name!r} (channel order)"
     elif given is not None and not is_catalogued(given):
         given.check_channels(count, what=what)
-        return given, given.band_names, {"band_names_from": f"sidecar {given.name!r} (channel order)"}
+        order: list[str | None] = list(given.band_names)
+        return given, order, {"band_names_from": f"sidecar {given.name!r} (channel order)"}
     else:
         who = (
             f"sensor {given.name!r} is catalogued, and its band list ({len(given.bands)} bands) is not"
@@ -276,18 +282,23 @@ def channel_bands(
     canonical = [b.name for b in bands if b is not None]
     if dup := sorted({n for n in canonical if canonical.count(n) > 1}):
         raise SensorSpecError(f"{what}: band(s) {dup} named by two channels of its {source}")
-    if count != len(canonical):
+    if count != len(canonical) + len(skip):
+        skipped = f" and skip {len(skip)} channel(s)" if skip else ""
         raise SensorSpecError(
             f"{what} has {count} channels but its {source} name {len(canonical)} bands of sensor {given.name!r} "
-            f"({', '.join(canonical)})"
+            f"({', '.join(canonical)}){skipped}"
         )
-    return given, canonical, attrs
+    per_channel: list[str | None] = []
+    it = iter(canonical)
+    for i in range(count):
+        per_channel.append(None if i in skip else next(it))
+    return given, per_channel, attrs
 
 
 def read_multiband_geotiff(
     path: str | Path,
     sensor: str | Path | Sensor | None = None,
-    band_names: Sequence[str] | None = None,
+    band_names: Sequence[str | None] | None = None,
     dn_offset: float | None = None,
 ) -> xr.Dataset:
     """Read a multi-band GeoTIFF, each channel matched to a band by name (:func:`channel_bands`): explicit
@@ -310,17 +321,17 @@ def read_multiband_geotiff(
     gsd, origin, attrs = _raster_meta(da)
     nodata = da.rio.nodata
     values = da.data if lazy_reads() else da.values
-    arrays = {n: values[i] for i, n in enumerate(names)}
+    arrays = {n: values[i] for i, n in enumerate(names) if n is not None}
     ds = build_image(
         arrays,
         desc,
-        gsd={n: gsd for n in names},
+        gsd={n: gsd for n in arrays},
         origin_xy=origin,
         attrs={**attrs, "source": str(path), **name_attrs},
         dn_offset=dn_offset,
     )
     if nodata is not None:
-        for n in names:
+        for n in arrays:
             ds[n].attrs["nodata"] = float(nodata)
     return ds
 

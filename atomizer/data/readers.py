@@ -59,7 +59,7 @@ __all__ = [
 def open_image(
     path: str | Path,
     sensor: str | Path | Sensor | None = None,
-    band_names: Sequence[str] | None = None,
+    band_names: Sequence[str | None] | None = None,
     lazy: bool = False,
     allow_outside: bool = False,
     allow_remote: bool = False,
@@ -98,7 +98,10 @@ def open_image(
 
 
 def _open_image(
-    path: Path | str, sensor: str | Path | Sensor | None, band_names: Sequence[str] | None, allow_outside: bool = False
+    path: Path | str,
+    sensor: str | Path | Sensor | None,
+    band_names: Sequence[str | None] | None,
+    allow_outside: bool = False,
 ) -> xr.Dataset:
     if isinstance(path, str):  # a URL or /vsi path (allowed by open_image)
         suffix = Path(path.split("?", 1)[0]).suffix.lower()

@@ -764,3 +764,21 @@ def test_lazy_npz_and_geotiff_read_nothing_until_computed_and_equal_the_eager_re
             np.testing.assert_array_equal(lazy[b].values, eager[b].values)
     with np.load(ben_patch_paths[0]) as z:
         assert npz_headers(ben_patch_paths[0]) == {k: (z[k].shape, z[k].dtype) for k in z.files}
+
+
+def test_a_channel_named_none_is_skipped_and_the_count_still_checked():
+    """A channel that is no band (an alpha channel, an elevation model) is skipped explicitly with ``None``
+    in the channel order; the real 12-channel TerraMesh Sentinel-2 file read with its 9th channel skipped."""
+    from atomizer.data.bands import SensorSpecError
+    from atomizer.data.raster import read_multiband_geotiff
+    from tests.conftest import EMBEDDED
+
+    path = EMBEDDED / "dense" / "terramesh" / "images" / "282D_485L_3_3_s2l2a.tif"
+    order = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
+    full = read_multiband_geotiff(path, "sentinel2", band_names=order)
+    skipped = read_multiband_geotiff(path, "sentinel2", band_names=[*order[:8], None, *order[9:]])
+    assert "B8A" not in skipped and list(skipped.data_vars) == [b for b in full.data_vars if b != "B8A"]
+    np.testing.assert_array_equal(skipped["B09"].values, full["B09"].values)
+    assert skipped.attrs["channels_skipped"] == "9"
+    with pytest.raises(SensorSpecError, match="12 channels"):
+        read_multiband_geotiff(path, "sentinel2", band_names=[*order[:8], None])
