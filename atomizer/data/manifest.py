@@ -193,7 +193,8 @@ class ManifestDataset(ImageDataset):
         self.card = read_card(self.path)
         table, items = _read_table(self.path)
         self.columns = self._columns(table)
-        self.image_names = self._image_columns(table)
+        stac = bool(items) and all(it is not None for it in items)
+        self.image_names = {"": ""} if stac and not self._has_image_column(table) else self._image_columns(table)
         self.task = self._task(table)
         self.multilabel = self.task != "classification"
         self.ignore_index = self.card.ignore_index
@@ -232,6 +233,10 @@ class ManifestDataset(ImageDataset):
         if cols["id"] is None and "sample_id" in table.columns:
             cols["id"] = "sample_id"
         return cols
+
+    def _has_image_column(self, table: pd.DataFrame) -> bool:
+        base = self._col("image")
+        return any(c == base or c.startswith(base + "_") for c in table.columns)
 
     def _image_columns(self, table: pd.DataFrame) -> dict[str, str]:
         """Image name -> column (``""`` for the single ``image`` column)."""

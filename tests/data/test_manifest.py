@@ -381,3 +381,41 @@ def test_a_card_with_an_unknown_key_is_refused_by_name(tmp_path):
     (tmp_path / "labels.yaml").write_text("sensor: sentinel2\nexec: rm -rf /\n")
     with pytest.raises(ManifestError, match="exec"):
         ManifestDataset(manifest)
+
+
+def test_a_stac_item_collection_is_a_manifest(tmp_path, majortom_product_dir):
+    """A STAC ItemCollection written by the test around real Major-TOM band files: each item a sample, its
+    data assets the image (bands matched to the platform's sensor by asset name), its properties the label
+    and split; an asset leading out of the collection's folder is refused."""
+    bands = ["B02", "B03", "B04", "B08"]
+    features = []
+    for k, label in enumerate(["forest", "water"]):
+        folder = tmp_path / f"scene{k}"
+        folder.mkdir()
+        for b in bands:
+            shutil.copy(majortom_product_dir / f"{b}.tif", folder / f"{b}.tif")
+        features.append(
+            {
+                "type": "Feature",
+                "stac_version": "1.0.0",
+                "id": f"scene{k}",
+                "geometry": None,
+                "properties": {"datetime": "2022-01-14T08:11:49Z", "platform": "sentinel-2a", "label": label}
+                | {"split": ["train", "test"][k]},
+                "assets": {b: {"href": f"scene{k}/{b}.tif", "roles": ["data"]} for b in bands},
+                "links": [],
+            }
+        )
+    path = tmp_path / "items.json"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    ds = ManifestDataset(path)
+    assert ds.ids() == ["scene0", "scene1"] and ds.classes == ["forest", "water"] and ds.task == "classification"
+    item = ds[0]
+    assert image_bands(item["image"]) == bands and int(item["target"]) == 0
+    with rasterio.open(majortom_product_dir / "B08.tif") as src:
+        np.testing.assert_array_equal(item["image"]["B08"].values, src.read(1))
+    assert [r["id"] for r in ManifestDataset(path, "test").records] == ["scene1"]
+    features[1]["assets"]["B02"]["href"] = "../../elsewhere/B02.tif"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    with pytest.raises(ManifestError, match="row 3 .*outside"):
+        ManifestDataset(path)[1]
