@@ -152,13 +152,18 @@ def compare_tif(src: Path, dst: Path) -> list[str]:
     return errs
 
 
-def reencode_tif(src: Path, dst: Path, creation: list[dict]) -> str:
+def reencode_tif(src: Path, dst: Path, creation: list[dict], compare=None) -> str:
     """Write ``src`` to ``dst`` losslessly with the smallest of the ``creation`` option sets, or copy it
-    when none is smaller. Returns a description of the encoding kept."""
+    when none is smaller; every candidate is read back and checked with ``compare(src, candidate)`` (default
+    :func:`compare_tif`: a list of differences, empty when none). Tags, band tags, descriptions and colour
+    interpretation are kept. Returns a description of the encoding kept."""
     import rasterio
 
+    compare = compare or compare_tif
     info = read_tif(src)
     arr = info["array"]
+    with rasterio.open(src) as s:
+        colorinterp = s.colorinterp
     best: tuple[int, Path, str] | None = None
     tmpdir = Path(tempfile.mkdtemp(prefix="embed_", dir=dst.parent))
     try:
@@ -173,6 +178,7 @@ def reencode_tif(src: Path, dst: Path, creation: list[dict]) -> str:
                 "predictor",
                 "zlevel",
                 "zstd_level",
+                "lzma_preset",
             ):
                 prof.pop(k, None)
             prof.update(opts)
@@ -185,7 +191,8 @@ def reencode_tif(src: Path, dst: Path, creation: list[dict]) -> str:
                         out.update_tags(bi, **info["band_tags"][bi - 1])
                     if info["descriptions"][bi - 1]:
                         out.set_band_description(bi, info["descriptions"][bi - 1])
-            errs = compare_tif(src, tmp)
+                out.colorinterp = colorinterp
+            errs = compare(src, tmp)
             if errs:
                 raise RuntimeError(f"{src}: lossless re-encoding failed: {errs}")
             size = tmp.stat().st_size

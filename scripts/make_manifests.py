@@ -43,7 +43,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -295,46 +294,14 @@ def tif_differences(src: Path, dst: Path) -> list[str]:
 
 def encode_smallest(src: Path, dst: Path) -> str:
     """Write ``src`` to ``dst`` with the smallest lossless encoding of :func:`candidates` (or copy it when none is
-    smaller); every candidate is read back and compared with the source first. Returns the encoding kept."""
+    smaller); every candidate is read back and compared with the source first (:func:`tif_differences`).
+    Returns the encoding kept. The re-encoder is ``scripts/build_embedded_data.py``'s."""
     import rasterio
 
-    info = bed.read_tif(src)
-    arr = info["array"]
     with rasterio.open(src) as s:
-        colorinterp = s.colorinterp
+        dtype, count, height = s.dtypes[0], s.count, s.height
     dst.parent.mkdir(parents=True, exist_ok=True)
-    best: tuple[int, Path, str] | None = None
-    tmpdir = Path(tempfile.mkdtemp(prefix="dense_", dir=dst.parent))
-    try:
-        for i, opts in enumerate(candidates(str(arr.dtype), arr.shape[0], arr.shape[1])):
-            prof = {k: v for k, v in info["profile"].items() if k not in ("blockxsize", "blockysize", "tiled")}
-            for k in ("compress", "interleave", "predictor", "zlevel", "zstd_level", "lzma_preset"):
-                prof.pop(k, None)
-            prof.update(opts)
-            tmp = tmpdir / f"{i}.tif"
-            with rasterio.open(tmp, "w", **prof) as out:
-                out.write(arr)
-                out.update_tags(**info["tags"])
-                for bi in range(1, info["count"] + 1):
-                    if info["band_tags"][bi - 1]:
-                        out.update_tags(bi, **info["band_tags"][bi - 1])
-                    if info["descriptions"][bi - 1]:
-                        out.set_band_description(bi, info["descriptions"][bi - 1])
-                out.colorinterp = colorinterp
-            errs = tif_differences(src, tmp)
-            if errs:
-                raise RuntimeError(f"{src}: lossless re-encoding failed: {errs}")
-            size = tmp.stat().st_size
-            if best is None or size < best[0]:
-                desc = ",".join(f"{k}={v}" for k, v in opts.items())
-                best = (size, tmp, desc)
-        if best is not None and best[0] < src.stat().st_size:
-            os.replace(best[1], dst)
-            return best[2]
-        shutil.copyfile(src, dst)
-        return "copied"
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+    return str(bed.reencode_tif(src, dst, candidates(dtype, count, height), compare=tif_differences))
 
 
 # --------------------------------------------------------------------------------------------------
