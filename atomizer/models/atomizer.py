@@ -18,12 +18,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts, noop_context_fn
 
-from atomizer.atoms.encodings import AtomEncoder, EncodingConfig
+from atomizer.atoms.dense import DenseQueries
+from atomizer.atoms.encodings import AtomEncoder, EncodingConfig, gsd_encoding
 from atomizer.atoms.tokens import AtomBatch
 from atomizer.core.config import Config
 from atomizer.models.layers import (
     AttentionPool,
     CrossBlock,
+    DenseDecoder,
     FactorizedTokenProjection,
     LatentBlock,
     SelfBlock,
@@ -35,6 +37,10 @@ from atomizer.models.layers import (
 # --------------------------------------------------------------------------------------------------
 
 
+#: What a model answers: one label (set) per image, or one per output pixel at a GSD chosen in metres.
+TASKS = ("classification", "segmentation")
+
+
 @dataclass(frozen=True)
 class AtomizerConfig(Config):
     """Hyper-parameters of :class:`Atomizer`. See :data:`PRESETS` for named settings."""
@@ -42,6 +48,7 @@ class AtomizerConfig(Config):
     kind: ClassVar[str] = "model"
 
     num_classes: int = 19
+    task: str = "classification"  # classification (attention pooling) | segmentation (a query per output pixel)
     num_latents: int = 128
     latent_dim: int = 512
     depth: int = 4  # cross-attention blocks
@@ -61,6 +68,8 @@ class AtomizerConfig(Config):
     band_stats: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # z-score option
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if not 0.0 <= self.prune_p < 1.0:
             raise ValueError(f"prune_p must be in [0, 1), got {self.prune_p}")
         for name in ("attn_dropout", "ff_dropout", "drop_path"):
@@ -219,6 +228,13 @@ class Atomizer(nn.Module):
 
         self.blocks = TiedStack(lambda: _block(cfg, part_dims), cfg.depth, cfg.tie_weights)
         self.head = AttentionPool(cfg.latent_dim, cfg.latent_heads, cfg.latent_dim_head, cfg.num_classes)
+        self.dense: DenseDecoder | None = None
+        if cfg.task == "segmentation":  # the pooling head stays (checkpoint layout) but is not trained
+            self.head.requires_grad_(False)
+            query_features = 2 * enc.pos_dim + gsd_encoding(torch.ones(1)).shape[-1]
+            self.dense = DenseDecoder(
+                query_features, cfg.latent_dim, cfg.latent_heads, cfg.latent_dim_head, cfg.num_classes, cfg.ff_mult
+            )
         #: Compute keys/values from materialised tokens (benchmark reference; same function, slower).
         self.reference_embedding = False
 
@@ -228,8 +244,10 @@ class Atomizer(nn.Module):
         return_attention: bool = False,
         generator: torch.Generator | None = None,
         chunk_size: int | None = None,
+        queries: DenseQueries | None = None,
     ):
-        """Classify atom sets: :meth:`encode`, then the attention-pooling head.
+        """Classify atom sets: :meth:`encode`, then the attention-pooling head; with ``queries`` (a
+        segmentation model), the logits of every output pixel instead, ``(S, Q, C)`` (:meth:`decode`).
 
         Args:
             batch: Padded atom sets (``mask`` False for padding and nodata).
@@ -243,6 +261,8 @@ class Atomizer(nn.Module):
             logits (S, C), or ``(logits, [weights per block])``.
         """
         out = self.encode(batch, return_attention=return_attention, generator=generator, chunk_size=chunk_size)
+        if queries is not None:
+            return self.decode(out[0] if return_attention else out, queries)
         if return_attention:
             return self.head(out[0]), out[1]
         return self.head(out)
@@ -347,6 +367,21 @@ class Atomizer(nn.Module):
         for blk in self.blocks:
             z = blk.attend_latents(blk.cross_block.forward_streaming(z, chunks(blk.cross_block.to_kv)))
         return z
+
+    def decode(self, z: Tensor, queries: DenseQueries, chunk: int = 4096) -> Tensor:
+        """Per-pixel logits ``(S, Q, C)`` of the output pixels ``queries`` (metres from each window's centre,
+        at their GSD) from the latents ``z``: the queries are coded with the atoms' own position and GSD
+        encodings, so the output grid is a free choice in metres."""
+        if self.dense is None:
+            raise ValueError("this Atomizer classifies images (task: classification); it has no dense decoder")
+        gsd = gsd_encoding(queries.gsd.to(z.device))  # (S, G)
+
+        def features(sl: slice) -> Tensor:
+            fx = self.encoder.coord_features(queries.x[:, sl].to(z.device))
+            fy = self.encoder.coord_features(queries.y[:, sl].to(z.device))
+            return torch.cat([fx, fy, gsd[:, None, :].expand(-1, fx.shape[1], -1)], dim=-1).to(z.dtype)
+
+        return self.dense(z, features, int(queries.x.shape[1]), chunk)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

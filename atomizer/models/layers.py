@@ -353,3 +353,34 @@ class AttentionPool(nn.Module):
         q = self.query.expand(z.shape[0], -1, -1)
         pooled = self.attn(q, context=self.norm(z))[0][:, 0]  # (S, D)
         return self.fc(self.out_norm(pooled))
+
+
+class DenseDecoder(nn.Module):
+    """Perceiver-IO decoder: one query per output pixel reads the latents.
+
+    A query is coded from its position (metres from the window centre, the atoms' positional encoding) and
+    the output GSD (the atoms' GSD code), projected to the latent width, then one pre-norm cross-attention
+    over every latent (a *global* decoder) and a feed-forward, then LayerNorm + Linear to the class logits.
+    Queries are processed ``chunk`` at a time: memory is bounded whatever the output size.
+    """
+
+    def __init__(self, query_features: int, dim: int, heads: int, dim_head: int, num_classes: int, ff_mult: int = 4):
+        super().__init__()
+        self.to_query = nn.Sequential(nn.Linear(query_features, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_z = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, dim_head)
+        self.ff = FeedForward(dim, ff_mult)
+        self.out_norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, z: Tensor, features: Callable[[slice], Tensor], num_queries: int, chunk: int = 4096) -> Tensor:
+        """Logits (S, Q, C) of ``num_queries`` queries whose input features ``features(slice)`` (S, q, F) are
+        built chunk by chunk."""
+        context = self.norm_z(z)
+        out = []
+        for a in range(0, num_queries, chunk):
+            q = self.to_query(features(slice(a, a + chunk)))
+            q, _ = residual_step(q, self.norm_q, self.attn, self.ff, context=context)
+            out.append(self.fc(self.out_norm(q)))
+        return torch.cat(out, dim=1)
