@@ -9,8 +9,8 @@ frame the atoms' positions use (:mod:`atomizer.atoms.tokens`: metres east/north 
 :class:`DenseQueries` holds those centres for a batch of windows of different sizes (padded, with
 ``valid``); every model answers them: the Atomizer with one query per output pixel reading its latents
 (:class:`atomizer.models.layers.DenseDecoder`), a canvas model by sampling its dense output over the canvas
-(:func:`sample_canvas`). :func:`window_target` puts a label mask on that grid (nearest class, never
-interpolated).
+(:func:`sample_canvas`). :func:`window_target` puts a label mask
+(:class:`atomizer.data.manifest.MaskLabels`) on that grid (nearest class, never interpolated).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 from torch import Tensor
+
+from atomizer.data.manifest import MaskLabels
 
 #: The target value of a pixel that is not scored (no label, outside the labelled area, padding).
 IGNORE = -1
@@ -91,18 +93,7 @@ def sample_canvas(field: Tensor, canvas_extent_m: float, queries: DenseQueries) 
     return out[..., 0].transpose(1, 2)  # (S, Q, C)
 
 
-@dataclass
-class MaskGrid:
-    """A label mask on its own grid: class indices (``IGNORE`` where unlabelled), the top-left corner of
-    the grid (``left``, ``top``, metres in the image's coordinates) and its pixel size."""
-
-    values: np.ndarray
-    left: float
-    top: float
-    gsd: float
-
-
-def window_target(mask: MaskGrid, window: Sequence[float], gsd_m: float) -> np.ndarray:
+def window_target(mask: MaskLabels, window: Sequence[float], gsd_m: float) -> np.ndarray:
     """The mask on the output grid of a window ``(left, top, extent)`` (metres, the image's coordinates) at
     ``gsd_m``: each output pixel takes the class of the mask pixel under its centre (nearest, never
     interpolated); ``IGNORE`` outside the mask. ``(n, n)`` int64."""

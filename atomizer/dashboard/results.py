@@ -555,8 +555,18 @@ class ResultsView(pn.viewable.Viewer):
                 f"No runs: {escape_text(repr(self.shown()))} {why}. Train one with `atomizer train CONFIG --out STORE/RUN`.",
                 "info",
             )
-        cols = ["run", "model", "preset", "dataset", "status", "step", "last_loss", "best_val_macro_map"]
-        show = df[[c for c in cols if c in df]].copy()
+        cols = [
+            "run",
+            "model",
+            "preset",
+            "dataset",
+            "status",
+            "step",
+            "last_loss",
+            "best_val_macro_map",
+            "best_val_miou",
+        ]
+        show = df[[c for c in cols if c in df and not (c == "best_val_miou" and df[c].isna().all())]].copy()
         show["updated"] = pd.to_datetime(df["updated"], unit="s").dt.strftime("%Y-%m-%d %H:%M:%S")
         return pn.pane.DataFrame(show.round(4), index=False, escape=True, name="runs", sizing_mode="stretch_width")
 

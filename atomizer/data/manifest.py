@@ -23,9 +23,9 @@ row: ``sensor``, ``sidecar``, ``bands`` (channel order of files that do not name
 (a list, or ``{id: name}`` for masks), ``classes_file``, ``ignore_index``, ``task`` and ``columns`` (our
 name -> the manifest's, e.g. ``{label: class}``).
 
-Until the dense heads exist (issue 26), a mask manifest is learnt as multi-label classification of the
-classes present in each mask (pixels equal to ``ignore_index`` do not count); :meth:`ManifestDataset.mask`
-is the per-pixel target on the image grid.
+A mask manifest's items carry ``mask`` (:class:`MaskLabels`: class indices on the image's finest grid), the
+per-pixel target a segmentation model learns (``task: auto`` in training); its ``target`` is the multi-hot
+of the classes present (pixels equal to ``ignore_index`` do not count), what ``task: classification`` learns.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from atomizer.core.storage import atomic_write_text, locked
 from atomizer.data.base import ImageDataset, multi_hot
 from atomizer.data.folds import DEFAULT_FOLDS, assign_folds
 from atomizer.data.image import count_tokens, grid_dims, image_bands
+from atomizer.data.light import LightImage
 from atomizer.data.raster import one_line, open_raster
 from atomizer.data.readers import open_image
 
@@ -403,6 +404,32 @@ class ManifestDataset(ImageDataset):
                 raise ManifestError(f"{self.where(r['row'], r['id'])}: {one_line(e)}") from None
         return merge_images(parts, self.where(r["row"], r["id"]))
 
+    def __getitem__(self, i: int) -> dict:
+        """The item; a mask manifest's also carries ``mask``, the labels on their grid
+        (:class:`~atomizer.atoms.dense.MaskGrid`-like: class indices, ``-1`` where unlabelled)."""
+        r = self.records[i]
+        image = self.load(r)
+        extra = {"mask": self.mask_grid(r, image)} if self.task == "segmentation" else {}
+        return {"image": image, "target": self.target(r), "id": r["id"], **extra}
+
+    def light_item(self, i: int) -> dict:
+        item = self[i]
+        return {**item, "image": LightImage.from_xarray(item["image"])}
+
+    def mask_grid(self, r: dict, image: xr.Dataset) -> MaskLabels:
+        """The sample's mask as class indices (0..C-1; ``-1`` for ``ignore_index`` and unlabelled pixels) on the
+        image's finest grid, with that grid's top-left corner and pixel size; notes the classes present."""
+        ids = self.mask(r, image)
+        lut_ids = np.asarray(self.class_ids, dtype=np.int64)
+        index = np.full(ids.shape, -1, dtype=np.int64)
+        if len(lut_ids):
+            pos = np.searchsorted(lut_ids, ids)
+            hit = (pos < len(lut_ids)) & (lut_ids[np.minimum(pos, len(lut_ids) - 1)] == ids)
+            index[hit] = pos[hit]
+        r["present"] = [self.classes[k] for k in np.unique(index[index >= 0]).tolist()]
+        g, ydim, xdim = finest_grid(image)
+        return MaskLabels(index, float(image[xdim].values[0]) - g / 2, float(image[ydim].values[0]) + g / 2, g)
+
     def target(self, r: dict) -> torch.Tensor:
         if self.task == "segmentation":
             present = self.classes_present(r)
@@ -582,6 +609,18 @@ def read_mask(path: Path | str, image: xr.Dataset, fill: int | None = None) -> n
 # --------------------------------------------------------------------------------------------------
 # dataset check
 # --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MaskLabels:
+    """Class indices on a grid: ``values`` (H, W) int64 (``-1``: not scored), the grid's top-left corner
+    ``left``, ``top`` (metres, the image's coordinates) and pixel size ``gsd`` (what
+    :func:`atomizer.atoms.dense.window_target` reads)."""
+
+    values: np.ndarray
+    left: float
+    top: float
+    gsd: float
 
 
 @dataclass

@@ -17,12 +17,19 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from atomizer.atoms.canvas import CanvasSpec
+from atomizer.atoms.dense import IGNORE
 from atomizer.core.runtime import autocast, pick_device
 from atomizer.core.storage import atomic_paths, clean_stale_temps, file_sha256, json_text, locked
 from atomizer.data.datasets import open_dataset
 from atomizer.data.modalities import Modality, ModalitySet, check_fit, load_modalities
 from atomizer.engine.loaders import InMemory, ModalityDataset, collate_items, keep_in_memory, wire_for
-from atomizer.engine.metrics import classification_metrics, metric_names
+from atomizer.engine.metrics import (
+    SEGMENTATION_METRICS,
+    classification_metrics,
+    confusion_per_image,
+    metric_names,
+    segmentation_scores,
+)
 from atomizer.models.checkpoint import load_trained
 from atomizer.models.registry import input_type
 
@@ -40,6 +47,10 @@ def predict_dataset(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, targets) of every item, in order, with the model in eval mode; ``num_workers`` loader
     processes read and tokenize (batches pinned for a GPU); ``progress``: a tqdm bar (on a terminal).
+
+    A dense dataset (segmentation) gives, per item, its confusion matrix (C, C) and its summed pixel loss
+    instead (:func:`~atomizer.engine.metrics.confusion_per_image`): ``(confusions (N, C, C), losses (N, 2))``
+    with ``losses[:, 0]`` the loss summed over the item's labelled pixels and ``losses[:, 1]`` their count.
 
     Under ``torch.distributed`` (world size > 1) every rank scores its shard (items ``rank, rank + world,
     ...``: none padded, none twice) and the predictions are gathered, so every rank returns all of them
@@ -60,22 +71,31 @@ def predict_dataset(
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
     )
-    logits, targets = [], []
+    outs, targets = [], []
     for b in tqdm(loader, desc=desc, leave=False, disable=None if progress else True):
         with autocast(precision, device):
-            logits.append(model(b["input"].to(device, non_blocking=True)).float().cpu())
-        targets.append(b["target"])
+            if "queries" in b:
+                lg = model(b["input"].to(device, non_blocking=True), queries=b["queries"].to(device)).float().cpu()
+                t = b["target"]
+                per_pixel = torch.nn.functional.cross_entropy(lg.transpose(1, 2), t.clamp_min(0), reduction="none") * (
+                    t != IGNORE
+                )
+                outs.append(confusion_per_image(lg, t, IGNORE))
+                targets.append(torch.stack([per_pixel.sum(1), (t != IGNORE).sum(1).float()], dim=1))
+            else:
+                outs.append(model(b["input"].to(device, non_blocking=True)).float().cpu())
+                targets.append(b["target"])
     if world == 1:
-        return torch.cat(logits), torch.cat(targets)
-    mine = (index, torch.cat(logits) if logits else None, torch.cat(targets) if targets else None)
+        return torch.cat(outs), torch.cat(targets)
+    mine = (index, torch.cat(outs) if outs else None, torch.cat(targets) if targets else None)
     parts: list = [None] * world
     torch.distributed.all_gather_object(parts, mine)
     order = torch.tensor([i for idx, _, _ in parts for i in idx])
-    all_logits = torch.cat([lg for _, lg, _ in parts if lg is not None])
+    all_outs = torch.cat([lg for _, lg, _ in parts if lg is not None])
     all_targets = torch.cat([t for _, _, t in parts if t is not None])
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(len(order))
-    return all_logits[inverse], all_targets[inverse]
+    return all_outs[inverse], all_targets[inverse]
 
 
 def predict_modalities(
@@ -87,8 +107,12 @@ def predict_modalities(
     device: str = "auto",
     model_name: str = "model",
     num_workers: int = 0,
+    dense_gsd_m: float | None = None,
 ) -> xr.Dataset:
-    """Per-image class probabilities of ``model`` on ``dataset`` under each modality.
+    """Per-image class probabilities of ``model`` on ``dataset`` under each modality; for a segmentation
+    model, per-image confusion matrices of its per-pixel answers on each window's output grid at
+    ``dense_gsd_m`` metres (default: the masks' own GSD): ``confusion`` (modality, image, true, predicted),
+    masks compared on a grid fixed in metres whatever the modality.
 
     A small dataset (:func:`~atomizer.engine.loaders.keep_in_memory`) is read once and kept for every modality;
     a larger one (the full BigEarthNet test split: 125,188 patches, about 20 GB of DN) is read again per
@@ -102,15 +126,31 @@ def predict_modalities(
     model = model.to(dev).eval()
     source = InMemory(dataset) if keep_in_memory(dataset) else dataset
     wire = wire_for("auto", dev, num_workers)
+    dense = getattr(getattr(model, "cfg", None), "task", "classification") == "segmentation"
     logits, targets = [], None
     for m in modalities:
-        ds = ModalityDataset(source, [m], None, input_type(model), canvas, cache=False, wire=wire)
+        ds = ModalityDataset(
+            source, [m], None, input_type(model), canvas, cache=False, wire=wire, dense=dense, dense_gsd_m=dense_gsd_m
+        )
         lg, targets = predict_dataset(
             model, ds, batch_size, dev, desc=f"{model_name} {m.name}", num_workers=num_workers
         )
         logits.append(lg)
     if targets is None:
         raise ValueError("no modalities to predict")
+    coords = {
+        "modality": [m.name for m in modalities],
+        "image": list(dataset.ids()),
+        "size_px": ("modality", [m.size_px for m in modalities]),
+        "gsd_m": ("modality", [m.gsd_m for m in modalities]),
+        "bands": ("modality", [" ".join(m.bands) for m in modalities]),
+    }
+    if dense:
+        return xr.Dataset(
+            {"confusion": (("modality", "image", "true", "predicted"), torch.stack(logits).numpy().astype(np.int64))},
+            coords={**coords, "true": list(dataset.classes), "predicted": list(dataset.classes)},
+            attrs={"model": model_name, "multilabel": 0, "task": "segmentation", "dense_gsd_m": dense_gsd_m or 0.0},
+        )
     lg = torch.stack(logits)  # (M, n, C)
     probs = lg.sigmoid() if dataset.multilabel else lg.softmax(-1)
     t = targets.float() if dataset.multilabel else torch.nn.functional.one_hot(targets, lg.shape[-1]).float()
@@ -120,20 +160,22 @@ def predict_modalities(
             "logit": (("modality", "image", "class"), lg.numpy().astype(np.float32)),
             "target": (("image", "class"), t.numpy().astype(np.uint8)),
         },
-        coords={
-            "modality": [m.name for m in modalities],
-            "image": list(dataset.ids()),
-            "class": list(dataset.classes),
-            "size_px": ("modality", [m.size_px for m in modalities]),
-            "gsd_m": ("modality", [m.gsd_m for m in modalities]),
-            "bands": ("modality", [" ".join(m.bands) for m in modalities]),
-        },
+        coords={**coords, "class": list(dataset.classes)},
         attrs={"model": model_name, "multilabel": int(dataset.multilabel)},
     )
 
 
 def scores_of(predictions: xr.Dataset, modalities: Sequence[Modality]) -> xr.Dataset:
-    """The results Dataset (:func:`results_dataset`) of :func:`predict_modalities`' output."""
+    """The results Dataset (:func:`results_dataset`) of :func:`predict_modalities`' output (segmentation:
+    the scores of the images' summed confusion matrices, :func:`~atomizer.engine.metrics.segmentation_scores`)."""
+    if "confusion" in predictions:
+        confusion = torch.from_numpy(predictions["confusion"].values)
+        names = SEGMENTATION_METRICS + (("f1",) if confusion.shape[-1] == 2 else ())
+        scores = np.full((1, len(modalities), len(names)), np.nan)
+        for j in range(len(modalities)):
+            met = segmentation_scores(confusion[j])
+            scores[0, j] = [met[k] for k in names]
+        return results_dataset(scores, [predictions.attrs["model"]], modalities, names)
     multilabel = bool(predictions.attrs["multilabel"])
     names = metric_names(multilabel)
     target = torch.from_numpy(predictions["target"].values.astype(np.int64))
@@ -209,7 +251,9 @@ def evaluate_checkpoint(
     model = trained.model
     canvas = CanvasSpec.of(mods)
     name = model_name or trained.arch
-    preds = predict_modalities(model, ds, mods.modalities, canvas, batch_size, device, name, num_workers)
+    preds = predict_modalities(
+        model, ds, mods.modalities, canvas, batch_size, device, name, num_workers, tc.get("dense_gsd_m")
+    )
     res = scores_of(preds, mods.modalities)
     attrs = {
         "checkpoint": str(checkpoint),

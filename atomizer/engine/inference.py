@@ -9,14 +9,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
+import xarray as xr
 
 from atomizer.atoms.canvas import CANVAS_BANDS, CanvasBatch, CanvasSpec
+from atomizer.atoms.dense import DenseQueries, grid_size
 from atomizer.atoms.tokens import AtomBatch
 from atomizer.core.limits import check_atoms
 from atomizer.data.bands import Sensor
+from atomizer.data.image import image_bounds
 from atomizer.data.readers import count_tokens, open_image
 from atomizer.engine.loaders import model_input
+from atomizer.models.atomizer import Atomizer
 from atomizer.models.checkpoint import load_trained
 from atomizer.models.registry import input_type
 
@@ -57,3 +62,51 @@ def predict_image(
     logits = model(batch, chunk_size=chunk_size) if kind is AtomBatch else model(batch)
     probs = logits[0].float().sigmoid() if trained.multilabel else logits[0].float().softmax(-1)
     return dict(zip(classes, probs.tolist()))
+
+
+@torch.no_grad()
+def predict_dense_image(
+    checkpoint: str | Path,
+    path: str | Path,
+    gsd_m: float,
+    sensor: str | Path | Sensor | None = None,
+    band_names: Sequence[str | None] | None = None,
+    chunk_size: int = 262144,
+    device: str = "cpu",
+) -> xr.Dataset:
+    """Per-pixel class probabilities of a segmentation Atomizer for one image, on an output grid of ``gsd_m``
+    metres chosen here (5, 10, 20, 30 m... whatever the grids of the input bands and of the training
+    masks): ``probability`` (class, y, x) with ``y``/``x`` the pixel centres in the image's coordinates
+    (attrs ``crs``, ``gsd_m``), and ``label`` (y, x) the most probable class index.
+
+    The grid covers the image's extent (the window all its bands share), ``round(extent / gsd_m)`` pixels a
+    side; atoms stream through the encoder in chunks, queries through the decoder in chunks.
+    """
+    image = open_image(path, sensor=sensor, band_names=band_names, lazy=True)
+    check_atoms(count_tokens(image), what=str(path))
+    trained = load_trained(checkpoint)
+    model = trained.model.to(device).eval()
+    if not isinstance(model, Atomizer) or model.dense is None:
+        raise ValueError(f"{checkpoint}: not a segmentation Atomizer (train with task: segmentation)")
+    image = image.load()
+    batch = AtomBatch.from_image(image).to(device)
+    left, right, bottom, top = image_bounds(image)
+    extent_x, extent_y = right - left, top - bottom
+    n = grid_size(min(extent_x, extent_y), gsd_m)
+    queries = DenseQueries.grids([n], gsd_m).to(device)
+    z = model.encode(batch, chunk_size=chunk_size)
+    probs = model.decode(z, queries).float().softmax(-1)  # (1, Q, C)
+    grid = queries.unflatten(probs, 0).permute(2, 0, 1).cpu().numpy()  # (C, n, n)
+    cx, cy = (left + right) / 2, (bottom + top) / 2
+    offsets = (np.arange(n) + 0.5) * gsd_m - n * gsd_m / 2
+    out = xr.Dataset(
+        {
+            "probability": (("class", "y", "x"), grid.astype(np.float32)),
+            "label": (("y", "x"), grid.argmax(0).astype(np.int16)),
+        },
+        coords={"class": list(trained.classes), "y": cy - offsets, "x": cx + offsets},
+        attrs={"gsd_m": float(gsd_m), "source": str(path)},
+    )
+    if image.attrs.get("crs"):
+        out.attrs["crs"] = image.attrs["crs"]
+    return out

@@ -20,6 +20,7 @@ import torch
 import xarray as xr
 
 from atomizer.atoms.canvas import CanvasBatch, CanvasSpec
+from atomizer.atoms.dense import IGNORE, DenseQueries, window_target
 from atomizer.atoms.tokens import WIRE_FORMATS, AtomBatch
 from atomizer.data.augment import AugmentConfig, augment
 from atomizer.data.light import LightImage
@@ -88,6 +89,8 @@ class ModalityDataset(torch.utils.data.Dataset):
         cache: Keep loaded source images in memory; default: when the dataset is small
             (:func:`keep_in_memory`).
         augment: Label-preserving augmentation after the simulation (:mod:`atomizer.data.augment`).
+        dense: Segmentation: targets are the items' masks (``item["mask"]``) on each window's output grid.
+        dense_gsd_m: The output grid's GSD (m) for ``dense``; default: the mask's own.
         fast: Read and simulate images as :class:`~atomizer.data.light.LightImage` (no xarray object per
             item; the same atoms, tested) where the base dataset offers ``light_item``.
         wire: ``"compact"``: atoms as index runs and, where the modality keeps the stored integers, uint16
@@ -109,8 +112,15 @@ class ModalityDataset(torch.utils.data.Dataset):
         augment: AugmentConfig | None = None,
         fast: bool = True,
         wire: str = "full",
+        dense: bool = False,
+        dense_gsd_m: float | None = None,
     ):
         self.base = base
+        #: Segmentation: each item's target is its mask on the output grid of its window at ``dense_gsd_m``
+        #: metres (default: the mask's own GSD), a grid fixed in metres whatever the modality.
+        self.dense, self.dense_gsd_m = dense, dense_gsd_m
+        if dense and augment is not None:
+            raise ValueError("augmentation of segmentation targets is not supported yet: set augment to null")
         self.wire = wire
         self.fast = fast and hasattr(base, "light_item")
         self.modalities = list(modalities)
@@ -159,23 +169,39 @@ class ModalityDataset(torch.utils.data.Dataset):
         with long-lived workers serve every epoch (the workers' copies never need :meth:`set_epoch`)."""
         epoch, i = key if isinstance(key, tuple) else (None, key)
         it = self.item(i)  # read once (without a cache, simulated() would read it again)
-        return {
-            "input": model_input(self.simulated(i, it, epoch), self.input_type, self.canvas, self.wire),
+        image = self.simulated(i, it, epoch)
+        out = {
+            "input": model_input(image, self.input_type, self.canvas, self.wire),
             "target": it["target"],
             "id": it["id"],
             "modality": int(self.assignment[i]),
         }
+        if self.dense:
+            mask = it["mask"]
+            gsd = float(self.dense_gsd_m or mask.gsd)
+            out["target"] = torch.from_numpy(window_target(mask, image.attrs["window_m"], gsd))
+            out["gsd"] = gsd
+        return out
 
 
 def collate_items(items: Sequence[dict]) -> dict:
-    """Collate :class:`ModalityDataset` items: their inputs by their batch class's ``collate``."""
+    """Collate :class:`ModalityDataset` items: their inputs by their batch class's ``collate``; dense items'
+    targets (grids of their own sizes) flattened and padded with :data:`~atomizer.atoms.dense.IGNORE`, with
+    their output pixels as ``queries`` (:class:`~atomizer.atoms.dense.DenseQueries`)."""
     inputs = type(items[0]["input"]).collate([it["input"] for it in items])
-    return {
+    out = {
         "input": inputs,
-        "target": torch.stack([it["target"] for it in items]),
         "id": [it["id"] for it in items],
         "modality": torch.tensor([it["modality"] for it in items]),
     }
+    if "gsd" not in items[0]:
+        return {**out, "target": torch.stack([it["target"] for it in items])}
+    sizes = [int(it["target"].shape[0]) for it in items]
+    queries = DenseQueries.grids(sizes, [it["gsd"] for it in items])
+    target = torch.full(queries.valid.shape, IGNORE, dtype=torch.long)
+    for s, it in enumerate(items):
+        target[s, : it["target"].numel()] = it["target"].reshape(-1)
+    return {**out, "target": target, "queries": queries}
 
 
 class AsRead(torch.utils.data.Dataset):

@@ -1,9 +1,15 @@
-"""Classification metrics, from torchmetrics (no hand-written average precision).
+"""Classification and segmentation metrics, from torchmetrics (no hand-written average precision).
 
 Multi-label (BigEarthNet): ``macro_map`` (the paper's metric: per-class AP averaged over the classes
 that have at least one positive in the evaluated set), ``micro_map`` and ``overall_accuracy``
 (element-wise accuracy of the 0.5-thresholded sigmoid). Single-label (EuroSAT): ``top1`` and
 ``macro_map`` (one-vs-rest AP averaged over classes present in the targets). All in percent.
+
+Segmentation: one confusion matrix per image (torchmetrics' ``multiclass_confusion_matrix``, ignored pixels
+left out), so that statistics resample images exactly as for classification; the scores of a set of images
+come from their summed matrix (:func:`segmentation_scores`): ``miou`` (IoU averaged over the classes that
+occur in the truth or the prediction), ``overall_accuracy``, per-class IoU, and ``f1`` of the positive class
+for a binary task.
 """
 
 from __future__ import annotations
@@ -12,12 +18,14 @@ import torch
 from torchmetrics.functional.classification import (
     multiclass_accuracy,
     multiclass_average_precision,
+    multiclass_confusion_matrix,
     multilabel_accuracy,
     multilabel_average_precision,
 )
 
 MULTILABEL_METRICS = ("macro_map", "micro_map", "overall_accuracy")
 SINGLELABEL_METRICS = ("top1", "macro_map")
+SEGMENTATION_METRICS = ("miou", "overall_accuracy")
 
 
 def multilabel_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
@@ -94,3 +102,49 @@ def batched_average_precision(scores, targets):
     positives = y.sum(axis=-2)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(positives > 0, (y * p_end).sum(axis=-2) / positives, np.nan)
+
+
+def confusion_per_image(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
+    """Per-image confusion matrices (S, C, C) (rows: true class, columns: predicted) of per-pixel logits
+    (S, Q, C) against targets (S, Q); pixels equal to ``ignore_index`` (padding, unlabelled) are left out."""
+    c = logits.shape[-1]
+    pred = logits.argmax(-1)
+    return torch.stack(
+        [
+            multiclass_confusion_matrix(pred[s], target[s], num_classes=c, ignore_index=ignore_index)
+            for s in range(pred.shape[0])
+        ]
+    )
+
+
+def segmentation_scores(confusion: torch.Tensor) -> dict[str, float]:
+    """Scores (percent) of a set of images from their confusion matrices (N, C, C) or their sum (C, C):
+    ``miou``, ``overall_accuracy``, ``iou_<k>`` per class (NaN where the class is neither true nor
+    predicted), and ``f1`` for a two-class task (class 1 the positive)."""
+    m = confusion.sum(0) if confusion.ndim == 3 else confusion
+    m = m.double()
+    tp = m.diagonal()
+    union = m.sum(0) + m.sum(1) - tp
+    iou = torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan")))
+    total = m.sum()
+    out = {
+        "miou": 100 * float(iou.nanmean()) if bool((union > 0).any()) else float("nan"),
+        "overall_accuracy": 100 * float(tp.sum() / total) if total > 0 else float("nan"),
+    }
+    if m.shape[0] == 2:
+        denom = 2 * tp[1] + m[0, 1] + m[1, 0]
+        out["f1"] = 100 * float(2 * tp[1] / denom) if denom > 0 else float("nan")
+    out.update({f"iou_{k}": 100 * float(v) for k, v in enumerate(iou)})
+    return out
+
+
+def segmentation_loss(
+    logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor | None = None, ignore_index: int = -1
+) -> torch.Tensor:
+    """Per-pixel cross-entropy of logits (S, Q, C) against targets (S, Q), ``ignore_index`` pixels left out,
+    optionally weighted per class; 0 (with a gradient) when no pixel is labelled."""
+    flat, t = logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1)
+    if not bool((t != ignore_index).any()):
+        return flat.sum() * 0.0
+    w = None if class_weights is None else class_weights.to(flat.device, flat.dtype)
+    return torch.nn.functional.cross_entropy(flat, t, weight=w, ignore_index=ignore_index)

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from atomizer.atoms.canvas import CanvasSpec
+from atomizer.atoms.dense import IGNORE
 from atomizer.atoms.tokens import WIRE_FORMATS, ModalityBatchSampler
 from atomizer.core.config import Config
 from atomizer.core.runtime import check_precision, ensure_process_group, process_device
@@ -38,7 +39,7 @@ from atomizer.data.modalities import Assignment, check_fit, load_modalities
 from atomizer.engine.evaluation import predict_dataset
 from atomizer.engine.loaders import ModalityDataset, collate_items, wire_for
 from atomizer.engine.loop import Loop, Step, Task, state_hash
-from atomizer.engine.metrics import classification_metrics
+from atomizer.engine.metrics import classification_metrics, segmentation_loss, segmentation_scores
 from atomizer.models.adapters import adapter_report, apply_adapters, save_adapters
 from atomizer.models.atomizer import Atomizer
 from atomizer.models.checkpoint import load_encoder_weights, load_into, load_model, save_checkpoint
@@ -59,6 +60,9 @@ class TrainConfig(Config):
     label: str | None = None  # name of this variant in the results (default: the model), e.g. "atomizer-noaug"
     preset: str = "tiny"
     model_overrides: dict = field(default_factory=dict)
+    task: str = "auto"  # auto (segmentation for a mask dataset, else classification) | classification | segmentation
+    dense_gsd_m: float | None = None  # segmentation: the output grid's GSD (m) of the targets; default the mask's
+    class_weights: list[float] | None = None  # segmentation: per-class loss weights
     dataset: str = "eurosat"  # eurosat | bigearthnet (embedded) | a manifest path (your own data) | torchgeo:<Dataset>
     data_root: str | None = None
     train_split: str = "train"
@@ -96,6 +100,10 @@ class TrainConfig(Config):
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
+        if self.task not in ("auto", "classification", "segmentation"):
+            raise ValueError(f"training config: task must be auto, classification or segmentation, got {self.task!r}")
+        if self.dense_gsd_m is not None and not self.dense_gsd_m > 0:
+            raise ValueError(f"training config: dense_gsd_m must be positive (or null), got {self.dense_gsd_m}")
         if not 0.0 < self.train_fraction <= 1.0:
             raise ValueError(f"training config: train_fraction must be in (0, 1], got {self.train_fraction}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -114,15 +122,26 @@ class TrainConfig(Config):
 # --------------------------------------------------------------------------------------------------
 
 
+def resolve_task(cfg: TrainConfig, dataset: Any) -> str:
+    """The task a run learns: ``segmentation`` for a dataset with masks unless the config asks for
+    classification (of the classes present); a segmentation config needs masks."""
+    has_masks = getattr(dataset, "task", None) == "segmentation"
+    if cfg.task == "segmentation" and not has_masks:
+        raise ValueError(f"task segmentation needs a dataset with masks; {cfg.dataset!r} has none")
+    if cfg.task == "auto":
+        return "segmentation" if has_masks else "classification"
+    return cfg.task
+
+
 def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if target.ndim == 2:
         return nn.functional.binary_cross_entropy_with_logits(logits.float(), target.float())
     return nn.functional.cross_entropy(logits.float(), target)
 
 
-def build_datasets(cfg: TrainConfig, batch_type: type, wire: str = "full"):
+def build_datasets(cfg: TrainConfig, batch_type: type, wire: str = "full", task: str = "classification"):
     """(train, validation) :class:`ModalityDataset` under the training modalities, and the base train set;
-    ``wire`` as :class:`ModalityDataset`'s."""
+    ``wire`` as :class:`ModalityDataset`'s; ``task`` segmentation: targets on each window's output grid."""
     train_mods = load_modalities(cfg.train_modalities)
     canvas = CanvasSpec.of(train_mods)
     base_tr = open_dataset(cfg.dataset, cfg.train_split, cfg.data_root, fold=cfg.fold)
@@ -146,6 +165,8 @@ def build_datasets(cfg: TrainConfig, batch_type: type, wire: str = "full"):
         seed=cfg.seed,
         augment=cfg.augment,
         wire=wire,
+        dense=task == "segmentation",
+        dense_gsd_m=cfg.dense_gsd_m,
     )
     va = ModalityDataset(
         base_va,
@@ -156,6 +177,8 @@ def build_datasets(cfg: TrainConfig, batch_type: type, wire: str = "full"):
         random_window=False,
         seed=cfg.seed,
         wire=wire,
+        dense=task == "segmentation",
+        dense_gsd_m=cfg.dense_gsd_m,
     )
     return tr, va, base_tr
 
@@ -187,7 +210,14 @@ class TrainTask(Task):
     def on_start(self) -> None:
         cfg, loop, device = self.cfg, self.loop, self.device
         self.probe = probe = open_dataset(cfg.dataset, cfg.train_split, cfg.data_root, fold=cfg.fold)
-        model = build_model(cfg.model, cfg.preset, num_classes=probe.num_classes, **cfg.model_overrides).to(device)
+        self.task = resolve_task(cfg, probe)
+        overrides = {**cfg.model_overrides, **({"task": "segmentation"} if self.task == "segmentation" else {})}
+        model = build_model(cfg.model, cfg.preset, num_classes=probe.num_classes, **overrides).to(device)
+        self.class_weights = None if cfg.class_weights is None else torch.tensor(cfg.class_weights, dtype=torch.float32)
+        if self.class_weights is not None and len(self.class_weights) != probe.num_classes:
+            raise ValueError(f"class_weights has {len(self.class_weights)} values for {probe.num_classes} classes")
+        #: the validation metric that selects best.pt
+        self.metric = "miou" if self.task == "segmentation" else "macro_map"
         head_loaded = "none"
         if cfg.init:
             head_loaded = load_encoder_weights(model, cfg.init, classes=probe.classes)["head"]
@@ -195,7 +225,7 @@ class TrainTask(Task):
             # apply_adapters refuses any model but an Atomizer (one line naming it)
             self.adapters = apply_adapters(cast(Atomizer, model), cfg.adapters, head_loaded=head_loaded).to_dict()
         self.train_ds, self.val_ds, _ = build_datasets(
-            cfg, input_type(model), wire_for(cfg.wire, device, cfg.num_workers)
+            cfg, input_type(model), wire_for(cfg.wire, device, cfg.num_workers), self.task
         )
         self._sampling()
         loop.attach(model, self.total_steps)
@@ -285,8 +315,12 @@ class TrainTask(Task):
     # ---- the step
 
     def training_step(self, batch: dict) -> tuple[torch.Tensor, int, dict]:
-        logits = self.model(batch["input"].to(self.device, non_blocking=True))
-        return loss_fn(logits, batch["target"].to(self.device)), len(batch["id"]), {}
+        inputs = batch["input"].to(self.device, non_blocking=True)
+        if "queries" in batch:  # segmentation: one answer per output pixel
+            logits = self.model(inputs, queries=batch["queries"].to(self.device))
+            loss = segmentation_loss(logits, batch["target"].to(self.device), self.class_weights, IGNORE)
+            return loss, len(batch["id"]), {}
+        return loss_fn(self.model(inputs), batch["target"].to(self.device)), len(batch["id"]), {}
 
     @property
     def stopped(self) -> bool:
@@ -322,12 +356,17 @@ class TrainTask(Task):
             num_workers=cfg.num_workers,
             progress=loop.progress,
         )
-        val = classification_metrics(logits, targets)
-        val["loss"] = float(loss_fn(logits, targets))
+        if self.task == "segmentation":  # per-image confusion matrices and (loss sum, labelled pixels)
+            val = {k: v for k, v in segmentation_scores(logits).items() if not k.startswith("iou_")}
+            val["loss"] = float(targets[:, 0].sum() / targets[:, 1].sum().clamp_min(1))
+        else:
+            val = classification_metrics(logits, targets)
+            val["loss"] = float(loss_fn(logits, targets))
         if loop.is_main:
             loop.log.write(kind="val", step=loop.step, epoch=epoch, time=time.time(), **val)
-        if val["macro_map"] > self.best:
-            self.best, self.stale = val["macro_map"], 0
+        score = val[self.metric]
+        if math.isfinite(score) and score > self.best:
+            self.best, self.stale = score, 0
             self.on_checkpoint(loop.folder.best, val=val)
         else:
             self.stale += 1
@@ -347,7 +386,9 @@ class TrainTask(Task):
                     "stale": self.stale,
                     "train_config": cfg.to_dict(),
                     "classes": self.probe.classes,
-                    "multilabel": self.probe.multilabel,
+                    "multilabel": self.probe.multilabel and self.task == "classification",
+                    "task": self.task,
+                    "class_ids": list(getattr(self.probe, "class_ids", [])),
                     "train_modalities": cfg.train_modalities,
                     "adapters": self.adapters,
                     **more,
@@ -364,7 +405,7 @@ class TrainTask(Task):
         summary: dict[str, Any] = {
             "out_dir": str(loop.out),
             "step": loop.step,
-            "best_val_macro_map": self.best,
+            f"best_val_{self.metric}": self.best,
             "stopped_early": self.stopped and loop.step < self.total_steps,
             "weights_fingerprint": state_hash(self.core),
             "last": str(loop.last),

@@ -133,6 +133,7 @@ def find_runs(root: str | Path) -> pd.DataFrame:
                 "best_val_macro_map": float(val["macro_map"].max())
                 if len(val) and "macro_map" in val
                 else float("nan"),
+                "best_val_miou": float(val["miou"].max()) if len(val) and "miou" in val else float("nan"),
                 "updated": max((os.path.getmtime(p) for p in d.iterdir()), default=0.0),
                 **{f"has_{k}": (d / f).exists() for k, f in RESULT_FILES.items()},
             }

@@ -87,7 +87,7 @@ def test_multi_label_manifest_trains_and_evaluates_from_the_cli(tmp_path):
     assert "micro_map" in res.metric.values and list(res.model.values) == ["resnet"]  # multi-label
 
 
-def test_mask_manifest_with_two_sensors_trains_and_evaluates_on_its_own_modalities(tmp_path):
+def test_mask_manifest_with_two_sensors_trains_a_segmentation_model_on_its_own_modalities(tmp_path):
     manifest = terramesh_manifest(tmp_path / "data")
     train = {
         "source": {"size_px": 224, "gsd_m": 10},
@@ -106,7 +106,8 @@ def test_mask_manifest_with_two_sensors_trains_and_evaluates_on_its_own_modaliti
     (tmp_path / "lulc_train.yaml").write_text(yaml.safe_dump(train))
     (tmp_path / "lulc_test.yaml").write_text(yaml.safe_dump(test))
     res = train_and_evaluate(tmp_path, manifest, str(tmp_path / "lulc_train.yaml"), str(tmp_path / "lulc_test.yaml"))
-    assert "micro_map" in res.metric.values and list(res.modality.values) == ["te1", "te2"]
+    # a mask manifest trains a segmentation model (task: auto): mIoU on the masks' own 10 m grid
+    assert list(res.metric.values) == ["miou", "overall_accuracy"] and list(res.modality.values) == ["te1", "te2"]
     # a modality asking for a band the manifest's images lack is refused before training, in one line
     bad = dict(train, modalities=[{"name": "nir", "size_px": 32, "gsd_m": 20, "bands": ["B10"]}])
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))

@@ -1,0 +1,167 @@
+"""Dense prediction on real per-pixel labels (TerraMesh Sentinel-2 + Sentinel-1 with land-cover masks, the
+shipped manifest): output grids in metres, window targets, the Atomizer's dense decoder trained and evaluated
+(mIoU), and one checkpoint answering at three output GSDs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from torchmetrics.functional.classification import multiclass_jaccard_index
+
+from atomizer.atoms.dense import IGNORE, DenseQueries, grid_size, sample_canvas, window_target
+from atomizer.data.manifest import ManifestDataset
+from atomizer.engine.evaluation import evaluate_checkpoint
+from atomizer.engine.inference import predict_dense_image
+from atomizer.engine.metrics import confusion_per_image, segmentation_loss, segmentation_scores
+from atomizer.engine.training import TrainConfig, train
+from atomizer.models.atomizer import Atomizer, AtomizerConfig
+from atomizer.models.checkpoint import load_trained
+from tests.conftest import EMBEDDED
+
+TERRAMESH = EMBEDDED / "dense" / "terramesh"
+MANIFEST = TERRAMESH / "manifest.csv"
+S2_ORDER = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
+
+
+@pytest.fixture(scope="module")
+def sample():
+    ds = ManifestDataset(MANIFEST)
+    return ds, ds[0]
+
+
+def test_window_targets_are_the_mask_at_the_asked_gsd(sample):
+    ds, item = sample
+    mask = item["mask"]
+    with rasterio.open(TERRAMESH / "masks" / f"{ds.records[0]['id']}_lulc.tif") as src:
+        stored = src.read(1)
+    assert mask.values.shape == stored.shape and mask.gsd == 10.0
+    ids = np.asarray(ds.class_ids)
+    labelled = stored != 0
+    np.testing.assert_array_equal(ids[mask.values[labelled]], stored[labelled])  # index -> the stored class id
+    assert (mask.values[~labelled] == IGNORE).all()
+    window = (mask.left + 300.0, mask.top - 200.0, 640.0)  # 64 px at 10 m, 30 px right and 20 px down
+    at10 = window_target(mask, window, 10.0)
+    np.testing.assert_array_equal(at10, mask.values[20:84, 30:94])
+    at20 = window_target(mask, window, 20.0)  # nearest: the 10 m pixel under each 20 m centre, never a blend
+    np.testing.assert_array_equal(at20, mask.values[20:84, 30:94][1::2, 1::2])
+    outside = window_target(mask, (mask.left - 100.0, mask.top, 200.0), 10.0)
+    assert (outside[:, :10] == IGNORE).all() and (outside[:, 10:] != IGNORE).any()
+
+
+def test_queries_and_canvas_sampling_share_one_frame():
+    q = DenseQueries.grids([4, 2], [10.0, 20.0])
+    assert q.valid.sum(1).tolist() == [16, 4] and q.shape.tolist() == [[4, 4], [2, 2]]
+    assert q.x[0, :4].tolist() == [-15.0, -5.0, 5.0, 15.0] and q.y[0, ::4].tolist() == [15.0, 5.0, -5.0, -15.0]
+    field = torch.arange(16.0).reshape(1, 1, 4, 4).expand(2, 1, 4, 4)
+    got = sample_canvas(field, 40.0, q)  # a 40 m canvas of 4 px read at its own pixel centres: itself
+    np.testing.assert_allclose(q.unflatten(got, 0)[..., 0].numpy(), field[0, 0].numpy())
+    assert grid_size(640.0, 30.0) == 21 and grid_size(5.0, 20.0) == 1
+
+
+def test_segmentation_scores_equal_torchmetrics_on_real_masks():
+    """Two real masks, one read as the 'prediction' of the other: IoU from per-image confusion matrices."""
+    with (
+        rasterio.open(TERRAMESH / "masks" / "282D_485L_3_3_lulc.tif") as a,
+        rasterio.open(TERRAMESH / "masks" / "637U_59R_1_3_lulc.tif") as b,
+    ):
+        truth, pred = torch.from_numpy(a.read(1).astype(np.int64)), torch.from_numpy(b.read(1).astype(np.int64))
+    c = 10
+    target = torch.where(truth == 0, torch.tensor(IGNORE), truth).reshape(1, -1)
+    logits = torch.nn.functional.one_hot(pred.reshape(1, -1), c).float()
+    conf = confusion_per_image(logits, target)
+    ref = multiclass_jaccard_index(
+        pred.reshape(-1), target.reshape(-1), num_classes=c, ignore_index=IGNORE, average=None
+    )
+    scores = segmentation_scores(conf)
+    union = conf[0].sum(0) + conf[0].sum(1) - conf[0].diagonal()
+    assert np.isclose(scores["miou"], 100 * float(ref[union > 0].mean()))
+    assert np.isclose(scores["overall_accuracy"], 100 * float((pred.reshape(-1) == target).float()[target >= 0].mean()))
+
+
+def test_loss_leaves_ignored_pixels_out_and_takes_class_weights():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 3, requires_grad=True)
+    target = torch.tensor([[0, 1, 2, IGNORE, IGNORE, 1], [2, 2, IGNORE, 0, 1, 0]])
+    loss = segmentation_loss(logits, target)
+    kept = target != IGNORE
+    ref = torch.nn.functional.cross_entropy(logits[kept], target[kept])
+    assert torch.isclose(loss, ref)
+    assert not torch.isclose(segmentation_loss(logits, target, torch.tensor([1.0, 5.0, 1.0])), loss)
+    empty = segmentation_loss(logits, torch.full_like(target, IGNORE))
+    empty.backward()
+    assert float(empty.detach()) == 0.0 and logits.grad is not None
+
+
+def test_a_classification_atomizer_has_no_dense_decoder():
+    net = Atomizer(AtomizerConfig.preset("tiny", num_classes=3))
+    with pytest.raises(ValueError, match="no dense decoder"):
+        net.decode(torch.zeros(1, 4, net.cfg.latent_dim), DenseQueries.grids([2], 10.0))
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("seg") / "run"
+    cfg = TrainConfig.from_dict(
+        {
+            "model": "atomizer",
+            "preset": "tiny",
+            "dataset": str(MANIFEST),
+            "fold": 0,
+            "train_modalities": "terramesh_train",
+            "test_modalities": "terramesh_test",
+            "epochs": 3,
+            "batch_size": 2,
+            "device": "cpu",
+            "out_dir": str(out),
+        }
+    )
+    return out, train(cfg, progress=False)
+
+
+def test_a_mask_manifest_trains_a_segmentation_atomizer(seg_run):
+    out, summary = seg_run
+    assert np.isfinite(summary["best_val_miou"]) and "best_val_macro_map" not in summary
+    trained = load_trained(out / "checkpoints" / "best.pt")
+    assert trained.extra["task"] == "segmentation" and trained.model.cfg.task == "segmentation"
+    assert trained.classes == ManifestDataset(MANIFEST).classes
+    assert all(not p.requires_grad for p in trained.model.head.parameters())  # the pooling head is not trained
+
+
+def test_evaluate_reports_miou_on_unseen_modalities_on_a_grid_fixed_in_metres(seg_run):
+    out, _ = seg_run
+    res, preds = evaluate_checkpoint(out / "checkpoints" / "best.pt", "terramesh_test", predictions=True)
+    assert list(res.metric.values) == ["miou", "overall_accuracy"] and res.sizes["modality"] == 6
+    assert np.isfinite(res["score"].values).all() and (res["score"].values >= 0).all()
+    conf = preds["confusion"]  # (modality, image, true, predicted): the test fold's one image
+    assert conf.sizes["image"] == 1 and (conf.values >= 0).all()
+    labelled = conf.sum(("true", "predicted")).values[:, 0]
+    # the same metres for every modality: T1/T2 (the full 2240 m tile) score 224 x 224 grids at 10 m
+    ds = ManifestDataset(MANIFEST)
+    rid = str(conf.image.values[0])
+    mask = ds[ds.ids().index(rid)]["mask"]
+    assert labelled[0] == labelled[1] == int((mask.values >= 0).sum())
+
+
+def test_one_checkpoint_answers_at_three_output_gsds(seg_run):
+    out, _ = seg_run
+    image = TERRAMESH / "images" / "282D_485L_3_3_s2l2a.tif"
+    with rasterio.open(image) as src:
+        bounds, crs = src.bounds, src.crs
+    maps = {
+        g: predict_dense_image(out / "checkpoints" / "best.pt", image, g, sensor="sentinel2", band_names=S2_ORDER)
+        for g in (5.0, 10.0, 20.0)
+    }
+    for g, m in maps.items():
+        n = int(round(2240 / g))
+        assert m["probability"].shape == (9, n, n) and m["label"].shape == (n, n)
+        assert np.isclose(float(m.x[0]), bounds.left + g / 2) and np.isclose(float(m.y[0]), bounds.top - g / 2)
+        assert rasterio.crs.CRS.from_wkt(m.attrs["crs"]) == crs
+        np.testing.assert_allclose(m["probability"].sum("class").values, 1.0, atol=1e-4)
+    # classes agree between GSDs over uniform areas: 2 x 2 blocks of one class at 10 m vs the 20 m answer
+    a10, a20 = maps[10.0]["label"].values, maps[20.0]["label"].values
+    blocks = a10.reshape(112, 2, 112, 2).transpose(0, 2, 1, 3).reshape(112, 112, 4)
+    uniform = (blocks == blocks[..., :1]).all(-1)
+    assert uniform.mean() > 0.5
+    assert (blocks[..., 0][uniform] == a20[uniform]).mean() > 0.75
