@@ -184,6 +184,7 @@ def _cmd_map(args: argparse.Namespace) -> int:
             device=args.device,
             sensor=args.sidecar or args.sensor,
             band_names=args.bands,
+            gsd_m=args.gsd,
             resume=not args.restart,
             progress=not args.quiet,
         )
@@ -489,6 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output GeoTIFF")
     s.add_argument("--window-m", type=float, help="window side in metres (default: the training extent)")
     s.add_argument("--stride-m", type=float, help="distance between windows in metres (default: the window)")
+    s.add_argument(
+        "--gsd",
+        type=float,
+        help="output GSD in metres (default: the scene's finest); a segmentation checkpoint answers every pixel",
+    )
     s.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
     s.add_argument("--device", default="cpu")
     g = s.add_mutually_exclusive_group()

@@ -33,6 +33,7 @@ import torch
 import xarray as xr
 
 from atomizer.atoms.canvas import CanvasSpec, EmptyCanvasError
+from atomizer.atoms.dense import DenseQueries
 from atomizer.atoms.tokens import EmptyTokenSetError
 from atomizer.core.storage import atomic_write_json
 from atomizer.data.bands import Sensor
@@ -66,6 +67,17 @@ class WindowGrid:
     window_px: int
     xs: tuple[int, ...]  # window left columns
     ys: tuple[int, ...]  # window top rows
+    in_gsd_m: float = 0.0  # the scene's finest GSD, what windows are read at (0: the output's, ``gsd_m``)
+
+    @property
+    def input_gsd_m(self) -> float:
+        return self.in_gsd_m or self.gsd_m
+
+    def window_modality(self, bands: Sequence[str]) -> Modality:
+        """The window as read from the scene: its extent at the scene's finest GSD, every band native."""
+        return Modality(
+            "map_window", int(round(self.window_px * self.gsd_m / self.input_gsd_m)), self.input_gsd_m, tuple(bands)
+        )
 
     @property
     def n_windows(self) -> int:
@@ -114,14 +126,25 @@ def strip(image: xr.Dataset, grid: WindowGrid, y0: int) -> tuple[LightImage, flo
     return light, strip_top - top_m
 
 
-def scene_grid(image: xr.Dataset, window_m: float, stride_m: float) -> WindowGrid:
-    """Lay windows of ``window_m`` every ``stride_m`` over the image's finest grid."""
+def scene_grid(image: xr.Dataset, window_m: float, stride_m: float, gsd_m: float | None = None) -> WindowGrid:
+    """Lay windows of ``window_m`` every ``stride_m`` over the output grid: the image's finest grid, or a grid
+    of ``gsd_m`` metres over the same ground (a dense model answers at any GSD; windows are still read at the
+    scene's finest GSD)."""
     if stride_m <= 0 or window_m <= 0:
         raise MapError(f"window ({window_m:g} m) and stride ({stride_m:g} m) must be positive")
     if stride_m > window_m:
         raise MapError(f"stride {stride_m:g} m exceeds the window {window_m:g} m: the map would have gaps")
+    if gsd_m is not None and not gsd_m > 0:
+        raise MapError(f"the output GSD must be positive, got {gsd_m:g} m")
     # the ground all bands cover (the frame of :func:`simulate`), on the finest grid
-    left, top, width_m, height_m, g = common_frame(_frame_only(image))
+    left, top, width_m, height_m, g_in = common_frame(_frame_only(image))
+    g = float(gsd_m) if gsd_m else g_in
+    for what, grid_g in (("output", g), ("scene", g_in)):
+        if abs(window_m / grid_g - round(window_m / grid_g)) > 1e-6:
+            raise MapError(
+                f"the window ({window_m:g} m) is not a whole number of {what} pixels ({grid_g:g} m); pass a --window-m "
+                f"that is a multiple of {grid_g:g}"
+            )
     width, height = int(math.floor(width_m / g + 1e-6)), int(math.floor(height_m / g + 1e-6))
     w = int(round(window_m / g))
     s = max(1, int(round(stride_m / g)))
@@ -130,7 +153,7 @@ def scene_grid(image: xr.Dataset, window_m: float, stride_m: float) -> WindowGri
             f"the window ({window_m:g} m = {w} px at {g:g} m) is larger than the scene ({width} x {height} px); "
             "pass a smaller --window-m"
         )
-    return WindowGrid(g, width, height, left, top, w, _offsets(width, w, s), _offsets(height, w, s))
+    return WindowGrid(g, width, height, left, top, w, _offsets(width, w, s), _offsets(height, w, s), g_in)
 
 
 def default_window_m(extra: dict[str, Any]) -> float:
@@ -145,27 +168,37 @@ def _fingerprint(checkpoint: Path, scene: Path, grid: WindowGrid, bands: list[st
     h = hashlib.sha256()
     st = checkpoint.stat()
     h.update(f"{checkpoint.resolve()}|{st.st_size}|{st.st_mtime_ns}|{scene.resolve()}".encode())
-    h.update(json.dumps([grid.gsd_m, grid.width, grid.height, grid.window_px, grid.xs, grid.ys, bands]).encode())
+    h.update(
+        json.dumps(
+            [grid.gsd_m, grid.input_gsd_m, grid.width, grid.height, grid.window_px, grid.xs, grid.ys, bands]
+        ).encode()
+    )
     return h.hexdigest()[:16]
 
 
 def _scene_valid(image: xr.Dataset, grid: WindowGrid, row0: int = 0, row1: int | None = None) -> np.ndarray:
-    """True where any band of the finest grid holds a valid value, for output rows ``row0:row1`` (the map is
-    nodata elsewhere); only those rows are read."""
+    """True where any band of the scene's finest grid holds a valid value under the centre of each output
+    pixel of rows ``row0:row1`` (the map is nodata elsewhere); only those rows are read."""
     row1 = grid.height if row1 is None else row1
-    ok = np.zeros((row1 - row0, grid.width), bool)
-    for b in image_bands(image):
-        da = image[b]
-        if float(da.attrs["gsd_m"]) != grid.gsd_m:
+    g_in, g = grid.input_gsd_m, grid.gsd_m
+    # the finest-grid rows and columns under the output pixel centres
+    in_rows = np.floor(((np.arange(row0, row1) + 0.5) * g) / g_in).astype(np.int64)
+    in_cols = np.floor(((np.arange(grid.width) + 0.5) * g) / g_in).astype(np.int64)
+    a, b = int(in_rows.min()), int(in_rows.max()) + 1
+    width_in = int(in_cols.max()) + 1
+    ok = np.zeros((b - a, width_in), bool)
+    for band in image_bands(image):
+        da = image[band]
+        if float(da.attrs["gsd_m"]) != g_in:
             continue
         ydim, xdim = (str(d) for d in da.dims)
-        r0 = int(round((float(da[ydim][0]) + grid.gsd_m / 2 - grid.top) / -grid.gsd_m))
-        c0 = int(round((float(da[xdim][0]) - grid.gsd_m / 2 - grid.left) / grid.gsd_m))
-        part = da.isel({ydim: slice(max(0, row0 - r0), max(0, row1 - r0)), xdim: slice(max(0, -c0), None)})
+        r0 = int(round((float(da[ydim][0]) + g_in / 2 - grid.top) / -g_in))
+        c0 = int(round((float(da[xdim][0]) - g_in / 2 - grid.left) / g_in))
+        part = da.isel({ydim: slice(max(0, a - r0), max(0, b - r0)), xdim: slice(max(0, -c0), None)})
         m = valid_mask(part)
-        h, w = min(row1 - row0, m.shape[0]), min(grid.width, m.shape[1])
+        h, w = min(b - a, m.shape[0]), min(width_in, m.shape[1])
         ok[:h, :w] |= m[:h, :w]
-    return ok
+    return ok[in_rows - a][:, in_cols]
 
 
 def _open_output(path: Path, grid: WindowGrid, n_bands: int, crs: str | None, names: list[str]):
@@ -220,10 +253,11 @@ def predict_map(
     batch_size: int = 16,
     device: str = "cpu",
     sensor: str | Path | Sensor | None = None,
-    band_names: Sequence[str] | None = None,
+    band_names: Sequence[str | None] | None = None,
     resume: bool = True,
     progress: bool = True,
     on_progress: Any = None,
+    gsd_m: float | None = None,
 ) -> dict[str, Any]:
     """Classify every window of ``scene`` and write the map GeoTIFF ``out``; returns a summary.
 
@@ -240,6 +274,9 @@ def predict_map(
         band_names: The channel order of a multi-band scene that names none of its bands.
         resume: Continue an interrupted run of the same inputs; ``False`` starts over.
         on_progress: Called with ``(windows_done, windows_total)`` after each batch (dashboards).
+        gsd_m: The output grid's GSD (m); default the scene's finest. A segmentation model answers every
+            output pixel (its queries at this GSD: a per-pixel class map); a classifier's window answer covers
+            its window's output pixels. Windows are always read at the scene's native resolution.
 
     Raises:
         MapError: the window does not fit the scene, or ``out`` exists.
@@ -256,8 +293,9 @@ def predict_map(
     stride_m = float(stride_m) if stride_m else window_m
     image = open_image(scene, sensor=sensor, band_names=band_names, lazy=True)  # read one strip of windows at a time
     bands = image_bands(image)
-    grid = scene_grid(image, window_m, stride_m)
-    modality = Modality("map_window", grid.window_px, grid.gsd_m, tuple(bands))
+    dense = getattr(getattr(model, "cfg", None), "task", "classification") == "segmentation"
+    grid = scene_grid(image, window_m, stride_m, gsd_m)
+    modality = grid.window_modality(bands)
     C, w = len(classes), grid.window_px
 
     partial = out.with_name(out.name + ".partial.tif")
@@ -288,7 +326,7 @@ def predict_map(
     try:
         for ri, y0 in enumerate(rows):
             probs, placed = _classify_row(
-                image, modality, grid, y0, kind, canvas, model, batch_size, multilabel, device
+                image, modality, grid, y0, kind, canvas, model, batch_size, multilabel, device, dense
             )
             skipped += len(grid.xs) - len(placed)
             need = y0 + w - base
@@ -296,8 +334,8 @@ def predict_map(
                 acc = np.concatenate([acc, np.zeros((C, need - acc.shape[1], grid.width), np.float32)], 1)
                 cnt = np.concatenate([cnt, np.zeros((need - cnt.shape[0], grid.width), np.float32)], 0)
             lo = max(y0, base)  # rows above `base` are on disk already (a resumed run)
-            for x0, p in zip(placed, probs):
-                acc[:, lo - base : y0 + w - base, x0 : x0 + w] += p[:, None, None]
+            for x0, p in zip(placed, probs):  # (C,) per window, or (C, w, w) per pixel (a dense model)
+                acc[:, lo - base : y0 + w - base, x0 : x0 + w] += p[:, lo - y0 :] if p.ndim == 3 else p[:, None, None]
                 cnt[lo - base : y0 + w - base, x0 : x0 + w] += 1
             done += len(grid.xs)
             bar.update(len(grid.xs))
@@ -334,6 +372,8 @@ def predict_map(
             stride_m=f"{stride_m:g}",
             classes=json.dumps(classes),
             multilabel=str(multilabel),
+            gsd_m=f"{grid.gsd_m:g}",
+            per_pixel=str(dense),
         )
     os.replace(partial, out)
     record.unlink(missing_ok=True)
@@ -366,16 +406,24 @@ def _windows(
 
 
 @torch.no_grad()
-def _classify_row(image, modality, grid, y0, kind, canvas, model, batch_size, multilabel, device):
+def _classify_row(image, modality, grid, y0, kind, canvas, model, batch_size, multilabel, device, dense=False):
+    """One row of windows: a probability vector (C,) per window, or with a dense model a probability grid
+    (C, w, w) per window on the output grid (its queries at the output GSD)."""
     placed: list[int] = []
     probs: list[np.ndarray] = []
     pending: list[tuple[int, Any]] = []
 
     def flush() -> None:
         batch = kind.collate([b for _, b in pending]).to(device)
-        logits = model(batch).float()
-        p = logits.sigmoid() if multilabel else logits.softmax(-1)
-        probs.extend(p.cpu().numpy())
+        if dense:
+            queries = DenseQueries.grids([grid.window_px] * len(pending), grid.gsd_m).to(device)
+            p = model(batch, queries=queries).float().softmax(-1)  # (B, w*w, C)
+            w = grid.window_px
+            probs.extend(p.reshape(len(pending), w, w, -1).permute(0, 3, 1, 2).cpu().numpy())
+        else:
+            logits = model(batch).float()
+            p = logits.sigmoid() if multilabel else logits.softmax(-1)
+            probs.extend(p.cpu().numpy())
         placed.extend(x for x, _ in pending)
         pending.clear()
 

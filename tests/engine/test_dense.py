@@ -165,3 +165,32 @@ def test_one_checkpoint_answers_at_three_output_gsds(seg_run):
     uniform = (blocks == blocks[..., :1]).all(-1)
     assert uniform.mean() > 0.5
     assert (blocks[..., 0][uniform] == a20[uniform]).mean() > 0.75
+
+
+def test_map_at_an_output_gsd_writes_per_pixel_classes(seg_run, tmp_path, majortom_product_dir):
+    """``atomizer map --gsd``: a crop of the real Major-TOM scene (a band folder the test writes, pixels real)
+    mapped by the segmentation checkpoint at 10 m and 20 m: the scene's CRS and bounds, one answer per pixel."""
+    from atomizer.cli import main
+    from tests.data import product_fixtures as fx
+
+    scene = tmp_path / "S2A_MSIL2A_20220706T085611_N0400_R007_T33NZA_20220706T153419"
+    for band in fx.NATIVE:
+        data, prof = fx.crop(majortom_product_dir, band, extent_m=1920)
+        fx.write_raster(scene / f"{band}.tif", data, prof)
+    out, _ = seg_run
+    maps = {}
+    for g in (10, 20):
+        path = tmp_path / f"map{g}.tif"
+        args = ["map", str(out / "checkpoints" / "best.pt"), str(scene), "--out", str(path), "--gsd", str(g)]
+        assert main([*args, "--window-m", "960", "--quiet"]) == 0
+        with rasterio.open(path) as src, rasterio.open(scene / "B02.tif") as ref:
+            assert src.shape == (1920 // g, 1920 // g) and src.count == 10 and src.crs == ref.crs
+            assert np.isclose(src.transform.a, g) and np.isclose(src.transform.c, ref.bounds.left)
+            assert np.isclose(src.transform.f, ref.bounds.top) and src.tags()["per_pixel"] == "True"
+            maps[g] = src.read()
+    probs, label = maps[10][:9], maps[10][9]
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-4)
+    assert len(np.unique(probs[:, :96, :96].reshape(9, -1), axis=1).T) > 1  # per pixel, not one answer per window
+    blocks = label.reshape(96, 2, 96, 2).transpose(0, 2, 1, 3).reshape(96, 96, 4)
+    uniform = (blocks == blocks[..., :1]).all(-1)
+    assert (blocks[..., 0][uniform] == maps[20][9][uniform]).mean() > 0.75
