@@ -595,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("results", help="statistics of a results store: mean, 95 %% CI, paired differences, verdict")
     s.add_argument("store", help="results store (folder of runs with predictions.nc)")
-    s.add_argument("--metric", default="macro_map", choices=["macro_map", "top1"])
+    s.add_argument("--metric", default="macro_map", choices=["macro_map", "top1", "miou"])
     s.add_argument("--reference", default="atomizer", help="model compared with every other (paired)")
     s.add_argument("--resamples", type=int, default=2000, help="bootstrap and permutation resamples")
     s.add_argument("--csv", help="write the summary and differences as CSV into this folder")

@@ -179,19 +179,27 @@ class CanvasBatch:
     """A batch of canvases: what every canvas model's ``forward(batch)`` reads.
 
     Shapes: ``pixels`` (S, C, H, W) float32, ``gsd`` (S,) float32 (the modality GSD of each image,
-    :func:`image_gsd`), ``present`` (S, C) bool (which canvas bands the image had).
+    :func:`image_gsd`), ``present`` (S, C) bool (which canvas bands the image had). ``extent_m`` is the
+    ground side of the canvas in metres (``size_px * gsd_m`` of its :class:`CanvasSpec`, the same for every
+    canvas of a batch), which a segmentation model needs to place its per-pixel output in metres
+    (:func:`atomizer.atoms.dense.sample_canvas`); ``None`` for a batch built without it (a classifier
+    never reads it).
     """
 
     pixels: Tensor
     gsd: Tensor
     present: Tensor
+    extent_m: float | None = None
 
     @property
     def num_sets(self) -> int:
         return self.pixels.shape[0]
 
     def _map(self, fn) -> "CanvasBatch":
-        return CanvasBatch(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
+        """``fn`` applied to every tensor field (``extent_m`` is carried over)."""
+        return CanvasBatch(
+            **{f.name: (fn(v) if isinstance(v := getattr(self, f.name), Tensor) else v) for f in fields(self)}
+        )
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "CanvasBatch":
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
@@ -201,10 +209,22 @@ class CanvasBatch:
 
     @classmethod
     def collate(cls, items: Sequence["CanvasBatch"]) -> "CanvasBatch":
-        """Concatenate batches (each item usually a batch of one) along the set dimension."""
+        """Concatenate batches (each item usually a batch of one) along the set dimension; they must share
+        their canvas extent."""
         if not items:
             raise ValueError("CanvasBatch.collate needs at least one batch")
-        return CanvasBatch(*(torch.cat([getattr(b, f.name) for b in items]) for f in fields(cls)))
+        extents = {b.extent_m for b in items}
+        if len(extents) > 1:
+            raise ValueError(
+                f"CanvasBatch.collate: the canvases cover different extents {sorted(map(str, extents))} (m); "
+                "one batch holds canvases of one CanvasSpec"
+            )
+        return CanvasBatch(
+            torch.cat([b.pixels for b in items]),
+            torch.cat([b.gsd for b in items]),
+            torch.cat([b.present for b in items]),
+            items[0].extent_m,
+        )
 
     @classmethod
     def from_image(
@@ -217,7 +237,8 @@ class CanvasBatch:
             image = LightImage.from_xarray(image)  # once, for the canvas and its GSD
         spec = canvas or CanvasSpec()
         x, present = to_canvas(image, size_px=spec.size_px, gsd_m=spec.gsd_m)
-        return cls(x[None], torch.tensor([image_gsd(image)], dtype=torch.float32), present[None])
+        gsd = torch.tensor([image_gsd(image)], dtype=torch.float32)
+        return cls(x[None], gsd, present[None], extent_m=spec.size_px * spec.gsd_m)
 
 
 def canvas_batch(
@@ -226,10 +247,10 @@ def canvas_batch(
     """Canvases of several images and their modality GSDs, as one :class:`CanvasBatch`.
 
     ``gsd`` is the modality GSD of each image (:func:`image_gsd`: its finest canvas band's GSD), the
-    value the ScaleMAE baseline reads.
+    value the ScaleMAE baseline reads; ``extent_m`` is ``size_px * gsd_m``.
     """
     if len(images) == 0:
         raise ValueError("canvas_batch needs at least one image")
     laid = [to_canvas(im, canvas_bands, size_px, gsd_m) for im in images]
     gsd = torch.tensor([image_gsd(im, canvas_bands) for im in images], dtype=torch.float32)
-    return CanvasBatch(torch.stack([x for x, _ in laid]), gsd, torch.stack([p for _, p in laid]))
+    return CanvasBatch(torch.stack([x for x, _ in laid]), gsd, torch.stack([p for _, p in laid]), size_px * gsd_m)

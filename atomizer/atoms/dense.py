@@ -89,7 +89,9 @@ def sample_canvas(field: Tensor, canvas_extent_m: float, queries: DenseQueries) 
     each window, read at the query centres: bilinear on the logits (never on labels), ``(S, Q, C)``."""
     half = canvas_extent_m / 2
     grid = torch.stack([queries.x / half, -queries.y / half], dim=-1)[:, :, None, :]  # (S, Q, 1, 2)
-    out = torch.nn.functional.grid_sample(field, grid.to(field.dtype), mode="bilinear", align_corners=False)
+    out = torch.nn.functional.grid_sample(
+        field, grid.to(field.dtype), mode="bilinear", padding_mode="border", align_corners=False
+    )
     return out[..., 0].transpose(1, 2)  # (S, Q, C)
 
 

@@ -4,17 +4,32 @@ Their input is the paper's canvas (:mod:`atomizer.atoms.canvas`: the 12 Sentinel
 onto one fixed grid, missing bands and nodata zero-filled, no mask): the baselines' handicap by design
 (method note, section 5), while the Atomizer reads every band on its own grid with its own GSD.
 
-Every model has ``forward(batch: CanvasBatch) -> logits (S, num_classes)`` (reading ``batch.pixels``
-(S, C, H, W) and, ScaleMAE only, ``batch.gsd`` (S,)), a class attribute ``input_type = CanvasBatch``,
-a ``cfg`` holding its frozen config, and named presets ("tiny" for CI, "small" for CPU experiments).
-They are built by name through the one model factory, :func:`atomizer.models.registry.build_model`.
+Every model has ``forward(batch: CanvasBatch, queries: DenseQueries | None = None)`` (reading
+``batch.pixels`` (S, C, H, W) and, ScaleMAE only, ``batch.gsd`` (S,)), a class attribute
+``input_type = CanvasBatch``, a ``cfg`` holding its frozen config, and named presets ("tiny" for CI,
+"small" for CPU experiments). They are built by name through the one model factory,
+:func:`atomizer.models.registry.build_model`.
+
+Every config has ``task``:
+
+* ``"classification"`` (the default): ``model(batch)`` returns logits ``(S, K)``; the model is exactly
+  what it was before dense heads existed (same modules, parameters and outputs).
+* ``"segmentation"``: ``model(batch, queries=DenseQueries)`` returns per-pixel logits ``(S, Q, K)`` at the
+  query centres (metres from the window centre, :mod:`atomizer.atoms.dense`). The model computes its own
+  dense output ``model.dense(batch)`` ``(S, K, H, W)`` at the canvas resolution, under the same canvas
+  protocol as the classifiers, and reads it at the queries with
+  :func:`~atomizer.atoms.dense.sample_canvas` over the canvas extent ``batch.extent_m``
+  (``size_px * gsd_m`` of the canvas). The dense heads: a U-Net decoder on the ResNet's stages, a
+  progressive-upsampling (SETR-PUP) decoder on the ViT's and ScaleMAE's patch tokens, and per-pixel
+  queries reading the Perceiver's latents (Perceiver IO). A segmentation model has no classification head.
 
 Shapes: S images in a batch, C canvas channels, H x W canvas pixels, N tokens (patches or pixels),
-D model width, L latents, K classes.
+D model width, L latents, K classes, Q output pixels.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -24,11 +39,13 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from atomizer.atoms.canvas import CANVAS_BANDS, CanvasBatch
+from atomizer.atoms.dense import DenseQueries, sample_canvas
 from atomizer.atoms.encodings import fourier_dim, fourier_features
 from atomizer.core.config import Config
 from atomizer.models.layers import (
     Attention,
     AttentionPool,
+    CrossBlock,
     FeedForward,
     LatentBlock,
     SelfBlock,
@@ -40,12 +57,20 @@ from atomizer.models.layers import (
 # Configs
 # --------------------------------------------------------------------------------------------------
 
+#: What a model answers: one label set per image, or one class per output pixel.
+TASKS: tuple[str, ...] = ("classification", "segmentation")
+
 
 class _BaselineConfig(Config):
     """``preset`` shared by the baseline configs (``to_dict``/``from_dict`` come from :class:`Config`)."""
 
     name: ClassVar[str] = ""  # key in BASELINES and PRESETS
     num_classes: int  # every baseline config's field (declared here for the type checker)
+    task: str  # every baseline config's field: one of TASKS
+
+    def _check_task(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"{self.name} config: task must be one of {', '.join(TASKS)}, got {self.task!r}")
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -72,8 +97,10 @@ class ResNetConfig(_BaselineConfig):
     stem_stride: int = 2
     widths: tuple[int, ...] = (32, 64, 128)  # one stage per width; stages after the first halve H, W
     blocks: tuple[int, ...] = (2, 2, 2)  # basic blocks per stage
+    task: str = "classification"  # or "segmentation": a U-Net decoder on the stages, no fc
 
     def __post_init__(self) -> None:
+        self._check_task()
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
         if len(self.widths) != len(self.blocks) or not self.widths:
@@ -94,8 +121,13 @@ class ViTConfig(_BaselineConfig):
     dim_head: int = 32
     ff_mult: int = 2
     dropout: float = 0.0
+    task: str = "classification"  # or "segmentation": a progressive-upsampling decoder, no fc
+    decoder_width: int = 0  # segmentation only: channels of every upsampling stage; 0: dim // 2
 
     def __post_init__(self) -> None:
+        self._check_task()
+        if self.decoder_width < 0:
+            raise ValueError(f"{self.name} config: decoder_width must be >= 0 (0: dim // 2), got {self.decoder_width}")
         if self.dim % 4:
             raise ValueError(f"dim must be divisible by 4 for the 2-D sin-cos embedding, got {self.dim}")
 
@@ -129,6 +161,10 @@ class PerceiverConfig(_BaselineConfig):
     tie_weights: bool = True  # share all blocks after the first
     attn_dropout: float = 0.0
     ff_dropout: float = 0.0
+    task: str = "classification"  # or "segmentation": per-pixel queries read the latents, no pooling head
+
+    def __post_init__(self) -> None:
+        self._check_task()
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -224,12 +260,62 @@ def sincos_pos_embed_2d(h: int, w: int, dim: int, scale: Tensor | float = 1.0, t
     return pe if batched else pe[0]
 
 
+def canvas_extent(batch: CanvasBatch) -> float:
+    """The ground side (m) of the batch's canvas, which a segmentation model's output covers."""
+    extent = batch.extent_m
+    if extent is None or not float(extent) > 0:
+        raise ValueError(
+            f"a segmentation model needs the canvas extent of its batch (CanvasBatch.extent_m, metres), got "
+            f"{extent!r}: build the batch with CanvasBatch.from_image / canvas_batch, or pass extent_m"
+        )
+    return float(extent)
+
+
 class _Baseline(nn.Module):
+    """The task dispatch every canvas model shares: :meth:`classify` or :meth:`dense` read at the queries."""
+
     input_type: ClassVar[type] = CanvasBatch
     cfg: Any
 
+    @property
+    def task(self) -> str:
+        return str(self.cfg.task)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def forward(self, batch: CanvasBatch, queries: DenseQueries | None = None) -> Tensor:
+        """Classification: ``batch`` -> logits (S, K). Segmentation: ``batch`` and the output pixels
+        ``queries`` -> logits (S, Q, K): :meth:`dense` read at the query centres over ``batch.extent_m``."""
+        if self.task == "classification":
+            if queries is not None:
+                raise ValueError(f"this {self.cfg.name} is a classifier (task classification): it takes no queries")
+            return self.classify(batch)
+        if queries is None:
+            raise ValueError(
+                f"this {self.cfg.name} segments (task segmentation): call it as model(batch, queries=DenseQueries)"
+            )
+        if queries.num_sets != batch.num_sets:
+            raise ValueError(f"{queries.num_sets} query sets for a batch of {batch.num_sets} canvases")
+        extent = canvas_extent(batch)
+        return sample_canvas(self.dense(batch), extent, queries)
+
+    def classify(self, batch: CanvasBatch) -> Tensor:
+        """batch -> logits (S, K) (task classification)."""
+        raise NotImplementedError
+
+    def dense(self, batch: CanvasBatch) -> Tensor:
+        """batch -> per-pixel logits (S, K, H, W) at the canvas resolution (task segmentation)."""
+        raise NotImplementedError
+
+    def _require(self, task: str) -> None:
+        if self.task != task:
+            raise ValueError(f"this {self.cfg.name} was built for {self.task}, not {task}")
+
+
+def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
+    """conv3x3 (no bias) - BatchNorm - ReLU, at the input's resolution."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -256,8 +342,27 @@ class BasicBlock(nn.Module):
         return F.relu(y + self.shortcut(x))
 
 
+class UNetUp(nn.Module):
+    """One U-Net decoder step: upsample (bilinear) to the skip's size, concatenate the skip, two conv-BN-ReLU."""
+
+    def __init__(self, c_in: int, c_skip: int, c_out: int):
+        super().__init__()
+        self.convs = nn.Sequential(conv_bn_relu(c_in + c_skip, c_out), conv_bn_relu(c_out, c_out))
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.convs(torch.cat([x, skip], dim=1))
+
+
 class ResNetBaseline(_Baseline):
-    """A small ResNet: 3x3 stem for the 12-channel canvas, basic-block stages, global average pool."""
+    """A small ResNet: 3x3 stem for the 12-channel canvas, basic-block stages, global average pool.
+
+    Segmentation (``task="segmentation"``): a U-Net decoder in place of the pool and ``fc``. From the
+    deepest stage up, each step upsamples to the next shallower stage's resolution, concatenates that
+    stage's output (skip connection) and applies two conv-BN-ReLU of that stage's width; a last step
+    upsamples to the canvas resolution and concatenates the canvas itself (the full-resolution skip, as the
+    stem strides); a 1x1 convolution gives the K class logits per canvas pixel.
+    """
 
     def __init__(self, cfg: ResNetConfig):
         super().__init__()
@@ -273,13 +378,36 @@ class ResNetBaseline(_Baseline):
                 layers.append(BasicBlock(c, width, stride=2 if (i > 0 and j == 0) else 1))
                 c = width
         self.stages = nn.Sequential(*layers)
-        self.fc = nn.Linear(c, cfg.num_classes)
+        if cfg.task == "classification":
+            self.fc = nn.Linear(c, cfg.num_classes)
+            return
+        # the last block of each stage: its output is a skip (stage resolution: stem / 2^i)
+        self.stage_ends = tuple(sum(cfg.blocks[: i + 1]) - 1 for i in range(len(cfg.blocks)))
+        w = cfg.widths
+        self.up = nn.ModuleList(UNetUp(w[i + 1], w[i], w[i]) for i in reversed(range(len(w) - 1)))
+        self.up_full = UNetUp(w[0], cfg.in_channels, w[0])  # to the canvas grid, the canvas as the skip
+        self.classifier = nn.Conv2d(w[0], cfg.num_classes, 1)
 
-    def forward(self, batch: CanvasBatch) -> Tensor:
+    def classify(self, batch: CanvasBatch) -> Tensor:
         """batch.pixels (S, C, H, W) -> logits (S, K); ``batch.gsd`` is ignored."""
+        self._require("classification")
         x = _check_input(batch, self.cfg.in_channels)
         f = self.stages(self.stem(x))  # (S, C', H', W')
         return self.fc(f.mean(dim=(2, 3)))
+
+    def dense(self, batch: CanvasBatch) -> Tensor:
+        """batch.pixels (S, C, H, W) -> per-pixel logits (S, K, H, W); ``batch.gsd`` is ignored."""
+        self._require("segmentation")
+        x = _check_input(batch, self.cfg.in_channels)
+        f, skips = self.stem(x), []
+        for i, block in enumerate(self.stages):
+            f = block(f)
+            if i in self.stage_ends:
+                skips.append(f)
+        d = skips.pop()  # the deepest stage
+        for up in self.up:  # deepest-but-one stage first
+            d = up(d, skips.pop())
+        return self.classifier(self.up_full(d, x))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,11 +415,36 @@ class ResNetBaseline(_Baseline):
 # --------------------------------------------------------------------------------------------------
 
 
+class ProgressiveUpsampling(nn.Module):
+    """SETR-PUP: a token grid (S, D, h, w) brought to (S, K, H, W) by ``ceil(log2(H / h))`` steps of
+    (bilinear x2 upsampling, conv-BN-ReLU of ``width`` channels), the last step landing exactly on (H, W),
+    then a 1x1 convolution to the K classes."""
+
+    def __init__(self, dim: int, width: int, num_classes: int, factor: int):
+        super().__init__()
+        steps = max(1, math.ceil(math.log2(factor)))
+        self.stages = nn.ModuleList(conv_bn_relu(dim if i == 0 else width, width) for i in range(steps))
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, g: Tensor, size: tuple[int, int]) -> Tensor:
+        n = len(self.stages)
+        for i, stage in enumerate(self.stages):
+            k = 2 ** (n - 1 - i)  # this step's output is (H, W) / k: doubling, the last exactly (H, W)
+            g = F.interpolate(g, size=(-(-size[0] // k), -(-size[1] // k)), mode="bilinear", align_corners=False)
+            g = stage(g)
+        return self.classifier(g)
+
+
 class ViTBaseline(_Baseline):
     """SimpleViT: LayerNorm'd patch embedding, fixed 2-D sin-cos positions, pre-norm encoder, mean pool.
 
     The positions are computed for the actual patch grid of the input, so any ``H, W`` divisible by the
     patch size works.
+
+    Segmentation (``task="segmentation"``): the normalised patch tokens, laid out on their grid, go through
+    a progressive-upsampling decoder (:class:`ProgressiveUpsampling`: ``ceil(log2(patch_size))`` x2 steps
+    of ``decoder_width`` channels, ``dim // 2`` by default) to the canvas resolution, in place of the pool
+    and ``fc``.
     """
 
     def __init__(self, cfg: ViTConfig):
@@ -305,7 +458,11 @@ class ViTBaseline(_Baseline):
             SelfBlock(cfg.dim, cfg.heads, cfg.dim_head, cfg.ff_mult, cfg.dropout, cfg.dropout) for _ in range(cfg.depth)
         )
         self.norm = nn.LayerNorm(cfg.dim)
-        self.fc = nn.Linear(cfg.dim, cfg.num_classes)
+        if cfg.task == "classification":
+            self.fc = nn.Linear(cfg.dim, cfg.num_classes)
+        else:
+            width = cfg.decoder_width or max(1, cfg.dim // 2)
+            self.decoder = ProgressiveUpsampling(cfg.dim, width, cfg.num_classes, cfg.patch_size)
 
     def patchify(self, x: Tensor) -> tuple[Tensor, int, int]:
         """x (S, C, H, W) -> (patch embeddings (S, N, D), grid rows, grid columns)."""
@@ -320,14 +477,27 @@ class ViTBaseline(_Baseline):
         """(N, D) fixed positions, the same for every sample."""
         return sincos_pos_embed_2d(gh, gw, self.cfg.dim).to(x)
 
-    def forward(self, batch: CanvasBatch) -> Tensor:
-        """batch.pixels (S, C, H, W), batch.gsd (S,) (ignored by the ViT) -> logits (S, K)."""
+    def encode(self, batch: CanvasBatch) -> tuple[Tensor, int, int]:
+        """batch -> (normalised patch tokens (S, N, D), grid rows, grid columns)."""
         x, gsd = _check_input(batch, self.cfg.in_channels), batch.gsd
         t, gh, gw = self.patchify(x)  # (S, N, D)
         t = t + self.positions(gh, gw, gsd, x)
         for layer in self.layers:
             t = layer(t)
-        return self.fc(self.norm(t).mean(1))
+        return self.norm(t), gh, gw
+
+    def classify(self, batch: CanvasBatch) -> Tensor:
+        """batch.pixels (S, C, H, W), batch.gsd (S,) (ignored by the ViT) -> logits (S, K)."""
+        self._require("classification")
+        return self.fc(self.encode(batch)[0].mean(1))
+
+    def dense(self, batch: CanvasBatch) -> Tensor:
+        """batch.pixels (S, C, H, W), batch.gsd (S,) -> per-pixel logits (S, K, H, W)."""
+        self._require("segmentation")
+        t, gh, gw = self.encode(batch)
+        g = rearrange(t, "s (gh gw) d -> s d gh gw", gh=gh, gw=gw)
+        h, w = batch.pixels.shape[-2:]
+        return self.decoder(g, (int(h), int(w)))
 
 
 class ScaleMAEBaseline(ViTBaseline):
@@ -364,6 +534,11 @@ class PixelPerceiverBaseline(_Baseline):
     the canvas. Blocks of cross-attention (latents over LayerNorm'd tokens) + latent self-attention are
     the Atomizer's (:mod:`atomizer.models.layers`: ``Attention``, ``SelfBlock``, the weight-tied
     :class:`~atomizer.models.layers.TiedStack`); the head is the Atomizer's attention pooling. Padding and zero channels are tokens like any other.
+
+    Segmentation (``task="segmentation"``): Perceiver IO's per-pixel output. Every canvas pixel asks one
+    query, its own normalised token (values and position) projected to the latent width, which
+    cross-attends to the final latents (a :class:`~atomizer.models.layers.CrossBlock`, ``cross_heads``);
+    a LayerNorm'd linear readout gives its K logits, in place of the attention pooling.
     """
 
     def __init__(self, cfg: PerceiverConfig):
@@ -396,7 +571,20 @@ class PixelPerceiverBaseline(_Baseline):
             return LatentBlock(step, latents)
 
         self.blocks = TiedStack(block, cfg.depth, cfg.tie_weights)
-        self.head = AttentionPool(cfg.latent_dim, cfg.latent_heads, cfg.latent_dim_head, cfg.num_classes)
+        if cfg.task == "classification":
+            self.head = AttentionPool(cfg.latent_dim, cfg.latent_heads, cfg.latent_dim_head, cfg.num_classes)
+            return
+        self.pixel_query = nn.Linear(self.token_dim, cfg.latent_dim)
+        self.pixel_read = CrossBlock(
+            cfg.latent_dim,
+            cfg.cross_heads,
+            cfg.cross_dim_head,
+            context_dim=cfg.latent_dim,
+            ff_mult=cfg.ff_mult,
+            attn_dropout=cfg.attn_dropout,
+            ff_dropout=cfg.ff_dropout,
+        )
+        self.pixel_head = nn.Sequential(nn.LayerNorm(cfg.latent_dim), nn.Linear(cfg.latent_dim, cfg.num_classes))
 
     def tokens(self, x: Tensor) -> Tensor:
         """x (S, C, H, W) -> pixel tokens (S, H * W, C + 2 * pos_dim), row-major."""
@@ -409,15 +597,27 @@ class PixelPerceiverBaseline(_Baseline):
         vals = rearrange(x, "s c h w -> s (h w) c")
         return torch.cat([vals, rearrange(pos, "h w p -> (h w) p").to(x).expand(s, -1, -1)], -1)
 
-    def forward(self, batch: CanvasBatch) -> Tensor:
-        """batch.pixels (S, C, H, W) -> logits (S, K); ``batch.gsd`` is ignored."""
-        x = _check_input(batch, self.cfg.in_channels)
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (S, C, H, W) -> (normalised pixel tokens (S, N, T), final latents (S, L, D))."""
         t = self.token_norm(self.tokens(x))  # (S, N, T)
         z = self.latents.expand(x.shape[0], -1, -1)  # (S, L, D)
         for blk in self.blocks:
             z = residual_step(z, blk["norm"], blk["cross"], blk["ff"], context=t)[0]  # no mask: fused kernels
             z = blk.attend_latents(z)
-        return self.head(z)
+        return t, z
+
+    def classify(self, batch: CanvasBatch) -> Tensor:
+        """batch.pixels (S, C, H, W) -> logits (S, K); ``batch.gsd`` is ignored."""
+        self._require("classification")
+        return self.head(self.encode(_check_input(batch, self.cfg.in_channels))[1])
+
+    def dense(self, batch: CanvasBatch) -> Tensor:
+        """batch.pixels (S, C, H, W) -> per-pixel logits (S, K, H, W); ``batch.gsd`` is ignored."""
+        self._require("segmentation")
+        x = _check_input(batch, self.cfg.in_channels)
+        t, z = self.encode(x)
+        q = self.pixel_read(self.pixel_query(t), context=z)[0]  # (S, H * W, D): each pixel reads the latents
+        return rearrange(self.pixel_head(q), "s (h w) k -> s k h w", h=x.shape[2], w=x.shape[3])
 
 
 # --------------------------------------------------------------------------------------------------

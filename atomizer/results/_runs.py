@@ -166,6 +166,31 @@ def collect(root: str | Path, kind: str = "table") -> xr.Dataset | None:
     return xr.concat(parts, dim="model", coords="minimal", compat="override", combine_attrs="drop_conflicts")
 
 
+def as_scores(ds: xr.Dataset) -> xr.Dataset:
+    """A run's predictions in the store's one layout, ``probability`` (modality, image, class) and ``target``
+    (image, class): a segmentation run's per-image confusion matrices (modality, image, true, predicted) are
+    laid out as C x C "classes" (``true->predicted``) with a zero target, which
+    :func:`atomizer.results.stats.metric_values` reads back for ``miou``."""
+    if "confusion" not in ds:
+        return ds
+    conf = ds["confusion"].values
+    m, n, c, _ = conf.shape
+    names = [f"{t}->{q}" for t in ds["true"].values for q in ds["predicted"].values]
+    return xr.Dataset(
+        {
+            "probability": (("modality", "image", "class"), conf.reshape(m, n, c * c).astype(np.float32)),
+            "target": (("image", "class"), np.zeros((n, c * c), np.uint8)),
+        },
+        coords={
+            "modality": ds.modality.values,
+            "image": ds.image.values,
+            "class": names,
+            **{k: ("modality", ds[k].values) for k in ("size_px", "gsd_m", "bands") if k in ds.coords},
+        },
+        attrs={**ds.attrs, "task": "segmentation"},
+    )
+
+
 def collect_predictions(root: str | Path, name: str = PREDICTIONS_FILE) -> xr.Dataset | None:
     """Every run's per-image predictions under ``root`` (files called ``name``: the test modalities'
     ``predictions.nc``, or ``landscape_predictions.nc``), as one Dataset for :mod:`atomizer.results.stats`.
@@ -199,7 +224,7 @@ def collect_predictions(root: str | Path, name: str = PREDICTIONS_FILE) -> xr.Da
         seen[key] = d
         folds.add(key[2])
         with xr.open_dataset(f, engine="h5netcdf") as ds:
-            ds = ds.load()
+            ds = as_scores(ds.load())
         for img, t in zip(ds.image.values, ds["target"].values):
             if str(img) in targets and not (targets[str(img)] == t).all():
                 raise ValueError(f"image {img}: runs disagree on its target (different datasets in one store?)")
@@ -234,5 +259,10 @@ def collect_predictions(root: str | Path, name: str = PREDICTIONS_FILE) -> xr.Da
             "class": classes,
             **{c: ("modality", first[c].values) for c in ("size_px", "gsd_m", "bands") if c in first.coords},
         },
-        attrs={"folds": len(folds), "runs": len(seen), "multilabel": int(first.attrs.get("multilabel", 0))},
+        attrs={
+            "folds": len(folds),
+            "runs": len(seen),
+            "multilabel": int(first.attrs.get("multilabel", 0)),
+            "task": str(first.attrs.get("task", "classification")),
+        },
     )

@@ -17,7 +17,9 @@ score of a seed is the metric over all images (:func:`atomizer.results.store.col
   (:func:`statsmodels.stats.multitest.multipletests`).
 
 Metrics: ``macro_map`` (per-class average precision averaged over the classes present, in %, the same
-definition as :mod:`atomizer.engine.metrics`) and, single-label, ``top1`` (%).
+definition as :mod:`atomizer.engine.metrics`), single-label ``top1`` (%), and for segmentation ``miou`` (%):
+each image's "scores" are then its confusion matrix, C x C values, and a resample's mIoU is that of the
+resampled images' summed matrix (:func:`atomizer.engine.metrics.segmentation_scores`'s definition).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from statsmodels.stats.multitest import multipletests
 
 from atomizer.engine.metrics import batched_average_precision
 
-METRICS = ("macro_map", "top1")
+METRICS = ("macro_map", "top1", "miou")
 ALPHA = 0.05
 #: Above this many test images the CI is a percentile interval (BCa's jackknife costs n evaluations).
 BCA_MAX_IMAGES = 5000
@@ -45,6 +47,14 @@ def metric_values(scores: np.ndarray, targets: np.ndarray, metric: str) -> np.nd
     """The metric (%) of ``scores`` (..., n, C) against ``targets`` (..., n, C) 0/1, over the last two axes."""
     if metric == "macro_map":
         return 100 * np.nanmean(batched_average_precision(scores, targets), axis=-1)
+    if metric == "miou":  # scores: per-image confusion matrices, flattened (..., n, C * C)
+        c = int(round(np.sqrt(scores.shape[-1])))
+        conf = scores.reshape(*scores.shape[:-1], c, c).sum(axis=-3)  # (..., C, C)
+        tp = np.diagonal(conf, axis1=-2, axis2=-1)
+        union = conf.sum(-1) + conf.sum(-2) - tp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+        return 100 * np.nanmean(iou, axis=-1)
     if metric == "top1":
         hit = np.take_along_axis(targets, np.argmax(scores, axis=-1)[..., None], axis=-1)[..., 0]
         return 100 * hit.mean(axis=-1)
