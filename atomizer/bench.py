@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 import torch
 
-CASES = ("encoder_train_step", "reference_train_step", "scaling", "scene_inference", "loader")
+CASES = ("encoder_train_step", "reference_train_step", "scaling", "scene_inference", "loader", "dense_decoder")
 #: Set (to anything but ``""`` or ``0``) to run every case small (module docstring): the device check's dry run.
 SMOKE_ENV = "ATOMIZER_BENCH_SMOKE"
 
@@ -332,6 +332,41 @@ def case_scaling(device: torch.device, preset: str, reps: int, sizes: list[int])
     return out
 
 
+def case_dense_decoder(device: torch.device, preset: str, reps: int, sizes: list[int]) -> list[dict]:
+    """The dense decoder's cost per output pixel: a segmentation Atomizer's queries (one per output pixel,
+    chunks of 4,096) reading its latents, for square output grids of ``sizes`` pixels a side. The
+    decoder is global (every query reads every latent); a local one was not built (see docs/benchmarks.md)."""
+    from atomizer.atoms.dense import DenseQueries
+    from atomizer.models.atomizer import Atomizer, AtomizerConfig
+
+    model = Atomizer(AtomizerConfig.preset(preset, num_classes=10, task="segmentation")).to(device).eval()
+    z = torch.randn(1, model.cfg.num_latents, model.cfg.latent_dim, device=device)
+    out = []
+    for n in sizes:
+        queries = DenseQueries.grids([n], 10.0).to(device)
+
+        def fwd(queries=queries):
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                model.decode(z, queries)
+
+        with PeakMemory(device) as mem:
+            sec = _time(fwd, reps, device)
+        out.append(
+            {
+                "case": "dense_decoder",
+                "preset": preset,
+                "decoder": "global",
+                "batch": 1,
+                "output_pixels": n * n,
+                "seconds_per_image": sec,
+                "seconds_per_million_pixels": sec / (n * n) * 1e6,
+                "peak_memory_bytes": mem.rise,
+                "peak_memory_abs_bytes": mem.peak_abs,
+            }
+        )
+    return out
+
+
 def case_scene(device: torch.device, preset: str, reps: int, chunk: int, warmup: bool = True) -> list[dict]:
     from atomizer.atoms.tokens import tokenize
 
@@ -574,6 +609,9 @@ def run_case(
         return case_scene(dev, "tiny" if quick else "paper", 1, 262_144, warmup=not quick)
     if case == "loader":
         return case_loader(quick, dev, small=small)
+    if case == "dense_decoder":
+        sizes = [32, 64] if small else [64, 224] if quick else [64, 224, 448]
+        return case_dense_decoder(dev, "tiny" if quick or small else "paper", reps, sizes)
     raise KeyError(f"unknown case {case!r}; cases: {', '.join(CASES)}")
 
 
@@ -686,6 +724,9 @@ def format_table(records: list[dict]) -> str:
         "tokens",
         "seconds_per_image",
         "tokens_per_second",
+        "decoder",
+        "output_pixels",
+        "seconds_per_million_pixels",
         "latent_floor_seconds_per_image",
         "achieved_tflops",
         "fraction_of_bf16_peak",

@@ -113,7 +113,7 @@ if [ $DRY = 1 ]; then
     --json "$OUT/bench.json"
 else
   $PYTHON -m atomizer bench --device cuda --precision bf16 --batch 64 \
-    --case encoder_train_step --case reference_train_step --case loader --json "$OUT/bench.json"
+    --case encoder_train_step --case reference_train_step --case loader --case dense_decoder --json "$OUT/bench.json"
 fi
 RC_BENCH=$?
 

@@ -180,3 +180,14 @@ def test_loader_case_records_every_source_and_path():
     waits = [r for r in recs if "workers" in r]
     assert [r["workers"] for r in waits] == [0, 1]
     assert all(0.0 <= r["data_wait_fraction"] <= 1.0 for r in waits)
+
+
+def test_dense_decoder_case_times_every_output_grid():
+    """`bench --case dense_decoder` in-process: one record per output grid, the cost per output pixel."""
+    from atomizer.bench import case_dense_decoder
+
+    recs = case_dense_decoder(torch.device("cpu"), "tiny", 1, [8, 16])
+    assert [r["output_pixels"] for r in recs] == [64, 256] and {r["decoder"] for r in recs} == {"global"}
+    for r in recs:
+        assert r["seconds_per_image"] > 0
+        assert np.isclose(r["seconds_per_million_pixels"], r["seconds_per_image"] / r["output_pixels"] * 1e6)
