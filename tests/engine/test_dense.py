@@ -261,3 +261,15 @@ def test_the_resnet_trains_as_a_segmentation_model_under_the_same_protocol(tmp_p
     assert list(res.model.values) == ["resnet"] and np.isfinite(res["score"].values).all()
     labelled = preds["confusion"].sum(("true", "predicted")).values[:, 0]
     assert labelled[0] == labelled[1] > 0  # the same 10 m grid as the Atomizer's, whatever the modality
+
+
+def test_the_shipped_dense_config_is_a_segmentation_run_on_the_shipped_manifest():
+    from atomizer.data.datasets import open_dataset
+    from atomizer.engine.training import resolve_task
+    from tests.conftest import REPO_ROOT
+
+    cfg = TrainConfig.from_yaml(REPO_ROOT / "configs" / "terramesh_atomizer.yaml")
+    ds = open_dataset(str(REPO_ROOT / cfg.dataset), cfg.train_split, fold=cfg.fold)
+    assert resolve_task(cfg, ds) == "segmentation" and len(ds) == 3  # 5 folds: 3 training tiles
+    with pytest.raises(ValueError, match="needs a dataset with masks"):
+        resolve_task(TrainConfig.from_dict({"task": "segmentation"}), open_dataset("eurosat", "train"))
