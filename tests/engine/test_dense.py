@@ -234,6 +234,12 @@ def test_a_store_of_segmentation_runs_gives_miou_with_a_bootstrap_ci(seg_run, tm
     t1 = summary[summary["modality"] == "T1"].iloc[0]
     assert np.isclose(t1["mean"], pooled) and t1["ci_low"] <= t1["mean"] <= t1["ci_high"]
     assert main(["results", str(store), "--metric", "miou", "--resamples", "200"]) == 0
+    from atomizer.dashboard.results import ResultsView  # the Results tab: mIoU with its CIs
+
+    view = ResultsView(root=str(store), resamples=200)
+    view.__panel__()
+    assert view.metric == "miou" and set(view.summary()["metric"]) == {"miou"}
+    assert "best_val_miou" in view.runs_view().object.columns
 
 
 def test_the_resnet_trains_as_a_segmentation_model_under_the_same_protocol(tmp_path):
