@@ -204,8 +204,8 @@ def _cache_folder(folder: Path) -> Path:
     return folder
 
 
-def _run(build: _Build, checkpoint: Path, scene: Path, window_m: float, stride_m: float, max_windows: int,
-         cache_bytes: int) -> Path:  # fmt: skip
+def _run(build: _Build, checkpoint: Path, scene: Path, window_m: float, stride_m: float, gsd_m: float,
+         max_windows: int, cache_bytes: int) -> Path:  # fmt: skip
     out = build.out
     if build.cancel.is_set():
         raise MapBuildCancelled("the map build was cancelled: its sessions closed")
@@ -222,6 +222,7 @@ def _run(build: _Build, checkpoint: Path, scene: Path, window_m: float, stride_m
                     out,
                     window_m=window_m or None,
                     stride_m=stride_m or None,
+                    gsd_m=gsd_m or None,
                     progress=False,
                     on_progress=build.progress,
                 )
@@ -273,6 +274,11 @@ class MapView(pn.viewable.Viewer):
     scene = param.String(default="", doc="Scene: .SAFE, Landsat C2 folder, STAC item, band folder or GeoTIFF.")
     window_m = param.Number(default=0.0, bounds=(0, None), doc="Window side in m (0: the training extent).")
     stride_m = param.Number(default=0.0, bounds=(0, None), doc="Stride in m (0: the window, no overlap).")
+    gsd_m = param.Number(
+        default=0.0,
+        bounds=(0, None),
+        doc="Output GSD in m (0: the scene's finest; a segmentation model answers each pixel).",
+    )
     layer = param.Selector[str](default=ARGMAX, objects=[ARGMAX], doc="Class probability (or argmax) shown.")
     cache_dir = param.String(default="", doc="Where built maps are kept (empty: default_cache_dir()).")
     cache_max_bytes = param.Integer(default=DEFAULT_CACHE_BYTES, bounds=(0, None), doc="Size bound of the cache.")
@@ -314,7 +320,9 @@ class MapView(pn.viewable.Viewer):
     def target(self) -> Path:
         """The cached map of the current inputs (the checkpoint file's version is part of the key)."""
         ckpt, scene = self._paths()
-        key = f"{file_key(ckpt)}|{scene}|{self.window_m:g}|{self.stride_m:g}"
+        key = f"{file_key(ckpt)}|{scene}|{self.window_m:g}|{self.stride_m:g}" + (
+            f"|{self.gsd_m:g}" if self.gsd_m else ""
+        )
         folder = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
         return folder.expanduser().resolve() / f"map_{hashlib.sha256(key.encode()).hexdigest()[:16]}.tif"
 
@@ -341,7 +349,7 @@ class MapView(pn.viewable.Viewer):
         self.status = "Building the map..."
         self.progress.visible, self.progress.value = True, 0
         build = self._build = _start(
-            self, out, ckpt, scene, self.window_m, self.stride_m, self.max_windows, self.cache_max_bytes
+            self, out, ckpt, scene, self.window_m, self.stride_m, self.gsd_m, self.max_windows, self.cache_max_bytes
         )
         if blocking and build.future is not None:  # (_start always sets it)
             try:
@@ -486,7 +494,11 @@ class MapView(pn.viewable.Viewer):
             choice_select(
                 self, "scene", path_choices(self.served, "**/B02.tif", "**/*.SAFE/MTD_MSIL*.xml", parent=True), "Scenes"
             ),
-            pn.Param(self.param, parameters=["checkpoint", "scene", "window_m", "stride_m", "layer"], show_name=False),
+            pn.Param(
+                self.param,
+                parameters=["checkpoint", "scene", "window_m", "stride_m", "gsd_m", "layer"],
+                show_name=False,
+            ),
             self.button,
             self.progress,
             pn.pane.Markdown(self.param.status),

@@ -279,3 +279,33 @@ def test_the_shipped_dense_config_is_a_segmentation_run_on_the_shipped_manifest(
     assert resolve_task(cfg, ds) == "segmentation" and len(ds) == 3  # 5 folds: 3 training tiles
     with pytest.raises(ValueError, match="needs a dataset with masks"):
         resolve_task(TrainConfig.from_dict({"task": "segmentation"}), open_dataset("eurosat", "train"))
+
+
+def test_the_maps_tab_builds_a_per_pixel_map_at_the_chosen_gsd(seg_run, tmp_path, majortom_product_dir):
+    """The dashboard's Maps tab with a segmentation checkpoint and an output GSD: a class per 20 m pixel over
+    a real Major-TOM crop (a band folder the test writes), drawn over the RGB composite."""
+    import holoviews as hv
+
+    from atomizer.dashboard.maps import MapView
+    from tests.data import product_fixtures as fx
+
+    scene = tmp_path / "S2A_MSIL2A_20220706T085611_N0400_R007_T33NZA_20220706T153419"
+    for band in fx.NATIVE:
+        data, prof = fx.crop(majortom_product_dir, band, extent_m=1920)
+        fx.write_raster(scene / f"{band}.tif", data, prof)
+    out, _ = seg_run
+    view = MapView(
+        checkpoint=str(out / "checkpoints" / "best.pt"),
+        scene=str(scene),
+        window_m=960.0,
+        gsd_m=20.0,
+        cache_dir=str(tmp_path / "maps"),
+    )
+    path = view.build(blocking=True)
+    assert path is not None and path.exists(), view.status
+    data = view._map[0]
+    assert data.shape == (10, 96, 96)  # 9 classes + argmax, 1,920 m at 20 m
+    assert len(np.unique(data[-1, :48, :48])) > 1 or len(np.unique(data[0, :48, :48])) > 1  # per pixel
+    assert isinstance(view.plot(), hv.Overlay)
+    view.gsd_m = 40.0  # another GSD is another cached map
+    assert view.target() != path
