@@ -36,13 +36,7 @@ WINDOWS = (Modality("full", 64, 20.0, CANVAS_BANDS), Modality("inner", 48, 20.0,
 OUTPUT_GSDS = (5.0, 10.0, 20.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: these small models gain little from two, and lose a lot on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
