@@ -8,7 +8,9 @@ model's input is built (atoms or canvas), so Atomizer and the baselines get the 
 * ``band_drop``: drop each band with this probability (at least one band is always kept).
 
 Flips and rotations act on every band's pixel grid around the common window centre (readers and
-:func:`atomizer.data.modalities.simulate` keep one window for all bands); coordinates are unchanged. All
+:func:`atomizer.data.modalities.simulate` keep one window for all bands); coordinates are unchanged. The
+image records them (``attrs["augment_grid"]``) and :func:`augment_grid` repeats them on a segmentation
+target centred on the same window. All
 randomness comes from the generator the caller passes (a pure function of ``(seed, epoch, index)`` in
 :class:`atomizer.engine.loaders.ModalityDataset`), so a resumed run draws the same augmentation.
 """
@@ -16,7 +18,8 @@ randomness comes from the generator the caller passes (a pure function of ``(see
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import xarray as xr
@@ -68,6 +71,7 @@ def augment(
     if not (flip_x or flip_y or k):
         return image
     out = image.copy()
+    out.attrs["augment_grid"] = [int(flip_x), int(flip_y), k]  # what :func:`augment_grid` repeats on a target
     for b in names:
         a = image[b].values
         if flip_x:
@@ -78,3 +82,17 @@ def augment(
             a = np.rot90(a, k)
         out[b] = image[b].copy(data=np.ascontiguousarray(a))
     return out
+
+
+def augment_grid(grid: np.ndarray, attrs: Mapping[str, Any]) -> np.ndarray:
+    """Apply to a grid centred on the same window (a segmentation target on its output grid) the flips and
+    rotation :func:`augment` applied to the bands of the image whose ``attrs`` are given, so every output
+    pixel keeps the label of the ground its atoms now show (a crop is already in the image's ``window_m``)."""
+    flip_x, flip_y, k = attrs.get("augment_grid", (0, 0, 0))
+    if flip_x:
+        grid = grid[:, ::-1]
+    if flip_y:
+        grid = grid[::-1, :]
+    if k:
+        grid = np.rot90(grid, k)
+    return np.ascontiguousarray(grid)

@@ -22,7 +22,7 @@ import xarray as xr
 from atomizer.atoms.canvas import CanvasBatch, CanvasSpec
 from atomizer.atoms.dense import IGNORE, DenseQueries, window_target
 from atomizer.atoms.tokens import WIRE_FORMATS, AtomBatch
-from atomizer.data.augment import AugmentConfig, augment
+from atomizer.data.augment import AugmentConfig, augment, augment_grid
 from atomizer.data.light import LightImage
 from atomizer.data.modalities import Modality, simulate
 
@@ -119,8 +119,7 @@ class ModalityDataset(torch.utils.data.Dataset):
         #: Segmentation: each item's target is its mask on the output grid of its window at ``dense_gsd_m``
         #: metres (default: the mask's own GSD), a grid fixed in metres whatever the modality.
         self.dense, self.dense_gsd_m = dense, dense_gsd_m
-        if dense and augment is not None:
-            raise ValueError("augmentation of segmentation targets is not supported yet: set augment to null")
+
         self.wire = wire
         self.fast = fast and hasattr(base, "light_item")
         self.modalities = list(modalities)
@@ -179,7 +178,8 @@ class ModalityDataset(torch.utils.data.Dataset):
         if self.dense:
             mask = it["mask"]
             gsd = float(self.dense_gsd_m or mask.gsd)
-            out["target"] = torch.from_numpy(window_target(mask, image.attrs["window_m"], gsd))
+            target = window_target(mask, image.attrs["window_m"], gsd)
+            out["target"] = torch.from_numpy(augment_grid(target, image.attrs) if self.augment is not None else target)
             out["gsd"] = gsd
         return out
 

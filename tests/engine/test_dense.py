@@ -309,3 +309,33 @@ def test_the_maps_tab_builds_a_per_pixel_map_at_the_chosen_gsd(seg_run, tmp_path
     assert isinstance(view.plot(), hv.Overlay)
     view.gsd_m = 40.0  # another GSD is another cached map
     assert view.target() != path
+
+
+def test_augmented_windows_keep_each_pixels_label():
+    """Flips, rotations and crops of a training window move its segmentation target with its pixels: for a
+    real TerraMesh window at 10 m (the mask's grid), the dihedral move that turns the plain window's B02 into
+    the augmented one's, found from the pixels, turns the plain target into the augmented target."""
+    from atomizer.atoms.tokens import AtomBatch
+    from atomizer.data.augment import AugmentConfig
+    from atomizer.data.modalities import Modality
+    from atomizer.engine.loaders import ModalityDataset
+
+    base = ManifestDataset(MANIFEST)
+    m = Modality("w", 64, 10.0, ("B02", "B03", "B04", "B08"))
+    plain = ModalityDataset(base, [m], input_type=AtomBatch, dense=True, seed=3)
+    moved = ModalityDataset(base, [m], input_type=AtomBatch, dense=True, seed=3, augment=AugmentConfig())
+    moves = [lambda a, k=k, f=f: np.rot90(a[:, ::-1] if f else a, k) for k in range(4) for f in (0, 1)]
+    seen = set()
+    for i in range(len(base)):
+        item = moved.item(i)
+        img_plain, img_moved = plain.simulated(i, item), moved.simulated(i, item)
+        b_plain, b_moved = (
+            im["B02"].values if hasattr(im, "data_vars") else im.bands["B02"].values for im in (img_plain, img_moved)
+        )
+        t_plain = plain[i]["target"].numpy()
+        t_moved = moved[i]["target"].numpy()
+        found = [j for j, f in enumerate(moves) if np.array_equal(f(b_plain), b_moved)]
+        assert found, "the augmented window is a dihedral move of the plain one"
+        assert any(np.array_equal(moves[j](t_plain), t_moved) for j in found)
+        seen.update(found)
+    assert len(seen) > 1  # some windows were really moved
