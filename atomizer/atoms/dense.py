@@ -24,6 +24,9 @@ from torch import Tensor
 
 from atomizer.data.manifest import MaskLabels
 
+#: What a model answers: one label (set) per image, or one per output pixel at a GSD chosen in metres.
+TASKS: tuple[str, ...] = ("classification", "segmentation")
+
 #: The target value of a pixel that is not scored (no label, outside the labelled area, padding).
 IGNORE = -1
 

@@ -42,7 +42,7 @@ import torch
 import xarray as xr
 
 from atomizer.data.bands import POLARISATIONS, Band
-from atomizer.data.light import LightImage
+from atomizer.data.light import LightImage, union_bounds
 
 #: Atom indices are int32 (embedding lookups and gathers take them as they are): an atom is 17 bytes on
 #: the wire (value, three indices, mask) instead of 29 with int64, from DataLoader workers and to the GPU.
@@ -251,17 +251,8 @@ def tokenize(
         image.bands[n].values.dtype in (np.uint8, np.uint16) and image.bands[n].attrs.get("domain", "optical") != "sar"
         for n in names
     )
-    # Image centre from the union of the band extents.
-    lefts, rights, tops, bottoms = [], [], [], []
-    for n in names:
-        r = image.bands[n]
-        g = r.gsd
-        xs, ys = r.xs, r.ys  # pixel centres: x increasing, y decreasing (the readers' grids)
-        lefts.append(min(xs[0], xs[-1]) - g / 2)
-        rights.append(max(xs[0], xs[-1]) + g / 2)
-        bottoms.append(min(ys[0], ys[-1]) - g / 2)
-        tops.append(max(ys[0], ys[-1]) + g / 2)
-    cx, cy = (min(lefts) + max(rights)) / 2, (min(bottoms) + max(tops)) / 2
+    left, right, bottom, top = union_bounds(image, names)  # the image centre: the union of the band extents
+    cx, cy = (left + right) / 2, (bottom + top) / 2
 
     doy, year = acquisition_date(image)
     values: list[np.ndarray] = []

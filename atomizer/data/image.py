@@ -194,21 +194,6 @@ def image_band_table(ds: xr.Dataset) -> list[Band]:
     return out
 
 
-def image_bounds(ds: xr.Dataset) -> tuple[float, float, float, float]:
-    """``(left, right, bottom, top)`` (the image's coordinates) of the union of its bands' extents: the
-    frame whose centre the atoms' positions are measured from (:mod:`atomizer.atoms.tokens`)."""
-    lefts, rights, bottoms, tops = [], [], [], []
-    for b in image_bands(ds):
-        g = float(ds[b].attrs["gsd_m"])
-        ydim, xdim = ds[b].dims
-        xs, ys = ds[xdim].values, ds[ydim].values
-        lefts.append(float(min(xs[0], xs[-1])) - g / 2)
-        rights.append(float(max(xs[0], xs[-1])) + g / 2)
-        bottoms.append(float(min(ys[0], ys[-1])) - g / 2)
-        tops.append(float(max(ys[0], ys[-1])) + g / 2)
-    return min(lefts), max(rights), min(bottoms), max(tops)
-
-
 def count_tokens(ds: xr.Dataset) -> int:
     """Number of atom tokens of an image: one per pixel per band, on each band's native grid."""
     return int(sum(ds[b].size for b in image_bands(ds)))

@@ -111,6 +111,24 @@ def common_frame(
     return left, top, width, height, min(b[4] for b in boxes)
 
 
+def union_bounds(
+    image: LightImage, bands: list[str] | tuple[str, ...] | None = None
+) -> tuple[float, float, float, float]:
+    """``(left, right, bottom, top)`` of the union of the bands' extents: the frame whose centre the atoms'
+    positions are measured from (:mod:`atomizer.atoms.tokens`) and dense outputs are laid in."""
+    names = list(bands) if bands is not None else list(image.bands)
+    lefts, rights, bottoms, tops = [], [], [], []
+    for n in names:
+        r = image.bands[n]
+        g = r.gsd
+        xs, ys = r.xs, r.ys  # pixel centres: x increasing, y decreasing (the readers' grids)
+        lefts.append(min(xs[0], xs[-1]) - g / 2)
+        rights.append(max(xs[0], xs[-1]) + g / 2)
+        bottoms.append(min(ys[0], ys[-1]) - g / 2)
+        tops.append(max(ys[0], ys[-1]) + g / 2)
+    return float(min(lefts)), float(max(rights)), float(min(bottoms)), float(max(tops))
+
+
 @cache
 def _s2_grid(name: str, h: int, w: int) -> tuple[np.ndarray, np.ndarray, tuple[str, str], dict[str, Any]] | None:
     """Coordinates, dimension names and attributes of a Sentinel-2 band of BigEarthNet stored at (h, w): what

@@ -31,7 +31,7 @@ from atomizer.engine.metrics import (
     segmentation_scores,
 )
 from atomizer.models.checkpoint import load_trained
-from atomizer.models.registry import input_type
+from atomizer.models.registry import input_type, is_dense
 
 
 @torch.no_grad()
@@ -126,7 +126,7 @@ def predict_modalities(
     model = model.to(dev).eval()
     source = InMemory(dataset) if keep_in_memory(dataset) else dataset
     wire = wire_for("auto", dev, num_workers)
-    dense = getattr(getattr(model, "cfg", None), "task", "classification") == "segmentation"
+    dense = is_dense(model)
     logits, targets = [], None
     for m in modalities:
         ds = ModalityDataset(

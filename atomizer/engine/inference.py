@@ -18,7 +18,7 @@ from atomizer.atoms.dense import DenseQueries, grid_size
 from atomizer.atoms.tokens import AtomBatch
 from atomizer.core.limits import check_atoms
 from atomizer.data.bands import Sensor
-from atomizer.data.image import image_bounds
+from atomizer.data.light import LightImage, union_bounds
 from atomizer.data.readers import count_tokens, open_image
 from atomizer.engine.loaders import model_input
 from atomizer.models.atomizer import Atomizer
@@ -90,7 +90,7 @@ def predict_dense_image(
         raise ValueError(f"{checkpoint}: not a segmentation Atomizer (train with task: segmentation)")
     image = image.load()
     batch = AtomBatch.from_image(image).to(device)
-    left, right, bottom, top = image_bounds(image)
+    left, right, bottom, top = union_bounds(LightImage.from_xarray(image))
     extent_x, extent_y = right - left, top - bottom
     n = grid_size(min(extent_x, extent_y), gsd_m)
     queries = DenseQueries.grids([n], gsd_m).to(device)

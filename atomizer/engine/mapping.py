@@ -42,7 +42,7 @@ from atomizer.data.modalities import Modality, load_modalities, simulate
 from atomizer.data.readers import GDAL_LOCAL_ONLY, image_bands, open_image, valid_mask
 from atomizer.engine.loaders import model_input
 from atomizer.models.checkpoint import load_trained
-from atomizer.models.registry import input_type
+from atomizer.models.registry import input_type, is_dense
 
 _STRIP = 256  # output rows per write: the GeoTIFF's tile height
 _GDAL_CACHE_MB = 64  # GDAL block cache while a map is read and written
@@ -293,7 +293,7 @@ def predict_map(
     stride_m = float(stride_m) if stride_m else window_m
     image = open_image(scene, sensor=sensor, band_names=band_names, lazy=True)  # read one strip of windows at a time
     bands = image_bands(image)
-    dense = getattr(getattr(model, "cfg", None), "task", "classification") == "segmentation"
+    dense = is_dense(model)
     grid = scene_grid(image, window_m, stride_m, gsd_m)
     modality = grid.window_modality(bands)
     C, w = len(classes), grid.window_px

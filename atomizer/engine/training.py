@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from atomizer.atoms.canvas import CanvasSpec
-from atomizer.atoms.dense import IGNORE
+from atomizer.atoms.dense import IGNORE, TASKS
 from atomizer.atoms.tokens import WIRE_FORMATS, ModalityBatchSampler
 from atomizer.core.config import Config
 from atomizer.core.runtime import check_precision, ensure_process_group, process_device
@@ -100,8 +100,8 @@ class TrainConfig(Config):
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
-        if self.task not in ("auto", "classification", "segmentation"):
-            raise ValueError(f"training config: task must be auto, classification or segmentation, got {self.task!r}")
+        if self.task not in ("auto", *TASKS):
+            raise ValueError(f"training config: task must be one of auto, {', '.join(TASKS)}, got {self.task!r}")
         if self.dense_gsd_m is not None and not self.dense_gsd_m > 0:
             raise ValueError(f"training config: dense_gsd_m must be positive (or null), got {self.dense_gsd_m}")
         if not 0.0 < self.train_fraction <= 1.0:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts, noop_context_fn
 
-from atomizer.atoms.dense import DenseQueries
+from atomizer.atoms.dense import TASKS, DenseQueries
 from atomizer.atoms.encodings import AtomEncoder, EncodingConfig, gsd_encoding
 from atomizer.atoms.tokens import AtomBatch
 from atomizer.core.config import Config
@@ -35,10 +35,6 @@ from atomizer.models.layers import (
 # --------------------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------------------
-
-
-#: What a model answers: one label (set) per image, or one per output pixel at a GSD chosen in metres.
-TASKS = ("classification", "segmentation")
 
 
 @dataclass(frozen=True)

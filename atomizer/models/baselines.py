@@ -39,7 +39,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from atomizer.atoms.canvas import CANVAS_BANDS, CanvasBatch
-from atomizer.atoms.dense import DenseQueries, sample_canvas
+from atomizer.atoms.dense import TASKS, DenseQueries, sample_canvas
 from atomizer.atoms.encodings import fourier_dim, fourier_features
 from atomizer.core.config import Config
 from atomizer.models.layers import (
@@ -56,9 +56,6 @@ from atomizer.models.layers import (
 # --------------------------------------------------------------------------------------------------
 # Configs
 # --------------------------------------------------------------------------------------------------
-
-#: What a model answers: one label set per image, or one class per output pixel.
-TASKS: tuple[str, ...] = ("classification", "segmentation")
 
 
 class _BaselineConfig(Config):

@@ -85,3 +85,8 @@ def input_type(model: nn.Module) -> type:
     if not isinstance(kind, type):
         raise TypeError(f"{type(model).__name__} declares no input_type")
     return kind
+
+
+def is_dense(model: nn.Module) -> bool:
+    """Whether ``model`` answers per output pixel (a ``task: segmentation`` model of any architecture)."""
+    return getattr(getattr(model, "cfg", None), "task", "classification") == "segmentation"
