@@ -306,16 +306,20 @@ def _cmd_experiment_list(args: argparse.Namespace) -> int:
 
 def _cmd_dataset_check(args: argparse.Namespace) -> int:
     from atomizer.data.manifest import check_manifest
+    from atomizer.data.union import is_union, union_parts
 
-    summary = check_manifest(
-        args.manifest, data_root=args.data_root, folds=args.folds, write_folds=not args.no_folds, seed=args.seed
-    )
+    union = is_union(args.manifest)  # a union (a.csv+b.csv): every part checked, one summary each
+    summaries = [
+        check_manifest(p, data_root=args.data_root, folds=args.folds, write_folds=not args.no_folds, seed=args.seed)
+        for p in (union_parts(args.manifest) if union else [args.manifest])
+    ]
     if args.json:
         from dataclasses import asdict
 
-        print(json.dumps(asdict(summary), indent=2))
+        docs = [asdict(s) for s in summaries]
+        print(json.dumps(docs if union else docs[0], indent=2))
     else:
-        print("\n".join(summary.lines()))
+        print("\n\n".join("\n".join(s.lines()) for s in summaries))
     return 0
 
 
@@ -325,7 +329,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
     preds = collect_predictions(args.store)
     if preds is None:
-        raise FileNotFoundError(f"no run with per-image predictions under {args.store}")
+        raise FileNotFoundError(f"no run with per-image predictions under {' '.join(args.store)}")
     summary = stats.summarize(preds, args.metric, n_resamples=args.resamples)
     print(
         f"{args.metric} (%), mean over seeds [95 % bootstrap CI]; {len(preds.seed)} seed(s) "
@@ -560,7 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="read every row of a manifest, print a summary, refuse a broken row in one line; write folds if none",
     )
     c.add_argument(
-        "manifest", help="CSV, Parquet, GeoJSON/GeoParquet or STAC ItemCollection (see README: Your own data)"
+        "manifest",
+        help="CSV, Parquet, GeoJSON/GeoParquet or STAC ItemCollection (see README: Your own data); a union "
+        "a.csv+b.csv checks each part",
     )
     c.add_argument("--data-root", help="a second folder the manifest's paths may point into (default: its own only)")
     c.add_argument("--folds", type=int, default=5, help="folds to write when the manifest has none (default 5)")
@@ -594,7 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("results", help="statistics of a results store: mean, 95 %% CI, paired differences, verdict")
-    s.add_argument("store", help="results store (folder of runs with predictions.nc)")
+    s.add_argument(
+        "store", nargs="+", help="results store (folder of runs with predictions.nc); several are read as one"
+    )
     s.add_argument("--metric", default="macro_map", choices=["macro_map", "top1", "miou"])
     s.add_argument("--reference", default="atomizer", help="model compared with every other (paired)")
     s.add_argument("--resamples", type=int, default=2000, help="bootstrap and permutation resamples")

@@ -21,6 +21,7 @@ from atomizer.data.folds import fold_split
 from atomizer.data.layouts import bigearthnet_image, read_band_folder, read_bigearthnet_npz, read_eurosat
 from atomizer.data.light import LightImage, bigearthnet_light
 from atomizer.data.manifest import ManifestDataset, is_manifest
+from atomizer.data.union import UnionDataset, is_union, part_label, union_folds, union_parts
 
 EMBEDDED = {"bigearthnet": "bigearthnet", "eurosat": "eurosat"}
 
@@ -303,7 +304,12 @@ def stratified_fraction(ds: ImageDataset, fraction: float, seed: int = 0) -> lis
 
 def dataset_folds(name: str, root: str | Path | None = None) -> pd.DataFrame:
     """The k-fold assignment (``id, stratum, fold``) of a dataset by name or manifest path: the shipped
-    ``data/folds`` table of an embedded dataset; a manifest's fold column or the folds file beside it."""
+    ``data/folds`` table of an embedded dataset; a manifest's fold column or the folds file beside it; for a
+    union (``a.csv+b.csv``) every part's own table, ids prefixed ``<part>/`` as the union's are, with a
+    ``part`` column (:func:`atomizer.data.union.union_folds`)."""
+    if is_union(name):
+        names = union_parts(name)
+        return union_folds([dataset_folds(n, root) for n in names], [part_label(n) for n in names])
     if is_manifest(name):
         return ManifestDataset(name, None, root).folds_table()
     return folds_table("bigearthnet" if name == "ben" else name)
@@ -324,7 +330,19 @@ def open_dataset(
     With ``fold``, the split comes from the k-fold assignment (the shipped ``data/folds`` table, a manifest's
     fold column or the folds file ``atomizer dataset check`` wrote beside it; :func:`fold_split`) instead
     of the dataset's fixed split.
+
+    A union of datasets (:mod:`atomizer.data.union`) joins parts with ``+``
+    (``"data/embedded/dense/terramesh/manifest.csv+data/embedded/dense/caffe/manifest.csv"``), each part anything
+    this function opens: one dataset whose classes are every part's, named ``<part>/<class>`` (the part is a
+    manifest's folder name when its stem is ``manifest``, else its stem), targets and mask values offset to
+    index them, each part's ignored pixels still ignored, and every item saying its ``part``. The split, or
+    fold ``fold``, is taken in each part by its own fold table and the results joined; ``root`` is passed to
+    every part. Parts of different tasks (a mask set and a label set) are refused.
     """
+    if is_union(name):
+        names = union_parts(name)
+        parts = [open_dataset(n, split, root, fold=fold) for n in names]
+        return UnionDataset(parts, [part_label(n) for n in names], name)
     if is_manifest(name):
         if fold is not None:
             manifest = ManifestDataset(name, None, root)

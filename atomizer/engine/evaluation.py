@@ -21,17 +21,39 @@ from atomizer.atoms.dense import IGNORE
 from atomizer.core.runtime import autocast, pick_device
 from atomizer.core.storage import atomic_paths, clean_stale_temps, file_sha256, json_text, locked
 from atomizer.data.datasets import open_dataset
-from atomizer.data.modalities import Modality, ModalitySet, check_fit, load_modalities
-from atomizer.engine.loaders import InMemory, ModalityDataset, collate_items, keep_in_memory, wire_for
+from atomizer.data.modalities import Modality, ModalitySet
+from atomizer.engine.loaders import (
+    NATIVE_MODALITY,
+    InMemory,
+    ModalityDataset,
+    check_dataset_fit,
+    collate_items,
+    keep_in_memory,
+    modality_set,
+    wire_for,
+)
 from atomizer.engine.metrics import (
     SEGMENTATION_METRICS,
     classification_metrics,
     confusion_per_image,
     metric_names,
+    part_miou,
     segmentation_scores,
 )
 from atomizer.models.checkpoint import load_trained
 from atomizer.models.registry import input_type, is_dense
+
+
+def modality_coords(modalities: Sequence[Modality]) -> dict:
+    """The per-modality coordinates of results (size, GSD, bands); the native placeholder
+    (:data:`~atomizer.engine.loaders.NATIVE_MODALITY`: each image as read) has size 0, GSD NaN and bands
+    ``native``, its images' own varying."""
+    native = [m == NATIVE_MODALITY for m in modalities]
+    return {
+        "size_px": ("modality", [0 if n else m.size_px for m, n in zip(modalities, native)]),
+        "gsd_m": ("modality", [float("nan") if n else m.gsd_m for m, n in zip(modalities, native)]),
+        "bands": ("modality", ["native" if n else " ".join(m.bands) for m, n in zip(modalities, native)]),
+    }
 
 
 @torch.no_grad()
@@ -138,13 +160,9 @@ def predict_modalities(
         logits.append(lg)
     if targets is None:
         raise ValueError("no modalities to predict")
-    coords = {
-        "modality": [m.name for m in modalities],
-        "image": list(dataset.ids()),
-        "size_px": ("modality", [m.size_px for m in modalities]),
-        "gsd_m": ("modality", [m.gsd_m for m in modalities]),
-        "bands": ("modality", [" ".join(m.bands) for m in modalities]),
-    }
+    coords = {"modality": [m.name for m in modalities], "image": list(dataset.ids()), **modality_coords(modalities)}
+    if hasattr(dataset, "part_of"):  # a union of datasets: each image's part (per-part scores)
+        coords["part"] = ("image", list(dataset.part_of()))
     if dense:
         return xr.Dataset(
             {"confusion": (("modality", "image", "true", "predicted"), torch.stack(logits).numpy().astype(np.int64))},
@@ -171,9 +189,16 @@ def scores_of(predictions: xr.Dataset, modalities: Sequence[Modality]) -> xr.Dat
     if "confusion" in predictions:
         confusion = torch.from_numpy(predictions["confusion"].values)
         names = SEGMENTATION_METRICS + (("f1",) if confusion.shape[-1] == 2 else ())
+        parts: tuple[list[str], list[str]] | None = None
+        if "part" in predictions.coords:  # a union: mIoU per part (its images, its classes), miou_<part>
+            classes = [str(c) for c in predictions["true"].values]
+            parts = ([str(p) for p in predictions["part"].values], [c.split("/", 1)[0] for c in classes])
+            names += tuple(f"miou_{p}" for p in dict.fromkeys(parts[1]))
         scores = np.full((1, len(modalities), len(names)), np.nan)
         for j in range(len(modalities)):
             met = segmentation_scores(confusion[j])
+            if parts is not None:
+                met.update({f"miou_{p}": v for p, v in part_miou(confusion[j], *parts).items()})
             scores[0, j] = [met[k] for k in names]
         return results_dataset(scores, [predictions.attrs["model"]], modalities, names)
     multilabel = bool(predictions.attrs["multilabel"])
@@ -212,9 +237,7 @@ def results_dataset(
             "model": list(models),
             "modality": [m.name for m in modalities],
             "metric": list(metrics),
-            "size_px": ("modality", [m.size_px for m in modalities]),
-            "gsd_m": ("modality", [m.gsd_m for m in modalities]),
-            "bands": ("modality", [" ".join(m.bands) for m in modalities]),
+            **modality_coords(modalities),
         },
         attrs={"units": "percent", **{k: str(v) for k, v in attrs.items()}},
     )
@@ -232,7 +255,9 @@ def evaluate_checkpoint(
     predictions: bool = False,
     num_workers: int = 0,
 ):
-    """Evaluate a training checkpoint on every modality of a modality file.
+    """Evaluate a training checkpoint on every modality of a modality file (or ``native``: every image as read,
+    :data:`~atomizer.engine.loaders.NATIVE`). On a union of datasets (:mod:`atomizer.data.union`) a segmentation
+    model's results add ``miou_<part>``: each part's mIoU over its own images and classes.
 
     A run trained on a cross-validation fold (``fold`` in its training config) is evaluated on that
     fold's test images. Returns the results Dataset, or ``(results, per-image predictions)`` with
@@ -241,13 +266,13 @@ def evaluate_checkpoint(
     """
     trained = load_trained(checkpoint)
     tc = trained.extra.get("train_config", {})
-    mods = modalities if isinstance(modalities, ModalitySet) else load_modalities(modalities)
+    mods = modality_set(modalities)
     name_ds = dataset or tc.get("dataset", "eurosat")
     fold = tc.get("fold")
     ds = open_dataset(name_ds, split, data_root or tc.get("data_root"), fold=fold)
     if len(ds) == 0:
         raise ValueError(f"no {split!r} images in dataset {name_ds!r}")
-    check_fit(ds.load(ds.records[0]), mods.modalities, f"dataset {name_ds}")
+    check_dataset_fit(ds, mods.modalities, f"dataset {name_ds}")
     model = trained.model
     canvas = CanvasSpec.of(mods)
     name = model_name or trained.arch

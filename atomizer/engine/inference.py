@@ -95,7 +95,7 @@ def predict_dense_image(
     n = grid_size(min(extent_x, extent_y), gsd_m)
     queries = DenseQueries.grids([n], gsd_m).to(device)
     z = model.encode(batch, chunk_size=chunk_size)
-    probs = model.decode(z, queries).float().softmax(-1)  # (1, Q, C)
+    probs = model.decode(z, queries, batch=batch, atom_chunk=chunk_size).float().softmax(-1)  # (1, Q, C)
     grid = queries.unflatten(probs, 0).permute(2, 0, 1).cpu().numpy()  # (C, n, n)
     cx, cy = (left + right) / 2, (bottom + top) / 2
     offsets = (np.arange(n) + 0.5) * gsd_m - n * gsd_m / 2

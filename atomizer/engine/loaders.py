@@ -13,6 +13,7 @@ index)``, so an interrupted run resumes on exactly the same inputs.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -23,13 +24,66 @@ from atomizer.atoms.canvas import CanvasBatch, CanvasSpec
 from atomizer.atoms.dense import IGNORE, DenseQueries, window_target
 from atomizer.atoms.tokens import WIRE_FORMATS, AtomBatch
 from atomizer.data.augment import AugmentConfig, augment, augment_grid
-from atomizer.data.light import LightImage
-from atomizer.data.modalities import Modality, simulate
+from atomizer.data.light import LightImage, common_frame
+from atomizer.data.modalities import Modality, ModalityError, ModalitySet, load_modalities, simulate
 
 #: A dataset of at most this many images is kept in memory once read (per process: EuroSAT-sized sets read
 #: from GeoTIFF); a larger one is read per item, which the LMDB makes cheap (0.1 ms a patch). The full
 #: BigEarthNet holds 69,373 training patches, about 11 GB of DN: kept, in every loader worker.
 IN_MEMORY_MAX_IMAGES = 20_000
+
+
+#: The modality-set name meaning "every image as read" (``train_modalities: native``, ``--modalities native``):
+#: each image keeps all its bands on their native grids, over its largest centred square; no simulation. What a
+#: union of different sensors' datasets (:mod:`atomizer.data.union`) trains on, no one modality fitting them all.
+NATIVE = "native"
+#: The placeholder of :data:`NATIVE` in a modality list; each image's own is :func:`native_modality`.
+NATIVE_MODALITY = Modality(NATIVE, 1, 1.0, ("*",))
+
+
+def native_modality(image: xr.Dataset | LightImage) -> Modality:
+    """The modality that keeps ``image`` as read: all its bands at its finest GSD over the largest centred square
+    window (every band keeps its native grid: :func:`~atomizer.data.modalities.simulate` averages no band)."""
+    light = image if isinstance(image, LightImage) else LightImage.from_xarray(image)
+    _, _, width, height, finest = common_frame(light)
+    size = int(np.floor(min(width, height) / finest + 1e-6))
+    return Modality(NATIVE, max(1, size), finest, tuple(light.bands))
+
+
+def modality_set(name: str | Path | ModalitySet) -> ModalitySet:
+    """A modality set by name or path (:func:`~atomizer.data.modalities.load_modalities`), or :data:`NATIVE`: the
+    one placeholder modality that leaves every image as read."""
+    if isinstance(name, ModalitySet):
+        return name
+    if str(name) == NATIVE:
+        return ModalitySet(NATIVE, (NATIVE_MODALITY,), description="every image as read, all bands native")
+    return load_modalities(name)
+
+
+def check_dataset_fit(dataset, modalities: Sequence[Modality], what: str) -> None:
+    """Refuse, before training or evaluation, modalities that the dataset's images cannot give (a band they
+    lack, a window larger than them; one line naming the modality). One image is tried per part of a union
+    (:mod:`atomizer.data.union`: a modality must fit every sensor's images) and the message names the part;
+    :data:`NATIVE` fits every image."""
+    if len(dataset) == 0:
+        return
+    mods = [m for m in modalities if m != NATIVE_MODALITY]
+    if not mods:
+        return
+    firsts: dict[str, dict] = {}
+    labels = getattr(dataset, "labels", None)
+    for r in dataset.records:
+        key = labels[r["part"]] if labels is not None and "part" in r else ""
+        firsts.setdefault(key, r)
+    for key, r in firsts.items():
+        image = dataset.load(r)
+        where = f"{what}, part {key!r}" if key else what
+        for m in mods:
+            try:
+                simulate(image, m)
+            except ModalityError as e:
+                hint = f" (use the modality set {NATIVE!r} to read every image as it is)" if key else ""
+                raise ModalityError(f"{where}: {e}{hint}") from None
 
 
 def keep_in_memory(dataset) -> bool:
@@ -79,7 +133,7 @@ class ModalityDataset(torch.utils.data.Dataset):
     Args:
         base: An :mod:`atomizer.data.datasets` dataset (items ``{"image", "target", "id"}``).
         modalities: The modalities to draw from.
-        assignment: Index into ``modalities`` per item (one modality per image); default: all items
+        assignment: Index into ``modalities`` per item (one modality per item); default: all items
             get ``modalities[0]``.
         input_type: The batch class the model reads (:class:`AtomBatch`, :class:`CanvasBatch`:
             :func:`atomizer.models.registry.input_type`).
@@ -91,6 +145,9 @@ class ModalityDataset(torch.utils.data.Dataset):
         augment: Label-preserving augmentation after the simulation (:mod:`atomizer.data.augment`).
         dense: Segmentation: targets are the items' masks (``item["mask"]``) on each window's output grid.
         dense_gsd_m: The output grid's GSD (m) for ``dense``; default: the mask's own.
+        windows_per_image: Items per image per epoch (``len = len(base) * windows_per_image``; item ``j`` is
+            image ``j // windows_per_image``), each with its own modality and random window: a few large
+            tiles (dense sets) give many windows an epoch, as a random geo-sampler does.
         fast: Read and simulate images as :class:`~atomizer.data.light.LightImage` (no xarray object per
             item; the same atoms, tested) where the base dataset offers ``light_item``.
         wire: ``"compact"``: atoms as index runs and, where the modality keeps the stored integers, uint16
@@ -114,8 +171,12 @@ class ModalityDataset(torch.utils.data.Dataset):
         wire: str = "full",
         dense: bool = False,
         dense_gsd_m: float | None = None,
+        windows_per_image: int = 1,
     ):
+        if windows_per_image < 1:
+            raise ValueError(f"windows_per_image must be >= 1, got {windows_per_image}")
         self.base = base
+        self.windows_per_image = windows_per_image
         #: Segmentation: each item's target is its mask on the output grid of its window at ``dense_gsd_m``
         #: metres (default: the mask's own GSD), a grid fixed in metres whatever the modality.
         self.dense, self.dense_gsd_m = dense, dense_gsd_m
@@ -124,10 +185,10 @@ class ModalityDataset(torch.utils.data.Dataset):
         self.fast = fast and hasattr(base, "light_item")
         self.modalities = list(modalities)
         self.assignment = (
-            np.zeros(len(base), dtype=np.int64) if assignment is None else np.asarray(assignment, dtype=np.int64)
+            np.zeros(len(self), dtype=np.int64) if assignment is None else np.asarray(assignment, dtype=np.int64)
         )
-        if len(self.assignment) != len(base):
-            raise ValueError(f"assignment has {len(self.assignment)} entries for {len(base)} images")
+        if len(self.assignment) != len(self):
+            raise ValueError(f"assignment has {len(self.assignment)} entries for {len(self)} items")
         self.input_type = input_type
         self.canvas = canvas
         self.random_window = random_window
@@ -140,9 +201,11 @@ class ModalityDataset(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.base)
+        return len(self.base) * self.windows_per_image
 
     def item(self, i: int) -> dict:
+        """The base dataset's item of item ``i``'s image."""
+        i //= self.windows_per_image
         get = self.base.light_item if self.fast else self.base.__getitem__
         if self._cache is None:
             return get(i)
@@ -155,8 +218,11 @@ class ModalityDataset(torch.utils.data.Dataset):
         (default: the dataset's, :meth:`set_epoch`)."""
         epoch = self.epoch if epoch is None else epoch
         m = self.modalities[self.assignment[i]]
+        source = (item or self.item(i))["image"]
+        if m == NATIVE_MODALITY:  # the image as read: its own native modality (one window: nothing random)
+            m = native_modality(source)
         rng = np.random.default_rng([self.seed, epoch, i]) if self.random_window else None
-        image = simulate((item or self.item(i))["image"], m, rng=rng)
+        image = simulate(source, m, rng=rng)
         if self.augment is not None:  # training only: a pure function of (seed, epoch, index)
             if isinstance(image, LightImage):
                 image = image.to_xarray()

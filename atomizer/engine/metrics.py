@@ -9,10 +9,12 @@ Segmentation: one confusion matrix per image (torchmetrics' ``multiclass_confusi
 left out), so that statistics resample images exactly as for classification; the scores of a set of images
 come from their summed matrix (:func:`segmentation_scores`): ``miou`` (IoU averaged over the classes that
 occur in the truth or the prediction), ``overall_accuracy``, per-class IoU, and ``f1`` of the positive class
-for a binary task.
+for a binary task. On a union of datasets, :func:`part_miou` scores each part on its own images and classes.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torchmetrics.functional.classification import (
@@ -135,6 +137,32 @@ def segmentation_scores(confusion: torch.Tensor) -> dict[str, float]:
         denom = 2 * tp[1] + m[0, 1] + m[1, 0]
         out["f1"] = 100 * float(2 * tp[1] / denom) if denom > 0 else float("nan")
     out.update({f"iou_{k}": 100 * float(v) for k, v in enumerate(iou)})
+    return out
+
+
+def part_miou(confusion: torch.Tensor, image_parts: Sequence[str], class_parts: Sequence[str]) -> dict[str, float]:
+    """mIoU (%) per part of a union of datasets (:mod:`atomizer.data.union`): for each part, the images of that
+    part (``image_parts``, one label per image of ``confusion`` (N, C, C)) and that part's classes only
+    (``class_parts``, one label per class). A pixel of the part predicted as another part's class counts as a
+    miss of its true class (the IoU's denominator keeps it); classes neither true nor predicted in the part's
+    images are left out, as in :func:`segmentation_scores`; NaN for a part without images."""
+    if len(image_parts) != confusion.shape[0] or len(class_parts) != confusion.shape[-1]:
+        raise ValueError(
+            f"part_miou: {len(image_parts)} image parts and {len(class_parts)} class parts for confusion "
+            f"matrices of shape {tuple(confusion.shape)}"
+        )
+    out: dict[str, float] = {}
+    for part in dict.fromkeys(class_parts):
+        rows = [i for i, p in enumerate(image_parts) if p == part]
+        cls = torch.tensor([k for k, p in enumerate(class_parts) if p == part])
+        if not rows:
+            out[part] = float("nan")
+            continue
+        m = confusion[rows].sum(0).double()
+        tp = m.diagonal()[cls]
+        union = m.sum(0)[cls] + m.sum(1)[cls] - tp
+        iou = torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan")))
+        out[part] = 100 * float(iou.nanmean()) if bool((union > 0).any()) else float("nan")
     return out
 
 

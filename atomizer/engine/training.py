@@ -35,9 +35,9 @@ from atomizer.core.config import Config
 from atomizer.core.runtime import check_precision, ensure_process_group, process_device
 from atomizer.data.augment import AugmentConfig
 from atomizer.data.datasets import open_dataset, stratified_fraction
-from atomizer.data.modalities import Assignment, check_fit, load_modalities
+from atomizer.data.modalities import Assignment
 from atomizer.engine.evaluation import predict_dataset
-from atomizer.engine.loaders import ModalityDataset, collate_items, wire_for
+from atomizer.engine.loaders import ModalityDataset, check_dataset_fit, collate_items, modality_set, wire_for
 from atomizer.engine.loop import Loop, Step, Task, state_hash
 from atomizer.engine.metrics import classification_metrics, segmentation_loss, segmentation_scores
 from atomizer.models.adapters import adapter_report, apply_adapters, save_adapters
@@ -71,7 +71,7 @@ class TrainConfig(Config):
     train_limit: int | None = None  # use only the first N training images (smoke runs)
     train_fraction: float = 1.0  # a class-stratified fraction of the training images (data-scaling curves)
     val_limit: int | None = None
-    train_modalities: str = "eurosat_train"  # name of a shipped modality set or a YAML path
+    train_modalities: str = "eurosat_train"  # name of a shipped modality set, a YAML path, or native (images as read)
     test_modalities: str = "eurosat_test"
     epochs: int = 2
     max_steps: int | None = None  # stop after this many optimiser steps (smoke runs)
@@ -83,6 +83,7 @@ class TrainConfig(Config):
     warmup_frac: float = 0.1  # fraction of the steps spent warming up
     grad_clip: float = 1.0
     random_window: bool = True
+    windows_per_image: int = 1  # training items per image per epoch (random windows; for a few large tiles)
     augment: AugmentConfig | None = None  # flips, rot90, crops, band dropout of training images (data.augment)
     group_by_modality: bool = False  # batches of one training modality (no padding; single process only)
     seed: int = 0
@@ -112,7 +113,7 @@ class TrainConfig(Config):
             raise ValueError(f"training config: patience must be >= 1 (or null), got {self.patience}")
         if self.wire not in ("auto", *WIRE_FORMATS):
             raise ValueError(f"training config: wire must be auto, compact or full, got {self.wire!r}")
-        for name in ("epochs", "batch_size", "grad_accum", "ckpt_every"):
+        for name in ("epochs", "batch_size", "grad_accum", "ckpt_every", "windows_per_image"):
             if getattr(self, name) < 1:
                 raise ValueError(f"training config: {name} must be >= 1, got {getattr(self, name)}")
 
@@ -142,7 +143,7 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def build_datasets(cfg: TrainConfig, batch_type: type, wire: str = "full", task: str = "classification"):
     """(train, validation) :class:`ModalityDataset` under the training modalities, and the base train set;
     ``wire`` as :class:`ModalityDataset`'s; ``task`` segmentation: targets on each window's output grid."""
-    train_mods = load_modalities(cfg.train_modalities)
+    train_mods = modality_set(cfg.train_modalities)
     canvas = CanvasSpec.of(train_mods)
     base_tr = open_dataset(cfg.dataset, cfg.train_split, cfg.data_root, fold=cfg.fold)
     base_va = open_dataset(cfg.dataset, cfg.val_split, cfg.data_root, fold=cfg.fold)
@@ -154,14 +155,15 @@ def build_datasets(cfg: TrainConfig, batch_type: type, wire: str = "full", task:
         base_va.records = base_va.records[: cfg.val_limit]
     if len(base_tr) == 0:
         raise ValueError(f"dataset {cfg.dataset!r} has no {cfg.train_split!r} images")
-    check_fit(base_tr.load(base_tr.records[0]), train_mods.modalities, f"dataset {cfg.dataset}")
+    check_dataset_fit(base_tr, train_mods.modalities, f"dataset {cfg.dataset}")
     tr = ModalityDataset(
         base_tr,
         train_mods.modalities,
-        Assignment.random(len(base_tr), len(train_mods), cfg.seed).modality_index,
+        Assignment.random(len(base_tr) * cfg.windows_per_image, len(train_mods), cfg.seed).modality_index,
         batch_type,
         canvas,
         random_window=cfg.random_window,
+        windows_per_image=cfg.windows_per_image,
         seed=cfg.seed,
         augment=cfg.augment,
         wire=wire,

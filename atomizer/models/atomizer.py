@@ -10,7 +10,7 @@ width, H heads, C classes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -23,11 +23,13 @@ from atomizer.atoms.encodings import AtomEncoder, EncodingConfig, gsd_encoding
 from atomizer.atoms.tokens import AtomBatch
 from atomizer.core.config import Config
 from atomizer.models.layers import (
+    AtomChunk,
     AttentionPool,
     CrossBlock,
     DenseDecoder,
     FactorizedTokenProjection,
     LatentBlock,
+    LocalDenseDecoder,
     SelfBlock,
     TiedStack,
 )
@@ -35,6 +37,9 @@ from atomizer.models.layers import (
 # --------------------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------------------
+
+#: The dense decoders of a segmentation Atomizer (:class:`DenseDecoder`, :class:`LocalDenseDecoder`).
+DECODERS: tuple[str, ...] = ("global", "local")
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,8 @@ class AtomizerConfig(Config):
 
     num_classes: int = 19
     task: str = "classification"  # classification (attention pooling) | segmentation (a query per output pixel)
+    decoder: str = "global"  # segmentation: global (queries read every latent) | local (spatial latents, 3x3 nearest)
+    decoder_grid: int = 8  # local decoder: spatial latents per window side
     num_latents: int = 128
     latent_dim: int = 512
     depth: int = 4  # cross-attention blocks
@@ -66,6 +73,10 @@ class AtomizerConfig(Config):
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if self.decoder_grid < 1:
+            raise ValueError(f"decoder_grid must be at least 1, got {self.decoder_grid}")
         if not 0.0 <= self.prune_p < 1.0:
             raise ValueError(f"prune_p must be in [0, 1), got {self.prune_p}")
         for name in ("attn_dropout", "ff_dropout", "drop_path"):
@@ -186,6 +197,15 @@ def _checkpoint_context():
     return create_selective_checkpoint_contexts(_keep_attention)
 
 
+def window_half_extent(batch: AtomBatch) -> Tensor:
+    """Half the side (metres) of each set's window (S,): the farthest valid atom from the centre plus half
+    its band's GSD (the pixel's edge), over both axes."""
+    x = batch.coord_x[batch.xi].abs()
+    y = batch.coord_y[batch.yi].abs()
+    edge = torch.maximum(x, y) + batch.band_table[:, 2][batch.band] / 2
+    return edge.masked_fill(~batch.mask, 0).amax(1).clamp_min(1e-3).float()
+
+
 def prune_index(mask: Tensor, p: float, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Keep a random ``1 - p`` of each set's VALID atoms.
 
@@ -224,13 +244,27 @@ class Atomizer(nn.Module):
 
         self.blocks = TiedStack(lambda: _block(cfg, part_dims), cfg.depth, cfg.tie_weights)
         self.head = AttentionPool(cfg.latent_dim, cfg.latent_heads, cfg.latent_dim_head, cfg.num_classes)
-        self.dense: DenseDecoder | None = None
+        self.dense: DenseDecoder | LocalDenseDecoder | None = None
         if cfg.task == "segmentation":  # the pooling head stays (checkpoint layout) but is not trained
             self.head.requires_grad_(False)
             query_features = 2 * enc.pos_dim + gsd_encoding(torch.ones(1)).shape[-1]
-            self.dense = DenseDecoder(
-                query_features, cfg.latent_dim, cfg.latent_heads, cfg.latent_dim_head, cfg.num_classes, cfg.ff_mult
-            )
+            if cfg.decoder == "local":
+                self.dense = LocalDenseDecoder(
+                    query_features,
+                    part_dims,
+                    cfg.latent_dim,
+                    cfg.latent_heads,
+                    cfg.latent_dim_head,
+                    cfg.cross_heads,
+                    cfg.cross_dim_head,
+                    cfg.num_classes,
+                    cfg.decoder_grid,
+                    cfg.ff_mult,
+                )
+            else:
+                self.dense = DenseDecoder(
+                    query_features, cfg.latent_dim, cfg.latent_heads, cfg.latent_dim_head, cfg.num_classes, cfg.ff_mult
+                )
         #: Compute keys/values from materialised tokens (benchmark reference; same function, slower).
         self.reference_embedding = False
 
@@ -258,7 +292,7 @@ class Atomizer(nn.Module):
         """
         out = self.encode(batch, return_attention=return_attention, generator=generator, chunk_size=chunk_size)
         if queries is not None:
-            return self.decode(out[0] if return_attention else out, queries)
+            return self.decode(out[0] if return_attention else out, queries, batch=batch, atom_chunk=chunk_size)
         if return_attention:
             return self.head(out[0]), out[1]
         return self.head(out)
@@ -364,20 +398,54 @@ class Atomizer(nn.Module):
             z = blk.attend_latents(blk.cross_block.forward_streaming(z, chunks(blk.cross_block.to_kv)))
         return z
 
-    def decode(self, z: Tensor, queries: DenseQueries, chunk: int = 4096) -> Tensor:
+    def decode(
+        self,
+        z: Tensor,
+        queries: DenseQueries,
+        chunk: int = 4096,
+        batch: AtomBatch | None = None,
+        atom_chunk: int | None = None,
+    ) -> Tensor:
         """Per-pixel logits ``(S, Q, C)`` of the output pixels ``queries`` (metres from each window's centre,
         at their GSD) from the latents ``z``: the queries are coded with the atoms' own position and GSD
-        encodings, so the output grid is a free choice in metres."""
+        encodings, so the output grid is a free choice in metres. Queries go ``chunk`` at a time.
+
+        The local decoder (``decoder: local``) also reads the atoms of ``batch`` (the batch ``z`` was encoded
+        from), ``atom_chunk`` atoms at a time (all at once when ``None``).
+        """
         if self.dense is None:
             raise ValueError("this Atomizer classifies images (task: classification); it has no dense decoder")
-        gsd = gsd_encoding(queries.gsd.to(z.device))  # (S, G)
+        dtype, device = z.dtype, z.device
 
-        def features(sl: slice) -> Tensor:
-            fx = self.encoder.coord_features(queries.x[:, sl].to(z.device))
-            fy = self.encoder.coord_features(queries.y[:, sl].to(z.device))
-            return torch.cat([fx, fy, gsd[:, None, :].expand(-1, fx.shape[1], -1)], dim=-1).to(z.dtype)
+        def features(x: Tensor, y: Tensor, gsd_m: Tensor) -> Tensor:
+            """Position (metres) and GSD code of points ``x``, ``y`` (S, n) at ``gsd_m`` (S,)."""
+            fx, fy = self.encoder.coord_features(x), self.encoder.coord_features(y)
+            g = gsd_encoding(gsd_m)[:, None, :].expand(-1, fx.shape[1], -1)
+            return torch.cat([fx, fy, g], dim=-1).to(dtype)
 
-        return self.dense(z, features, int(queries.x.shape[1]), chunk)
+        qx, qy, q_gsd = queries.x.to(device), queries.y.to(device), queries.gsd.to(device)
+        if isinstance(self.dense, DenseDecoder):
+            return self.dense(z, lambda sl: features(qx[:, sl], qy[:, sl], q_gsd), int(qx.shape[1]), chunk)
+        if batch is None:
+            raise ValueError("the local dense decoder reads the atoms: pass the batch the latents came from")
+        batch = batch.decoded()
+        half = window_half_extent(batch)
+        return self.dense(z, features, qx, qy, q_gsd, half, self._atom_chunks(batch, atom_chunk), chunk)
+
+    def _atom_chunks(self, batch: AtomBatch, chunk: int | None) -> Iterator[AtomChunk]:
+        """The local decoder's view of the atoms: keys/values from its own projection, positions in metres."""
+        assert isinstance(self.dense, LocalDenseDecoder)
+        to_kv = self.dense.to_kv_atoms
+        fx = self.encoder.coord_features(batch.coord_x)
+        fy = self.encoder.coord_features(batch.coord_y)
+        fb = self.encoder.band_features(batch.band_table, batch.band_names)
+        n = batch.value.shape[1]
+        step = n if chunk is None else chunk
+        for a in range(0, n, step):
+            sl = slice(a, a + step)
+            band, xi, yi, mask = batch.band[:, sl], batch.xi[:, sl], batch.yi[:, sl], batch.mask[:, sl]
+            v = self.encoder.value_features(batch, batch.value[:, sl], band, mask)
+            yield to_kv(v, fx, fy, fb, xi, yi, band), batch.coord_x[xi], batch.coord_y[yi], mask
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

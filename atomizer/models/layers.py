@@ -384,3 +384,151 @@ class DenseDecoder(nn.Module):
             q, _ = residual_step(q, self.norm_q, self.attn, self.ff, context=context)
             out.append(self.fc(self.out_norm(q)))
         return torch.cat(out, dim=1)
+
+
+#: A chunk of atoms as the local decoder reads it: keys/values (S, c, 2 * inner), positions ``x``, ``y``
+#: (S, c) in metres from the window centre, and ``valid`` (S, c) (False for padding and nodata).
+AtomChunk = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+class LocalDenseDecoder(nn.Module):
+    """A *local* dense decoder: spatial latents on a ``grid x grid`` lattice over each window, each output
+    pixel reading only its nearest spatial latents.
+
+    1. A spatial latent per cell is coded from the cell's centre and size (the queries' own features), reads
+       the global latents (the encoder's output: context) and then **the atoms inside its cell** (a local
+       cross-attention: a per-cell softmax over the cell's atoms, computed chunk by chunk with an online
+       softmax, so memory does not grow with the number of atoms and no cell is padded).
+    2. Each output query (the same position + GSD code as :class:`DenseDecoder`) attends to the 3 x 3 spatial
+       latents around its cell (fewer at the border), then a feed-forward, LayerNorm + Linear to the logits.
+
+    Per output pixel it reads 9 latents instead of all of them; per window it adds ``grid**2`` cells reading
+    the latents and one pass over the atoms. The cells span each window's own extent (from its atoms), so a
+    window's spatial latents are the same whatever output GSD is asked.
+    """
+
+    def __init__(
+        self,
+        query_features: int,
+        part_dims: tuple[int, int, int, int],
+        dim: int,
+        heads: int,
+        dim_head: int,
+        atom_heads: int,
+        atom_dim_head: int,
+        num_classes: int,
+        grid: int = 8,
+        ff_mult: int = 4,
+    ):
+        super().__init__()
+        if grid < 1:
+            raise ValueError(f"the local decoder's grid must have at least 1 cell a side, got {grid}")
+        self.grid = grid
+        self.to_cell = nn.Sequential(nn.Linear(query_features, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.to_query = nn.Sequential(nn.Linear(query_features, dim), nn.GELU(), nn.Linear(dim, dim))
+        # 1a. cells read the global latents
+        self.norm_c = nn.LayerNorm(dim)
+        self.norm_z = nn.LayerNorm(dim)
+        self.attn_z = Attention(dim, heads, dim_head)
+        self.ff_z = FeedForward(dim, ff_mult)
+        # 1b. cells read their atoms (keys/values projected from the atoms' parts, like the encoder's)
+        self.atom_heads, self.atom_dim_head = atom_heads, atom_dim_head
+        inner = atom_heads * atom_dim_head
+        self.norm_a = nn.LayerNorm(dim)
+        self.to_q_atoms = nn.Linear(dim, inner, bias=False)
+        self.to_kv_atoms = FactorizedTokenProjection(part_dims, 2 * inner)
+        self.out_atoms = nn.Linear(inner, dim)
+        self.ff_a = FeedForward(dim, ff_mult)
+        # 2. queries read their neighbouring cells
+        self.norm_cells = nn.LayerNorm(dim)
+        self.to_kv_cells = nn.Linear(dim, 2 * heads * dim_head, bias=False)
+        self.norm_q = nn.LayerNorm(dim)
+        self.attn_q = Attention(dim, heads, dim_head, external_kv=True)
+        self.ff = FeedForward(dim, ff_mult)
+        self.out_norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, num_classes)
+        offsets = torch.tensor([(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1)], dtype=torch.long)
+        self.neighbours: Tensor
+        self.register_buffer("neighbours", offsets, persistent=False)
+
+    def cell_of(self, x: Tensor, y: Tensor, half: Tensor) -> tuple[Tensor, Tensor]:
+        """Row and column (S, n) of the cells holding the points ``x``, ``y`` (S, n) of windows of half-extent
+        ``half`` (S,) metres (points outside fall in the border cells)."""
+        size = (2 * half / self.grid)[:, None]
+        col = torch.floor((x + half[:, None]) / size).long().clamp_(0, self.grid - 1)
+        row = torch.floor((half[:, None] - y) / size).long().clamp_(0, self.grid - 1)
+        return row, col
+
+    def cells(self, half: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Centres ``x``, ``y`` (S, G) and size (S,) of each window's cells, row-major."""
+        g = self.grid
+        size = 2 * half / g
+        c = (torch.arange(g, device=half.device, dtype=half.dtype) + 0.5)[None, :] * size[:, None] - half[:, None]
+        x = c[:, None, :].expand(-1, g, -1).reshape(len(half), g * g)
+        y = (-c)[:, :, None].expand(-1, -1, g).reshape(len(half), g * g)
+        return x, y, size
+
+    def read_atoms(self, cells: Tensor, half: Tensor, chunks: Iterable[AtomChunk]) -> Tensor:
+        """Each cell's attention over the atoms inside it, ``(S, G, D)``: a softmax per cell, accumulated
+        chunk by chunk (online: running maximum, denominator and weighted sum per cell and head)."""
+        s, g2, _ = cells.shape
+        h, d = self.atom_heads, self.atom_dim_head
+        q = self.to_q_atoms(self.norm_a(cells)).float().view(s, g2, h, d)
+        q = torch.cat([q, q.new_zeros(s, 1, h, d)], 1)  # a last, unread cell collects padding and nodata
+        m = q.new_full((s, g2 + 1, h), -1e30)
+        den = q.new_zeros(s, g2 + 1, h)
+        acc = q.new_zeros(s, g2 + 1, h, d)
+        for kv, x, y, valid in chunks:
+            row, col = self.cell_of(x.float(), y.float(), half)
+            cid = torch.where(valid, row * self.grid + col, g2)  # (S, c)
+            k, v = kv.float().view(s, -1, 2, h, d).unbind(2)
+            idx = cid[..., None, None].expand(-1, -1, h, d)
+            score = (torch.gather(q, 1, idx) * k).sum(-1) / math.sqrt(d)  # (S, c, H): each atom vs its cell
+            idx_h = cid[..., None].expand(-1, -1, h)
+            cmax = m.scatter_reduce(1, idx_h, score.detach(), "amax", include_self=True)
+            scale = torch.exp(m - cmax)
+            w = torch.exp(score - torch.gather(cmax, 1, idx_h))
+            den = (den * scale).scatter_add(1, idx_h, w)
+            acc = (acc * scale[..., None]).scatter_add(1, idx, w[..., None] * v)
+            m = cmax
+        out = acc[:, :g2] / den[:, :g2, :, None].clamp_min(1e-30)  # a cell without atoms reads 0
+        return self.out_atoms(out.reshape(s, g2, h * d).to(cells.dtype))
+
+    def forward(
+        self,
+        z: Tensor,
+        features: Callable[[Tensor, Tensor, Tensor], Tensor],
+        qx: Tensor,
+        qy: Tensor,
+        q_gsd: Tensor,
+        half: Tensor,
+        chunks: Iterable[AtomChunk],
+        chunk: int = 4096,
+    ) -> Tensor:
+        """Logits (S, Q, C) of the queries at ``qx``, ``qy`` (S, Q) metres from the window centres, output GSD
+        ``q_gsd`` (S,); ``features(x, y, gsd)`` codes points; ``half`` (S,) each window's half-extent;
+        ``chunks`` the atoms (:data:`AtomChunk`), read once."""
+        cx, cy, size = self.cells(half)
+        c = self.to_cell(features(cx, cy, size))  # (S, G, D)
+        c, _ = residual_step(c, self.norm_c, self.attn_z, self.ff_z, context=self.norm_z(z))
+        c = c + self.read_atoms(c, half, chunks)
+        c = c + self.ff_a(c)
+        kv_cells = self.to_kv_cells(self.norm_cells(c))  # (S, G, 2 * inner)
+        s, g = z.shape[0], self.grid
+        out = []
+        for a in range(0, qx.shape[1], chunk):
+            x, y = qx[:, a : a + chunk], qy[:, a : a + chunk]
+            q = self.to_query(features(x, y, q_gsd))  # (S, q, D)
+            row, col = self.cell_of(x, y, half)
+            nr = row[..., None] + self.neighbours[:, 0]  # (S, q, 9)
+            nc = col[..., None] + self.neighbours[:, 1]
+            ok = (nr >= 0) & (nr < g) & (nc >= 0) & (nc < g)
+            nid = (nr.clamp(0, g - 1) * g + nc.clamp(0, g - 1)).reshape(s, -1)  # (S, q*9)
+            kv = torch.gather(kv_cells, 1, nid[..., None].expand(-1, -1, kv_cells.shape[-1]))
+            n = q.shape[1]
+            q1 = q.reshape(s * n, 1, -1)
+            attended, _ = self.attn_q(self.norm_q(q1), kv=kv.reshape(s * n, 9, -1), mask=ok.reshape(s * n, 9))
+            q = (q1 + attended).reshape(s, n, -1)
+            q = q + self.ff(q)
+            out.append(self.fc(self.out_norm(q)))
+        return torch.cat(out, dim=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -191,8 +192,9 @@ def as_scores(ds: xr.Dataset) -> xr.Dataset:
     )
 
 
-def collect_predictions(root: str | Path, name: str = PREDICTIONS_FILE) -> xr.Dataset | None:
-    """Every run's per-image predictions under ``root`` (files called ``name``: the test modalities'
+def collect_predictions(root: str | Path | Sequence[str | Path], name: str = PREDICTIONS_FILE) -> xr.Dataset | None:
+    """Every run's per-image predictions under ``root`` (one store, or several read as one: e.g. two
+    experiments on the same data and folds; files called ``name``: the test modalities'
     ``predictions.nc``, or ``landscape_predictions.nc``), as one Dataset for :mod:`atomizer.results.stats`.
 
     Runs are keyed by (model label, seed, fold) from their ``config.yaml`` (``label`` or ``model``,
@@ -204,12 +206,12 @@ def collect_predictions(root: str | Path, name: str = PREDICTIONS_FILE) -> xr.Da
     Raises:
         ValueError: two runs claim the same (model, seed, fold), or disagree on an image's target.
     """
-    root = Path(root)
+    roots = [Path(root)] if isinstance(root, (str, Path)) else [Path(r) for r in root]
     groups: dict[tuple[str, int], list[xr.Dataset]] = {}
     seen: dict[tuple[str, int, int], Path] = {}
     folds: set[int] = set()
     targets: dict[str, np.ndarray] = {}
-    for d in find_run_dirs(root):
+    for d in (d for r in roots for d in find_run_dirs(r)):
         f = d / name
         if not f.exists():
             continue

@@ -339,3 +339,31 @@ def test_augmented_windows_keep_each_pixels_label():
         assert any(np.array_equal(moves[j](t_plain), t_moved) for j in found)
         seen.update(found)
     assert len(seen) > 1  # some windows were really moved
+
+
+def test_windows_per_image_draws_several_random_windows_of_each_tile_an_epoch():
+    """A few large tiles give many training windows an epoch: item j is tile j // k, each with its own random
+    window and modality; its target is the mask under that window."""
+    from atomizer.atoms.tokens import AtomBatch
+    from atomizer.data.modalities import Modality
+    from atomizer.engine.loaders import ModalityDataset
+
+    base = ManifestDataset(MANIFEST)
+    mods = [Modality("a", 32, 10.0, ("B02", "B04")), Modality("b", 16, 20.0, ("B03", "VV"))]
+    k = 4
+    ds = ModalityDataset(
+        base, mods, np.arange(len(base) * k) % 2, AtomBatch, random_window=True, dense=True, windows_per_image=k
+    )
+    assert len(ds) == len(base) * k
+    items = [ds[j] for j in range(2 * k)]
+    assert [it["id"] for it in items] == [base.ids()[0]] * k + [base.ids()[1]] * k
+    assert [it["modality"] for it in items] == [0, 1] * k
+    windows = {tuple(ds.simulated(j).attrs["window_m"]) for j in range(k)}
+    assert len(windows) == k  # k different windows of one tile
+    for j in range(k):
+        window = ds.simulated(j).attrs["window_m"]
+        np.testing.assert_array_equal(items[j]["target"].numpy(), window_target(base[0]["mask"], window, 10.0))
+    with pytest.raises(ValueError, match="windows_per_image must be >= 1"):
+        ModalityDataset(base, mods, windows_per_image=0)
+    with pytest.raises(ValueError, match="windows_per_image must be >= 1"):
+        TrainConfig.from_dict({"windows_per_image": 0})
