@@ -48,10 +48,10 @@ from atomizer.dashboard._common import (
 )
 from atomizer.data.bands import list_sensors
 from atomizer.data.datasets import embedded_items
-from atomizer.data.modalities import Modality, load_modalities, simulate
+from atomizer.data.modalities import NATIVE, Modality, load_modalities, simulate
 from atomizer.data.readers import open_image
 from atomizer.data.rgb import RGB_BANDS, rgb_composite
-from atomizer.engine.attention import NATIVE, AttentionResult, BandGrid, compute_attention, input_atoms
+from atomizer.engine.attention import AttentionResult, BandGrid, compute_attention, input_atoms
 from atomizer.models.checkpoint import load_trained
 
 #: Largest input (atoms) the Attention tab computes: the result keeps every atom's weight in every block

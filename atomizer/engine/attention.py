@@ -39,9 +39,6 @@ from atomizer.data.modalities import overlap_matrix
 from atomizer.data.readers import count_tokens, open_image
 from atomizer.models.atomizer import Atomizer
 
-NATIVE = "native"
-
-
 # --------------------------------------------------------------------------------------------------
 # How large an input is, before reading it
 # --------------------------------------------------------------------------------------------------

@@ -21,17 +21,8 @@ from atomizer.atoms.dense import IGNORE
 from atomizer.core.runtime import autocast, pick_device
 from atomizer.core.storage import atomic_paths, clean_stale_temps, file_sha256, json_text, locked
 from atomizer.data.datasets import open_dataset
-from atomizer.data.modalities import Modality, ModalitySet
-from atomizer.engine.loaders import (
-    NATIVE_MODALITY,
-    InMemory,
-    ModalityDataset,
-    check_dataset_fit,
-    collate_items,
-    keep_in_memory,
-    modality_set,
-    wire_for,
-)
+from atomizer.data.modalities import NATIVE_MODALITY, Modality, ModalitySet, check_dataset_fit, modality_set
+from atomizer.engine.loaders import InMemory, ModalityDataset, collate_items, keep_in_memory, wire_for
 from atomizer.engine.metrics import (
     SEGMENTATION_METRICS,
     classification_metrics,
@@ -46,7 +37,7 @@ from atomizer.models.registry import input_type, is_dense
 
 def modality_coords(modalities: Sequence[Modality]) -> dict:
     """The per-modality coordinates of results (size, GSD, bands); the native placeholder
-    (:data:`~atomizer.engine.loaders.NATIVE_MODALITY`: each image as read) has size 0, GSD NaN and bands
+    (:data:`~atomizer.data.modalities.NATIVE_MODALITY`: each image as read) has size 0, GSD NaN and bands
     ``native``, its images' own varying."""
     native = [m == NATIVE_MODALITY for m in modalities]
     return {
@@ -256,7 +247,7 @@ def evaluate_checkpoint(
     num_workers: int = 0,
 ):
     """Evaluate a training checkpoint on every modality of a modality file (or ``native``: every image as read,
-    :data:`~atomizer.engine.loaders.NATIVE`). On a union of datasets (:mod:`atomizer.data.union`) a segmentation
+    :data:`~atomizer.data.modalities.NATIVE`). On a union of datasets (:mod:`atomizer.data.union`) a segmentation
     model's results add ``miou_<part>``: each part's mIoU over its own images and classes.
 
     A run trained on a cross-validation fold (``fold`` in its training config) is evaluated on that

@@ -13,7 +13,6 @@ index)``, so an interrupted run resumes on exactly the same inputs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -24,66 +23,13 @@ from atomizer.atoms.canvas import CanvasBatch, CanvasSpec
 from atomizer.atoms.dense import IGNORE, DenseQueries, window_target
 from atomizer.atoms.tokens import WIRE_FORMATS, AtomBatch
 from atomizer.data.augment import AugmentConfig, augment, augment_grid
-from atomizer.data.light import LightImage, common_frame
-from atomizer.data.modalities import Modality, ModalityError, ModalitySet, load_modalities, simulate
+from atomizer.data.light import LightImage
+from atomizer.data.modalities import NATIVE_MODALITY, Modality, native_modality, simulate
 
 #: A dataset of at most this many images is kept in memory once read (per process: EuroSAT-sized sets read
 #: from GeoTIFF); a larger one is read per item, which the LMDB makes cheap (0.1 ms a patch). The full
 #: BigEarthNet holds 69,373 training patches, about 11 GB of DN: kept, in every loader worker.
 IN_MEMORY_MAX_IMAGES = 20_000
-
-
-#: The modality-set name meaning "every image as read" (``train_modalities: native``, ``--modalities native``):
-#: each image keeps all its bands on their native grids, over its largest centred square; no simulation. What a
-#: union of different sensors' datasets (:mod:`atomizer.data.union`) trains on, no one modality fitting them all.
-NATIVE = "native"
-#: The placeholder of :data:`NATIVE` in a modality list; each image's own is :func:`native_modality`.
-NATIVE_MODALITY = Modality(NATIVE, 1, 1.0, ("*",))
-
-
-def native_modality(image: xr.Dataset | LightImage) -> Modality:
-    """The modality that keeps ``image`` as read: all its bands at its finest GSD over the largest centred square
-    window (every band keeps its native grid: :func:`~atomizer.data.modalities.simulate` averages no band)."""
-    light = image if isinstance(image, LightImage) else LightImage.from_xarray(image)
-    _, _, width, height, finest = common_frame(light)
-    size = int(np.floor(min(width, height) / finest + 1e-6))
-    return Modality(NATIVE, max(1, size), finest, tuple(light.bands))
-
-
-def modality_set(name: str | Path | ModalitySet) -> ModalitySet:
-    """A modality set by name or path (:func:`~atomizer.data.modalities.load_modalities`), or :data:`NATIVE`: the
-    one placeholder modality that leaves every image as read."""
-    if isinstance(name, ModalitySet):
-        return name
-    if str(name) == NATIVE:
-        return ModalitySet(NATIVE, (NATIVE_MODALITY,), description="every image as read, all bands native")
-    return load_modalities(name)
-
-
-def check_dataset_fit(dataset, modalities: Sequence[Modality], what: str) -> None:
-    """Refuse, before training or evaluation, modalities that the dataset's images cannot give (a band they
-    lack, a window larger than them; one line naming the modality). One image is tried per part of a union
-    (:mod:`atomizer.data.union`: a modality must fit every sensor's images) and the message names the part;
-    :data:`NATIVE` fits every image."""
-    if len(dataset) == 0:
-        return
-    mods = [m for m in modalities if m != NATIVE_MODALITY]
-    if not mods:
-        return
-    firsts: dict[str, dict] = {}
-    labels = getattr(dataset, "labels", None)
-    for r in dataset.records:
-        key = labels[r["part"]] if labels is not None and "part" in r else ""
-        firsts.setdefault(key, r)
-    for key, r in firsts.items():
-        image = dataset.load(r)
-        where = f"{what}, part {key!r}" if key else what
-        for m in mods:
-            try:
-                simulate(image, m)
-            except ModalityError as e:
-                hint = f" (use the modality set {NATIVE!r} to read every image as it is)" if key else ""
-                raise ModalityError(f"{where}: {e}{hint}") from None
 
 
 def keep_in_memory(dataset) -> bool:

@@ -35,9 +35,9 @@ from atomizer.core.config import Config
 from atomizer.core.runtime import check_precision, ensure_process_group, process_device
 from atomizer.data.augment import AugmentConfig
 from atomizer.data.datasets import open_dataset, stratified_fraction
-from atomizer.data.modalities import Assignment
+from atomizer.data.modalities import Assignment, check_dataset_fit, modality_set
 from atomizer.engine.evaluation import predict_dataset
-from atomizer.engine.loaders import ModalityDataset, check_dataset_fit, collate_items, modality_set, wire_for
+from atomizer.engine.loaders import ModalityDataset, collate_items, wire_for
 from atomizer.engine.loop import Loop, Step, Task, state_hash
 from atomizer.engine.metrics import classification_metrics, segmentation_loss, segmentation_scores
 from atomizer.models.adapters import adapter_report, apply_adapters, save_adapters

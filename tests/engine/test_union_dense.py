@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from atomizer.data.datasets import open_dataset
-from atomizer.data.modalities import ModalityError, load_modalities
-from atomizer.engine.loaders import NATIVE_MODALITY, ModalityDataset, check_dataset_fit, collate_items, modality_set
+from atomizer.data.modalities import NATIVE_MODALITY, ModalityError, check_dataset_fit, load_modalities, modality_set
+from atomizer.engine.loaders import ModalityDataset, collate_items
 from atomizer.engine.metrics import part_miou, segmentation_scores
 from tests.conftest import EMBEDDED, REPO_ROOT
 
