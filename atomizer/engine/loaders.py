@@ -91,6 +91,9 @@ class ModalityDataset(torch.utils.data.Dataset):
         augment: Label-preserving augmentation after the simulation (:mod:`atomizer.data.augment`).
         dense: Segmentation: targets are the items' masks (``item["mask"]``) on each window's output grid.
         dense_gsd_m: The output grid's GSD (m) for ``dense``; default: the mask's own.
+        max_queries: Training: score at most this many output pixels of each window, drawn at random (a pure
+            function of seed, epoch and index) where its grid has more: the loss is unbiased and the dense
+            decoder's cost per step no longer grows with the output resolution; ``None``: every pixel.
         windows_per_image: Items per image per epoch (``len = len(base) * windows_per_image``; item ``j`` is
             image ``j // windows_per_image``), each with its own modality and random window: a few large
             tiles (dense sets) give many windows an epoch, as a random geo-sampler does.
@@ -118,9 +121,13 @@ class ModalityDataset(torch.utils.data.Dataset):
         dense: bool = False,
         dense_gsd_m: float | None = None,
         windows_per_image: int = 1,
+        max_queries: int | None = None,
     ):
         if windows_per_image < 1:
             raise ValueError(f"windows_per_image must be >= 1, got {windows_per_image}")
+        if max_queries is not None and max_queries < 1:
+            raise ValueError(f"max_queries must be >= 1 (or None), got {max_queries}")
+        self.max_queries = max_queries
         self.base = base
         self.windows_per_image = windows_per_image
         #: Segmentation: each item's target is its mask on the output grid of its window at ``dense_gsd_m``
@@ -193,6 +200,9 @@ class ModalityDataset(torch.utils.data.Dataset):
             target = window_target(mask, image.attrs["window_m"], gsd)
             out["target"] = torch.from_numpy(augment_grid(target, image.attrs) if self.augment is not None else target)
             out["gsd"] = gsd
+            if self.max_queries is not None and target.size > self.max_queries:
+                rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch, i, 2])
+                out["query_index"] = torch.from_numpy(np.sort(rng.choice(target.size, self.max_queries, replace=False)))
         return out
 
 
@@ -210,6 +220,18 @@ def collate_items(items: Sequence[dict]) -> dict:
         return {**out, "target": torch.stack([it["target"] for it in items])}
     sizes = [int(it["target"].shape[0]) for it in items]
     queries = DenseQueries.grids(sizes, [it["gsd"] for it in items])
+    if any("query_index" in it for it in items):  # training on a random subset of each window's pixels
+        picks = [it.get("query_index", torch.arange(it["target"].numel())) for it in items]
+        q = max(len(p) for p in picks)
+        x, y = torch.zeros(len(items), q), torch.zeros(len(items), q)
+        valid = torch.zeros(len(items), q, dtype=torch.bool)
+        target = torch.full((len(items), q), IGNORE, dtype=torch.long)
+        for s, (it, p) in enumerate(zip(items, picks)):
+            n = len(p)
+            x[s, :n], y[s, :n], valid[s, :n] = queries.x[s, p], queries.y[s, p], True
+            target[s, :n] = it["target"].reshape(-1)[p]
+        queries = DenseQueries(x, y, queries.gsd, valid, queries.shape)
+        return {**out, "target": target, "queries": queries}
     target = torch.full(queries.valid.shape, IGNORE, dtype=torch.long)
     for s, it in enumerate(items):
         target[s, : it["target"].numel()] = it["target"].reshape(-1)

@@ -38,7 +38,7 @@ from atomizer.atoms.tokens import EmptyTokenSetError
 from atomizer.core.storage import atomic_write_json
 from atomizer.data.bands import Sensor
 from atomizer.data.light import LightImage, Raster, common_frame
-from atomizer.data.modalities import Modality, load_modalities, simulate
+from atomizer.data.modalities import NATIVE, Modality, load_modalities, simulate
 from atomizer.data.readers import GDAL_LOCAL_ONLY, image_bands, open_image, valid_mask
 from atomizer.engine.loaders import model_input
 from atomizer.models.checkpoint import load_trained
@@ -161,6 +161,8 @@ def default_window_m(extra: dict[str, Any]) -> float:
     name = extra.get("train_modalities")
     if not name:
         raise MapError("the checkpoint records no training modalities; pass --window-m")
+    if name == NATIVE:
+        raise MapError("the checkpoint was trained on whole images as read (modalities 'native'); pass --window-m")
     return max(m.extent_m for m in load_modalities(name))
 
 

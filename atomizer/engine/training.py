@@ -63,6 +63,7 @@ class TrainConfig(Config):
     task: str = "auto"  # auto (segmentation for a mask dataset, else classification) | classification | segmentation
     dense_gsd_m: float | None = None  # segmentation: the output grid's GSD (m) of the targets; default the mask's
     class_weights: list[float] | None = None  # segmentation: per-class loss weights
+    dense_train_queries: int | None = None  # segmentation: output pixels scored per training window (random); None: all
     dataset: str = "eurosat"  # eurosat | bigearthnet (embedded) | a manifest path (your own data) | torchgeo:<Dataset>
     data_root: str | None = None
     train_split: str = "train"
@@ -107,6 +108,10 @@ class TrainConfig(Config):
             raise ValueError(f"training config: dense_gsd_m must be positive (or null), got {self.dense_gsd_m}")
         if not 0.0 < self.train_fraction <= 1.0:
             raise ValueError(f"training config: train_fraction must be in (0, 1], got {self.train_fraction}")
+        if self.dense_train_queries is not None and self.dense_train_queries < 1:
+            raise ValueError(
+                f"training config: dense_train_queries must be >= 1 (or null), got {self.dense_train_queries}"
+            )
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"training config: max_steps must be >= 1 (or null), got {self.max_steps}")
         if self.patience is not None and self.patience < 1:
@@ -164,6 +169,7 @@ def build_datasets(cfg: TrainConfig, batch_type: type, wire: str = "full", task:
         canvas,
         random_window=cfg.random_window,
         windows_per_image=cfg.windows_per_image,
+        max_queries=cfg.dense_train_queries,
         seed=cfg.seed,
         augment=cfg.augment,
         wire=wire,

@@ -367,3 +367,33 @@ def test_windows_per_image_draws_several_random_windows_of_each_tile_an_epoch():
         ModalityDataset(base, mods, windows_per_image=0)
     with pytest.raises(ValueError, match="windows_per_image must be >= 1"):
         TrainConfig.from_dict({"windows_per_image": 0})
+
+
+def test_training_scores_a_random_subset_of_each_windows_pixels():
+    """dense_train_queries: each training window scores at most N of its output pixels, drawn as a pure function
+    of (seed, epoch, index); the collated queries sit exactly where those pixels are, with their own labels."""
+    from atomizer.atoms.tokens import AtomBatch
+    from atomizer.data.modalities import Modality
+    from atomizer.engine.loaders import ModalityDataset, collate_items
+
+    base = ManifestDataset(MANIFEST)
+    mods = [Modality("a", 32, 10.0, ("B02", "B04")), Modality("b", 8, 20.0, ("B03", "VV"))]
+    ds = ModalityDataset(
+        base, mods, np.arange(len(base)) % 2, AtomBatch, random_window=True, dense=True, max_queries=300
+    )
+    items = [ds[0], ds[1]]
+    assert len(items[0]["query_index"]) == 300 and "query_index" not in items[1]  # 32 x 32 > 300 >= 16 x 16
+    np.testing.assert_array_equal(ds[0]["query_index"].numpy(), items[0]["query_index"].numpy())  # reproducible
+    assert not np.array_equal(ds[(1, 0)]["query_index"].numpy(), items[0]["query_index"].numpy())  # another epoch
+    batch = collate_items(items)
+    full = DenseQueries.grids([32, 16], [10.0, 20.0])
+    q, t = batch["queries"], batch["target"]
+    assert q.x.shape == (2, 300) and q.valid.sum(1).tolist() == [300, 256]
+    p = items[0]["query_index"]
+    torch.testing.assert_close(q.x[0, :300], full.x[0, p])
+    torch.testing.assert_close(q.y[0, :300], full.y[0, p])
+    torch.testing.assert_close(t[0, :300], items[0]["target"].reshape(-1)[p])
+    torch.testing.assert_close(t[1, :256], items[1]["target"].reshape(-1))
+    assert (t[1, 256:] == IGNORE).all()
+    with pytest.raises(ValueError, match="dense_train_queries must be >= 1"):
+        TrainConfig.from_dict({"dense_train_queries": 0})

@@ -161,3 +161,13 @@ def _canvas(ckpt):
 
     mods = load_modalities(read_checkpoint(ckpt)["extra"]["train_modalities"])
     return CanvasSpec(int(mods.source_size_px or 64), float(mods.source_gsd_m or 10.0))
+
+
+def test_a_checkpoint_trained_on_whole_images_asks_for_a_window():
+    from atomizer.engine.mapping import default_window_m
+
+    assert default_window_m({"train_modalities": "eurosat_train"}) > 0
+    with pytest.raises(MapError, match="whole images as read .*pass --window-m"):
+        default_window_m({"train_modalities": "native"})
+    with pytest.raises(MapError, match="records no training modalities"):
+        default_window_m({})
