@@ -3,8 +3,9 @@
 The map is :func:`atomizer.engine.mapping.predict_map` (the same function as ``atomizer map``); this view
 runs it in the server's map pool (a few workers for every session; the page stays responsive, a progress
 bar follows it), caches the GeoTIFF per (checkpoint, scene, window, stride) under ``cache_dir``, and draws
-the chosen class's probability (or the argmax class) over the scene's RGB composite, with the window grid
-and the probabilities of every class under the cursor. Use in a notebook::
+the chosen class's probability (or the argmax class) over the scene's RGB composite, with the window grid;
+under the cursor, the name of the most probable class and the probability of every class
+(:func:`class_hover`). Use in a notebook::
 
     from atomizer.dashboard.maps import MapView
     view = MapView(checkpoint="runs/x/checkpoints/best.pt", scene="data/embedded/majortom/...")
@@ -33,6 +34,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,8 @@ import numpy as np
 import panel as pn
 import param
 import xarray as xr
+from bokeh.models import CustomJSHover, HoverTool
+from holoviews.core.util import dimension_sanitizer
 
 from atomizer.core.paths import data_dir
 from atomizer.core.storage import locked
@@ -77,6 +81,36 @@ SCREEN_PX = 400
 #: A built map as the page draws it: probabilities and argmax (C+1, H, W), classes, bounds (left, bottom, right,
 #: top), window and stride (m).
 _Map = tuple[np.ndarray, list[str], tuple[float, float, float, float], float, float]
+
+
+#: The map hover's formatter. The class names arrive as data (``names``: the map file's tags, which come from
+#: a checkpoint someone sent, escaped with :func:`escape_text`), never as source; the format says what a row
+#: shows: ``class`` (the value is a class index: its name) or a class index ``i`` (the value is that class's
+#: probability: ``name: p``). The escaped names are turned back into their text here because Bokeh escapes
+#: every formatter's output before it reaches the tooltip, which then shows each name as typed, as text.
+HOVER_JS = """
+const text = (s) => String(s).replace(/&#91;/g, "[").replace(/&#93;/g, "]").replace(/&lt;/g, "<")
+  .replace(/&gt;/g, ">").replace(/&quot;/g, '"').replace(/&#x27;/g, "'").replace(/&amp;/g, "&");
+if (format === "class") {
+  const i = Math.round(Number(value));
+  return i >= 0 && i < names.length ? text(names[i]) : "-";
+}
+const i = Number(format);
+const name = Number.isInteger(i) && i >= 0 && i < names.length ? text(names[i]) : "?";
+return name + ": " + Number(value).toFixed(3);
+"""
+
+
+def class_hover(classes: Sequence[str], class_field: str, prob_fields: Sequence[str]) -> HoverTool:
+    """The hover of a map: x and y, the name of the most probable class (``class_field``: the Bokeh column of
+    the argmax index, e.g. ``"@image"``), and every class's probability as ``name: p`` (``prob_fields[i]``:
+    the column of class ``i``). The names reach the page only escaped, as the formatter's data."""
+    if len(prob_fields) != len(classes):
+        raise ValueError(f"class_hover: {len(classes)} classes but {len(prob_fields)} probability columns")
+    names = CustomJSHover(args={"names": [escape_text(c) for c in classes]}, code=HOVER_JS)
+    rows = [("x", "$x"), ("y", "$y"), ("class", f"{class_field}{{class}}")]
+    rows += [("p" if i == 0 else "", f"{field}{{{i}}}") for i, field in enumerate(prob_fields)]
+    return HoverTool(tooltips=rows, formatters=dict.fromkeys([class_field, *prob_fields], names))
 
 
 def default_cache_dir() -> Path:
@@ -464,27 +498,31 @@ class MapView(pn.viewable.Viewer):
         if rgb is not None:
             rs = max(1, rgb.shape[0] // SCREEN_PX)
             layers.append(hv.RGB(rgb[::rs, ::rs], bounds=bounds).opts(alpha=1.0))
-        probs = sub[:-1]
-        vdims = [f"p({c})" for c in classes]
+        probs = [np.where(p == MAP_NODATA, np.nan, p) for p in sub[:-1]]
+        argmax = np.where(sub[-1] == MAP_NODATA, np.nan, sub[-1])
+        column = [f"@{{{dimension_sanitizer(f'p({c})')}}}" for c in classes]  # Bokeh's column of p(class)
+        more = [(f"p({c})", p) for c, p in zip(classes, probs, strict=True)]
         if self.layer == ARGMAX:
-            shown = np.where(sub[-1] == MAP_NODATA, np.nan, sub[-1])
-            cmap, clim, label = "Category10", (0, max(len(classes) - 1, 1)), "argmax"
-        else:
-            shown = np.where(probs[classes.index(self.layer)] == MAP_NODATA, np.nan, probs[classes.index(self.layer)])
-            cmap, clim, label = "viridis", (0, 1), f"p({self.layer})"
+            shown, label, class_field = argmax, "argmax", "@image"
+            cmap, clim, clabel = "Category10", (0, max(len(classes) - 1, 1)), "argmax"
+        else:  # the layer's probability is the image; the argmax is a hover column
+            shown, label, class_field = probs[classes.index(self.layer)], "probability", "@{argmax}"
+            more.insert(0, ("argmax", argmax))
+            cmap, clim, clabel = "viridis", (0, 1), f"p({self.layer})"
         ds = hv.Dataset(
             (
                 np.linspace(bounds[0], bounds[2], shown.shape[1]),
                 np.linspace(bounds[3], bounds[1], shown.shape[0]),
                 shown,
-                *[np.where(p == MAP_NODATA, np.nan, p) for p in probs],
+                *[v for _, v in more],
             ),
             ["x", "y"],
-            [label, *vdims],
+            [label, *[n for n, _ in more]],
         )
-        img = hv.Image(ds, ["x", "y"], [label, *vdims]).opts(
-            cmap=cmap, clim=clim, alpha=0.6, colorbar=True, tools=["hover"], width=PLOT_WIDTH, height=PLOT_WIDTH,
-            title=f"{self.layer} over the RGB composite", data_aspect=1,
+        img = hv.Image(ds, ["x", "y"], [label, *[n for n, _ in more]]).opts(
+            cmap=cmap, clim=clim, clabel=clabel, alpha=0.6, colorbar=True, width=PLOT_WIDTH, height=PLOT_WIDTH,
+            tools=[class_hover(classes, class_field, column)], title=f"{self.layer} over the RGB composite",
+            data_aspect=1,
         )  # fmt: skip
         return hv.Overlay([*layers, img, self.window_grid()]).opts(width=PLOT_WIDTH, height=PLOT_WIDTH)
 

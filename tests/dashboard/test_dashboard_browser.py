@@ -234,3 +234,33 @@ def test_maps_tab_builds_a_map_in_the_background_and_switches_classes(page, serv
     page.wait_for_function(f"() => ({titles})().includes('Forest over the RGB composite')", timeout=30_000)
     assert page.evaluate(layer_range, hover) is not None  # the hover columns are still every class's
     _shot(page, "maps")
+
+
+def test_maps_tab_hover_shows_the_class_name_under_the_cursor(page, served, majortom_product_dir):
+    """Over the built map, the tooltip names the most probable class (not its index) and gives every class's
+    probability by name; the same with a class's probability layer shown."""
+    from maps_support import SCENE_NAME, build_map, class_rows, hover_map, write_scene
+
+    from atomizer.models.checkpoint import read_checkpoint
+
+    classes = [str(c) for c in read_checkpoint(served["run"] / "checkpoints" / "best.pt")["extra"]["classes"]]
+    assert len(classes) == 10
+    scene = write_scene(served["scenes"] / SCENE_NAME, majortom_product_dir)
+    _open(page, served)
+    build_map(page, scene)
+    for layer in (None, "Forest"):
+        if layer is not None:
+            select = page.locator(".bk-input-group", has=page.get_by_text("Layer", exact=True)).locator("select")
+            select.select_option(layer)
+            titles = """() => { const t = []; for (const doc of Bokeh.documents) for (const m of doc.all_models)
+              if (typeof m.text === 'string' && m.text.endsWith('over the RGB composite')) t.push(m.text);
+              return t; }"""
+            page.wait_for_function(f"() => ({titles})().includes('{layer} over the RGB composite')", timeout=30_000)
+            page.mouse.move(0, 0)  # off the map, so the tooltip is drawn afresh
+        rows = hover_map(page)
+        name, probs = class_rows(rows)
+        assert name in classes, rows  # a name, not an index
+        assert sorted(probs) == sorted(classes), rows
+        assert abs(sum(probs.values()) - 1.0) < 0.01, rows
+        assert probs[name] == max(probs.values()), rows  # the named class is the most probable one
+    _shot(page, "maps_hover")
