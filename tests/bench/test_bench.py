@@ -183,11 +183,19 @@ def test_loader_case_records_every_source_and_path():
 
 
 def test_dense_decoder_case_times_every_output_grid():
-    """`bench --case dense_decoder` in-process: one record per output grid, the cost per output pixel."""
+    """`bench --case dense_decoder` in-process: global and local decoders on the real TerraMesh window, one record
+    per output grid, the fixed cost per window apart from the cost per output pixel."""
     from atomizer.bench import case_dense_decoder
 
     recs = case_dense_decoder(torch.device("cpu"), "tiny", 1, [8, 16])
-    assert [r["output_pixels"] for r in recs] == [64, 256] and {r["decoder"] for r in recs} == {"global"}
+    assert [(r["decoder"], r["output_pixels"]) for r in recs] == [
+        ("global", 64),
+        ("global", 256),
+        ("local", 64),
+        ("local", 256),
+    ]
+    assert {r["tokens"] for r in recs} == {224 * 224 * 14}
     for r in recs:
-        assert r["seconds_per_image"] > 0
-        assert np.isclose(r["seconds_per_million_pixels"], r["seconds_per_image"] / r["output_pixels"] * 1e6)
+        assert r["seconds_per_image"] > 0 and r["fixed_seconds"] > 0
+        expected = max(r["seconds_per_image"] - r["fixed_seconds"], 0) / r["output_pixels"] * 1e6
+        assert np.isclose(r["seconds_per_million_pixels"], expected)
