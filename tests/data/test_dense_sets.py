@@ -216,3 +216,24 @@ def test_a_skipped_channel_of_a_shipped_file_is_not_read(tmp_path):
     assert image_bands(img) == ["VV"] and img.attrs["channels_skipped"] == "2"
     with rasterio.open(tmp_path / "images" / f"{sid}_s1rtc.tif") as src:
         np.testing.assert_array_equal(img["VV"].values, src.read(1))
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_the_generated_sets_modality_sets_fit_every_image_and_keep_the_protocol(generated, name):
+    """``flair2_*`` / ``spacenet7_*``: every modality fits every generated image (real pixels), and the
+    modality-disjoint protocol holds, except the band rule a three-band sensor cannot meet."""
+    from atomizer.data.modalities import check_disjoint, check_fit, load_modalities, simulate
+
+    out, _ = generated
+    train, test = load_modalities(f"{name}_train"), load_modalities(f"{name}_test")
+    problems = check_disjoint(train.modalities, test.modalities)
+    assert problems == ([] if name == "flair2" else ["no test modality contains a band unseen in training"])
+    ds = ManifestDataset(out / name / "manifest.csv")
+    for r in ds.records:
+        image = ds.load(r)
+        check_fit(image, [*train, *test], name)
+        for m in [*train, *test]:
+            sim = simulate(image, m)
+            assert all(sim[b].shape == (m.size_px, m.size_px) for b in m.bands)
+    if name == "flair2":  # NIR: the band no training modality has
+        assert "nir" not in {b for m in train for b in m.bands} and any("nir" in m.bands for m in test)
