@@ -534,8 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "pretrain",
-        help="masked-atom pretraining of the encoder on unlabelled images",
-        description="Hide most atoms of unlabelled images and reconstruct them from the visible ones. "
+        help="masked pretraining (Atomizer atoms, or S2MAE cubes) of the encoder on unlabelled images",
+        description="Hide most atoms of unlabelled images and reconstruct them from the visible ones "
+        "(model: s2mae: S2MAE's masked spatial-spectral cubes; source_epochs: progressive, source by source). "
         "CONFIG is a YAML of atomizer.engine.pretraining.PretrainConfig fields; the "
         "result (<out_dir>/checkpoints/last.pt) initialises `atomizer train --init`.",
     )

@@ -21,6 +21,19 @@ decoder in :mod:`atomizer.models.masked`, loading the encoder into a classifier 
   S2MAE's fixed-range target; loss = MSE over the hidden atoms (at most ``max_targets`` per set).
 * Checkpoints are ordinary Atomizer checkpoints (``--init`` / ``TrainConfig.init`` reads them) with the
   decoder and optimiser in ``extra``; written atomically, resumable, ``metrics.jsonl`` like training.
+
+``model: s2mae`` runs S2MAE's pretraining through the same loop instead (:mod:`atomizer.models.s2mae`):
+the images are laid out on the canvas of the modality set (:class:`~atomizer.atoms.canvas.CanvasSpec`), a
+random ``mask_ratio`` of each image's spatial-spectral cubes is hidden (``masking`` must be ``random``), a
+decoder of ``decoder_depth`` blocks (``decoder_dim``, ``decoder_heads``, ``decoder_dim_head``) reconstructs
+them, against each cube normalised to [0, 1] with ``norm_target``. ``preset`` and ``model_overrides`` are
+the S2MAE's; ``max_targets`` and ``prune_visible`` are the Atomizer's only. The checkpoint is an ``s2mae``
+checkpoint (the decoder inside its weights) that ``TrainConfig.init`` reads (:func:`load_pretrained_encoder`).
+
+Progressive pretraining (S2MAE: fMoW-S2, then BigEarthNet): ``source_epochs`` (one count per source) runs
+the sources one after another, source ``i`` for ``source_epochs[i]`` epochs over its own images, under one
+learning-rate schedule; the run is then exactly that many steps long and ``steps`` is not read. Without
+it, every step draws from all sources pooled.
 """
 
 from __future__ import annotations
@@ -29,12 +42,13 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from atomizer.atoms.canvas import CanvasBatch, CanvasSpec
 from atomizer.atoms.masking import MASKINGS, mask_atoms, split_atoms
 from atomizer.atoms.tokens import AtomBatch, collate
 from atomizer.core.config import Config
@@ -44,8 +58,18 @@ from atomizer.data.unlabelled import UnlabelledImages
 from atomizer.engine.loaders import AsRead, ModalityDataset
 from atomizer.engine.loop import Loop, Step, Task, state_hash
 from atomizer.models.atomizer import Atomizer, AtomizerConfig
-from atomizer.models.checkpoint import load_into, save_checkpoint
+from atomizer.models.checkpoint import (
+    CheckpointError,
+    load_encoder_weights,
+    load_into,
+    read_checkpoint,
+    save_checkpoint,
+)
 from atomizer.models.masked import MaskedAtomDecoder, MaskedAtomModel
+from atomizer.models.s2mae import S2MAE, S2MAEConfig, encoder_state
+
+#: The models pretraining builds: the Atomizer (masked atoms) or S2MAE (masked spatial-spectral cubes).
+PRETRAIN_MODELS = ("atomizer", "s2mae")
 
 # --------------------------------------------------------------------------------------------------
 # Config
@@ -69,9 +93,11 @@ class PretrainConfig(Config):
 
     kind: ClassVar[str] = "pretraining"
 
+    model: str = "atomizer"  # atomizer (masked atoms) | s2mae (masked spatial-spectral cubes)
     preset: str = "tiny"
     model_overrides: dict = field(default_factory=dict)
     sources: list = field(default_factory=lambda: [{"dataset": "eurosat", "split": "train"}])
+    source_epochs: list[int] | None = None  # progressive: source i for source_epochs[i] epochs, in order
     modalities: str | None = "eurosat_train"  # modality set each image is seen through; None = as read
     random_window: bool = True
     mask_ratio: float = 0.9
@@ -82,7 +108,9 @@ class PretrainConfig(Config):
     decoder_dim: int | None = None  # default: the latent width
     decoder_heads: int = 4
     decoder_dim_head: int = 32
-    steps: int = 200
+    decoder_depth: int = 4  # s2mae: self-attention blocks of the MAE decoder
+    norm_target: bool = True  # s2mae: each cube's pixels min-max normalised to [0, 1] as the target
+    steps: int = 200  # not read with source_epochs (the stages set the length)
     batch_size: int = 16
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -104,6 +132,20 @@ class PretrainConfig(Config):
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if not self.sources:
             raise ValueError("sources: give at least one image source")
+        if self.model not in PRETRAIN_MODELS:
+            raise ValueError(
+                f"pretraining config: model must be one of {', '.join(PRETRAIN_MODELS)}, got {self.model!r}"
+            )
+        if self.model == "s2mae" and self.masking != "random":
+            raise ValueError(f"pretraining config: s2mae masks cubes at random (masking: random), got {self.masking!r}")
+        if self.decoder_depth < 1:
+            raise ValueError(f"pretraining config: decoder_depth must be >= 1, got {self.decoder_depth}")
+        if self.source_epochs is not None:
+            if len(self.source_epochs) != len(self.sources) or any(int(e) < 1 for e in self.source_epochs):
+                raise ValueError(
+                    f"pretraining config: source_epochs needs one count >= 1 per source ({len(self.sources)} "
+                    f"sources), got {self.source_epochs}"
+                )
         check_precision(self.precision)
 
 
@@ -112,24 +154,85 @@ class PretrainConfig(Config):
 # --------------------------------------------------------------------------------------------------
 
 
+class AsCanvas(torch.utils.data.Dataset):
+    """Items of ``base`` laid out as read on the canvas ``canvas`` (the canvas models' counterpart of
+    :class:`~atomizer.engine.loaders.AsRead`)."""
+
+    def __init__(self, base, canvas: CanvasSpec | None = None):
+        self.base, self.canvas = base, canvas or CanvasSpec()
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        it = self.base[i]
+        return {"input": CanvasBatch.from_image(it["image"], self.canvas), "target": it["target"], "id": it["id"]}
+
+
 def build_pretrain_dataset(
     cfg: PretrainConfig, base: UnlabelledImages | None = None, random_window: bool | None = None
 ):
-    """Atom sets of the unlabelled images: each image through one modality of ``cfg.modalities`` (a
-    seeded assignment, random windows per epoch), or as read when ``cfg.modalities`` is None."""
+    """The unlabelled images as the model reads them (atom sets, or canvases for ``model: s2mae``): each
+    image through one modality of ``cfg.modalities`` (a seeded assignment, random windows per epoch; the
+    canvas is the modality set's source format), or as read when ``cfg.modalities`` is None."""
     base = base if base is not None else UnlabelledImages(cfg.sources)
+    canvas_model = cfg.model == "s2mae"
     if not cfg.modalities:
-        return AsRead(base)
+        return AsCanvas(base) if canvas_model else AsRead(base)
     mods = load_modalities(cfg.modalities)
     rw = cfg.random_window if random_window is None else random_window
     return ModalityDataset(
         base,
         mods.modalities,
         Assignment.random(len(base), len(mods), cfg.seed).modality_index,
-        AtomBatch,
+        CanvasBatch if canvas_model else AtomBatch,
+        CanvasSpec.of(mods) if canvas_model else None,
         random_window=rw,
         seed=cfg.seed,
     )
+
+
+@dataclass
+class Stage:
+    """A stretch of the run over one dataset: the pooled sources, or one source of progressive pretraining
+    (``source`` its index). Steps ``start`` to ``start + steps``; epochs counted from ``first_epoch``."""
+
+    data: Any
+    source: int | None
+    start: int
+    steps: int
+    first_epoch: int
+    batch_size: int
+    per_epoch: int
+
+    @property
+    def n(self) -> int:
+        return len(self.data)
+
+
+def plan_stages(cfg: PretrainConfig) -> list[Stage]:
+    """The run's stages: one over every source pooled (``cfg.steps`` steps), or, with ``source_epochs``, one
+    per source in order, ``source_epochs[i]`` epochs of its own batches each."""
+
+    def stage(data: Any, source: int | None, start: int, epochs: int | None, first_epoch: int) -> Stage:
+        bs = min(cfg.batch_size, len(data))
+        per_epoch = max(1, len(data) // bs)
+        steps = cfg.steps if epochs is None else epochs * per_epoch
+        return Stage(data, source, start, steps, first_epoch, bs, per_epoch)
+
+    if cfg.source_epochs is None:
+        return [stage(build_pretrain_dataset(cfg), None, 0, None, 0)]
+    stages: list[Stage] = []
+    start = first_epoch = 0
+    for i, (src, epochs) in enumerate(zip(cfg.sources, cfg.source_epochs)):
+        stages.append(stage(build_pretrain_dataset(cfg, UnlabelledImages([src])), i, start, int(epochs), first_epoch))
+        start += stages[-1].steps
+        first_epoch += int(epochs)
+    return stages
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,9 +240,14 @@ def build_pretrain_dataset(
 # --------------------------------------------------------------------------------------------------
 
 
+def _generator(seed: Sequence[int]) -> torch.Generator:
+    """A CPU generator seeded from a tuple of integers (masks: a pure function of the run's seed and step)."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(seed)).generate_state(1)[0]))
+
+
 def _masked_batch(items: list[dict], cfg: PretrainConfig, seed: Sequence[int]) -> tuple[AtomBatch, AtomBatch, Tensor]:
     batch = collate([it["input"] for it in items])
-    g = torch.Generator().manual_seed(int(np.random.SeedSequence(list(seed)).generate_state(1)[0]))
+    g = _generator(seed)
     hidden = mask_atoms(batch, cfg.mask_ratio, cfg.masking, g, cfg.block_px)
     vis, tgt = split_atoms(batch, hidden, cfg.max_targets, g)
     return vis, tgt, hidden
@@ -151,67 +259,115 @@ def build_models(cfg: PretrainConfig) -> MaskedAtomModel:
     return MaskedAtomModel(atomizer, decoder, cfg.prune_visible)
 
 
+#: The S2MAE config fields a pretraining config sets itself (refused in ``model_overrides``).
+S2MAE_PRETRAIN_FIELDS = ("task", "decoder_depth", "decoder_dim", "decoder_heads", "decoder_dim_head", "norm_target")
+
+
+def build_s2mae(cfg: PretrainConfig) -> S2MAE:
+    """The S2MAE of a pretraining run: ``preset`` + ``model_overrides``, with the MAE decoder of the config."""
+    clash = sorted(set(cfg.model_overrides) & set(S2MAE_PRETRAIN_FIELDS))
+    if clash:
+        raise ValueError(f"pretraining config: set {clash} as pretraining options, not in model_overrides")
+    mae: dict[str, Any] = {
+        "task": "pretraining",
+        "decoder_depth": cfg.decoder_depth,
+        "decoder_heads": cfg.decoder_heads,
+        "decoder_dim_head": cfg.decoder_dim_head,
+        "norm_target": cfg.norm_target,
+    }
+    if cfg.decoder_dim is not None:
+        mae["decoder_dim"] = cfg.decoder_dim
+    return S2MAE(S2MAEConfig.preset(cfg.preset, num_classes=1, **cfg.model_overrides, **mae))
+
+
+def load_pretrained_encoder(model: nn.Module, path: str | Path, classes: Sequence[str] | None = None) -> dict:
+    """Initialise ``model`` (may be DDP-wrapped) from a checkpoint's encoder: what ``TrainConfig.init`` does.
+
+    An Atomizer reads an Atomizer checkpoint (:func:`atomizer.models.checkpoint.load_encoder_weights`); an
+    S2MAE reads an S2MAE checkpoint (an S2MAE pretraining run, or a trained S2MAE): every weight but the
+    heads and the MAE decoder (:func:`atomizer.models.s2mae.encoder_state`); the classification head too
+    when the checkpoint is a classifier of the same classes.
+
+    Returns:
+        ``{"loaded": number of tensors, "head": "full" | "pool" | "none", "source": path}``.
+
+    Raises:
+        CheckpointError: another architecture, or an encoder configured differently (fields named).
+    """
+    target = getattr(model, "module", model)
+    if not isinstance(target, S2MAE):
+        return load_encoder_weights(model, path, classes=classes)
+    payload = read_checkpoint(path)
+    if payload["arch"] != "s2mae":
+        raise CheckpointError(
+            f"{path} holds a {payload['arch']!r} model; an s2mae initialises from an s2mae checkpoint"
+        )
+    try:
+        state = encoder_state(target, payload["state_dict"], payload["config"])
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    extra = payload["extra"]
+    head = "none"
+    same_head = payload["config"].get("task") == target.task == "classification"
+    if (
+        same_head
+        and extra.get("kind") != "pretrain"
+        and classes is not None
+        and list(extra.get("classes") or []) == list(classes)
+    ):
+        state.update({k: v for k, v in payload["state_dict"].items() if k.startswith("fc.")})
+        head = "full"
+    target.load_state_dict(state, strict=False)
+    return {"loaded": len(state), "head": head, "source": str(path)}
+
+
 class PretrainTask(Task):
-    """Masked-atom pretraining as the :class:`~atomizer.engine.loop.Loop`'s hooks: the reconstruction loss
-    of a fixed held-in batch is logged at step 0, every ``eval_every`` steps and at the end."""
+    """Masked pretraining (atoms, or S2MAE's cubes) as the :class:`~atomizer.engine.loop.Loop`'s hooks: the
+    reconstruction loss of a fixed held-in batch is logged at step 0, every ``eval_every`` steps and at the end."""
 
     def __init__(self, cfg: PretrainConfig, loop: Loop):
         self.cfg, self.loop = cfg, loop
         self.device = loop.device
+        self.s2mae = cfg.model == "s2mae"
 
     def on_start(self) -> None:
         cfg, loop, device = self.cfg, self.loop, self.device
-        self.data = build_pretrain_dataset(cfg)
-        fixed = build_pretrain_dataset(cfg, self.data.base, random_window=False)
-        self.n = n = len(self.data)
-        self.batch_size = min(cfg.batch_size, n)
-        self.per_epoch = max(1, n // self.batch_size)
-        self.model = model = build_models(cfg).to(device)
-        loop.attach(model, cfg.steps)
+        self.stages = plan_stages(cfg)
+        self.total = self.stages[-1].start + self.stages[-1].steps
+        pooled = self.stages[0].data if cfg.source_epochs is None else None
+        fixed = build_pretrain_dataset(cfg, pooled.base if pooled is not None else None, random_window=False)
+        self.n = sum(st.n for st in self.stages)
+        self.model: nn.Module = build_s2mae(cfg).to(device) if self.s2mae else build_models(cfg).to(device)
+        #: the model a checkpoint holds (the Atomizer without the masked-atom decoder; the whole S2MAE)
+        self.encoder: nn.Module = self.model if isinstance(self.model, S2MAE) else self.model.atomizer
+        loop.attach(self.model, self.total)
         loop.resume_from(self._load)
         # A fixed batch (centred windows, fixed masks) whose reconstruction loss is comparable across steps.
-        eval_items = [fixed[i] for i in range(min(cfg.eval_images, n))]
-        eval_vis, eval_tgt, _ = _masked_batch(eval_items, cfg, (cfg.seed, 7, 7))
-        self.eval_vis, self.eval_tgt = eval_vis.to(device), eval_tgt.to(device)
+        eval_items = [fixed[i] for i in range(min(cfg.eval_images, len(fixed)))]
+        self.eval_batch = self._batch(eval_items, (cfg.seed, 7, 7))
         if loop.step == 0:
             loop.log.write(kind="eval", step=0, loss=self.evaluate(), time=time.time())
 
-    def _load(self, path: Path) -> dict:
-        extra = load_into(self.model.atomizer, path)
-        self.model.decoder.load_state_dict(extra["decoder"])
-        return extra
+    def _batch(self, items: list[dict], seed: Sequence[int]) -> tuple:
+        """One micro-batch: (visible atoms, target atoms, hidden) for the Atomizer, (canvases, the mask's
+        seed) for S2MAE (its cubes are masked inside :meth:`S2MAE.mae_loss`)."""
+        if self.s2mae:
+            return CanvasBatch.collate([it["input"] for it in items]), tuple(seed)
+        return _masked_batch(items, self.cfg, seed)
 
-    @torch.no_grad()
-    def evaluate(self) -> float:
-        """The reconstruction loss of the fixed batch."""
-        self.model.eval()
-        with autocast(self.cfg.precision, self.device):
-            loss, _ = self.model(self.eval_vis, self.eval_tgt)
-        self.model.train()
-        return float(loss)
-
-    def on_checkpoint(self, path: Path) -> None:
-        save_checkpoint(
-            path,
-            self.model.atomizer,
-            {
-                "kind": "pretrain",
-                **self.loop.state(),
-                "decoder": self.model.decoder.state_dict(),
-                "pretrain_config": self.cfg.to_dict(),
-            },
-        )
-
-    def steps(self) -> Iterator[Step]:
-        cfg, loop, data, bs = self.cfg, self.loop, self.data, self.batch_size
-        while loop.step < cfg.steps:
-            epoch, pos = divmod(loop.step, self.per_epoch)
-            data.set_epoch(epoch)
-            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-            idx = perm[pos * bs : (pos + 1) * bs].tolist()
-            yield epoch, [_masked_batch([data[i] for i in idx], cfg, (cfg.seed, 1, loop.step))]
-
-    def training_step(self, batch: tuple[AtomBatch, AtomBatch, Tensor]) -> tuple[Tensor, int, dict]:
+    def _loss(self, batch: tuple) -> tuple[Tensor, int, dict]:
+        if isinstance(self.model, S2MAE):
+            canvases, seed = batch
+            out = self.model.mae_loss(canvases.to(self.device), self.cfg.mask_ratio, _generator(seed))
+            kept = out.visible | out.hidden
+            return (
+                out.loss,
+                canvases.num_sets,
+                {
+                    "visible_cubes": int(out.visible.sum()),
+                    "hidden_fraction": float(out.hidden.sum()) / max(1, int(kept.sum())),
+                },
+            )
         vis, tgt, hidden = batch
         loss, _ = self.model(vis.to(self.device), tgt.to(self.device))
         visible = int(vis.mask.sum())
@@ -225,9 +381,53 @@ class PretrainTask(Task):
             },
         )
 
+    def _load(self, path: Path) -> dict:
+        extra = load_into(self.encoder, path)
+        if isinstance(self.model, MaskedAtomModel):
+            self.model.decoder.load_state_dict(extra["decoder"])
+        return extra
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """The reconstruction loss of the fixed batch."""
+        self.model.eval()
+        with autocast(self.cfg.precision, self.device):
+            loss = self._loss(self.eval_batch)[0]
+        self.model.train()
+        return float(loss)
+
+    def on_checkpoint(self, path: Path) -> None:
+        extra: dict[str, Any] = {"kind": "pretrain", **self.loop.state(), "pretrain_config": self.cfg.to_dict()}
+        if isinstance(self.model, MaskedAtomModel):
+            extra["decoder"] = self.model.decoder.state_dict()
+        save_checkpoint(path, self.encoder, extra)
+
+    def stage_at(self, step: int) -> Stage:
+        """The stage that optimiser step ``step`` (0-based) belongs to."""
+        for st in self.stages:
+            if step < st.start + st.steps:
+                return st
+        return self.stages[-1]
+
+    def steps(self) -> Iterator[Step]:
+        cfg, loop = self.cfg, self.loop
+        while loop.step < self.total:
+            st = self.stage_at(loop.step)
+            local_epoch, pos = divmod(loop.step - st.start, st.per_epoch)
+            epoch = st.first_epoch + local_epoch
+            st.data.set_epoch(local_epoch)
+            perm = torch.randperm(st.n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+            idx = perm[pos * st.batch_size : (pos + 1) * st.batch_size].tolist()
+            yield epoch, [self._batch([st.data[i] for i in idx], (cfg.seed, 1, loop.step))]
+
+    def training_step(self, batch: tuple) -> tuple[Tensor, int, dict]:
+        loss, n, fields = self._loss(batch)
+        source = self.stage_at(self.loop.step).source
+        return loss, n, fields if source is None else {**fields, "source": source}
+
     def on_step_end(self, epoch: int) -> None:
         cfg, loop = self.cfg, self.loop
-        if cfg.eval_every and loop.step % cfg.eval_every == 0 and loop.step < cfg.steps:
+        if cfg.eval_every and loop.step % cfg.eval_every == 0 and loop.step < self.total:
             loop.log.write(kind="eval", step=loop.step, loss=self.evaluate(), time=time.time())
         if loop.checkpoint_due():
             self.on_checkpoint(loop.last)
@@ -239,21 +439,28 @@ class PretrainTask(Task):
             loop.log.write(kind="eval", step=loop.step, loss=final, time=time.time())
         self.on_checkpoint(loop.last)
         evals = [r for r in loop.log.read() if r["kind"] == "eval"]
-        return {
+        summary = {
             "out_dir": str(loop.out),
             "checkpoint": str(loop.last),
+            "model": cfg.model,
             "step": loop.step,
             "masking": cfg.masking,
             "mask_ratio": cfg.mask_ratio,
             "images": self.n,
             "eval_loss_start": evals[0]["loss"],
             "eval_loss_end": final,
-            "weights_fingerprint": state_hash(self.model.atomizer),
+            "weights_fingerprint": state_hash(self.encoder),
         }
+        if cfg.source_epochs is not None:
+            summary["stages"] = [
+                {"source": st.source, "images": st.n, "start_step": st.start, "steps": st.steps} for st in self.stages
+            ]
+        return summary
 
 
 def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Masked-atom pretraining of an Atomizer encoder; returns a summary (paths, losses, step).
+    """Masked pretraining of an Atomizer encoder (masked atoms) or of an S2MAE (``model: s2mae``, masked
+    cubes); returns a summary (paths, losses, step).
 
     ``<out_dir>/checkpoints/last.pt`` is the pretrained checkpoint to pass as ``init``.
 
@@ -261,5 +468,5 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
         FileExistsError: ``out_dir`` already holds a run and ``resume`` is False.
         LockedError: another process is writing ``out_dir`` (its lock is held for the whole run).
     """
-    loop = Loop(cfg, resume, progress=progress, desc=f"pretrain {cfg.masking}")
+    loop = Loop(cfg, resume, progress=progress, desc=f"pretrain {cfg.model} {cfg.masking}")
     return loop.fit(PretrainTask(cfg, loop))

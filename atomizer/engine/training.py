@@ -40,9 +40,10 @@ from atomizer.engine.evaluation import predict_dataset
 from atomizer.engine.loaders import ModalityDataset, collate_items, wire_for
 from atomizer.engine.loop import Loop, Step, Task, state_hash
 from atomizer.engine.metrics import classification_metrics, segmentation_loss, segmentation_scores
-from atomizer.models.adapters import adapter_report, apply_adapters, save_adapters
+from atomizer.engine.pretraining import load_pretrained_encoder
+from atomizer.models.adapters import adapter_report, apply_adapters, init_adapters, save_adapters
 from atomizer.models.atomizer import Atomizer
-from atomizer.models.checkpoint import load_encoder_weights, load_into, load_model, save_checkpoint
+from atomizer.models.checkpoint import load_into, load_model, save_checkpoint
 from atomizer.models.registry import build_model, input_type
 
 # --------------------------------------------------------------------------------------------------
@@ -98,6 +99,7 @@ class TrainConfig(Config):
     patience: int | None = None  # early stopping: stop after this many validations without a better macro mAP
     init: str | None = None  # checkpoint whose encoder weights initialise the model
     adapters: dict | None = None  # freeze the model, train only these adapters (atomizer.models.adapters.AdapterConfig)
+    adapters_init: str | None = None  # an adapters.pt whose adapter weights start this run's (SpectralX stage 2)
     out_dir: str = "runs/default"
 
     def __post_init__(self) -> None:
@@ -114,6 +116,8 @@ class TrainConfig(Config):
             )
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"training config: max_steps must be >= 1 (or null), got {self.max_steps}")
+        if self.adapters_init is not None and self.adapters is None:
+            raise ValueError("training config: adapters_init starts adapters; give adapters too")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"training config: patience must be >= 1 (or null), got {self.patience}")
         if self.wire not in ("auto", *WIRE_FORMATS):
@@ -228,10 +232,12 @@ class TrainTask(Task):
         self.metric = "miou" if self.task == "segmentation" else "macro_map"
         head_loaded = "none"
         if cfg.init:
-            head_loaded = load_encoder_weights(model, cfg.init, classes=probe.classes)["head"]
+            head_loaded = load_pretrained_encoder(model, cfg.init, classes=probe.classes)["head"]
         if cfg.adapters is not None:  # frozen base, only the adapters train (saved apart: adapters.pt)
             # apply_adapters refuses any model but an Atomizer (one line naming it)
             self.adapters = apply_adapters(cast(Atomizer, model), cfg.adapters, head_loaded=head_loaded).to_dict()
+            if cfg.adapters_init:  # adapters trained before on the same encoder (adaptation's stage 1)
+                init_adapters(model, cfg.adapters_init)
         self.train_ds, self.val_ds, _ = build_datasets(
             cfg, input_type(model), wire_for(cfg.wire, device, cfg.num_workers), self.task
         )

@@ -1,7 +1,8 @@
 """Model registry: every trainable model by architecture name, with its config class and presets.
 
 ``"atomizer"`` is :class:`atomizer.models.atomizer.Atomizer`; the baselines (``"resnet"``, ``"vit"``,
-``"scalemae"``, ``"perceiver"``) come from :mod:`atomizer.models.baselines`. Every model is called as
+``"scalemae"``, ``"perceiver"``) come from :mod:`atomizer.models.baselines`; ``"s2mae"`` (the S2MAE cube ViT,
+a canvas model with MAE pretraining) from :mod:`atomizer.models.s2mae`. Every model is called as
 ``model(batch)`` on its :func:`input_type` (an :class:`~atomizer.atoms.tokens.AtomBatch` or a
 :class:`~atomizer.atoms.canvas.CanvasBatch`).
 """
@@ -15,6 +16,7 @@ from torch import nn
 
 from atomizer.models.atomizer import Atomizer, AtomizerConfig
 from atomizer.models.baselines import BASELINES, CONFIGS
+from atomizer.models.s2mae import S2MAE, S2MAEConfig
 
 
 @runtime_checkable
@@ -35,8 +37,8 @@ class ConfigClass(Protocol):
     def from_dict(self, d: Mapping[str, Any]) -> ModelConfig: ...
 
 
-MODELS: dict[str, type[nn.Module]] = {"atomizer": Atomizer, **BASELINES}
-CONFIG_CLASSES: dict[str, ConfigClass] = {"atomizer": AtomizerConfig, **CONFIGS}
+MODELS: dict[str, type[nn.Module]] = {"atomizer": Atomizer, **BASELINES, "s2mae": S2MAE}
+CONFIG_CLASSES: dict[str, ConfigClass] = {"atomizer": AtomizerConfig, **CONFIGS, "s2mae": S2MAEConfig}
 
 
 def architectures() -> list[str]:

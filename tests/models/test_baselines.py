@@ -17,15 +17,15 @@ from atomizer.data.base import multi_hot
 from atomizer.data.datasets import ben19_classes
 from atomizer.data.modalities import load_modalities, simulate
 from atomizer.data.readers import open_image
-from atomizer.models.baselines import CONFIGS, PRESETS, ScaleMAEBaseline, ViTBaseline, sincos_pos_embed_2d
-from atomizer.models.registry import architectures, build_from_config, build_model, model_class
+from atomizer.models.baselines import ScaleMAEBaseline, ViTBaseline, sincos_pos_embed_2d
+from atomizer.models.registry import architectures, build_from_config, build_model, config_class, model_class
 
 #: Every registered model that reads the canvas (the baselines), built by the one factory.
 CANVAS_MODELS = sorted(a for a in architectures() if model_class(a).input_type is CanvasBatch)
 
 
 def test_every_baseline_is_registered():
-    assert CANVAS_MODELS == ["perceiver", "resnet", "scalemae", "vit"]
+    assert CANVAS_MODELS == ["perceiver", "resnet", "s2mae", "scalemae", "vit"]
 
 
 CH = {b: i for i, b in enumerate(CANVAS_BANDS)}
@@ -259,7 +259,7 @@ def test_output_shape_on_two_modalities(name, image, test_modalities):
     torch.manual_seed(0)
     model = build_model(name, "tiny").eval()
     assert model.input_type is CanvasBatch
-    assert model.cfg == CONFIGS[name].preset("tiny")
+    assert model.cfg == config_class(name).preset("tiny")
     native = canvas_batch([image, image])
     coarse = canvas_batch([simulate(image, test_modalities["T5"]), simulate(image, test_modalities["T3"])])
     with torch.no_grad():
@@ -299,9 +299,8 @@ def test_scalemae_uses_gsd_and_vit_does_not(image):
 
 @pytest.mark.parametrize("name", CANVAS_MODELS)
 def test_config_roundtrip_and_presets(name):
-    cls = CONFIGS[name]
-    assert set(PRESETS[name]) >= {"tiny", "small"}
-    for preset in ("tiny", "small"):
+    cls = config_class(name)
+    for preset in ("tiny", "small"):  # every canvas model has both presets
         cfg = cls.preset(preset)
         d = json.loads(json.dumps(cfg.to_dict()))
         assert cls.from_dict(d) == cfg
@@ -322,7 +321,13 @@ def test_config_roundtrip_and_presets(name):
 
 
 # Steps and learning rate per baseline: enough to memorise 4 patches in a few seconds on CPU.
-OVERFIT = {"resnet": (60, 3e-3), "vit": (60, 3e-3), "scalemae": (60, 3e-3), "perceiver": (60, 3e-3)}
+OVERFIT = {
+    "resnet": (60, 3e-3),
+    "vit": (60, 3e-3),
+    "scalemae": (60, 3e-3),
+    "perceiver": (60, 3e-3),
+    "s2mae": (60, 3e-3),
+}
 
 
 @pytest.mark.parametrize("name", CANVAS_MODELS)
