@@ -332,18 +332,23 @@ def case_scaling(device: torch.device, preset: str, reps: int, sizes: list[int])
     return out
 
 
-def _dense_window():
-    """The bench's dense input: the first shipped TerraMesh tile (224 px, 12 Sentinel-2 + 2 Sentinel-1 bands)."""
+def _dense_window(window_px: int | None = None):
+    """The bench's dense input: the first shipped TerraMesh tile (224 px, 12 Sentinel-2 + 2 Sentinel-1 bands), or
+    its top-left ``window_px`` square."""
     from atomizer.core.paths import embedded_dir
     from atomizer.data.manifest import ManifestDataset
 
     ds = ManifestDataset(embedded_dir() / "dense" / "terramesh" / "manifest.csv")
-    return ds.load(ds.records[0])
+    image = ds.load(ds.records[0])
+    return image if window_px is None else image.isel(y_10m=slice(0, window_px), x_10m=slice(0, window_px))
 
 
-def case_dense_decoder(device: torch.device, preset: str, reps: int, sizes: list[int]) -> list[dict]:
+def case_dense_decoder(
+    device: torch.device, preset: str, reps: int, sizes: list[int], window_px: int | None = None
+) -> list[dict]:
     """The dense decoders' cost per output pixel, global against local: a segmentation Atomizer decoding one
-    real window (a 2,240 m TerraMesh tile, 702,464 atoms) onto square output grids of ``sizes`` pixels a side.
+    real window (a 2,240 m TerraMesh tile, 702,464 atoms, or its top-left ``window_px`` square) onto square
+    output grids of ``sizes`` pixels a side.
 
     ``fixed_seconds`` is the decode of a 1 x 1 grid (for the local decoder: its spatial latents reading the
     latents and every atom once); ``seconds_per_million_pixels`` is the rest per output pixel, the cost that
@@ -351,7 +356,8 @@ def case_dense_decoder(device: torch.device, preset: str, reps: int, sizes: list
     from atomizer.atoms.dense import DenseQueries
     from atomizer.atoms.tokens import AtomBatch
 
-    atoms = AtomBatch.from_image(_dense_window()).to(device)
+    atoms = AtomBatch.from_image(_dense_window(window_px)).to(device)
+    extent = 10.0 * (window_px or 224)
     out = []
     for decoder in ("global", "local"):
         model = _model(preset, device, train=False, num_classes=10, task="segmentation", decoder=decoder)
@@ -359,7 +365,7 @@ def case_dense_decoder(device: torch.device, preset: str, reps: int, sizes: list
             z = model.encode(atoms, chunk_size=262_144)
 
         def fwd(n: int, model=model, z=z) -> None:
-            queries = DenseQueries.grids([n], 2240.0 / n).to(device)
+            queries = DenseQueries.grids([n], extent / n).to(device)
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 model.decode(z, queries, batch=atoms, atom_chunk=262_144)
 
