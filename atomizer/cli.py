@@ -282,6 +282,29 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    from atomizer.engine.adaptation import AdaptConfig, adapt
+
+    cfg = AdaptConfig.from_yaml(args.config)
+    spec = cfg.to_dict()
+    over = _parse_sets(args.set)
+    if args.out:
+        over["out_dir"] = args.out
+    if args.base:
+        over["base"] = args.base
+    for key, value in over.items():  # pretrain.steps=5 sets one option of a stage
+        *path, last = key.split(".")
+        node = spec
+        for part in path:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"--set {key}: {part!r} is not a group of options (pretrain, train, adapters)")
+            node = node[part]
+        node[last] = value
+    summary = adapt(AdaptConfig.from_dict(spec), resume=args.resume)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
 def _cmd_experiment_run(args: argparse.Namespace) -> int:
     from atomizer.experiments import ExperimentSpec, run_experiment
 
@@ -545,6 +568,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="run directory (overrides out_dir)")
     s.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE", help="override config fields (repeatable)")
     s.set_defaults(func=_cmd_pretrain)
+
+    s = sub.add_parser(
+        "adapt",
+        help="SpectralX-style two-stage adaptation of a frozen Atomizer to new spectral data",
+        description="Stage 1: masked reconstruction on the new data with only the adapters trainable; stage 2: "
+        "the task with the stage-2 adapters and the head (the base stays frozen). CONFIG is a YAML of "
+        "atomizer.engine.adaptation.AdaptConfig fields (base, adapters, stage2_kinds, freeze_stage1, pretrain, "
+        "train, out_dir); the result is <out_dir>/stage2 (best.pt, adapters.pt).",
+    )
+    s.add_argument("config", help="adaptation config YAML (fields of atomizer.engine.adaptation.AdaptConfig)")
+    s.add_argument("--base", help="the frozen base Atomizer checkpoint (overrides base)")
+    s.add_argument("--resume", action="store_true", help="resume the interrupted stage in the config's out_dir")
+    s.add_argument("--out", help="adaptation directory (overrides out_dir)")
+    s.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        metavar="KEY=VALUE",
+        help="override config fields, a stage's with a dot: pretrain.steps=50 train.epochs=2 (repeatable)",
+    )
+    s.set_defaults(func=_cmd_adapt)
 
     s = sub.add_parser("experiment", help="run a grid of papermill notebook runs (see experiments/)")
     e = s.add_subparsers(dest="experiment_command", required=True, metavar="ACTION")

@@ -1,8 +1,19 @@
-"""Unlabelled images for pretraining: datasets without their labels, scene tiles, GeoTIFF folders.
+"""Unlabelled images for pretraining: datasets and manifests without their labels, scene tiles, GeoTIFF folders.
 
-A source is a dict with one of ``dataset: eurosat | bigearthnet`` (``split``, ``root``) or ``path:
-FILE_OR_FOLDER`` (``pattern``, ``sensor``), plus optional ``tile_px`` (non-overlapping tiles of that many
-pixels of the image's finest grid) and ``limit`` (first N images or tiles). See
+A source is a dict with one of
+
+* ``dataset: NAME`` (``split``, ``root``): anything :func:`atomizer.data.datasets.open_dataset` opens
+  (``eurosat``, ``bigearthnet``, ``bigearthnet_lmdb``, a manifest path, a union), labels ignored. BigEarthNet
+  patches keep their Sentinel-1 ``VV``/``VH`` where the patch has them (``s1: false`` drops them);
+* ``manifest: PATH`` (``split``, ``root``): any manifest (:class:`atomizer.data.manifest.ManifestDataset`,
+  the one reader): each row's images read with their card's sensors and bands and co-registered images
+  merged, exactly as the labelled dataset reads them; labels and masks are never read into the items;
+* ``path: FILE_OR_FOLDER`` (``pattern``, ``sensor``): a band folder (e.g. a Major-TOM product), a GeoTIFF /
+  npz file, or a folder of such files,
+
+plus optional ``tile_px`` (non-overlapping tiles of that many pixels of the image's finest grid) and
+``limit`` (first N images or tiles). Every image is read at its native grid: each band keeps its own GSD
+and pixel grid (no resampling); a tile is a window of the image, every band cut on its own grid. See
 :class:`atomizer.engine.pretraining.PretrainConfig`.
 """
 
@@ -14,9 +25,11 @@ from typing import Any
 
 import torch
 
+from atomizer.data.base import ImageDataset
 from atomizer.data.datasets import open_dataset
 from atomizer.data.discovery import find_band_files
 from atomizer.data.image import ImageReadError, image_bands
+from atomizer.data.manifest import ManifestDataset
 from atomizer.data.modalities import Modality, simulate
 from atomizer.data.readers import open_image
 
@@ -63,8 +76,12 @@ class UnlabelledImages(torch.utils.data.Dataset):
         self.records: list[tuple[int, Any, Window | None, str]] = []  # (source index, loader key, window, id)
         self._loaders: list = []
         self._cache: dict[tuple[int, Any], Any] = {}
+        #: the sources as given, and the index in :attr:`records` of each source's first item
+        self.sources: list[dict] = [dict(s) for s in sources]
+        self.first: list[int] = []
         for si, src in enumerate(sources):
             src = dict(src)
+            self.first.append(len(self.records))
             keys, loader, names = self._source(src)
             self._loaders.append(loader)
             items: list[tuple[int, Any, Window | None, str]] = []
@@ -86,16 +103,30 @@ class UnlabelledImages(torch.utils.data.Dataset):
 
     @staticmethod
     def _source(src: dict):
-        known = {"dataset", "split", "root", "path", "pattern", "sensor", "tile_px", "limit"}
+        known = {"dataset", "manifest", "split", "root", "s1", "path", "pattern", "sensor", "tile_px", "limit"}
         if set(src) - known:
             raise ValueError(
                 f"unknown key(s) {sorted(set(src) - known)} in pretraining source {src}; known: {sorted(known)}"
             )
-        if "dataset" in src:
-            ds = open_dataset(src["dataset"], src.get("split"), src.get("root"))
+        kinds = [k for k in ("dataset", "manifest", "path") if k in src]
+        if len(kinds) != 1:
+            raise ValueError(f"a pretraining source needs exactly one of 'dataset', 'manifest' or 'path': {src}")
+        for key in ("tile_px", "limit"):
+            if src.get(key) is not None and (
+                isinstance(src[key], bool) or not isinstance(src[key], int) or src[key] < 1
+            ):
+                raise ValueError(f"pretraining source {src}: {key} must be a positive integer, got {src[key]!r}")
+        if "s1" in src and not isinstance(src["s1"], bool):
+            raise ValueError(f"pretraining source {src}: s1 must be true or false, got {src['s1']!r}")
+        if "manifest" in src or "dataset" in src:
+            ds: ImageDataset
+            if "manifest" in src:
+                ds = ManifestDataset(src["manifest"], src.get("split"), src.get("root"))
+            else:
+                ds = open_dataset(src["dataset"], src.get("split"), src.get("root"))
+            if hasattr(ds, "include_s1"):  # BigEarthNet (npz, LMDB): Sentinel-1 where the patch has it
+                ds.include_s1 = bool(src.get("s1", True))
             return list(range(len(ds))), (lambda i: ds.load(ds.records[i])), ds.ids()
-        if "path" not in src:
-            raise ValueError(f"a pretraining source needs 'dataset' or 'path': {src}")
         path = Path(src["path"])
         sensor = src.get("sensor")
         if not path.exists():
@@ -120,6 +151,10 @@ class UnlabelledImages(torch.utils.data.Dataset):
 
     def ids(self) -> list[str]:
         return [r[3] for r in self.records]
+
+    def source_of(self, i: int) -> int:
+        """The index (in :attr:`sources`) of the source item ``i`` comes from."""
+        return self.records[i][0]
 
     def __getitem__(self, i: int) -> dict:
         si, key, window, name = self.records[i]

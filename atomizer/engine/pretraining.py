@@ -48,11 +48,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from atomizer.atoms.canvas import CanvasBatch, CanvasSpec
+from atomizer.atoms.canvas import CANVAS_BANDS, CanvasBatch, CanvasSpec
 from atomizer.atoms.masking import MASKINGS, mask_atoms, split_atoms
 from atomizer.atoms.tokens import AtomBatch, collate
 from atomizer.core.config import Config
 from atomizer.core.runtime import autocast, check_precision
+from atomizer.data.image import image_bands
 from atomizer.data.modalities import Assignment, load_modalities
 from atomizer.data.unlabelled import UnlabelledImages
 from atomizer.engine.loaders import AsRead, ModalityDataset
@@ -82,13 +83,18 @@ class PretrainConfig(Config):
 
     ``sources`` is a list of unlabelled image sources, each a dict with one of:
 
-    * ``dataset: eurosat | bigearthnet`` (``split``, ``root``): a dataset's images, labels ignored;
+    * ``dataset: eurosat | bigearthnet | ...`` (``split``, ``root``): a dataset's images, labels ignored
+      (BigEarthNet with its Sentinel-1 where the patch has it; ``s1: false`` drops it);
+    * ``manifest: PATH`` (``split``, ``root``): any manifest's images, each row's co-registered images
+      merged as :class:`~atomizer.data.manifest.ManifestDataset` reads them; labels and masks never read;
     * ``path: FILE_OR_FOLDER``: a folder of per-band GeoTIFFs (one image, e.g. a Major-TOM product), a
       GeoTIFF / npz file, or a folder of such files (``pattern``, default ``*.tif``), read with
       :func:`atomizer.data.readers.open_image` (``sensor``: a catalogued name or a sidecar);
 
     plus optional ``tile_px`` (cut each image into non-overlapping tiles of that many pixels of its
     finest grid, with :func:`atomizer.data.modalities.simulate` windows) and ``limit`` (first N images/tiles).
+    Every image is read at its native grid (``modalities: null`` keeps it so). ``model: s2mae`` refuses a
+    source without any of its canvas's 12 Sentinel-2 bands (:func:`check_canvas_sources`).
     """
 
     kind: ClassVar[str] = "pretraining"
@@ -181,6 +187,8 @@ def build_pretrain_dataset(
     canvas is the modality set's source format), or as read when ``cfg.modalities`` is None."""
     base = base if base is not None else UnlabelledImages(cfg.sources)
     canvas_model = cfg.model == "s2mae"
+    if canvas_model:
+        check_canvas_sources(base)
     if not cfg.modalities:
         return AsCanvas(base) if canvas_model else AsRead(base)
     mods = load_modalities(cfg.modalities)
@@ -194,6 +202,21 @@ def build_pretrain_dataset(
         random_window=rw,
         seed=cfg.seed,
     )
+
+
+def check_canvas_sources(base: UnlabelledImages) -> None:
+    """Refuse, in one line naming it, a source S2MAE cannot read: one whose images hold none of the 12
+    Sentinel-2 bands of its canvas (:data:`~atomizer.atoms.canvas.CANVAS_BANDS`; aerial, PlanetScope or
+    TerraSAR-X images). A source with Sentinel-2 bands and others (BigEarthNet's or TerraMesh's Sentinel-1
+    ``VV``/``VH``) is taken: the canvas reads its Sentinel-2 bands and drops the others. Each source is judged
+    by its first image."""
+    for si, first in enumerate(base.first):
+        bands = image_bands(base[first]["image"])
+        if not set(bands) & set(CANVAS_BANDS):
+            raise ValueError(
+                f"pretraining config: model s2mae reads the 12 Sentinel-2 bands of its canvas; source #{si} "
+                f"{base.sources[si]} has none (its bands: {', '.join(bands)}); use model: atomizer for it"
+            )
 
 
 @dataclass
