@@ -239,10 +239,13 @@ def collate_items(items: Sequence[dict]) -> dict:
 
 
 class AsRead(torch.utils.data.Dataset):
-    """Items of ``base`` tokenized as read (no modality simulation)."""
+    """Items of ``base`` as read (no modality simulation): atom sets, or, with ``input_type`` CanvasBatch,
+    canvases on ``canvas`` (default :class:`CanvasSpec`'s, 64 px at 10 m)."""
 
-    def __init__(self, base):
+    def __init__(self, base, input_type: type = AtomBatch, canvas: CanvasSpec | None = None):
         self.base = base
+        self.input_type = input_type
+        self.canvas = canvas or (CanvasSpec() if input_type is CanvasBatch else None)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -253,4 +256,5 @@ class AsRead(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         it = self.base[i]
-        return {"input": AtomBatch.from_image(it["image"]), "target": it["target"], "id": it["id"], "modality": 0}
+        image = model_input(it["image"], self.input_type, self.canvas)
+        return {"input": image, "target": it["target"], "id": it["id"], "modality": 0}

@@ -160,25 +160,6 @@ class PretrainConfig(Config):
 # --------------------------------------------------------------------------------------------------
 
 
-class AsCanvas(torch.utils.data.Dataset):
-    """Items of ``base`` laid out as read on the canvas ``canvas`` (the canvas models' counterpart of
-    :class:`~atomizer.engine.loaders.AsRead`)."""
-
-    def __init__(self, base, canvas: CanvasSpec | None = None):
-        self.base, self.canvas = base, canvas or CanvasSpec()
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, i: int) -> dict:
-        it = self.base[i]
-        return {"input": CanvasBatch.from_image(it["image"], self.canvas), "target": it["target"], "id": it["id"]}
-
-
 def build_pretrain_dataset(
     cfg: PretrainConfig, base: UnlabelledImages | None = None, random_window: bool | None = None
 ):
@@ -190,7 +171,7 @@ def build_pretrain_dataset(
     if canvas_model:
         check_canvas_sources(base)
     if not cfg.modalities:
-        return AsCanvas(base) if canvas_model else AsRead(base)
+        return AsRead(base, CanvasBatch if canvas_model else AtomBatch)
     mods = load_modalities(cfg.modalities)
     rw = cfg.random_window if random_window is None else random_window
     return ModalityDataset(
