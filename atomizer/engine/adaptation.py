@@ -28,28 +28,19 @@ from __future__ import annotations
 
 import copy
 import json
-import time
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-import torch
-from torch import Tensor
-
-from atomizer.atoms.masking import mask_atoms, split_atoms
-from atomizer.atoms.tokens import AtomBatch, collate
 from atomizer.core.config import Config
 from atomizer.core.run_folder import RunFolder
-from atomizer.core.runtime import autocast
 from atomizer.core.storage import atomic_write_text
-from atomizer.engine.loop import Loop, Step, Task, state_hash
-from atomizer.engine.pretraining import PretrainConfig, build_pretrain_dataset
+from atomizer.engine.loop import Loop
+from atomizer.engine.pretraining import PretrainConfig, PretrainTask
 from atomizer.engine.training import TrainConfig, train
 from atomizer.models.adapters import AdapterConfig, AdapterError, adapter_report, apply_adapters, save_adapters
 from atomizer.models.atomizer import Atomizer
-from atomizer.models.checkpoint import load_into, load_trained, save_checkpoint
+from atomizer.models.checkpoint import load_trained
 from atomizer.models.masked import MaskedAtomDecoder, MaskedAtomModel
 
 #: Options each stage's config gets from :class:`AdaptConfig`, never from ``pretrain`` / ``train``.
@@ -133,27 +124,20 @@ class AdaptConfig(Config):
 # --------------------------------------------------------------------------------------------------
 
 
-def _masked_batch(items: list[dict], cfg: PretrainConfig, seed: Sequence[int]) -> tuple[AtomBatch, AtomBatch]:
-    """(visible atoms, target atoms) of ``items``, the mask drawn from ``seed`` (as pretraining draws it)."""
-    batch = collate([it["input"] for it in items])
-    g = torch.Generator().manual_seed(int(np.random.SeedSequence(list(seed)).generate_state(1)[0]))
-    hidden = mask_atoms(batch, cfg.mask_ratio, cfg.masking, g, cfg.block_px)
-    return split_atoms(batch, hidden, cfg.max_targets, g)
-
-
-class AdapterPretrainTask(Task):
-    """Stage 1 as the :class:`~atomizer.engine.loop.Loop`'s hooks: the frozen base with adapters and a
-    fresh masked-atom decoder; the reconstruction loss of a fixed batch is logged at the start and end."""
+class AdapterPretrainTask(PretrainTask):
+    """Stage 1: masked-atom pretraining (:class:`~atomizer.engine.pretraining.PretrainTask`, its batches, masks,
+    evaluation and resumption) of the frozen base with adapters and a fresh masked-atom decoder; only the
+    adapters and the decoder train, and the adapters are saved apart (``adapters.pt``)."""
 
     def __init__(self, cfg: PretrainConfig, base: str, adapters: AdapterConfig, loop: Loop):
-        self.cfg, self.base, self.adapter_spec, self.loop = cfg, base, adapters, loop
-        self.device = loop.device
+        super().__init__(cfg, loop)
+        self.base, self.adapter_spec = base, adapters
 
-    def on_start(self) -> None:
-        cfg, loop = self.cfg, self.loop
-        if getattr(cfg, "model", "atomizer") != "atomizer":
+    def build_model(self) -> MaskedAtomModel:
+        cfg = self.cfg
+        if cfg.model != "atomizer":
             raise AdapterError("adaptation: stage 1 reconstructs atoms with an Atomizer (pretrain.model: atomizer)")
-        if getattr(cfg, "source_epochs", None):
+        if cfg.source_epochs:
             raise ValueError("adaptation: stage 1 runs pretrain.steps steps over its pooled sources (no source_epochs)")
         trained = load_trained(self.base)
         if not isinstance(trained.model, Atomizer):
@@ -161,84 +145,20 @@ class AdapterPretrainTask(Task):
         self.atomizer = atomizer = trained.model
         self.adapters = apply_adapters(atomizer, self.adapter_spec)
         decoder = MaskedAtomDecoder(atomizer.cfg, cfg.decoder_dim, cfg.decoder_heads, cfg.decoder_dim_head)
-        self.model = model = MaskedAtomModel(atomizer, decoder, cfg.prune_visible).to(self.device)
-        self.data = build_pretrain_dataset(cfg)
-        fixed = build_pretrain_dataset(cfg, self.data.base, random_window=False)
-        self.n = n = len(self.data)
-        if n == 0:
-            raise ValueError("adaptation: stage 1 has no images (pretrain.sources)")
-        self.batch_size = min(cfg.batch_size, n)
-        self.per_epoch = max(1, n // self.batch_size)
-        loop.attach(model, cfg.steps)
-        loop.resume_from(self._load)
-        vis, tgt = _masked_batch([fixed[i] for i in range(min(cfg.eval_images, n))], cfg, (cfg.seed, 7, 7))
-        self.eval_batch = (vis.to(self.device), tgt.to(self.device))
-        if loop.step == 0:
-            loop.log.write(kind="eval", step=0, loss=self.evaluate(), time=time.time())
+        return MaskedAtomModel(atomizer, decoder, cfg.prune_visible)
 
-    def _load(self, path: Path) -> dict:
-        extra = load_into(self.atomizer, path)
-        self.model.decoder.load_state_dict(extra["decoder"])
-        return extra
-
-    @torch.no_grad()
-    def evaluate(self) -> float:
-        """The reconstruction loss of the fixed batch."""
-        self.model.eval()
-        with autocast(self.cfg.precision, self.device):
-            loss, _ = self.model(*self.eval_batch)
-        self.model.train()
-        return float(loss)
-
-    def on_checkpoint(self, path: Path) -> None:
-        save_checkpoint(
-            path,
-            self.atomizer,
-            {
-                "kind": "adapt-stage1",
-                **self.loop.state(),
-                "decoder": self.model.decoder.state_dict(),
-                "adapters": self.adapters.to_dict(),
-                "base": self.base,
-                "pretrain_config": self.cfg.to_dict(),
-            },
-        )
-
-    def steps(self) -> Iterator[Step]:
-        cfg, loop, data, bs = self.cfg, self.loop, self.data, self.batch_size
-        while loop.step < cfg.steps:
-            epoch, pos = divmod(loop.step, self.per_epoch)
-            data.set_epoch(epoch)
-            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-            idx = perm[pos * bs : (pos + 1) * bs].tolist()
-            yield epoch, [_masked_batch([data[i] for i in idx], cfg, (cfg.seed, 1, loop.step))]
-
-    def training_step(self, batch: tuple[AtomBatch, AtomBatch]) -> tuple[Tensor, int, dict]:
-        vis, tgt = batch
-        loss, _ = self.model(vis.to(self.device), tgt.to(self.device))
-        return loss, vis.num_sets, {"target_atoms": int(tgt.mask.sum())}
-
-    def on_step_end(self, epoch: int) -> None:
-        if self.loop.checkpoint_due():
-            self.on_checkpoint(self.loop.last)
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {
+            "kind": "adapt-stage1",
+            "adapters": self.adapters.to_dict(),
+            "base": self.base,
+            "pretrain_config": self.cfg.to_dict(),
+        }
 
     def on_end(self) -> dict:
-        loop = self.loop
-        final = self.evaluate()
-        loop.log.write(kind="eval", step=loop.step, loss=final, time=time.time())
-        self.on_checkpoint(loop.last)
-        evals = [r for r in loop.log.read() if r["kind"] == "eval"]
-        adapters = save_adapters(self.atomizer, loop.folder.adapters, base_checkpoint=self.base)
-        return {
-            "out_dir": str(loop.out),
-            "checkpoint": str(loop.last),
-            "adapters": str(adapters),
-            "step": loop.step,
-            "eval_loss_start": evals[0]["loss"],
-            "eval_loss_end": final,
-            "trainable_parameters": adapter_report(self.atomizer),
-            "weights_fingerprint": state_hash(self.atomizer),
-        }
+        summary = super().on_end()
+        adapters = save_adapters(self.atomizer, self.loop.folder.adapters, base_checkpoint=self.base)
+        return {**summary, "adapters": str(adapters), "trainable_parameters": adapter_report(self.atomizer)}
 
 
 def adapt_stage1(cfg: AdaptConfig, resume: bool = False, progress: bool = True) -> dict:

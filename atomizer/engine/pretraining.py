@@ -341,7 +341,7 @@ class PretrainTask(Task):
         pooled = self.stages[0].data if cfg.source_epochs is None else None
         fixed = build_pretrain_dataset(cfg, pooled.base if pooled is not None else None, random_window=False)
         self.n = sum(st.n for st in self.stages)
-        self.model: nn.Module = build_s2mae(cfg).to(device) if self.s2mae else build_models(cfg).to(device)
+        self.model: S2MAE | MaskedAtomModel = self.build_model().to(device)
         #: the model a checkpoint holds (the Atomizer without the masked-atom decoder; the whole S2MAE)
         self.encoder: nn.Module = self.model if isinstance(self.model, S2MAE) else self.model.atomizer
         loop.attach(self.model, self.total)
@@ -351,6 +351,15 @@ class PretrainTask(Task):
         self.eval_batch = self._batch(eval_items, (cfg.seed, 7, 7))
         if loop.step == 0:
             loop.log.write(kind="eval", step=0, loss=self.evaluate(), time=time.time())
+
+    def build_model(self) -> S2MAE | MaskedAtomModel:
+        """The model trained: an S2MAE, or an Atomizer with its masked-atom decoder (a subclass may start from
+        a trained base: adaptation's stage 1)."""
+        return build_s2mae(self.cfg) if self.s2mae else build_models(self.cfg)
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """What a checkpoint stores besides the weights and the loop's state."""
+        return {"kind": "pretrain", "pretrain_config": self.cfg.to_dict()}
 
     def _batch(self, items: list[dict], seed: Sequence[int]) -> tuple:
         """One micro-batch: (visible atoms, target atoms, hidden) for the Atomizer, (canvases, the mask's
@@ -401,7 +410,7 @@ class PretrainTask(Task):
         return float(loss)
 
     def on_checkpoint(self, path: Path) -> None:
-        extra: dict[str, Any] = {"kind": "pretrain", **self.loop.state(), "pretrain_config": self.cfg.to_dict()}
+        extra: dict[str, Any] = {**self.checkpoint_extra(), **self.loop.state()}
         if isinstance(self.model, MaskedAtomModel):
             extra["decoder"] = self.model.decoder.state_dict()
         save_checkpoint(path, self.encoder, extra)
