@@ -11,6 +11,10 @@ A source is a dict with one of
 * ``path: FILE_OR_FOLDER`` (``pattern``, ``sensor``): a band folder (e.g. a Major-TOM product), a GeoTIFF /
   npz file, or a folder of such files,
 
+A ``dataset`` or ``manifest`` source may also say ``exclude_fold: K``: every image but the test images of
+cross-validation fold ``K`` of that dataset's fold table (:func:`atomizer.data.folds.fold_split`), so that
+pretraining for fold ``K`` never sees the pixels that fold is tested on.
+
 plus optional ``tile_px`` (non-overlapping tiles of that many pixels of the image's finest grid) and
 ``limit`` (first N images or tiles). Every image is read at its native grid: each band keeps its own GSD
 and pixel grid (no resampling); a tile is a window of the image, every band cut on its own grid. See
@@ -103,7 +107,19 @@ class UnlabelledImages(torch.utils.data.Dataset):
 
     @staticmethod
     def _source(src: dict):
-        known = {"dataset", "manifest", "split", "root", "s1", "path", "pattern", "sensor", "tile_px", "limit"}
+        known = {
+            "dataset",
+            "manifest",
+            "split",
+            "root",
+            "s1",
+            "exclude_fold",
+            "path",
+            "pattern",
+            "sensor",
+            "tile_px",
+            "limit",
+        }
         if set(src) - known:
             raise ValueError(
                 f"unknown key(s) {sorted(set(src) - known)} in pretraining source {src}; known: {sorted(known)}"
@@ -118,12 +134,24 @@ class UnlabelledImages(torch.utils.data.Dataset):
                 raise ValueError(f"pretraining source {src}: {key} must be a positive integer, got {src[key]!r}")
         if "s1" in src and not isinstance(src["s1"], bool):
             raise ValueError(f"pretraining source {src}: s1 must be true or false, got {src['s1']!r}")
+        held = src.get("exclude_fold")
+        if held is not None:
+            if isinstance(held, bool) or not isinstance(held, int) or held < 0:
+                raise ValueError(f"pretraining source {src}: exclude_fold must be a fold number, got {held!r}")
+            if "path" in src:
+                raise ValueError(f"pretraining source {src}: exclude_fold needs a dataset or a manifest (a fold table)")
+            if src.get("split") is not None:
+                raise ValueError(f"pretraining source {src}: give split or exclude_fold, not both")
         if "manifest" in src or "dataset" in src:
             ds: ImageDataset
             if "manifest" in src:
                 ds = ManifestDataset(src["manifest"], src.get("split"), src.get("root"))
             else:
                 ds = open_dataset(src["dataset"], src.get("split"), src.get("root"))
+            if held is not None:  # every image but the test fold's (the fold table of that dataset)
+                name = src.get("manifest", src.get("dataset"))
+                tested = set(open_dataset(str(name), "test", src.get("root"), fold=held).ids())
+                ds.records = [r for r, i in zip(ds.records, ds.ids()) if i not in tested]
             if hasattr(ds, "include_s1"):  # BigEarthNet (npz, LMDB): Sentinel-1 where the patch has it
                 ds.include_s1 = bool(src.get("s1", True))
             return list(range(len(ds))), (lambda i: ds.load(ds.records[i])), ds.ids()

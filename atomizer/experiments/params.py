@@ -56,6 +56,9 @@ class NotebookParameters(Config):
     test_modalities: str | None = None
     pretrain_modalities: str | None = None
     pretrain_sources: list | None = None
+    pretrain: dict | None = None  # disjoint notebook: model -> pretraining config (path or fields), per fold
+    pretrain_overrides: dict | None = None
+    pretrain_dir: str | None = None
     # models and the recipe
     model: str | None = None
     models: ListParam | None = None
@@ -132,6 +135,7 @@ class NotebookParameters(Config):
         sets = self._check_modalities()
         self._check_repeats()
         self._check_training(models)
+        self._check_pretrain()
         self._check_sweep(sets.get("test_modalities"))
 
     def _check_numbers(self) -> None:
@@ -181,7 +185,8 @@ class NotebookParameters(Config):
                     if m in overrides and not isinstance(e, KeyError):
                         name = "model_overrides"
                     raise self._bad(name, f"{m}: {e.args[0] if e.args else e}") from None
-        if self.reference is not None and models and self.reference not in models:
+        pretrained = [f"{m}+pretrained" for m in self.pretrain or {}]
+        if self.reference is not None and models and self.reference not in models + pretrained:
             raise self._bad("reference", f"not one of the models {models}")
         if self.label:
             from atomizer.experiments.steps import run_label, run_path
@@ -264,6 +269,34 @@ class NotebookParameters(Config):
             TrainConfig.from_dict({**(self.train_options or {}), "model": (models or ["atomizer"])[0], "out_dir": "-"})
         except (ConfigError, TypeError) as e:
             raise self._bad("train_options", str(e.args[0] if e.args else e)) from None
+
+    def _check_pretrain(self) -> None:
+        """``pretrain``: each model's pretraining config must load (with ``pretrain_overrides``) and pretrain
+        that model; nothing is read from the sources here."""
+        if not self.pretrain and not self.pretrain_overrides:
+            return
+        from pathlib import Path
+
+        from atomizer.engine.pretraining import PretrainConfig
+
+        known = set(PretrainConfig.field_names()) - {"out_dir", "sources"}
+        unknown = sorted(set(self.pretrain_overrides or {}) - known)
+        if unknown:
+            raise self._bad("pretrain_overrides", f"unknown pretraining field(s) {unknown}")
+        for m, spec in (self.pretrain or {}).items():
+            try:
+                if isinstance(spec, str):
+                    if not Path(spec).is_file():
+                        raise ValueError(f"{m}: no pretraining config {spec!r}")
+                    cfg = PretrainConfig.from_yaml(spec, **(self.pretrain_overrides or {}))
+                elif isinstance(spec, Mapping):
+                    cfg = PretrainConfig.from_dict({**spec, **(self.pretrain_overrides or {})})
+                else:
+                    raise ValueError(f"{m}: expected a config path or a mapping of pretraining fields")
+            except (ConfigError, OSError, TypeError, ValueError) as e:
+                raise self._bad("pretrain", str(e.args[0] if e.args else e)) from None
+            if cfg.model != m:
+                raise self._bad("pretrain", f"{m}: the config pretrains {cfg.model!r}")
 
     def _check_sweep(self, test: Any) -> None:
         if self.sweep is None or self.values is None:

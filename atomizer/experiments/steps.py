@@ -228,6 +228,55 @@ def run_sweep(
     return out
 
 
+def pretrain_for_fold(
+    config: str | Path | Mapping[str, Any],
+    out_dir: str | Path,
+    dataset: str,
+    fold: int | None,
+    model: str | None = None,
+    device: str | None = None,
+    **overrides: Any,
+) -> Path:
+    """Masked pretraining (:func:`atomizer.engine.pretraining.pretrain`) for one cross-validation fold of
+    ``dataset``, resumed or skipped when done; returns ``<out_dir>/checkpoints/last.pt``, the ``init`` of the
+    fine-tuning runs of that fold.
+
+    ``config`` is a pretraining config (a YAML path or a mapping of
+    :class:`~atomizer.engine.pretraining.PretrainConfig` fields), ``overrides`` replace its fields (e.g.
+    ``mask_ratio``, ``steps``). Every source that reads ``dataset`` itself is restricted so that the
+    pretraining never sees the pixels the fold is tested on: ``exclude_fold: fold`` (its test images left
+    out) with folds, ``split: train`` on the fixed split. A source that already names a split is refused,
+    since the two could disagree. ``model`` (when given) must be the config's model."""
+    from atomizer.engine.pretraining import PretrainConfig, pretrain
+
+    base = (
+        PretrainConfig.from_yaml(config).to_dict()
+        if isinstance(config, (str, Path))
+        else PretrainConfig.from_dict(dict(config)).to_dict()
+    )
+    if model is not None and base["model"] != model:
+        raise ValueError(f"pretraining config {config}: model {base['model']!r}, but it should pretrain {model!r}")
+    sources = []
+    for src in base["sources"]:
+        src = dict(src)
+        if str(src.get("dataset", src.get("manifest", ""))) == str(dataset):
+            if src.get("split") is not None or src.get("exclude_fold") is not None:
+                raise ValueError(
+                    f"pretraining source {src} reads the downstream dataset {dataset!r}: leave its split out "
+                    "(each fold's test images are left out for you)"
+                )
+            src.update({"exclude_fold": int(fold)} if fold is not None else {"split": "train"})
+        sources.append(src)
+    run = Path(out_dir)
+    cfg = PretrainConfig.from_dict(
+        {**base, **overrides, "sources": sources, "out_dir": str(run), **({"device": device} if device else {})}
+    )
+    folder = RunFolder(run)
+    if not folder.summary.exists():
+        pretrain(cfg, resume=folder.config.exists(), progress=False)
+    return run / "checkpoints" / "last.pt"
+
+
 #: The values a sweep evaluates when none are given: GSDs (m/px) and input sizes (px), the paper's Tables 2-3.
 SWEEP_VALUES: dict[str, list[float]] = {"gsd": [10, 20, 30, 40, 60], "size": [16, 32, 48, 64]}
 
