@@ -61,6 +61,7 @@ from atomizer.engine.loop import Loop, Step, Task, state_hash
 from atomizer.models.atomizer import Atomizer, AtomizerConfig
 from atomizer.models.checkpoint import (
     CheckpointError,
+    load_canvas_weights,
     load_encoder_weights,
     load_into,
     read_checkpoint,
@@ -287,7 +288,8 @@ def build_s2mae(cfg: PretrainConfig) -> S2MAE:
 def load_pretrained_encoder(model: nn.Module, path: str | Path, classes: Sequence[str] | None = None) -> dict:
     """Initialise ``model`` (may be DDP-wrapped) from a checkpoint's encoder: what ``TrainConfig.init`` does.
 
-    An Atomizer reads an Atomizer checkpoint (:func:`atomizer.models.checkpoint.load_encoder_weights`); an
+    An Atomizer reads an Atomizer checkpoint (:func:`atomizer.models.checkpoint.load_encoder_weights`); a
+    canvas baseline a checkpoint of its own architecture (:func:`atomizer.models.checkpoint.load_canvas_weights`); an
     S2MAE reads an S2MAE checkpoint (an S2MAE pretraining run, or a trained S2MAE): every weight but the
     heads and the MAE decoder (:func:`atomizer.models.s2mae.encoder_state`); the classification head too
     when the checkpoint is a classifier of the same classes.
@@ -299,8 +301,10 @@ def load_pretrained_encoder(model: nn.Module, path: str | Path, classes: Sequenc
         CheckpointError: another architecture, or an encoder configured differently (fields named).
     """
     target = getattr(model, "module", model)
-    if not isinstance(target, S2MAE):
+    if isinstance(target, Atomizer):
         return load_encoder_weights(model, path, classes=classes)
+    if not isinstance(target, S2MAE):  # a canvas baseline: fine-tuned from (or adapted on) its own kind
+        return load_canvas_weights(model, path, classes=classes)
     payload = read_checkpoint(path)
     if payload["arch"] != "s2mae":
         raise CheckpointError(

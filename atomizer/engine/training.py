@@ -234,7 +234,7 @@ class TrainTask(Task):
         if cfg.init:
             head_loaded = load_pretrained_encoder(model, cfg.init, classes=probe.classes)["head"]
         if cfg.adapters is not None:  # frozen base, only the adapters train (saved apart: adapters.pt)
-            # apply_adapters refuses any model but an Atomizer (one line naming it)
+            # apply_adapters takes an Atomizer or a canvas transformer; any other model is refused in one line
             self.adapters = apply_adapters(cast(Atomizer, model), cfg.adapters, head_loaded=head_loaded).to_dict()
             if cfg.adapters_init:  # adapters trained before on the same encoder (adaptation's stage 1)
                 init_adapters(model, cfg.adapters_init)

@@ -8,6 +8,10 @@ One ``adapters:`` config (:class:`AdapterConfig`) covers every kind; ``kinds`` l
   base. Targets: ``to_q``, ``to_out`` (cross and latent attention), ``token_proj`` (the factorised atom
   projection that makes the cross-attention keys/values; it reads ``.weight``, which LoRA exposes merged),
   and optionally ``to_kv`` (latent self-attention keys/values). Tied blocks share their adapters.
+* ``slr`` (:class:`ScaledLowRankLinear`): scaled low-rank adaptation (the "low-rank scaling" kind of
+  SpectralX, from Scheibenreif et al., CVPR 2024): ``(W (s_in * x) + (alpha / r) B A (s_in * x)) * s_out``
+  with ``s_in``, ``s_out`` per-channel scales initialised to 1 and ``B`` zero, on the same ``targets`` as
+  LoRA (with both kinds, the SLR wraps the LoRA-adapted layer).
 * ``spectral`` (:class:`AdaptedEncoder`): a residual MLP on the band feature table (wavelength/bandwidth
   RBF code + GSD code), last layer zero-initialised, so a new sensor's bands can be re-mapped into what
   the frozen encoder understands.
@@ -30,6 +34,13 @@ One ``adapters:`` config (:class:`AdapterConfig`) covers every kind; ``kinds`` l
 * ``refine`` (:class:`RefinementAdapter`): SpectralX's attribute-refined adapter: the final latents (high
   level), as queries, cross-attend (``refine_heads`` x ``refine_dim_head``) to the latents after the first
   block (low level); the output projection is zero-initialised, so the model starts as the base.
+
+**Other backbones.** The canvas transformers (``vit``, ``scalemae``, ``s2mae``: a frozen ViT for
+comparison) take ``lora``, ``slr`` and ``ia3`` on their self-attention and feed-forward layers, the same
+way. Their spectral entry point is the patch projection (``patch_proj``; ``cube_proj`` for S2MAE): the
+``patch_proj`` target puts the LoRA / SLR adapter there (SLR's patch-embedding adapter), so that a band
+that only ever held zeros in training can be read. ``spectral``, ``moa`` and ``refine`` read the atoms'
+band table and the Atomizer's latents: on a canvas model they are refused in one line.
 
 ``moa`` and ``refine`` are forward hooks on the latent self-attention blocks (the Atomizer's code is not
 changed): they need ``self_per_cross >= 1``. ``frozen_kinds`` keeps some kinds in the model without
@@ -66,6 +77,7 @@ from atomizer.atoms.encodings import AtomEncoder
 from atomizer.core.config import Config, ConfigError, config_diff
 from atomizer.core.storage import UnsafeFileError, atomic_write_bytes, load_torch_file, plain_data
 from atomizer.models.atomizer import Atomizer, window_half_extent
+from atomizer.models.baselines import ViTBaseline
 from atomizer.models.layers import (
     Attention,
     AttentionPool,
@@ -76,10 +88,12 @@ from atomizer.models.layers import (
 )
 
 FORMAT = "atomizer-adapters/1"
-TARGETS = ("to_q", "to_kv", "to_out", "token_proj")
+TARGETS = ("to_q", "to_kv", "to_out", "token_proj", "patch_proj")
 HEAD_MODES = ("auto", "freeze", "fc", "full")
 #: The adapter kinds one ``adapters:`` config can add (module docstring).
-KINDS = ("lora", "spectral", "ia3", "moa", "refine")
+KINDS = ("lora", "slr", "spectral", "ia3", "moa", "refine")
+#: The kinds a canvas transformer (ViT, ScaleMAE, S2MAE) takes: those that wrap its Linear layers.
+CANVAS_KINDS = ("lora", "slr", "ia3")
 #: Config fields that do not change the base weights.
 RUNTIME_FIELDS = ("prune_p", "attn_dropout", "ff_dropout", "checkpoint_tokens")
 
@@ -92,7 +106,7 @@ class AdapterError(ValueError):
 class AdapterConfig(Config):
     kind: ClassVar[str] = "adapter"
 
-    kinds: tuple[str, ...] | None = None  # lora | spectral | ia3 | moa | refine; None: lora (+ spectral)
+    kinds: tuple[str, ...] | None = None  # lora | slr | spectral | ia3 | moa | refine; None: lora (+ spectral)
     frozen_kinds: tuple[str, ...] = ()  # kinds added but not trained (weights from init_adapters)
     rank: int = 4  # LoRA rank, and the rank of each mixture expert
     alpha: float = 8.0  # LoRA and experts scale their output by alpha / rank
@@ -177,11 +191,44 @@ class LoRALinear(nn.Module):
         return self.base(x) + self.scale * F.linear(F.linear(self.drop(x), self.lora_A), self.lora_B)
 
 
+class ScaledLowRankLinear(nn.Module):
+    """Scaled low-rank adaptation: ``(base(s_in * x) + (alpha / rank) * B(A(s_in * x))) * s_out``, with
+    ``slr_in`` and ``slr_out`` initialised to 1 and ``B`` to zero (an adapted model starts as the base);
+    ``weight`` and ``bias`` are the merged ones (for callers that read them)."""
+
+    def __init__(self, base: nn.Linear | LoRALinear, rank: int = 4, alpha: float = 8.0, dropout: float = 0.0):
+        super().__init__()
+        self.base = base
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.rank, self.scale = rank, alpha / rank
+        dev = base.weight.device
+        self.slr_in = nn.Parameter(torch.ones(base.in_features, device=dev))
+        self.slr_out = nn.Parameter(torch.ones(base.out_features, device=dev))
+        self.slr_A = nn.Parameter(torch.empty(rank, base.in_features, device=dev))
+        self.slr_B = nn.Parameter(torch.zeros(base.out_features, rank, device=dev))
+        nn.init.kaiming_uniform_(self.slr_A, a=math.sqrt(5))
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    @property
+    def weight(self) -> Tensor:
+        merged = self.base.weight + self.scale * (self.slr_B @ self.slr_A)
+        return self.slr_out[:, None] * merged * self.slr_in[None, :]
+
+    @property
+    def bias(self) -> Tensor | None:
+        return None if self.base.bias is None else self.base.bias * self.slr_out
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x * self.slr_in.to(x.dtype)
+        low = F.linear(F.linear(self.drop(x), self.slr_A.to(x.dtype)), self.slr_B.to(x.dtype))
+        return (self.base(x) + self.scale * low) * self.slr_out.to(x.dtype)
+
+
 class IA3Linear(nn.Module):
     """``base(x) * scale`` per output channel (``ia3_scale``, initialised to 1); ``weight`` and ``bias``
     are the scaled ones (for callers that read them, like :class:`FactorizedTokenProjection`)."""
 
-    def __init__(self, base: nn.Linear | LoRALinear):
+    def __init__(self, base: nn.Linear | LoRALinear | ScaledLowRankLinear):
         super().__init__()
         self.base = base
         self.in_features, self.out_features = base.in_features, base.out_features
@@ -374,6 +421,8 @@ def adapter_kind(name: str) -> str | None:
     """The adapter kind a parameter ``name`` belongs to (``moa`` includes the hyper tokenizer), or None."""
     if ".lora_" in name:
         return "lora"
+    if ".slr_" in name:
+        return "slr"
     if ".ia3_" in name:
         return "ia3"
     if name.startswith("encoder.mlp."):
@@ -393,33 +442,81 @@ def _last_self_block(block: LatentBlock) -> SelfBlock:
     return block["self"][-1]  # type: ignore[index]
 
 
+def _canvas_transformer(model: nn.Module) -> bool:
+    """Whether ``model`` is a canvas transformer adapters fit (ViT, ScaleMAE, S2MAE: ``layers`` of blocks)."""
+    from atomizer.models.s2mae import S2MAE
+
+    return isinstance(model, (ViTBaseline, S2MAE))
+
+
+def _body(model: nn.Module) -> nn.Module:
+    """The module holding a model's transformer blocks (the Atomizer's ``blocks``, a ViT's ``layers``)."""
+    return model.blocks if isinstance(model, Atomizer) else cast(nn.Module, model.layers)
+
+
+def head_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """Name prefixes of a model's task head (the Atomizer's pooling head; a canvas model's ``fc`` or dense
+    decoder), which the encoder fingerprint and the encoder's parameter count leave out."""
+    model = getattr(model, "module", model)
+    return ("head.",) if isinstance(model, Atomizer) else ("fc.", "decoder.", "dense_head.")
+
+
+def _wrappers(cfg: AdapterConfig, kinds: Sequence[str]) -> list[Any]:
+    """The Linear wrappers ``kinds`` asks for, innermost first: LoRA, then SLR around it."""
+    out: list[Any] = []
+    if "lora" in kinds:
+        out.append(lambda lin: LoRALinear(lin, cfg.rank, cfg.alpha, cfg.dropout))
+    if "slr" in kinds:
+        out.append(lambda lin: ScaledLowRankLinear(lin, cfg.rank, cfg.alpha, cfg.dropout))
+    return out
+
+
 def apply_adapters(
     model: nn.Module, spec: AdapterConfig | Mapping[str, Any] | None = None, head_loaded: str = "full"
 ) -> AdapterConfig:
     """Freeze ``model`` and add adapters in place; returns the resolved config (``head`` never ``auto``).
 
     Args:
-        model: A (trained) Atomizer.
+        model: A (trained) Atomizer, or a canvas transformer (ViT, ScaleMAE, S2MAE: ``lora``, ``slr``,
+            ``ia3`` only).
         spec: An :class:`AdapterConfig` or its fields.
         head_loaded: What of the head came with the base weights ("full", "pool" or "none"), to resolve
             ``head="auto"``: ``freeze`` when "full" and the label set is unchanged, else ``fc``.
 
     Raises:
-        AdapterError: adapters already applied, ``freeze`` with a new label set, ``moa``/``refine`` on a
-            model without latent self-attention, or trainable parameters above ``max_fraction`` of the
-            encoder.
+        AdapterError: adapters already applied, a model or kind adapters do not fit, ``freeze`` with a
+            new label set, ``moa``/``refine`` on a model without latent self-attention, or trainable
+            parameters above ``max_fraction`` of the encoder.
     """
-    model = getattr(model, "module", model)
-    if not isinstance(model, Atomizer):
-        raise AdapterError(f"adapters apply to an Atomizer, not {type(model).__name__}")
+    return _apply(getattr(model, "module", model), spec, head_loaded)
+
+
+def _apply(model: Any, spec: AdapterConfig | Mapping[str, Any] | None, head_loaded: str) -> AdapterConfig:
+    """:func:`apply_adapters` on the model itself (not a DDP wrapper)."""
+    canvas = _canvas_transformer(model)
+    if not (isinstance(model, Atomizer) or canvas):
+        raise AdapterError(f"adapters apply to an Atomizer or a canvas transformer (vit, scalemae, s2mae), "
+                           f"not {type(model).__name__}")  # fmt: skip
     if has_adapters(model):
         raise AdapterError("this model already has adapters")
     cfg = AdapterConfig.from_any(spec)
     kinds = cfg.active
+    if canvas:
+        other = [k for k in kinds if k not in CANVAS_KINDS]
+        if other:
+            raise AdapterError(
+                f"adapter kind(s) {other} read the atoms' band table or the Atomizer's latents; a "
+                f"{type(model).__name__} takes {', '.join(CANVAS_KINDS)} (target patch_proj for its bands)"
+            )
+        if getattr(model.cfg, "task", "classification") != "classification":
+            raise AdapterError(f"adapters on a {type(model).__name__} need a classification model")
+    elif "patch_proj" in cfg.targets:
+        raise AdapterError("target patch_proj is a canvas model's; the Atomizer's band entry is kinds: spectral")
     hooked = [k for k in ("moa", "refine") if k in kinds]
-    if hooked and model.cfg.self_per_cross < 1:
+    if hooked and isinstance(model, Atomizer) and model.cfg.self_per_cross < 1:
         raise AdapterError(f"adapter kind(s) {hooked} hook the latent self-attention blocks; this model has none")
-    new_classes = cfg.num_classes if cfg.num_classes not in (None, model.head.fc.out_features) else None
+    fc = cast(nn.Linear, model.head.fc if isinstance(model, Atomizer) else model.fc)
+    new_classes = cfg.num_classes if cfg.num_classes not in (None, fc.out_features) else None
     head = cfg.head
     if head == "auto":
         head = "freeze" if head_loaded == "full" and new_classes is None else "fc"
@@ -429,28 +526,60 @@ def apply_adapters(
     model.adapter_base_config = model.cfg.to_dict()
     for p in model.parameters():
         p.requires_grad_(False)
-    device = model.latents.device
-    # LoRA, then IA3 over it: collect first (tied blocks are one module), then wrap.
-    attns = {id(m): m for m in model.blocks.modules() if isinstance(m, Attention)}
-    projs = {id(m): m for m in model.blocks.modules() if isinstance(m, FactorizedTokenProjection)}
-    ffs = {id(m): m for m in model.blocks.modules() if isinstance(m, FeedForward)}
-    if "lora" in kinds:
-        wrap = lambda lin: LoRALinear(lin, cfg.rank, cfg.alpha, cfg.dropout)  # noqa: E731
+    device = next(model.parameters()).device
+    body = _body(model)
+    # LoRA (or SLR), then IA3 over it: collect first (tied blocks are one module), then wrap.
+    attns = {id(m): m for m in body.modules() if isinstance(m, Attention)}
+    projs = {id(m): m for m in body.modules() if isinstance(m, FactorizedTokenProjection)}
+    ffs = {id(m): m for m in body.modules() if isinstance(m, FeedForward)}
+    for wrap in _wrappers(cfg, kinds):
         for m in attns.values():
             for name in ("to_q", "to_kv", "to_out"):
-                if name in cfg.targets and isinstance(getattr(m, name), nn.Linear):
+                if name in cfg.targets and isinstance(getattr(m, name), (nn.Linear, LoRALinear)):
                     setattr(m, name, wrap(getattr(m, name)))
         if "token_proj" in cfg.targets:
             for proj in projs.values():
                 proj.register_module("proj", wrap(proj.proj))
+        if canvas and "patch_proj" in cfg.targets:  # the canvas's band entry (S2MAE: its cube projection)
+            name = "patch_proj" if hasattr(model, "patch_proj") else "cube_proj"
+            setattr(model, name, wrap(getattr(model, name)))
     if "ia3" in kinds:
         for m in attns.values():
             if m.to_kv is not None:
-                m.to_kv = IA3Linear(cast(nn.Linear | LoRALinear, m.to_kv))
+                m.to_kv = IA3Linear(cast(nn.Linear | LoRALinear | ScaledLowRankLinear, m.to_kv))
         for proj in projs.values():
             proj.register_module("proj", IA3Linear(proj.proj))
         for ff in ffs.values():
             ff.net[4] = IA3Hidden(cast(nn.Linear, ff.net[4]))
+    if isinstance(model, Atomizer):
+        _atomizer_hooks(model, cfg, kinds, device)
+    for name, p in model.named_parameters():
+        kind = adapter_kind(name)
+        p.requires_grad_(kind is not None and kind not in cfg.frozen_kinds)
+    if isinstance(model, Atomizer):
+        _atomizer_head(model, head, new_classes, device)
+    else:
+        dim = fc.in_features
+        if new_classes is not None:
+            model.fc = nn.Linear(dim, new_classes).to(device)
+        for p in [*model.fc.parameters(), *(model.norm.parameters() if head == "full" else [])]:
+            p.requires_grad_(head in ("fc", "full"))
+    if new_classes is not None:
+        model.cfg = replace(model.cfg, num_classes=new_classes)
+    model.adapter_config = cfg
+    rep = adapter_report(model)
+    if rep["fraction"] > cfg.max_fraction:
+        parts = ", ".join(f"{k} {rep[k]:,}" for k in (*KINDS, "head") if rep[k])
+        raise AdapterError(
+            f"{rep['trainable']:,} trainable parameters are {100 * rep['fraction']:.1f}% of the "
+            f"encoder's {rep['encoder']:,} (limit {100 * cfg.max_fraction:g}%): {parts}; lower the rank, "
+            f"drop targets or kinds, or use head='fc'"
+        )
+    return cfg
+
+
+def _atomizer_hooks(model: Atomizer, cfg: AdapterConfig, kinds: Sequence[str], device: torch.device) -> None:
+    """The Atomizer's own adapters: the adapted encoder (spectral, hyper tokenizer), mixtures, refinement."""
     ctx = AttributeContext()
     tokenizer = None
     if "moa" in kinds:
@@ -472,9 +601,10 @@ def apply_adapters(
         _last_self_block(blocks[0]).register_forward_hook(partial(_capture_low, ctx))
         n_last = sum(b is blocks[-1] for b in blocks)
         _last_self_block(blocks[-1]).register_forward_hook(partial(_refine_hook, refine, ctx, n_last))
-    for name, p in model.named_parameters():
-        kind = adapter_kind(name)
-        p.requires_grad_(kind is not None and kind not in cfg.frozen_kinds)
+
+
+def _atomizer_head(model: Atomizer, head: str, new_classes: int | None, device: torch.device) -> None:
+    """The Atomizer's pooling head as ``head`` says: frozen, its final Linear (and norm) trained, or all."""
     dim = model.cfg.latent_dim
     if head == "fc":
         if new_classes is not None:
@@ -486,18 +616,6 @@ def apply_adapters(
             model.head = AttentionPool(dim, model.cfg.latent_heads, model.cfg.latent_dim_head, new_classes).to(device)
         for p in model.head.parameters():
             p.requires_grad_(True)
-    if new_classes is not None:
-        model.cfg = replace(model.cfg, num_classes=new_classes)
-    model.adapter_config = cfg
-    rep = adapter_report(model)
-    if rep["fraction"] > cfg.max_fraction:
-        parts = ", ".join(f"{k} {rep[k]:,}" for k in (*KINDS, "head") if rep[k])
-        raise AdapterError(
-            f"{rep['trainable']:,} trainable parameters are {100 * rep['fraction']:.1f}% of the "
-            f"encoder's {rep['encoder']:,} (limit {100 * cfg.max_fraction:g}%): {parts}; lower the rank, "
-            f"drop targets or kinds, or use head='fc'"
-        )
-    return cfg
 
 
 def attribute_mixtures(model: nn.Module, batch: Any) -> list[Tensor]:
@@ -516,6 +634,7 @@ def adapter_report(model: nn.Module) -> dict:
     """Parameter counts per adapter kind (all of them, trained or frozen), of the trainable head, of the
     encoder (the base minus the head) and in total; ``trainable`` and ``fraction`` (trainable / encoder)."""
     model = getattr(model, "module", model)
+    heads = head_prefixes(model)
     n = {**{k: 0 for k in KINDS}, "head": 0, "encoder": 0, "total": 0}
     trainable = 0
     for name, p in model.named_parameters():
@@ -525,7 +644,7 @@ def adapter_report(model: nn.Module) -> dict:
         kind = adapter_kind(name)
         if kind is not None:
             n[kind] += p.numel()
-        elif name.startswith("head."):
+        elif name.startswith(heads):
             n["head"] += p.numel() if p.requires_grad else 0
         else:
             n["encoder"] += p.numel()
@@ -550,8 +669,9 @@ def encoder_fingerprint(model: nn.Module) -> str:
     model = getattr(model, "module", model)
     h = hashlib.sha256()
     named = {re.sub(r"(\.base)+\.", ".", k): p for k, p in model.named_parameters()}
+    heads = head_prefixes(model)
     for name, p in sorted(named.items()):
-        if not name.startswith("head.") and not _is_adapter(name):
+        if not name.startswith(heads) and not _is_adapter(name):
             h.update(name.encode())
             h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
@@ -573,7 +693,7 @@ def save_adapters(model: nn.Module, path: str | Path, base_checkpoint: str | Pat
     fingerprints to ``path`` (atomically); the base checkpoint is not copied."""
     core = getattr(model, "module", model)
     adapter_config = getattr(core, "adapter_config", None)
-    if not isinstance(core, Atomizer) or adapter_config is None:
+    if adapter_config is None:
         raise AdapterError("the model has no adapters to save")
     payload = plain_data(
         {
@@ -604,7 +724,7 @@ def read_adapters(path: str | Path) -> dict:
     return payload
 
 
-def load_adapters(model: Atomizer, path: str | Path, strict: bool = True) -> Atomizer:
+def load_adapters(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
     """Add the adapters stored at ``path`` to a base ``model`` (in place) and return it.
 
     Raises:
@@ -612,7 +732,11 @@ def load_adapters(model: Atomizer, path: str | Path, strict: bool = True) -> Ato
             weights are not the ones the adapters were trained on (fingerprint).
     """
     payload = read_adapters(path)
-    model = getattr(model, "module", model)
+    return _load(getattr(model, "module", model), payload, path, strict)
+
+
+def _load(model: Any, payload: dict, path: str | Path, strict: bool) -> nn.Module:
+    """:func:`load_adapters` on the model itself, with the file's payload."""
     drop = lambda d: {k: v for k, v in d.items() if k not in RUNTIME_FIELDS}  # noqa: E731
     base = type(model.cfg).from_dict(payload["base_config"]).to_dict()  # fields added since: their defaults
     diff = config_diff(drop(base), drop(model.cfg.to_dict()))

@@ -24,7 +24,7 @@ from torch import nn
 
 from atomizer.core.config import config_diff
 from atomizer.core.storage import UnsafeFileError, atomic_write_bytes, load_torch_file, plain_data
-from atomizer.models.adapters import apply_adapters
+from atomizer.models.adapters import apply_adapters, head_prefixes
 from atomizer.models.registry import arch_of, build_from_config, config_class, config_of
 
 FORMAT = "atomizer-checkpoint/1"
@@ -203,3 +203,48 @@ def load_encoder_weights(
         raise CheckpointError(f"{path}: weight shapes differ from the model's: " + "; ".join(bad[:5]))
     target.load_state_dict({k: state[k] for k in keys}, strict=False)
     return {"loaded": len(keys), "head": head, "source": str(path)}
+
+
+def load_canvas_weights(model: nn.Module, path: str | Path, classes: Sequence[str] | None = None) -> dict:
+    """Initialise a canvas model (ResNet, ViT, ScaleMAE, Perceiver, U-Net) from a checkpoint of the same
+    architecture and encoder configuration: every weight but the task head (``fc``, a dense decoder), and the
+    head too when the checkpoint is a classifier of the same class list (fine-tuning, or a frozen base for
+    adapters).
+
+    Returns:
+        ``{"loaded": number of tensors, "head": "full" | "none", "source": path}``.
+
+    Raises:
+        CheckpointError: another architecture, or an encoder configured differently (fields named).
+    """
+    payload = read_checkpoint(path)
+    target = getattr(model, "module", model)
+    arch = arch_of(target)
+    if payload["arch"] != arch:
+        raise CheckpointError(
+            f"{path} holds a {payload['arch']!r} model; a {arch} initialises from a {arch} checkpoint"
+        )
+    skip = (*RUNTIME_FIELDS, "task", "decoder_width", "dense_width")
+    ours = {k: v for k, v in config_of(target).to_dict().items() if k not in skip}
+    theirs = {k: v for k, v in stored_config(payload).items() if k not in skip}
+    diff = config_diff(theirs, ours)
+    if diff:
+        raise CheckpointError(
+            f"{path}: its configuration does not match the model's (use the same preset and model_overrides "
+            "as the checkpoint): " + "; ".join(diff)
+        )
+    heads = head_prefixes(target)
+    state = {k: v for k, v in payload["state_dict"].items() if not k.startswith(heads)}
+    extra = payload.get("extra", {})
+    head = "none"
+    same_task = payload["config"].get("task", "classification") == getattr(target.cfg, "task", "classification")
+    if same_task and classes is not None and list(extra.get("classes") or []) == list(classes):
+        state = dict(payload["state_dict"])
+        head = "full"
+    own = target.state_dict()
+    bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    missing = [k for k in own if not k.startswith(heads) and k not in state]
+    if bad or missing:
+        raise CheckpointError(f"{path}: weights {(bad or missing)[:3]} do not fit the model")
+    target.load_state_dict(state, strict=False)
+    return {"loaded": len(state), "head": head, "source": str(path)}
