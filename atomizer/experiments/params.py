@@ -96,6 +96,10 @@ class NotebookParameters(Config):
     adapt_epochs: StrictInt | None = None
     adapter_lr: float | None = None
     adapter_variants: dict | None = None
+    spectralx_variants: dict | None = None
+    adapt_baselines: dict | None = None
+    baseline_preset: str | None = None
+    adapt_reference: str | None = None
     # sweeps, landscape, statistics
     sweep: str | None = None  # the sweep notebook's ``kind``: "gsd" or "size"
     values: ListParam | None = None
@@ -136,6 +140,7 @@ class NotebookParameters(Config):
         self._check_repeats()
         self._check_training(models)
         self._check_pretrain()
+        self._check_adaptations()
         self._check_sweep(sets.get("test_modalities"))
 
     def _check_numbers(self) -> None:
@@ -297,6 +302,33 @@ class NotebookParameters(Config):
                 raise self._bad("pretrain", str(e.args[0] if e.args else e)) from None
             if cfg.model != m:
                 raise self._bad("pretrain", f"{m}: the config pretrains {cfg.model!r}")
+
+    def _check_adaptations(self) -> None:
+        """Adapter specs of the beyond notebook: each must be an adapter config, each SpectralX variant an
+        adaptation config, each adapted baseline a canvas transformer (nothing is trained here)."""
+        from atomizer.engine.adaptation import AdaptConfig
+        from atomizer.models.adapters import AdapterConfig, AdapterError
+        from atomizer.models.registry import architectures
+
+        for name, spec in (self.adapter_variants or {}).items():
+            try:
+                AdapterConfig.from_any(spec)
+            except AdapterError as e:
+                raise self._bad("adapter_variants", f"{name}: {e}") from None
+        for name, spec in (self.spectralx_variants or {}).items():
+            try:
+                AdaptConfig.from_dict({"base": "-", **dict(spec)})
+            except (ConfigError, TypeError, ValueError) as e:
+                raise self._bad("spectralx_variants", f"{name}: {e.args[0] if e.args else e}") from None
+        for model, variants in (self.adapt_baselines or {}).items():
+            if model not in ("vit", "scalemae", "s2mae"):
+                known = [m for m in architectures() if m in ("vit", "scalemae", "s2mae")]
+                raise self._bad("adapt_baselines", f"{model!r}: adapters fit the canvas transformers {known}")
+            for name, spec in dict(variants).items():
+                try:
+                    AdapterConfig.from_any(spec)
+                except AdapterError as e:
+                    raise self._bad("adapt_baselines", f"{model} {name}: {e}") from None
 
     def _check_sweep(self, test: Any) -> None:
         if self.sweep is None or self.values is None:

@@ -4,6 +4,7 @@ evaluates every run on the 40 EuroSAT test images under the six test modalities)
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import papermill as pm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,6 +22,17 @@ SMOKE = {
     "val_limit": 4,
     "device": "cpu",
     "threads": 1,
+    # SpectralX's two stages, and a frozen ViT adapted to the same new sensor
+    "spectralx_variants": {
+        "moa": {
+            "adapters": {"kinds": ["moa"]},
+            "stage2_kinds": ["refine"],
+            "freeze_stage1": True,
+            "pretrain": {"steps": 2, "batch_size": 4, "eval_images": 2},
+        },
+    },  # fmt: skip
+    "adapt_baselines": {"vit": {"slr+patch": {"kinds": ["slr"], "rank": 2, "targets": ["to_q", "to_out", "patch_proj"]}}},
+    "baseline_preset": "tiny",
 }
 
 
@@ -41,9 +53,19 @@ def test_beyond_the_paper_notebook_smoke(tmp_path):
         "adapters.png",
         "finetune_minus_scratch.csv",
         "adapt_table.csv",
+        "adapt_minus_reference.csv",
         "summary.json",
     ):
         assert (store / name).stat().st_size > 0, name
     assert (store / "adapt" / "adapters_lora_spectral" / "seed0" / "adapters.pt").exists()
+    table = pd.read_csv(store / "adapt_table.csv", index_col=0)
+    methods = {"none", "adapters: lora+spectral", "SpectralX two-stage: moa", "vit: none",
+               "vit: adapters: slr+patch", "vit: full fine-tune"}  # fmt: skip
+    assert methods <= set(table.index)
+    assert 0 < table.loc["vit: adapters: slr+patch", "% of encoder"] < 100  # of the ViT's own encoder
+    stage = store / "adapt" / "spectralx_moa" / "seed0"
+    assert (stage / "stage1" / "adapters.pt").exists() and (stage / "stage2" / "results.nc").exists()
+    diffs = pd.read_csv(store / "adapt_minus_reference.csv")
+    assert set(diffs["method"]) == set(table.index) - {"adapters: lora+spectral"}
     nb = nbformat.read(out, as_version=4)
     assert "error" not in {o.get("output_type") for c in nb.cells if c.cell_type == "code" for o in c.outputs}
