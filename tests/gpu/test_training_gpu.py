@@ -31,14 +31,21 @@ def test_bf16_training_steps_are_finite_and_move_the_weights(arch):
         assert h.device.type == "cuda" and torch.isfinite(h.float()).all()
 
 
-def test_ddp_with_one_process_runs_a_step(tmp_path):
+def test_ddp_with_one_process_runs_a_step(tmp_path, monkeypatch):
     """DistributedDataParallel over NCCL (gloo in the CPU dry run), world size 1: a step runs, gradients are
     all-reduced (to themselves) and the weights move."""
+    from datetime import timedelta
+
     import torch.distributed as dist
 
     device = test_device()
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    if backend == "gloo":  # one process on this machine: the loopback interface (no lookup of the host's name)
+        monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    # a stuck rendezvous or collective raises after 2 minutes instead of holding the run until its time limit
+    dist.init_process_group(
+        backend, init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1, timeout=timedelta(minutes=2)
+    )
     try:
         assert dist.get_world_size() == 1 and dist.get_backend() == backend
         torch.manual_seed(0)
