@@ -46,7 +46,7 @@ band table and the Atomizer's latents: on a canvas model they are refused in one
 changed): they need ``self_per_cross >= 1``. ``frozen_kinds`` keeps some kinds in the model without
 training them (SpectralX's stage 2 on stage 1's adapters; see :mod:`atomizer.engine.adaptation`).
 
-* **Head**: ``freeze`` (same label set), ``fc`` (a new or retrained final Linear and its LayerNorm: a new
+* **Head** (the pooling head; a segmentation model's dense decoder): ``freeze`` (same label set), ``fc`` (a new or retrained final Linear and its LayerNorm: a new
   label set), ``full`` (the whole pooling head; usually above the 5% budget), ``auto`` (``freeze`` when
   the head came with the base weights, else ``fc``).
 
@@ -458,7 +458,7 @@ def head_prefixes(model: nn.Module) -> tuple[str, ...]:
     """Name prefixes of a model's task head (the Atomizer's pooling head; a canvas model's ``fc`` or dense
     decoder), which the encoder fingerprint and the encoder's parameter count leave out."""
     model = getattr(model, "module", model)
-    return ("head.",) if isinstance(model, Atomizer) else ("fc.", "decoder.", "dense_head.")
+    return ("head.", "dense.") if isinstance(model, Atomizer) else ("fc.", "decoder.", "dense_head.")
 
 
 def _wrappers(cfg: AdapterConfig, kinds: Sequence[str]) -> list[Any]:
@@ -515,7 +515,10 @@ def _apply(model: Any, spec: AdapterConfig | Mapping[str, Any] | None, head_load
     hooked = [k for k in ("moa", "refine") if k in kinds]
     if hooked and isinstance(model, Atomizer) and model.cfg.self_per_cross < 1:
         raise AdapterError(f"adapter kind(s) {hooked} hook the latent self-attention blocks; this model has none")
-    fc = cast(nn.Linear, model.head.fc if isinstance(model, Atomizer) else model.fc)
+    if isinstance(model, Atomizer):  # the task head: the pooling head, or the dense decoder of a segmentation model
+        fc = cast(nn.Linear, (model.dense if model.dense is not None else model.head).fc)
+    else:
+        fc = cast(nn.Linear, model.fc)
     new_classes = cfg.num_classes if cfg.num_classes not in (None, fc.out_features) else None
     head = cfg.head
     if head == "auto":
@@ -604,12 +607,18 @@ def _atomizer_hooks(model: Atomizer, cfg: AdapterConfig, kinds: Sequence[str], d
 
 
 def _atomizer_head(model: Atomizer, head: str, new_classes: int | None, device: torch.device) -> None:
-    """The Atomizer's pooling head as ``head`` says: frozen, its final Linear (and norm) trained, or all."""
+    """The Atomizer's task head as ``head`` says: frozen, its final Linear (and norm) trained, or all of it.
+    The task head is the pooling head, or a segmentation model's dense decoder (its per-pixel classifier
+    ``fc`` and ``out_norm``; ``full``: the whole decoder)."""
     dim = model.cfg.latent_dim
-    if head == "fc":
+    task_head: Any = model.dense if model.dense is not None else model.head
+    if head == "fc" or (head == "full" and model.dense is not None):
         if new_classes is not None:
-            model.head.fc = nn.Linear(dim, new_classes).to(device)
-        for p in [*model.head.fc.parameters(), *model.head.out_norm.parameters()]:
+            task_head.fc = nn.Linear(dim, new_classes).to(device)
+        trained = (
+            task_head.parameters() if head == "full" else [*task_head.fc.parameters(), *task_head.out_norm.parameters()]
+        )
+        for p in trained:
             p.requires_grad_(True)
     elif head == "full":
         if new_classes is not None:

@@ -147,7 +147,8 @@ def load_encoder_weights(
         model: The Atomizer to initialise (may be wrapped in DDP).
         path: A pretraining checkpoint (:func:`atomizer.engine.pretraining.pretrain`) or any Atomizer checkpoint.
         classes: The model's class names, to decide ``head=None``.
-        head: What of the head to load: "none" (False), "full" (True), "pool" (all but the final Linear),
+        head: What of the task head (the pooling head, a segmentation model's dense decoder) to load:
+            "none" (False), "full" (True), "pool" (all but the final Linear),
             or None: "none" from a pretraining checkpoint, "full" from a classifier trained on the same
             class list (fine-tuning), "pool" from a classifier of another label set.
 
@@ -185,10 +186,11 @@ def load_encoder_weights(
     if head not in ("none", "pool", "full"):
         raise ValueError(f"head must be 'none', 'pool' or 'full', got {head!r}")
 
-    def wanted(k: str) -> bool:
-        if not k.startswith("head."):
+    def wanted(k: str) -> bool:  # the task head: the pooling head, or a segmentation model's dense decoder
+        part = next((p for p in ("head.", "dense.") if k.startswith(p)), None)
+        if part is None:
             return True
-        return head == "full" or (head == "pool" and not k.startswith("head.fc."))
+        return head == "full" or (head == "pool" and not k.startswith(part + "fc."))
 
     own = target.state_dict()
     keys = [k for k in own if wanted(k)]
