@@ -18,8 +18,10 @@ A run folder (``train``, ``pretrain``, one run of an experiment)::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -35,6 +37,14 @@ LANDSCAPE = "landscape.nc"
 LANDSCAPE_PREDICTIONS = "landscape_predictions.nc"
 PROVENANCE = "provenance.json"
 SWEEP_KINDS = ("gsd", "size")
+#: The options a pretraining config (``atomizer pretrain``) has and a training config has not.
+PRETRAINING_KEYS = ("sources", "masking", "mask_ratio")
+
+
+def is_pretraining_config(config: Mapping[str, Any]) -> bool:
+    """Whether a run's ``config.yaml`` (read) is a pretraining config: it names image ``sources``, a
+    ``masking`` and a ``mask_ratio``, and no ``test_modalities`` (a training config has none of the three)."""
+    return all(k in config for k in PRETRAINING_KEYS) and "test_modalities" not in config
 
 
 def sweep_file(kind: str, predictions: bool = False) -> str:

@@ -8,6 +8,11 @@ paper's published numbers (:mod:`atomizer.results.paper`: ``PAPER_TABLE1``, ``PA
 "paper (BigEarthNet)". Served, the view re-reads the store periodically and redraws when a file
 changed (a run still training keeps appending to its metrics log); the Refresh button does it now.
 
+The store's pretraining runs (``atomizer pretrain`` run folders inside it, e.g. the disjoint notebook's
+``<store>/pretrain/<model>_fold-<k>/``) are listed apart, in the Pretraining section: their model, masking,
+steps and reconstruction loss at the start and end, and the reconstruction loss of the fixed held-in batch
+against step, one line per chosen run (``pretrain_runs``), the training loss faint.
+
 Use in a notebook::
 
     from atomizer.dashboard.results import ResultsView
@@ -16,6 +21,7 @@ Use in a notebook::
     view.table()                   # model x test modality (metric ``view.metric``), every run
     view.summary()                 # mean, sd, 95 % CI per model and modality (atomizer.results.stats)
     view.differences()             # ``view.reference`` minus each model, paired, Holm-corrected
+    view.pretraining()             # DataFrame of pretraining runs (reconstruction loss at start and end)
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import panel as pn
 import param
 import xarray as xr
 
-from atomizer.core.run_folder import CONFIG, METRICS, PREDICTIONS, RESULTS, sweep_file
+from atomizer.core.run_folder import CONFIG, METRICS, PREDICTIONS, RESULTS, SUMMARY, sweep_file
 from atomizer.dashboard._common import (
     PLOT_HEIGHT,
     PLOT_WIDTH,
@@ -76,6 +82,9 @@ class ResultsView(pn.viewable.Viewer):
     metric = param.Selector[str](default=PAPER_METRIC, objects=[PAPER_METRIC], doc="Metric of the tables and charts.")
     run = param.Selector[str | None](
         default=None, objects=[], allow_None=True, doc="Run whose training curves are shown."
+    )
+    pretrain_runs = param.ListSelector(
+        default=[], objects=[], doc="Pretraining runs whose reconstruction-loss curves are drawn."
     )
     reference = param.Selector[str | None](
         default=None, objects=[], allow_None=True, doc="Model the others are compared with (paired differences)."
@@ -144,6 +153,12 @@ class ResultsView(pn.viewable.Viewer):
         self.param.run.objects = runs
         if self.run not in runs:
             self.run = runs[0] if runs else None
+        pretraining = data.pretraining_labels()
+        known = list(self.param.pretrain_runs.objects)
+        if pretraining != known:  # runs that appeared are drawn; those the user left out stay out
+            chosen = [r for r in self.pretrain_runs if r in pretraining] + [r for r in pretraining if r not in known]
+            self.param.pretrain_runs.objects = pretraining
+            self.pretrain_runs = [r for r in pretraining if r in chosen]
         self.version += 1
 
     def poll(self, max_age_s: float = 0.0) -> bool:
@@ -549,6 +564,8 @@ class ResultsView(pn.viewable.Viewer):
             why = (
                 "does not exist"
                 if where is None or not where.root.exists()
+                else "holds only pretraining runs (see Pretraining)"
+                if len(self.pretraining())
                 else f"holds no run directory ({CONFIG} + {METRICS})"
             )
             return alert(
@@ -569,6 +586,82 @@ class ResultsView(pn.viewable.Viewer):
         show = df[[c for c in cols if c in df and not (c == "best_val_miou" and df[c].isna().all())]].copy()
         show["updated"] = pd.to_datetime(df["updated"], unit="s").dt.strftime("%Y-%m-%d %H:%M:%S")
         return pn.pane.DataFrame(show.round(4), index=False, escape=True, name="runs", sizing_mode="stretch_width")
+
+    # ------------------------------------------------------------------ pretraining
+    def pretraining(self) -> pd.DataFrame:
+        """One row per pretraining run of the store (:data:`atomizer.results.store.PRETRAINING_COLUMNS`): model,
+        masking, mask_ratio, status, steps done, images, reconstruction loss at the start and at the end."""
+        return self._data.pretraining
+
+    def pretraining_curves(self) -> pd.DataFrame:
+        """The logged losses (run, kind ``eval`` / ``train``, step, loss) of the chosen pretraining runs."""
+        return self._data.pretraining_curve(self.pretrain_runs)
+
+    def _pretraining_chart(self) -> hv.Overlay:
+        curves = self.pretraining_curves()
+        every = list(self.param.pretrain_runs.objects)
+        palette = hv.Cycle("Category10").values
+        layers: list[Any] = []
+        for run in self.pretrain_runs:
+            color = palette[every.index(run) % len(palette)] if run in every else "gray"
+            g = curves[curves["run"] == run]
+            train, evals = g[g["kind"] == "train"], g[g["kind"] == "eval"]
+            if len(train):  # faint and out of the legend: the held-in batch's loss is the comparable one
+                layers.append(hv.Curve(train, "step", ["loss", "run"]).opts(color=color, alpha=0.25, line_width=1))
+            if len(evals):
+                layers.append(
+                    hv.Curve(evals, "step", ["loss", "run"], label=run).opts(
+                        color=color, line_width=2.5, tools=["hover"]
+                    )
+                )
+                layers.append(hv.Scatter(evals, "step", ["loss", "run"]).opts(color=color, size=5))
+        loss = curves["loss"].to_numpy(dtype=float)
+        logy = bool(len(loss)) and bool((loss > 0).all()) and float(loss.max() / loss.min()) > 3.0
+        return hv.Overlay(layers).opts(
+            frame_width=PLOT_WIDTH,  # the legend (run names) is beside the plot, which keeps its size
+            frame_height=PLOT_HEIGHT - 40,
+            logy=logy,
+            xlabel="step",
+            ylabel="reconstruction loss" + (" (log)" if logy else ""),
+            title="reconstruction loss of the fixed held-in batch (lines, dots); training batches (faint)",
+            legend_position="right",
+            show_legend=True,
+        )
+
+    @param.depends("version")
+    def pretraining_view(self):
+        if self._data.error:
+            return alert(
+                f"Cannot read the store {escape_text(repr(self.shown()))}: {escape_text(self.scrub(self._data.error))}",
+                "warning",
+            )
+        df = self.pretraining()
+        if df.empty:
+            return alert(
+                f"No pretraining runs under {escape_text(repr(self.shown()))} (run folders of `atomizer pretrain "
+                "CONFIG`, e.g. the disjoint notebook's `pretrain/<model>_fold-<k>/`).",
+                "info",
+            )
+        show = df.drop(columns=["path"]).copy()
+        show["updated"] = pd.to_datetime(df["updated"], unit="s").dt.strftime("%Y-%m-%d %H:%M:%S")
+        return pn.Column(
+            pn.pane.Markdown(
+                f"{len(df)} pretraining run(s); losses are the reconstruction loss of the fixed held-in batch "
+                f"(from {SUMMARY} when the run finished, else the last logged)",
+                margin=(0, 10),
+            ),
+            pn.pane.DataFrame(show.round(4), index=False, escape=True, name="pretraining", sizing_mode="stretch_width"),
+        )
+
+    @param.depends("version", "pretrain_runs")
+    def pretraining_curves_view(self):
+        if self._data.error or self.pretraining().empty:
+            return pn.Column()  # the note above says why
+        if not self.pretrain_runs:
+            return alert("Choose pretraining runs above to draw their curves.", "info")
+        if self.pretraining_curves().empty:
+            return alert("The chosen pretraining runs have logged no loss yet.", "info")
+        return pn.pane.HoloViews(self._pretraining_chart(), name="pretraining_curves")
 
     # ------------------------------------------------------------------ page
     def start_polling(self) -> None:
@@ -634,5 +727,10 @@ class ResultsView(pn.viewable.Viewer):
             pn.param.ParamMethod(self.sweeps_view, loading_indicator=True, lazy=True),
             "### Training curves",
             pn.param.ParamMethod(self.curves_view, loading_indicator=True, lazy=True),
+            "### Pretraining: masked reconstruction",
+            pn.param.ParamMethod(self.pretraining_view, loading_indicator=True, lazy=True),
+            # the run names are labels of the checkboxes: text nodes, never HTML
+            w.CheckBoxGroup.from_param(self.param.pretrain_runs, name="Pretraining runs (curves)", inline=True),
+            pn.param.ParamMethod(self.pretraining_curves_view, loading_indicator=True, lazy=True),
             sizing_mode="stretch_width",
         )

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from atomizer.core.run_folder import RunFolder  # noqa: E402
+from atomizer.core.run_folder import RunFolder, is_pretraining_config  # noqa: E402
 from atomizer.core.runtime import git_commit  # noqa: E402
 from atomizer.core.storage import atomic_path, atomic_write_text  # noqa: E402
 from atomizer.results import plots, stats  # noqa: E402
@@ -99,6 +99,8 @@ def build_report(
     configs: list[str] = []
     for d in find_run_dirs(store):
         cfg = read_config(d)
+        if is_pretraining_config(cfg):  # per-fold pretraining runs: the dashboard's Pretraining section lists them
+            continue
         prov = json.loads(RunFolder(d).provenance.read_text()) if RunFolder(d).provenance.is_file() else {}
         rel = d.relative_to(store)
         rows.append(
