@@ -31,7 +31,9 @@ SMOKE = {
             "pretrain": {"steps": 2, "batch_size": 4, "eval_images": 2},
         },
     },  # fmt: skip
-    "adapt_baselines": {"vit": {"slr+patch": {"kinds": ["slr"], "rank": 2, "targets": ["to_q", "to_out", "patch_proj"]}}},
+    "adapt_baselines": {
+        "vit": {"slr+patch": {"kinds": ["slr"], "rank": 2, "targets": ["to_q", "to_out", "patch_proj"]}}
+    },
     "baseline_preset": "tiny",
 }
 
