@@ -40,6 +40,13 @@ def main() -> int:
     p.add_argument("--train-modalities", default="eurosat_train")
     p.add_argument("--models", nargs="+", default=MODELS, help="models of the main tables (labels in the store)")
     p.add_argument("--reference", default="atomizer", help="the model every other is paired with")
+    p.add_argument(
+        "--pairs",
+        nargs="*",
+        default=[],
+        metavar="A:B",
+        help="more paired differences, A minus B (e.g. atomizer+pretrained:atomizer): pairs_<metric>.csv",
+    )
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     out = Path(args.out)
@@ -67,6 +74,23 @@ def main() -> int:
                 plots.difference_bars(d, title="Atomizer minus each baseline (macro mAP, 95 % CI)"),
                 out / "differences.png",
             )
+    for metric in ("macro_map", "top1"):
+        found = [pair.split(":", 1) for pair in args.pairs]
+        bad = [f"{a}:{b}" for a, b in found if a not in have or b not in have]
+        if bad:
+            print(f"results_report: pair(s) {bad} name a model the store lacks (it has {have})", file=sys.stderr)
+            return 2
+        if found:
+            d = pd.concat(
+                [
+                    stats.paired_differences(preds.sel(model=[a, b]), a, [b], metric=metric, n_resamples=args.resamples)
+                    for a, b in found
+                ]  # fmt: skip
+            )
+            d.to_csv(out / f"pairs_{metric}.csv", index=False)
+            print(f"\n== pairs ({metric}): A minus B, paired over the same images")
+            named = d.assign(other=d["model"] + " - " + d["other"])  # one row per pair, whatever repeats
+            print(stats.verdict(named)[0].to_string())
     rows = []
     for variant, ref in ABLATIONS.items():
         if variant in have and ref in have:
