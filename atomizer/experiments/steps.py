@@ -230,7 +230,7 @@ def run_sweep(
 
 def pretrain_for_fold(
     config: str | Path | Mapping[str, Any],
-    out_dir: str | Path,
+    root: str | Path,
     dataset: str,
     fold: int | None,
     model: str | None = None,
@@ -238,15 +238,17 @@ def pretrain_for_fold(
     **overrides: Any,
 ) -> Path:
     """Masked pretraining (:func:`atomizer.engine.pretraining.pretrain`) for one cross-validation fold of
-    ``dataset``, resumed or skipped when done; returns ``<out_dir>/checkpoints/last.pt``, the ``init`` of the
+    ``dataset``, resumed or skipped when done; returns its ``checkpoints/last.pt``, the ``init`` of the
     fine-tuning runs of that fold.
 
     ``config`` is a pretraining config (a YAML path or a mapping of
     :class:`~atomizer.engine.pretraining.PretrainConfig` fields), ``overrides`` replace its fields (e.g.
     ``mask_ratio``, ``steps``). Every source that reads ``dataset`` itself is restricted so that the
     pretraining never sees the pixels the fold is tested on: ``exclude_fold: fold`` (its test images left
-    out) with folds, ``split: train`` on the fixed split. A source that already names a split is refused,
-    since the two could disagree. ``model`` (when given) must be the config's model."""
+    out) with folds, ``split: train`` on the fixed split; such a pretraining runs in
+    ``<root>/<model>_fold-<k>`` (``<model>_fixed``). A source that already names a split of ``dataset`` is
+    refused, since the two could disagree. When no source reads ``dataset``, the pretraining is the same for
+    every fold: it runs once, in ``<root>/<model>_any-fold``. ``model`` (when given) must be the config's."""
     from atomizer.engine.pretraining import PretrainConfig, pretrain
 
     base = (
@@ -256,7 +258,7 @@ def pretrain_for_fold(
     )
     if model is not None and base["model"] != model:
         raise ValueError(f"pretraining config {config}: model {base['model']!r}, but it should pretrain {model!r}")
-    sources = []
+    sources, reads_downstream = [], False
     for src in base["sources"]:
         src = dict(src)
         if str(src.get("dataset", src.get("manifest", ""))) == str(dataset):
@@ -266,8 +268,10 @@ def pretrain_for_fold(
                     "(each fold's test images are left out for you)"
                 )
             src.update({"exclude_fold": int(fold)} if fold is not None else {"split": "train"})
+            reads_downstream = True
         sources.append(src)
-    run = Path(out_dir)
+    which = ("fixed" if fold is None else f"fold-{int(fold)}") if reads_downstream else "any-fold"
+    run = Path(root) / f"{base['model']}_{which}"
     cfg = PretrainConfig.from_dict(
         {**base, **overrides, "sources": sources, "out_dir": str(run), **({"device": device} if device else {})}
     )

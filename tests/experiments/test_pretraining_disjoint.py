@@ -61,6 +61,19 @@ def test_pretraining_refuses_a_downstream_source_with_its_own_split(tmp_path):
     assert not (tmp_path / "p").exists()
 
 
+def test_a_pretraining_that_reads_none_of_the_dataset_runs_once_for_every_fold(tmp_path):
+    spec = {**PRETRAIN, "sources": [{"path": "data/embedded/majortom", "tile_px": 64, "limit": 2}]}
+    first = pretrain_for_fold(spec, tmp_path, "eurosat", 0)
+    stamp = first.stat().st_mtime_ns
+    assert (
+        pretrain_for_fold(spec, tmp_path, "eurosat", 3)
+        == first
+        == tmp_path / "atomizer_any-fold" / "checkpoints" / "last.pt"
+    )
+    assert first.stat().st_mtime_ns == stamp  # the second fold reused it, nothing rewritten
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["atomizer_any-fold"]
+
+
 @pytest.mark.parametrize(
     "params,words",
     [
