@@ -138,6 +138,19 @@ def load_into(model: nn.Module, path: str | Path, strict_config: bool = True) ->
 RUNTIME_FIELDS = ("num_classes", "prune_p", "attn_dropout", "ff_dropout", "checkpoint_tokens")
 
 
+def _check_same_encoder(target: nn.Module, payload: Mapping[str, Any], path: str | Path, skip: Sequence[str]) -> None:
+    """Refuse (one line, every differing field named) a checkpoint whose configuration differs from the
+    model's in anything but ``skip`` (fields that leave the encoder's weights as they are)."""
+    ours = {k: v for k, v in config_of(target).to_dict().items() if k not in skip}
+    theirs = {k: v for k, v in stored_config(payload).items() if k not in skip}
+    diff = config_diff(theirs, ours)
+    if diff:
+        raise CheckpointError(
+            f"{path}: its encoder configuration does not match the model's (use the same preset "
+            f"and model_overrides as the checkpoint): " + "; ".join(diff)
+        )
+
+
 def load_encoder_weights(
     model: nn.Module, path: str | Path, classes: Sequence[str] | None = None, head: str | bool | None = None
 ) -> dict:
@@ -166,14 +179,7 @@ def load_encoder_weights(
             f"{path}: encoder weights need an Atomizer checkpoint and model "
             f"(checkpoint holds {payload['arch']!r}, model is {type(target).__name__})"
         )
-    ours = {k: v for k, v in config_of(target).to_dict().items() if k not in RUNTIME_FIELDS}
-    theirs = {k: v for k, v in stored_config(payload).items() if k not in RUNTIME_FIELDS}
-    diff = config_diff(theirs, ours)
-    if diff:
-        raise CheckpointError(
-            f"{path}: its encoder configuration does not match the model's (use the same preset "
-            f"and model_overrides as the checkpoint): " + "; ".join(diff)
-        )
+    _check_same_encoder(target, payload, path, RUNTIME_FIELDS)
     state = payload["state_dict"]
     extra = payload.get("extra", {})
     if head is None:
@@ -226,15 +232,7 @@ def load_canvas_weights(model: nn.Module, path: str | Path, classes: Sequence[st
         raise CheckpointError(
             f"{path} holds a {payload['arch']!r} model; a {arch} initialises from a {arch} checkpoint"
         )
-    skip = (*RUNTIME_FIELDS, "task", "decoder_width", "dense_width")
-    ours = {k: v for k, v in config_of(target).to_dict().items() if k not in skip}
-    theirs = {k: v for k, v in stored_config(payload).items() if k not in skip}
-    diff = config_diff(theirs, ours)
-    if diff:
-        raise CheckpointError(
-            f"{path}: its configuration does not match the model's (use the same preset and model_overrides "
-            "as the checkpoint): " + "; ".join(diff)
-        )
+    _check_same_encoder(target, payload, path, (*RUNTIME_FIELDS, "task", "decoder_width", "dense_width"))
     heads = head_prefixes(target)
     state = {k: v for k, v in payload["state_dict"].items() if not k.startswith(heads)}
     extra = payload.get("extra", {})
