@@ -423,6 +423,15 @@ def _client(spec: ExperimentSpec) -> Any:
     return Client(spec.scheduler, security=security) if security is not None else Client(spec.scheduler)
 
 
+def changed_parameters(recorded: Mapping[str, Any] | None, params: Mapping[str, Any]) -> list[str]:
+    """The parameter names whose values differ between a finished run's record and the spec's run now
+    (compared as JSON); a finished run whose spec changed runs again (the notebook resumes what it can)."""
+    if not isinstance(recorded, Mapping):
+        return ["(none recorded)"]
+    norm = lambda v: json.dumps(v, sort_keys=True, default=str)  # noqa: E731
+    return sorted(k for k in set(recorded) | set(params) if norm(recorded.get(k)) != norm(params.get(k)))
+
+
 def run_experiment(spec: ExperimentSpec, only: Sequence[str] | None = None, force: bool = False) -> dict:
     """Run every pending run of ``spec``; returns ``{"done": [...], "skipped": [...], "failed": [...]}``.
 
@@ -440,14 +449,19 @@ def run_experiment(spec: ExperimentSpec, only: Sequence[str] | None = None, forc
 def _run_planned(
     spec: ExperimentSpec, root: Path, planned: list[tuple[str, dict, Path]], only: Sequence[str] | None, force: bool
 ) -> dict:
-    pending, skipped = [], []
+    pending, skipped, changed = [], [], {}
     for rid, params, run in planned:
         if only and rid not in only:
             continue
         st = run / "status.json"
-        if not force and st.exists() and json.loads(st.read_text()).get("state") == "done":
-            skipped.append(rid)
-            continue
+        if not force and st.exists():
+            status = json.loads(st.read_text())
+            if status.get("state") == "done":
+                differ = changed_parameters(status.get("parameters"), params)
+                if not differ:
+                    skipped.append(rid)
+                    continue
+                changed[rid] = differ
         pending.append((rid, params, run))
     for rid in skipped:
         print(f"[skip] {rid}: already finished", flush=True)
@@ -455,7 +469,8 @@ def _run_planned(
     notebook = str(spec.notebook_path())
     args = [(notebook, str(run), params, spec.kernel_name) for _, params, run in pending]
     for rid, _, _ in pending:
-        print(f"[run ] {rid}", flush=True)
+        why = f" (finished with other parameters: {', '.join(changed[rid])})" if rid in changed else ""
+        print(f"[run ] {rid}{why}", flush=True)
     if spec.scheduler and args:
         with _client(spec) as client:
             futures = [client.submit(execute_run, *a, pure=False) for a in args]

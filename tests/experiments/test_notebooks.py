@@ -208,6 +208,37 @@ def test_runner_skips_finished_runs_and_continues_past_failures(tmp_path, capsys
     assert json.loads((store / "experiment.json").read_text())["failed"] == ["models-no_such_model"]
 
 
+def test_a_finished_run_whose_parameters_changed_runs_again(tmp_path, monkeypatch, capsys):
+    """Adding seeds to a spec reruns its finished run (the notebook resumes its finished sub-runs); an
+    unchanged finished run is skipped. The notebook itself is not the point here: execution is recorded."""
+    from atomizer.experiments import runner
+
+    ran: list[dict] = []
+
+    def execute(notebook, run_dir, parameters, kernel_name="python3"):
+        ran.append(dict(parameters))
+        status = {"run_dir": run_dir, "parameters": dict(parameters), "state": "done", "seconds": 0.0}
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(run_dir) / "status.json").write_text(json.dumps(status))
+        return status
+
+    monkeypatch.setattr(runner, "execute_run", execute)
+    body = {"name": "t", "notebook": str(ROOT / "notebooks" / "disjoint_modalities.ipynb"),
+            "output_dir": str(tmp_path / "store"), "parameters": {**SMOKE, "seeds": [0]}}  # fmt: skip
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(body))
+    assert run_experiment(ExperimentSpec.from_yaml(spec_path))["done"] == ["run"]
+    assert run_experiment(ExperimentSpec.from_yaml(spec_path))["skipped"] == ["run"] and len(ran) == 1
+    body["parameters"]["seeds"] = [0, 1]
+    spec_path.write_text(yaml.safe_dump(body))
+    capsys.readouterr()
+    assert run_experiment(ExperimentSpec.from_yaml(spec_path))["done"] == ["run"]
+    assert ran[-1]["seeds"] == [0, 1] and len(ran) == 2
+    assert "finished with other parameters: seeds" in capsys.readouterr().out
+    assert runner.changed_parameters({"a": [1], "b": 2}, {"a": (1,), "b": 2}) == []
+    assert runner.changed_parameters(None, {"a": 1}) == ["(none recorded)"]
+
+
 def test_shipped_experiment_specs_parse():
     for name in ("embedded_demo.yaml", "eurosat_cv.yaml", "paper_table1.yaml"):
         spec = ExperimentSpec.from_yaml(ROOT / "experiments" / name)
