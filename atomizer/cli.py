@@ -346,6 +346,14 @@ def _cmd_dataset_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dataset_blocks(args: argparse.Namespace) -> int:
+    from atomizer.data.blocks import write_blocks
+
+    out = write_blocks(args.manifest, args.out, n=args.n, data_root=args.data_root)
+    print(f"{out}: every image cut into {args.n} x {args.n} blocks; fold k tests one block of every image")
+    return 0
+
+
 def _cmd_results(args: argparse.Namespace) -> int:
     from atomizer.results import stats
     from atomizer.results.store import collect_predictions
@@ -619,6 +627,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-folds", action="store_true", help="check only; write no folds file")
     c.add_argument("--json", action="store_true", help="the summary as JSON")
     c.set_defaults(func=_cmd_dataset_check)
+    b = d.add_parser(
+        "blocks",
+        help="cut a segmentation manifest's images into n x n spatial blocks (a new manifest, folds rotating over "
+        "each image's blocks: spatial block cross-validation for a few large tiles)",
+    )
+    b.add_argument("manifest", help="a segmentation manifest (a mask column) of GeoTIFFs")
+    b.add_argument("out", help="an empty folder for the blocks, their manifest.csv and card")
+    b.add_argument("--n", type=int, default=2, help="blocks per side (default 2: 4 blocks, 4 folds)")
+    b.add_argument("--data-root", help="a second folder the manifest's paths may point into (default: its own only)")
+    b.set_defaults(func=_cmd_dataset_blocks)
 
     from atomizer.bench import CASES
 

@@ -74,3 +74,17 @@ def test_refusals_are_one_line(blocks, tmp_path):
         write_blocks(tmp_path / "labels.csv", tmp_path / "out")
     assert "\n" not in str(e.value)
     assert not (tmp_path / "out" / "manifest.csv").exists()
+
+
+def test_the_command_writes_blocks_and_refuses_in_one_line(tmp_path, capsys):
+    from atomizer.cli import main
+
+    assert main(["dataset", "blocks", str(TERRAMESH / "manifest.csv"), str(tmp_path / "b"), "--n", "3"]) == 0
+    table = pd.read_csv(tmp_path / "b" / "manifest.csv")
+    assert len(table) == 45 and sorted(table["fold"].unique()) == list(range(9))
+    with rasterio.open(tmp_path / "b" / table["mask"][0]) as m:
+        assert m.shape == (74, 74)  # 224 // 3; the last 2 px of each side are left out
+    capsys.readouterr()
+    assert main(["dataset", "blocks", str(TERRAMESH / "manifest.csv"), str(tmp_path / "b")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "holds a manifest already" in err and "\n" not in err and "Traceback" not in err
