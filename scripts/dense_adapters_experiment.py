@@ -17,6 +17,8 @@ Protocol:
   112 px block at 10 m (``new_test``). Masks scored on their own 10 m grid.
 * Methods (each from the same base, same data, same epochs): none; adapters spectral, LoRA, SLR, IA3, moa
   (each with the spectral adapter; the head, i.e. the dense decoder, frozen: the label set is unchanged);
+  LoRA + spectral with the pixel classifier trained (``head: fc``) or the whole dense decoder (``head:
+  full``, beyond the 5 % budget), and the decoder alone;
   SpectralX's two stages (masked reconstruction on the new sensor with moa + spectral, then the refinement
   adapter, stage 1 frozen); full fine-tuning. The base on its own optical bands (``base_test``) is the
   reference of what the base knows.
@@ -30,6 +32,7 @@ Runs go to runs/dense_adapters/seed<S>_fold<F>/<method>/ (a method whose predict
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -73,6 +76,12 @@ ADAPTERS = {
     "slr+spectral": {"kinds": ["spectral", "slr"], "rank": 3},
     "ia3+spectral": {"kinds": ["spectral", "ia3"]},
     "moa+spectral": {"kinds": ["spectral", "moa"]},
+    # the dense decoder is the task head: its pixel classifier trained (head: fc, within the 5 % budget), or the
+    # whole decoder (head: full: 49,417 parameters, 32 % of the tiny encoder's, so beyond the budget), with
+    # LoRA + spectral or alone
+    "lora+spectral+fc": {"kinds": ["lora", "spectral"], "rank": 4, "head": "fc"},
+    "lora+spectral+decoder": {"kinds": ["lora", "spectral"], "rank": 4, "head": "full", "max_fraction": 0.4},
+    "decoder only": {"kinds": [], "head": "full", "max_fraction": 0.4},
 }
 SPECTRALX = {
     "adapters": {"kinds": ["spectral", "moa"]},
@@ -106,17 +115,30 @@ def method_dir(seed: int, fold: int, method: str) -> Path:
     return OUT / f"seed{seed}_fold{fold}" / safe
 
 
-def _evaluate(checkpoint: str, modalities: str, out: Path) -> None:
+def predictions_file(seed: int, fold: int, method: str) -> Path:
+    """Where a method's per-block predictions are: in its run folder (the results store reads them, the
+    method's ``label`` naming the model), but the base on its own bands apart (other test modalities)."""
+    run = OUT / f"seed{seed}_fold{fold}"
+    if method == "base: own bands":
+        return run / "base" / "own_bands_predictions.nc"
+    if method == "spectralx two-stage":
+        return method_dir(seed, fold, method) / "stage2" / "predictions.nc"
+    return method_dir(seed, fold, method) / "predictions.nc"
+
+
+def _evaluate(checkpoint: str, modalities: str, out: Path, label: str) -> None:
     from atomizer.engine.evaluation import evaluate_checkpoint
 
-    res, preds = evaluate_checkpoint(checkpoint, modalities, dataset=BLOCKS.as_posix(), predictions=True, batch_size=2)
-    out.mkdir(parents=True, exist_ok=True)
-    preds.to_netcdf(out / "predictions.nc", engine="h5netcdf")
+    res, preds = evaluate_checkpoint(checkpoint, modalities, dataset=BLOCKS.as_posix(), predictions=True,
+                                     batch_size=2, model_name=label)  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    preds.to_netcdf(out, engine="h5netcdf")
     score = float(res["score"].sel(metric="miou").mean())
-    print(f"  {out.name}: test mIoU {score:.1f}", flush=True)
+    print(f"  seed {preds.attrs.get('seed')} fold {preds.attrs.get('fold')} {label}: test mIoU {score:.1f}", flush=True)
 
 
 def run(seed: int, fold: int, methods: list[str]) -> None:
+    from atomizer.core.storage import atomic_write_text
     from atomizer.engine.adaptation import AdaptConfig, adapt
     from atomizer.engine.training import TrainConfig, train
 
@@ -126,32 +148,34 @@ def run(seed: int, fold: int, methods: list[str]) -> None:
     common = {**COMMON, "seed": seed, "fold": fold}
     best = base_out / "checkpoints" / "best.pt"
     if not (base_out / "summary.json").is_file():
-        cfg = {**common, "train_modalities": str(modality_file("base")),
+        cfg = {**common, "train_modalities": str(modality_file("base")), "label": "base",
                "test_modalities": str(modality_file("base_test")), "out_dir": str(base_out)}  # fmt: skip
         train(TrainConfig.from_dict(cfg), resume=(base_out / "checkpoints" / "last.pt").is_file(), progress=False)
     new = {**common, "train_modalities": str(modality_file("new_train")),
            "test_modalities": str(modality_file("new_test"))}  # fmt: skip
+    test = str(modality_file("new_test"))
     for method in methods:
-        out = method_dir(seed, fold, method)
-        if (out / "predictions.nc").is_file():
+        out, preds = method_dir(seed, fold, method), predictions_file(seed, fold, method)
+        if preds.is_file():
             continue
         if method == "base: own bands":
-            _evaluate(str(best), str(modality_file("base_test")), out)
-        elif method == "none":
-            _evaluate(str(best), str(modality_file("new_test")), out)
-        elif method in ADAPTERS:
-            cfg = {**new, "init": str(best), "adapters": ADAPTERS[method], "lr": ADAPTER_LR, "out_dir": str(out)}
-            s = train(TrainConfig.from_dict(cfg), resume=(out / "checkpoints" / "last.pt").is_file(), progress=False)
-            _evaluate(s["best"], str(modality_file("new_test")), out)
+            _evaluate(str(best), str(modality_file("base_test")), preds, "base")
+        elif method == "none":  # the base itself: its configuration, named "none" in the store
+            config = yaml.safe_load((base_out / "config.yaml").read_text())
+            atomic_write_text(out / "config.yaml", yaml.safe_dump({**config, "label": "none"}, sort_keys=False))
+            atomic_write_text(out / "metrics.jsonl", "")  # no training step: an empty log (a run for the store)
+            _evaluate(str(best), test, preds, method)
         elif method == "spectralx two-stage":
             spec = {**SPECTRALX, "base": str(best), "out_dir": str(out),
-                    "train": {k: v for k, v in {**new, "lr": ADAPTER_LR}.items() if k != "model"}}  # fmt: skip
+                    "train": {k: v for k, v in {**new, "lr": ADAPTER_LR, "label": method}.items() if k != "model"}}  # fmt: skip
             s = adapt(AdaptConfig.from_dict(spec), resume=(out / "adapt.yaml").is_file(), progress=False)
-            _evaluate(s["best"], str(modality_file("new_test")), out)
-        elif method == "full fine-tuning":
-            cfg = {**new, "init": str(best), "out_dir": str(out)}
+            _evaluate(s["best"], test, preds, method)
+        elif method in ADAPTERS or method == "full fine-tuning":
+            cfg = {**new, "init": str(best), "label": method, "out_dir": str(out)}
+            if method in ADAPTERS:
+                cfg.update(adapters=ADAPTERS[method], lr=ADAPTER_LR)
             s = train(TrainConfig.from_dict(cfg), resume=(out / "checkpoints" / "last.pt").is_file(), progress=False)
-            _evaluate(s["best"], str(modality_file("new_test")), out)
+            _evaluate(s["best"], test, preds, method)
         else:
             raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 
@@ -160,10 +184,9 @@ def _confusions() -> dict[str, dict[int, list[tuple[str, np.ndarray]]]]:
     """method -> seed -> [(block id, confusion (C, C))], every fold of the seed."""
     found: dict[str, dict[int, list[tuple[str, np.ndarray]]]] = {}
     for d in sorted(OUT.glob("seed*_fold*")):
-        seed = int(d.name.replace("seed", "").split("_fold")[0])
+        seed, fold = (int(x) for x in d.name.replace("seed", "").split("_fold"))
         for method in METHODS:
-            f = method_dir(seed, 0, method).name
-            p = d / f / "predictions.nc"
+            p = predictions_file(seed, fold, method)
             if not p.is_file():
                 continue
             with xr.open_dataset(p, engine="h5netcdf") as ds:
@@ -183,6 +206,18 @@ def miou(conf: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
     return 100 * np.nanmean(iou, axis=-1)
+
+
+def _trainable(seed: int, method: str) -> str:
+    """The trained parameters of a method (fold 0's run of ``seed``), and their share of the encoder's."""
+    if method in ("base: own bands", "none"):
+        return "0"
+    run = method_dir(seed, 0, method) / ("stage2" if method == "spectralx two-stage" else "")
+    f = run / "summary.json"
+    rep = json.loads(f.read_text()).get("trainable_parameters") if f.is_file() else None
+    if not rep:
+        return "all"
+    return f"{rep['trainable']:,} ({100 * rep['fraction']:.1f} %)"
 
 
 def summary(resamples: int = 2000) -> None:
@@ -205,7 +240,7 @@ def summary(resamples: int = 2000) -> None:
         values = np.array([miou(x) for x in st])
         lo, hi = stats._bootstrap(lambda idx, s=st: miou(s[:, idx]).mean(axis=0), st.shape[1], resamples, 0,
                                   width=st.shape[0] * st[0, 0].size)  # fmt: skip
-        row = {"method": method, "seeds": len(seeds), "blocks": st.shape[1],
+        row = {"method": method, "trainable": _trainable(seeds[0], method), "seeds": len(seeds), "blocks": st.shape[1],
                "per seed": " ".join(f"{v:.1f}" for v in values), "mIoU": values.mean(),
                "sd": values.std(ddof=1) if len(values) > 1 else float("nan"), "95% CI": f"[{lo:.1f}, {hi:.1f}]"}  # fmt: skip
         if REFERENCE in stacks and method != REFERENCE:

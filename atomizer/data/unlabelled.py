@@ -13,7 +13,8 @@ A source is a dict with one of
 
 A ``dataset`` or ``manifest`` source may also say ``exclude_fold: K``: every image but the test images of
 cross-validation fold ``K`` of that dataset's fold table (:func:`atomizer.data.folds.fold_split`), so that
-pretraining for fold ``K`` never sees the pixels that fold is tested on.
+pretraining for fold ``K`` never sees the pixels that fold is tested on; or ``fold: K`` with ``split``
+(default ``train``): that split of fold ``K`` (e.g. the images a fold-``K`` training run trains on).
 
 plus optional ``tile_px`` (non-overlapping tiles of that many pixels of the image's finest grid) and
 ``limit`` (first N images or tiles). Every image is read at its native grid: each band keeps its own GSD
@@ -114,6 +115,7 @@ class UnlabelledImages(torch.utils.data.Dataset):
             "root",
             "s1",
             "exclude_fold",
+            "fold",
             "path",
             "pattern",
             "sensor",
@@ -142,9 +144,20 @@ class UnlabelledImages(torch.utils.data.Dataset):
                 raise ValueError(f"pretraining source {src}: exclude_fold needs a dataset or a manifest (a fold table)")
             if src.get("split") is not None:
                 raise ValueError(f"pretraining source {src}: give split or exclude_fold, not both")
+        fold = src.get("fold")
+        if fold is not None:
+            if isinstance(fold, bool) or not isinstance(fold, int) or fold < 0:
+                raise ValueError(f"pretraining source {src}: fold must be a fold number, got {fold!r}")
+            if "path" in src:
+                raise ValueError(f"pretraining source {src}: fold needs a dataset or a manifest (a fold table)")
+            if held is not None:
+                raise ValueError(f"pretraining source {src}: give fold or exclude_fold, not both")
         if "manifest" in src or "dataset" in src:
             ds: ImageDataset
-            if "manifest" in src:
+            if fold is not None:  # one split of cross-validation fold K (its fold table)
+                name = src.get("manifest", src.get("dataset"))
+                ds = open_dataset(str(name), src.get("split") or "train", src.get("root"), fold=fold)
+            elif "manifest" in src:
                 ds = ManifestDataset(src["manifest"], src.get("split"), src.get("root"))
             else:
                 ds = open_dataset(src["dataset"], src.get("split"), src.get("root"))

@@ -9,8 +9,8 @@
   (:class:`atomizer.models.masked.MaskedAtomDecoder`, trained too, then discarded). ``pretrain`` holds
   the :class:`~atomizer.engine.pretraining.PretrainConfig` options of this stage (``sources``,
   ``modalities``, ``masking``, ``mask_ratio``, ``steps``, ``lr``, ...); by default the images are the
-  training images of the stage-2 dataset seen through the stage-2 training modalities. The stage writes
-  ``stage1/adapters.pt`` (:func:`atomizer.models.adapters.save_adapters`).
+  training images of the stage-2 dataset (of its ``fold`` under cross-validation) seen through the stage-2
+  training modalities. The stage writes ``stage1/adapters.pt`` (:func:`atomizer.models.adapters.save_adapters`).
 * **Stage 2** (``<out_dir>/stage2``): the task, through the ordinary loop
   (:func:`atomizer.engine.training.train` with ``init`` = the base, ``adapters`` = stage 1's kinds plus
   ``stage2_kinds`` (default ``[refine]``: the attribute-refined adapter) and the head, and
@@ -88,10 +88,12 @@ class AdaptConfig(Config):
         return AdapterConfig.from_any(spec).to_dict()
 
     def stage1_config(self) -> PretrainConfig:
-        """Stage 1's :class:`PretrainConfig` (defaults: the stage-2 dataset's training images, through its
-        training modalities)."""
+        """Stage 1's :class:`PretrainConfig` (defaults: the stage-2 dataset's training images, those of its
+        ``fold`` with cross-validation, through its training modalities)."""
         tc = TrainConfig.from_dict({k: v for k, v in self.train.items() if k not in STAGE2_SET})
         source: dict[str, Any] = {"dataset": tc.dataset, "split": tc.train_split}
+        if tc.fold is not None:  # the fold's training images, as stage 2 trains on
+            source["fold"] = tc.fold
         if tc.data_root is not None:
             source["root"] = tc.data_root
         if tc.train_limit is not None:

@@ -37,9 +37,29 @@ def test_a_source_without_a_folds_test_images(fold):
     assert len(ids) + len(tested) == len(open_dataset("eurosat", None))
 
 
+@pytest.mark.parametrize("split", [None, "validation"])
+def test_a_source_of_one_split_of_a_fold(split):
+    want = set(open_dataset("eurosat", split or "train", fold=2).ids())
+    images = UnlabelledImages([{"dataset": "eurosat", "fold": 2, **({"split": split} if split else {})}])
+    assert {r[3] for r in images.records} == want and len(want) < len(open_dataset("eurosat", None))
+
+
+def test_spectralx_stage1_reads_the_training_images_of_stage2s_fold():
+    from atomizer.engine.adaptation import AdaptConfig
+
+    cfg = AdaptConfig.from_dict({"base": "b.pt", "train": {"dataset": "eurosat", "fold": 3}})
+    assert cfg.stage1_config().sources == [{"dataset": "eurosat", "split": "train", "fold": 3}]
+    assert AdaptConfig.from_dict({"base": "b.pt", "train": {"dataset": "eurosat"}}).stage1_config().sources == [
+        {"dataset": "eurosat", "split": "train"}
+    ]
+
+
 @pytest.mark.parametrize(
     "source,words",
     [
+        ({"dataset": "eurosat", "fold": 0, "exclude_fold": 1}, "fold or exclude_fold, not both"),
+        ({"path": "data/embedded/majortom", "fold": 0}, "needs a dataset or a manifest"),
+        ({"dataset": "eurosat", "fold": -1}, "must be a fold number"),
         ({"path": "data/embedded/majortom", "exclude_fold": 0}, "needs a dataset or a manifest"),
         ({"dataset": "eurosat", "split": "train", "exclude_fold": 0}, "not both"),
         ({"dataset": "eurosat", "exclude_fold": "0"}, "must be a fold number"),
