@@ -233,8 +233,12 @@ class StoreState:
         return cls(error=error)
 
     def metric_names(self) -> list[str]:
-        """Every metric any result file of the store scores."""
-        return sorted({str(m) for ds in self.results.values() if ds is not None for m in ds.metric.values})
+        """Every metric any result file of the store scores, and the one its per-image predictions give the
+        statistics (``miou`` for masks, ``macro_map`` for labels) when runs wrote predictions only."""
+        names = {str(m) for ds in self.results.values() if ds is not None for m in ds.metric.values}
+        if self.predictions is not None:
+            names.add("miou" if self.predictions.attrs.get("task") == "segmentation" else "macro_map")
+        return sorted(names)
 
     def models(self) -> list[str]:
         """The models of the pooled predictions (those the statistics compare)."""

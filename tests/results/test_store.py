@@ -100,3 +100,17 @@ def test_scaling_curve_from_fraction_runs(store):
     assert rows.loc[100.0, "train_images"] == full / 2
     assert abs(rows.loc[50.0, "train_images"] - full / 4) <= 5  # class-stratified half, rounded per class
     assert (df["ci_low"] <= df["mean"]).all() and (df["mean"] <= df["ci_high"]).all()
+
+
+def test_a_store_of_predictions_only_offers_the_metric_its_statistics_compute():
+    """Runs that wrote per-image predictions but no result table (e.g. scripts/dense_adapters_experiment.py):
+    the dashboard's metric list comes from the predictions' task."""
+    import numpy as np
+    import xarray as xr
+
+    from atomizer.results.store import StoreState
+
+    preds = xr.Dataset({"score": (("model", "image"), np.zeros((1, 2)))}, attrs={"task": "segmentation"})
+    assert StoreState(predictions=preds).metric_names() == ["miou"]
+    assert StoreState(predictions=preds.assign_attrs(task="classification")).metric_names() == ["macro_map"]
+    assert StoreState().metric_names() == []
