@@ -136,22 +136,17 @@ class UnlabelledImages(torch.utils.data.Dataset):
                 raise ValueError(f"pretraining source {src}: {key} must be a positive integer, got {src[key]!r}")
         if "s1" in src and not isinstance(src["s1"], bool):
             raise ValueError(f"pretraining source {src}: s1 must be true or false, got {src['s1']!r}")
-        held = src.get("exclude_fold")
-        if held is not None:
-            if isinstance(held, bool) or not isinstance(held, int) or held < 0:
-                raise ValueError(f"pretraining source {src}: exclude_fold must be a fold number, got {held!r}")
-            if "path" in src:
-                raise ValueError(f"pretraining source {src}: exclude_fold needs a dataset or a manifest (a fold table)")
-            if src.get("split") is not None:
-                raise ValueError(f"pretraining source {src}: give split or exclude_fold, not both")
-        fold = src.get("fold")
-        if fold is not None:
-            if isinstance(fold, bool) or not isinstance(fold, int) or fold < 0:
-                raise ValueError(f"pretraining source {src}: fold must be a fold number, got {fold!r}")
-            if "path" in src:
-                raise ValueError(f"pretraining source {src}: fold needs a dataset or a manifest (a fold table)")
-            if held is not None:
-                raise ValueError(f"pretraining source {src}: give fold or exclude_fold, not both")
+        for key in ("exclude_fold", "fold"):  # fold numbers of the dataset's fold table
+            v = src.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ValueError(f"pretraining source {src}: {key} must be a fold number, got {v!r}")
+            if v is not None and "path" in src:
+                raise ValueError(f"pretraining source {src}: {key} needs a dataset or a manifest (a fold table)")
+        held, fold = src.get("exclude_fold"), src.get("fold")
+        if held is not None and src.get("split") is not None:
+            raise ValueError(f"pretraining source {src}: give split or exclude_fold, not both")
+        if held is not None and fold is not None:
+            raise ValueError(f"pretraining source {src}: give fold or exclude_fold, not both")
         if "manifest" in src or "dataset" in src:
             ds: ImageDataset
             if fold is not None:  # one split of cross-validation fold K (its fold table)
