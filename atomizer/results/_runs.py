@@ -114,7 +114,7 @@ def find_runs(root: str | Path) -> pd.DataFrame:
         val = m[m["kind"] == "val"] if len(m) else m
         if run.failed.exists():
             status = "failed"
-        elif run.results.exists():
+        elif run.results.exists() or (d / PREDICTIONS_FILE).exists():  # evaluated (a table, or per-image only)
             status = "done"
         elif run.summary.exists():
             status = "trained"

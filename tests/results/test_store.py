@@ -114,3 +114,17 @@ def test_a_store_of_predictions_only_offers_the_metric_its_statistics_compute():
     assert StoreState(predictions=preds).metric_names() == ["miou"]
     assert StoreState(predictions=preds.assign_attrs(task="classification")).metric_names() == ["macro_map"]
     assert StoreState().metric_names() == []
+
+
+def test_a_run_evaluated_into_predictions_only_is_done(tmp_path):
+    """A run folder with its config, an empty metrics log (no training step: a frozen base evaluated as is) and
+    per-image predictions counts as done, not running."""
+    from atomizer.results.store import find_runs
+
+    run = tmp_path / "none"
+    run.mkdir()
+    (run / "config.yaml").write_text("model: atomizer\nlabel: none\nseed: 0\nfold: 0\n")
+    (run / "metrics.jsonl").write_text("")
+    assert find_runs(tmp_path)["status"].tolist() == ["running"]
+    (run / "predictions.nc").write_bytes(b"")
+    assert find_runs(tmp_path)["status"].tolist() == ["done"]
