@@ -198,14 +198,12 @@ def _confusions() -> dict[str, dict[int, list[tuple[str, np.ndarray]]]]:
 
 
 def miou(conf: np.ndarray) -> np.ndarray:
-    """mIoU (%) from confusions (..., n, C, C) summed over blocks; classes never present nor predicted are
-    left out (atomizer.engine.metrics' definition)."""
-    m = conf.sum(axis=-3).astype(np.float64)
-    tp = np.diagonal(m, axis1=-2, axis2=-1)
-    union = m.sum(-1) + m.sum(-2) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
-    return 100 * np.nanmean(iou, axis=-1)
+    """mIoU (%) from confusions (..., n, C, C) summed over blocks: the results store's statistic
+    (:func:`atomizer.results.stats.metric_values`, which reads confusions flattened to C * C "classes")."""
+    from atomizer.results.stats import metric_values
+
+    flat = conf.reshape(*conf.shape[:-2], -1)
+    return metric_values(flat, flat, "miou")
 
 
 def _trainable(seed: int, method: str) -> str:
